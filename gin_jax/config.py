@@ -1,0 +1,260 @@
+"""Typed, frozen configuration for models, data and training, plus named presets.
+
+Every field can be overridden from the command line (see `train.main`) as
+`--section.field=value`, e.g. `--model.num_subspaces=4 --train.batch_size=2048`.
+Overrides go through `dataclasses.replace`, so presets stay immutable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of GIN / AOANet (DESIGN.md section 1)."""
+
+  embed_dim: int = 16  # d: size of every field embedding.
+  num_layers: int = 2  # L: generalized interaction layers.
+  num_subspaces: int = 3  # S: subspaces (parallel W, h, alpha) per layer.
+  mlp_hidden: tuple[int, ...] = (512, 256, 64)  # Deep part hidden widths.
+  mlp_batch_norm: bool = False  # Batch norm after each hidden dense layer.
+  mlp_dropout: float = 0.0  # Dropout rate after each hidden layer (train only).
+  readout: str = "last"  # "last": Q = P_L; "all": concat P_1..P_L.
+  init_perturbation: float = 0.0  # Std of noise added to W=I, alpha=1, h=1.
+  embed_init_std: float = 0.01  # Std of the normal init of the embedding table.
+  interaction_impl: str = "factorized"  # "factorized" (production) or "reference".
+  compute_dtype: str = "float32"  # Interaction input dtype ("bfloat16" allowed).
+
+  def __post_init__(self):
+    if self.readout not in ("last", "all"):
+      raise ValueError(f"readout must be 'last' or 'all', got {self.readout!r}")
+    if self.interaction_impl not in ("factorized", "reference"):
+      raise ValueError(f"unknown interaction_impl {self.interaction_impl!r}")
+    if min(self.embed_dim, self.num_layers, self.num_subspaces) < 1:
+      raise ValueError("embed_dim, num_layers and num_subspaces must be >= 1")
+    if not 0.0 <= self.mlp_dropout < 1.0:
+      raise ValueError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+  """Where examples come from and how raw files are turned into arrays."""
+
+  format: str = "synthetic"  # "criteo", "csv", "libfm" or "synthetic" (demo).
+  train: str | None = None  # Training file (may be .gz).
+  valid: str | None = None  # Optional validation file; else split from train.
+  test: str | None = None  # Optional test file; else split from train.
+  split: tuple[float, ...] = (0.8, 0.1, 0.1)  # train/valid/test ratios of --train.
+  schema: str | None = None  # CSV schema file (JSON or YAML).
+  bad_rows: str = "error"  # "error": stop at file:line; "skip": count and skip.
+  numeric: str = "bucketize"  # Numeric fields: "bucketize" (ids) or "scale".
+  min_count: int = 2  # Categories seen fewer times in train map to OOV.
+  hash_buckets: int = 0  # >0: hashing mode with this many rows per field.
+  seed: int = 0  # Seed of the random split.
+  num_workers: int = 0  # grain worker processes for the training pipeline.
+  synthetic_rows: int = 200_000  # Rows the synthetic generator writes.
+  synthetic_vocab: int = 1000  # Largest categorical vocabulary (Zipf ids).
+  synthetic_planted: int = 6  # Planted interacting field pairs.
+  synthetic_noise: float = 0.5  # Std of the logit noise in synthetic labels.
+
+  def __post_init__(self):
+    if self.format not in ("criteo", "csv", "libfm", "synthetic"):
+      raise ValueError(f"unknown data format {self.format!r}")
+    if self.bad_rows not in ("error", "skip"):
+      raise ValueError(f"bad_rows must be 'error' or 'skip', got {self.bad_rows!r}")
+    if self.numeric not in ("bucketize", "scale"):
+      raise ValueError(f"numeric must be 'bucketize' or 'scale', got {self.numeric!r}")
+    if len(self.split) != 3 or any(r < 0 for r in self.split) or abs(sum(self.split) - 1) > 1e-6:
+      raise ValueError(f"split must be three non-negative ratios summing to 1, got {self.split}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation, the AOANet stages, evaluation and checkpointing."""
+
+  stages: str = "aoanet"  # "aoanet": search -> select -> retrain; "gin": one stage.
+  batch_size: int = 1024  # Global batch size (split over all devices).
+  eval_batch_size: int = 4096  # Global batch size for evaluation and scoring.
+  epochs: int = 3  # Maximum epochs per stage.
+  learning_rate: float = 1e-3  # Adam learning rate.
+  clip_norm: float = 10.0  # Global gradient-norm clip (0 disables).
+  lr_decay: float = 0.1  # Learning-rate factor on a validation plateau.
+  patience: int = 2  # Epochs without improvement before early stopping.
+  embedding_l2: float = 0.0  # L2 on the embedding rows used in a batch.
+  keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
+  prune_scope: str = "subspace"  # "subspace", "layer" or "global" ranking.
+  warm_start: bool = False  # Retrain from the search weights, not from scratch.
+  seed: int = 0  # Seed of parameter init, shuffling and dropout.
+  log_every: int = 50  # Steps between metrics.jsonl lines.
+  checkpoint_every: int = 500  # Steps between checkpoints (also at epoch ends).
+  keep_checkpoints: int = 3  # Most recent checkpoints kept (the best is kept too).
+  eval_every_epoch: bool = True  # Evaluate on valid after each epoch.
+
+  def __post_init__(self):
+    if self.stages not in ("aoanet", "gin"):
+      raise ValueError(f"stages must be 'aoanet' or 'gin', got {self.stages!r}")
+    if not 0.0 < self.keep_ratio <= 1.0:
+      raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+    if self.prune_scope not in ("subspace", "layer", "global"):
+      raise ValueError(f"unknown prune_scope {self.prune_scope!r}")
+    if self.batch_size < 1 or self.eval_batch_size < 1:
+      raise ValueError("batch sizes must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+  """Everything one run needs; saved in every checkpoint and in report.json."""
+
+  name: str = "demo"  # Preset name, for reports.
+  model: ModelConfig = field(default_factory=ModelConfig)
+  data: DataConfig = field(default_factory=DataConfig)
+  train: TrainConfig = field(default_factory=TrainConfig)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> Config:
+    return Config(
+        name=d["name"],
+        model=_from_dict(ModelConfig, d["model"]),
+        data=_from_dict(DataConfig, d["data"]),
+        train=_from_dict(TrainConfig, d["train"]),
+    )
+
+
+def _from_dict(cls, d: dict):
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name in d:
+      v = d[f.name]
+      if isinstance(v, list) and "tuple" in str(hints[f.name]):
+        v = tuple(v)
+      kwargs[f.name] = v
+  return cls(**kwargs)
+
+
+def override(cfg: Config, assignments: dict[str, str]) -> Config:
+  """Applies `{"section.field": "text"}` overrides, parsing text by field type.
+
+  Args:
+    cfg: the base config.
+    assignments: dotted names (`model.embed_dim`, `train.batch_size`, or `name`)
+      mapped to their textual values.
+
+  Returns:
+    A new Config. Raises ValueError naming an unknown field or a bad value.
+  """
+  sections = {}
+  for key, text in assignments.items():
+    section, _, name = key.partition(".")
+    if not name:
+      if section != "name":
+        raise ValueError(f"unknown config field {key!r} (use section.field)")
+      cfg = dataclasses.replace(cfg, name=text)
+      continue
+    if section not in ("model", "data", "train"):
+      raise ValueError(f"unknown config section {section!r} in {key!r}")
+    sections.setdefault(section, {})[name] = text
+  for section, values in sections.items():
+    sub = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sub))
+    known = {f.name for f in dataclasses.fields(sub)}
+    parsed = {}
+    for name, text in values.items():
+      if name not in known:
+        raise ValueError(f"unknown config field {section}.{name}; known: {sorted(known)}")
+      parsed[name] = _parse(text, hints[name], f"{section}.{name}")
+    cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **parsed)})
+  return cfg
+
+
+def _parse(text: str, hint, where: str):
+  spec = str(hint)
+  try:
+    if spec.startswith("tuple"):
+      inner = float if "float" in spec else int
+      return tuple(inner(t) for t in text.split(",") if t.strip())
+    if hint is bool:
+      if text.lower() in ("1", "true", "yes"):
+        return True
+      if text.lower() in ("0", "false", "no"):
+        return False
+      raise ValueError(text)
+    if hint is int:
+      return int(text)
+    if hint is float:
+      return float(text)
+    if "None" in spec and text.lower() in ("none", ""):
+      return None
+    return text
+  except ValueError:
+    raise ValueError(f"bad value {text!r} for {where} ({spec})") from None
+
+
+# ----------------------------------------------------------------- presets
+
+
+def demo() -> Config:
+  """Synthetic Criteo-shaped data with planted pairs; minutes on 2 CPU cores."""
+  return Config(
+      name="demo",
+      model=ModelConfig(embed_dim=8, num_layers=2, num_subspaces=3, mlp_hidden=(128, 64)),
+      data=DataConfig(format="synthetic", synthetic_rows=120_000, min_count=2),
+      train=TrainConfig(batch_size=512, epochs=3, learning_rate=2e-3, keep_ratio=0.3,
+                        log_every=50, checkpoint_every=200),
+  )
+
+
+def criteo_paper() -> Config:
+  """The paper's Criteo setting: d=16, L=2, S=3, r=0.3, batch 1024, Adam."""
+  return Config(
+      name="criteo_paper",
+      model=ModelConfig(embed_dim=16, num_layers=2, num_subspaces=3,
+                        mlp_hidden=(512, 256, 64)),
+      data=DataConfig(format="criteo", split=(0.9, 0.0, 0.1), min_count=10),
+      train=TrainConfig(batch_size=1024, epochs=5, learning_rate=1e-3, keep_ratio=0.3),
+  )
+
+
+def criteo_bars() -> Config:
+  """BARS-tuned GIN on Criteo_x1: d=10, L=1, S=8, MLP 400x3 + BN, dropout 0.1."""
+  return Config(
+      name="criteo_bars",
+      model=ModelConfig(embed_dim=10, num_layers=1, num_subspaces=8,
+                        mlp_hidden=(400, 400, 400), mlp_batch_norm=True, mlp_dropout=0.1),
+      data=DataConfig(format="criteo", split=(0.72, 0.18, 0.1), min_count=10),
+      train=TrainConfig(batch_size=4096, epochs=100, learning_rate=1e-3, patience=2,
+                        keep_ratio=0.3),
+  )
+
+
+def tiny() -> Config:
+  """A few-second run for tests."""
+  return Config(
+      name="tiny",
+      model=ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(16,)),
+      data=DataConfig(format="synthetic", synthetic_rows=4000, synthetic_vocab=50,
+                      min_count=1),
+      train=TrainConfig(batch_size=128, eval_batch_size=512, epochs=2, learning_rate=3e-3,
+                        log_every=5, checkpoint_every=10, keep_ratio=0.3),
+  )
+
+
+PRESETS = {"demo": demo, "criteo_paper": criteo_paper, "criteo_bars": criteo_bars,
+           "tiny": tiny}
+
+
+def preset(name: str) -> Config:
+  """Returns the named preset; raises ValueError listing the known names."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+  return PRESETS[name]()
