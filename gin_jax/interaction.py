@@ -1,0 +1,147 @@
+"""The generalized interaction kernel of GIN (paper eq. 11-12, DESIGN.md section 1).
+
+For one layer with inputs B_0 = `b0_bfd` (the field embeddings) and
+B_{l-1} = `x_bmd`, the output of subspace s is
+
+  P[b,s,d] = sum_{u,v,e} (alpha*mask)[s,u,v] * E[b,u,d] * X[b,v,e] * W[s,d,e] * h[s,e]
+
+that is Z_uv = (u outer v) * W^s fused as P^s = sum_uv alpha_uv Z_uv h^s, with h
+contracting the B_{l-1} index (DCN-M's `x0 * (W x_l)`, the paper's Lemma 3.2).
+
+Three implementations compute the same function:
+
+- `factorized` (production): contracts alpha over u first, then applies W h to
+  X once per (subspace, vector). Per sample O(S (f m d + m d^2)) FLOPs and
+  O(S m d) memory; no per-pair d x d map ever exists.
+- `reference`: materialises every Z_uv literally, as the paper's formula reads.
+  For tests and benchmarks only: O(S f m d^2) FLOPs and memory.
+- `fuxictr`: FuxiCTR's PyTorch layout (materialise the batch x pairs x d x d
+  outer product, contract alpha with a matmul, then W and h). Benchmarks only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("factorized", "reference", "fuxictr")
+
+
+def effective_alpha(alpha_sfm: jax.Array, mask_sfm: jax.Array | None) -> jax.Array:
+  """alpha with pruned pairs set to exactly zero (the paper's G(alpha) * alpha).
+
+  Args:
+    alpha_sfm: [S, f, m] pair importances.
+    mask_sfm: optional boolean [S, f, m]; False marks a pruned pair.
+
+  Returns:
+    [S, f, m] alpha where masked entries are 0 (and receive zero gradient).
+  """
+  if mask_sfm is None:
+    return alpha_sfm
+  return jnp.where(mask_sfm, alpha_sfm, jnp.zeros((), alpha_sfm.dtype))
+
+
+def generalized_interaction(
+    b0_bfd: jax.Array,
+    x_bmd: jax.Array,
+    alpha_sfm: jax.Array,
+    w_sde: jax.Array,
+    h_se: jax.Array,
+    mask_sfm: jax.Array | None = None,
+    impl: str = "factorized",
+) -> jax.Array:
+  """One generalized interaction + fusion layer over S subspaces.
+
+  Args:
+    b0_bfd: [b, f, d] B_0, the projected field embeddings (u ranges over f).
+    x_bmd: [b, m, d] B_{l-1}, the previous layer's vectors (v ranges over m;
+      m = f at layer 1, m = S after).
+    alpha_sfm: [S, f, m] importance of each ordered pair (u, v) per subspace.
+    w_sde: [S, d, e] the interaction weight W^s (d indexes u, e indexes v).
+    h_se: [S, e] the fusion projection h^s, contracting the B_{l-1} index.
+    mask_sfm: optional boolean [S, f, m]; masked pairs contribute exactly 0.
+    impl: "factorized" (default), "reference" or "fuxictr".
+
+  Returns:
+    P: [b, S, d] in float32 when inputs are float32 or bfloat16 (bfloat16
+    inputs are multiplied in bfloat16 and accumulated in float32).
+  """
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLEMENTATIONS}")
+  _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm)
+  alpha_sfm = effective_alpha(alpha_sfm, mask_sfm)
+  fn = {"factorized": _factorized, "reference": _reference, "fuxictr": _fuxictr}[impl]
+  return fn(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
+
+
+def _einsum(spec, *operands):
+  # bfloat16 operands keep their storage dtype (halving memory traffic) while
+  # the dot accumulates and returns float32.
+  return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32)
+
+
+def _factorized(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
+  dtype = b0_bfd.dtype
+  # (W h)[s,d,e]: h scales the B_{l-1} index e of W once, not once per pair.
+  wh_sde = (w_sde.astype(jnp.float32) * h_se.astype(jnp.float32)[:, None, :]).astype(dtype)
+  # Y[b,s,v,d] = sum_e (W h)[s,d,e] X[b,v,e]: the B_{l-1} side, once per vector.
+  y_bsmd = _einsum("sde,bme->bsmd", wh_sde, x_bmd.astype(dtype))
+  # T[b,s,v,d] = sum_u alpha[s,u,v] E[b,u,d]: alpha fused over u before any product.
+  t_bsmd = _einsum("sfm,bfd->bsmd", alpha_sfm.astype(dtype), b0_bfd)
+  return jnp.sum(t_bsmd * y_bsmd, axis=2)
+
+
+def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
+  f32 = jnp.float32
+  # Z[b,s,u,v,d,e] = (u outer v) * W^s, literally.
+  z_bsfmde = (b0_bfd.astype(f32)[:, None, :, None, :, None]
+              * x_bmd.astype(f32)[:, None, None, :, None, :]
+              * w_sde.astype(f32)[None, :, None, None, :, :])
+  fused_bsde = jnp.sum(alpha_sfm.astype(f32)[None, :, :, :, None, None] * z_bsfmde, axis=(2, 3))
+  return jnp.sum(fused_bsde * h_se.astype(f32)[None, :, None, :], axis=-1)
+
+
+def _fuxictr(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
+  f32 = jnp.float32
+  b, f, d = b0_bfd.shape
+  m = x_bmd.shape[1]
+  s = alpha_sfm.shape[0]
+  # outer[b, pair, d, e] for pair = (u, v), the tensor FuxiCTR builds.
+  outer_bpde = jnp.einsum("bfd,bme->bfmde", b0_bfd.astype(f32), x_bmd.astype(f32))
+  outer_bpde = outer_bpde.reshape(b, f * m, d, d)
+  alpha_ps = alpha_sfm.astype(f32).reshape(s, f * m).T
+  fusion_bdes = jnp.matmul(outer_bpde.transpose(0, 2, 3, 1), alpha_ps)
+  fusion_bsde = w_sde.astype(f32)[None] * fusion_bdes.transpose(0, 3, 1, 2)
+  return jnp.matmul(fusion_bsde, h_se.astype(f32)[None, :, :, None])[..., 0]
+
+
+def _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm):
+  b, f, d = b0_bfd.shape
+  if x_bmd.ndim != 3 or x_bmd.shape[0] != b or x_bmd.shape[2] != d:
+    raise ValueError(f"x_bmd must be [b={b}, m, d={d}], got {x_bmd.shape}")
+  m = x_bmd.shape[1]
+  s = alpha_sfm.shape[0]
+  if alpha_sfm.shape != (s, f, m):
+    raise ValueError(f"alpha_sfm must be [S, f={f}, m={m}], got {alpha_sfm.shape}")
+  if w_sde.shape != (s, d, d):
+    raise ValueError(f"w_sde must be [S={s}, d={d}, e={d}], got {w_sde.shape}")
+  if h_se.shape != (s, d):
+    raise ValueError(f"h_se must be [S={s}, e={d}], got {h_se.shape}")
+  if mask_sfm is not None and mask_sfm.shape != alpha_sfm.shape:
+    raise ValueError(f"mask_sfm must match alpha_sfm {alpha_sfm.shape}, got {mask_sfm.shape}")
+
+
+def flops_per_sample(f: int, m: int, d: int, s: int, impl: str = "factorized") -> int:
+  """Multiply-add FLOPs (2 per MAC) of one layer per sample, for accounting.
+
+  Args:
+    f, m, d, s: fields, previous-layer vectors, embedding size, subspaces.
+    impl: which implementation's arithmetic to count.
+
+  Returns:
+    The analytic FLOP count (benchmarks also report XLA's cost_analysis()).
+  """
+  if impl == "factorized":
+    return 2 * s * (m * d * d + f * m * d) + 2 * s * m * d
+  return 3 * s * f * m * d * d + 2 * s * d * d
