@@ -123,10 +123,10 @@ class Config:
   @classmethod
   def from_dict(cls, d: dict) -> Config:
     return Config(
-        name=d["name"],
-        model=_from_dict(ModelConfig, d["model"]),
-        data=_from_dict(DataConfig, d["data"]),
-        train=_from_dict(TrainConfig, d["train"]),
+      name=d["name"],
+      model=_from_dict(ModelConfig, d["model"]),
+      data=_from_dict(DataConfig, d["data"]),
+      train=_from_dict(TrainConfig, d["train"]),
     )
 
 
@@ -206,51 +206,66 @@ def _parse(text: str, hint, where: str):
 def demo() -> Config:
   """Synthetic Criteo-shaped data with planted pairs; minutes on 2 CPU cores."""
   return Config(
-      name="demo",
-      model=ModelConfig(embed_dim=8, num_layers=2, num_subspaces=3, mlp_hidden=(128, 64)),
-      data=DataConfig(format="synthetic", synthetic_rows=120_000, min_count=2),
-      train=TrainConfig(batch_size=512, epochs=3, learning_rate=2e-3, keep_ratio=0.3,
-                        log_every=50, checkpoint_every=200),
+    name="demo",
+    model=ModelConfig(embed_dim=8, num_layers=2, num_subspaces=3, mlp_hidden=(128, 64)),
+    data=DataConfig(format="synthetic", synthetic_rows=120_000, min_count=2),
+    train=TrainConfig(
+      batch_size=512,
+      epochs=3,
+      learning_rate=2e-3,
+      keep_ratio=0.3,
+      log_every=50,
+      checkpoint_every=200,
+    ),
   )
 
 
 def criteo_paper() -> Config:
   """The paper's Criteo setting: d=16, L=2, S=3, r=0.3, batch 1024, Adam."""
   return Config(
-      name="criteo_paper",
-      model=ModelConfig(embed_dim=16, num_layers=2, num_subspaces=3,
-                        mlp_hidden=(512, 256, 64)),
-      data=DataConfig(format="criteo", split=(0.9, 0.0, 0.1), min_count=10),
-      train=TrainConfig(batch_size=1024, epochs=5, learning_rate=1e-3, keep_ratio=0.3),
+    name="criteo_paper",
+    model=ModelConfig(embed_dim=16, num_layers=2, num_subspaces=3, mlp_hidden=(512, 256, 64)),
+    data=DataConfig(format="criteo", split=(0.9, 0.0, 0.1), min_count=10),
+    train=TrainConfig(batch_size=1024, epochs=5, learning_rate=1e-3, keep_ratio=0.3),
   )
 
 
 def criteo_bars() -> Config:
   """BARS-tuned GIN on Criteo_x1: d=10, L=1, S=8, MLP 400x3 + BN, dropout 0.1."""
   return Config(
-      name="criteo_bars",
-      model=ModelConfig(embed_dim=10, num_layers=1, num_subspaces=8,
-                        mlp_hidden=(400, 400, 400), mlp_batch_norm=True, mlp_dropout=0.1),
-      data=DataConfig(format="criteo", split=(0.72, 0.18, 0.1), min_count=10),
-      train=TrainConfig(batch_size=4096, epochs=100, learning_rate=1e-3, patience=2,
-                        keep_ratio=0.3),
+    name="criteo_bars",
+    model=ModelConfig(
+      embed_dim=10,
+      num_layers=1,
+      num_subspaces=8,
+      mlp_hidden=(400, 400, 400),
+      mlp_batch_norm=True,
+      mlp_dropout=0.1,
+    ),
+    data=DataConfig(format="criteo", split=(0.72, 0.18, 0.1), min_count=10),
+    train=TrainConfig(batch_size=4096, epochs=100, learning_rate=1e-3, patience=2, keep_ratio=0.3),
   )
 
 
 def tiny() -> Config:
   """A few-second run for tests."""
   return Config(
-      name="tiny",
-      model=ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(16,)),
-      data=DataConfig(format="synthetic", synthetic_rows=4000, synthetic_vocab=50,
-                      min_count=1),
-      train=TrainConfig(batch_size=128, eval_batch_size=512, epochs=2, learning_rate=3e-3,
-                        log_every=5, checkpoint_every=10, keep_ratio=0.3),
+    name="tiny",
+    model=ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(16,)),
+    data=DataConfig(format="synthetic", synthetic_rows=4000, synthetic_vocab=50, min_count=1),
+    train=TrainConfig(
+      batch_size=128,
+      eval_batch_size=512,
+      epochs=2,
+      learning_rate=3e-3,
+      log_every=5,
+      checkpoint_every=10,
+      keep_ratio=0.3,
+    ),
   )
 
 
-PRESETS = {"demo": demo, "criteo_paper": criteo_paper, "criteo_bars": criteo_bars,
-           "tiny": tiny}
+PRESETS = {"demo": demo, "criteo_paper": criteo_paper, "criteo_bars": criteo_bars, "tiny": tiny}
 
 
 def preset(name: str) -> Config:

@@ -43,13 +43,13 @@ def effective_alpha(alpha_sfm: jax.Array, mask_sfm: jax.Array | None) -> jax.Arr
 
 
 def generalized_interaction(
-    b0_bfd: jax.Array,
-    x_bmd: jax.Array,
-    alpha_sfm: jax.Array,
-    w_sde: jax.Array,
-    h_se: jax.Array,
-    mask_sfm: jax.Array | None = None,
-    impl: str = "factorized",
+  b0_bfd: jax.Array,
+  x_bmd: jax.Array,
+  alpha_sfm: jax.Array,
+  w_sde: jax.Array,
+  h_se: jax.Array,
+  mask_sfm: jax.Array | None = None,
+  impl: str = "factorized",
 ) -> jax.Array:
   """One generalized interaction + fusion layer over S subspaces.
 
@@ -95,9 +95,11 @@ def _factorized(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
 def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   f32 = jnp.float32
   # Z[b,s,u,v,d,e] = (u outer v) * W^s, literally.
-  z_bsfmde = (b0_bfd.astype(f32)[:, None, :, None, :, None]
-              * x_bmd.astype(f32)[:, None, None, :, None, :]
-              * w_sde.astype(f32)[None, :, None, None, :, :])
+  z_bsfmde = (
+    b0_bfd.astype(f32)[:, None, :, None, :, None]
+    * x_bmd.astype(f32)[:, None, None, :, None, :]
+    * w_sde.astype(f32)[None, :, None, None, :, :]
+  )
   fused_bsde = jnp.sum(alpha_sfm.astype(f32)[None, :, :, :, None, None] * z_bsfmde, axis=(2, 3))
   return jnp.sum(fused_bsde * h_se.astype(f32)[None, :, None, :], axis=-1)
 

@@ -1,0 +1,243 @@
+"""GIN / AOANet as Flax NNX modules, used functionally (DESIGN.md sections 1 and 3).
+
+The modules are ordinary NNX modules. The library never calls them statefully:
+`init_model` splits a model once into a static graph definition plus pure
+pytrees (`params`, `batch_stats`), and `apply_model` merges them inside a jitted
+function, runs the forward pass and returns the new batch statistics. That
+keeps train steps pure functions under plain `jax.jit`.
+
+Each example arrives as f (row id, value) pairs into one stacked embedding
+table: categorical fields have value 1, a scaled numeric field is its value
+times that field's learned vector (see `gin_jax.data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from gin_jax.config import ModelConfig
+from gin_jax.interaction import generalized_interaction
+
+# Logical axis names. Only gin_jax.partitioning maps them onto a device mesh.
+TABLE_ROWS = "table_rows"
+
+
+class FieldProjection(nnx.Module):
+  """Projection layer: E[b,f,:] = table[id[b,f]] * value[b,f] (paper eq. 6)."""
+
+  def __init__(
+    self, num_rows: int, padded_rows: int, embed_dim: int, init_std: float, *, rngs: nnx.Rngs
+  ):
+    # Only the real rows are drawn, so the values do not depend on how far the
+    # table is padded for the device count; padding rows stay zero (no id
+    # points at them, so they never receive a gradient).
+    real = init_std * jax.random.normal(rngs.params(), (num_rows, embed_dim))
+    self.table = nnx.Param(jnp.pad(real, ((0, padded_rows - num_rows), (0, 0))))
+
+  def __call__(self, ids_bf: jax.Array, values_bf: jax.Array) -> jax.Array:
+    e_bfd = jnp.take(self.table[...], ids_bf, axis=0)
+    return e_bfd * values_bf[..., None].astype(e_bfd.dtype)
+
+
+class InteractionLayer(nnx.Module):
+  """One generalized interaction + fusion layer with S subspaces (eq. 11-13)."""
+
+  def __init__(
+    self,
+    num_fields: int,
+    num_inputs: int,
+    num_subspaces: int,
+    embed_dim: int,
+    perturbation: float,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    s, f, m, d = num_subspaces, num_fields, num_inputs, embed_dim
+    # W = I, alpha = 1, h = 1 (as FuxiCTR); a small perturbation, if asked,
+    # breaks the symmetry that otherwise makes all subspaces identical.
+    noise = lambda shape: perturbation * jax.random.normal(rngs.params(), shape)
+    self.alpha = nnx.Param(jnp.ones((s, f, m)) + noise((s, f, m)))
+    self.w = nnx.Param(jnp.broadcast_to(jnp.eye(d), (s, d, d)) + noise((s, d, d)))
+    self.h = nnx.Param(jnp.ones((s, d)) + noise((s, d)))
+
+  def __call__(self, b0_bfd, x_bmd, mask_sfm=None, impl="factorized"):
+    return generalized_interaction(
+      b0_bfd, x_bmd, self.alpha[...], self.w[...], self.h[...], mask_sfm=mask_sfm, impl=impl
+    )
+
+
+class MLP(nnx.Module):
+  """Deep part (eq. 14): dense -> [batch norm] -> ReLU -> [dropout], per hidden layer."""
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden: tuple[int, ...],
+    batch_norm: bool,
+    dropout: float,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.num_hidden = len(hidden)
+    self.dropout = dropout
+    widths = (in_features, *hidden)
+    for i in range(len(hidden)):
+      setattr(self, f"dense_{i}", nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
+      if batch_norm:
+        setattr(self, f"norm_{i}", nnx.BatchNorm(widths[i + 1], momentum=0.9, rngs=rngs))
+
+  def __call__(self, x, *, train: bool, dropout_key=None):
+    for i in range(self.num_hidden):
+      x = getattr(self, f"dense_{i}")(x)
+      if hasattr(self, f"norm_{i}"):
+        x = getattr(self, f"norm_{i}")(x, use_running_average=not train)
+      x = jax.nn.relu(x)
+      if train and self.dropout > 0:
+        if dropout_key is None:
+          raise ValueError("training with dropout needs a dropout_key")
+        keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - self.dropout, x.shape)
+        x = jnp.where(keep, x / (1 - self.dropout), 0.0)
+    return x
+
+
+class GIN(nnx.Module):
+  """GIN (paper Fig. 2b); AOANet is this model called with pruning masks on alpha."""
+
+  def __init__(
+    self, cfg: ModelConfig, num_fields: int, num_rows: int, padded_rows: int, *, rngs: nnx.Rngs
+  ):
+    d, s = cfg.embed_dim, cfg.num_subspaces
+    self.cfg = cfg
+    self.num_fields = num_fields
+    self.projection = FieldProjection(num_rows, padded_rows, d, cfg.embed_init_std, rngs=rngs)
+    for layer in range(cfg.num_layers):
+      num_inputs = num_fields if layer == 0 else s  # m = f at layer 1, S after.
+      setattr(
+        self,
+        layer_name(layer),
+        InteractionLayer(num_fields, num_inputs, s, d, cfg.init_perturbation, rngs=rngs),
+      )
+    self.mlp = MLP(num_fields * d, cfg.mlp_hidden, cfg.mlp_batch_norm, cfg.mlp_dropout, rngs=rngs)
+    readout = s * d * (cfg.num_layers if cfg.readout == "all" else 1)
+    deep = cfg.mlp_hidden[-1] if cfg.mlp_hidden else 0
+    self.output = nnx.Linear(readout + deep, 1, rngs=rngs)
+
+  def __call__(self, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None):
+    """Returns (logits [b], E [b, f, d]); E feeds the embedding L2 term."""
+    e_bfd = self.projection(ids_bf, values_bf)
+    b0_bfd = e_bfd.astype(self.cfg.compute_dtype)
+    x_bmd = b0_bfd
+    outputs = []
+    for layer in range(self.cfg.num_layers):
+      name = layer_name(layer)
+      mask_sfm = None if masks is None else masks[name]
+      p_bsd = getattr(self, name)(b0_bfd, x_bmd, mask_sfm, impl=self.cfg.interaction_impl)
+      outputs.append(p_bsd)
+      x_bmd = p_bsd.astype(self.cfg.compute_dtype)
+    readout = outputs if self.cfg.readout == "all" else outputs[-1:]
+    q_b = jnp.concatenate([p.reshape(p.shape[0], -1) for p in readout], axis=-1)
+    features = [q_b.astype(jnp.float32)]
+    if self.cfg.mlp_hidden:
+      features.append(
+        self.mlp(e_bfd.reshape(e_bfd.shape[0], -1), train=train, dropout_key=dropout_key)
+      )
+    logits = self.output(jnp.concatenate(features, axis=-1))[:, 0]
+    return logits, e_bfd
+
+
+def layer_name(layer: int) -> str:
+  return f"interaction_{layer}"
+
+
+# --------------------------------------------------------------- functional use
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Static facts about a built model; hashable, so it can close over jit."""
+
+  cfg: ModelConfig
+  num_fields: int
+  num_rows: int  # Real rows of the stacked table (sum of field sizes).
+  padded_rows: int  # Rows after padding to a multiple of the device count.
+
+  def build(self, key: jax.Array) -> GIN:
+    return GIN(
+      self.cfg, self.num_fields, self.num_rows, self.padded_rows, rngs=nnx.Rngs(params=key)
+    )
+
+
+def padded_table_rows(num_rows: int, num_shards: int) -> int:
+  """Rows rounded up to a multiple of `num_shards` (rows are sharded over all devices)."""
+  return int(math.ceil(num_rows / num_shards) * num_shards)
+
+
+def abstract_state(spec: ModelSpec):
+  """(graphdef, params, batch_stats) with ShapeDtypeStruct leaves; allocates nothing."""
+  model = nnx.eval_shape(lambda: spec.build(jax.random.key(0)))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, params.to_pure_dict(), rest.to_pure_dict()
+
+
+def init_state(spec: ModelSpec, key: jax.Array):
+  """(params, batch_stats) as plain nested dicts of arrays; call under jit."""
+  _, params, rest = nnx.split(spec.build(key), nnx.Param, ...)
+  return params.to_pure_dict(), rest.to_pure_dict()
+
+
+def apply_model(
+  graphdef, params, batch_stats, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None
+):
+  """Pure forward pass.
+
+  Args:
+    graphdef: from `abstract_state`.
+    params, batch_stats: plain pytrees from `init_state`.
+    ids_bf, values_bf: [b, f] row ids and values.
+    masks: optional pruning masks, `{layer_name: bool [S, f, m]}` (see pruning).
+    train: training mode (batch statistics, dropout).
+    dropout_key: PRNG key, needed only with dropout in train mode.
+
+  Returns:
+    (logits [b], e_bfd [b, f, d], new batch_stats).
+  """
+  model = nnx.merge(graphdef, params, batch_stats)
+  logits, e_bfd = model(ids_bf, values_bf, masks, train=train, dropout_key=dropout_key)
+  _, _, new_stats = nnx.split(model, nnx.Param, ...)
+  return logits, e_bfd, new_stats.to_pure_dict()
+
+
+def alpha_tree(params) -> dict:
+  """The alpha leaves of a params-shaped tree (params, grads or updates), by layer."""
+  return {name: params[name]["alpha"] for name in params if name.startswith("interaction_")}
+
+
+def with_alpha(params, alphas: dict):
+  """A shallow copy of `params` whose alpha leaves are replaced by `alphas`."""
+  out = dict(params)
+  for name, value in alphas.items():
+    out[name] = {**params[name], "alpha": value}
+  return out
+
+
+def logical_axes(params):
+  """Per-leaf PartitionSpecs over logical names: table rows are TABLE_ROWS, all else replicated."""
+
+  def axes(path, leaf):
+    keys = [getattr(k, "key", None) for k in path]
+    if keys[:2] == ["projection", "table"]:
+      return PartitionSpec(TABLE_ROWS, *([None] * (np.ndim(leaf) - 1)))
+    return PartitionSpec()
+
+  return jax.tree_util.tree_map_with_path(axes, params)
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
