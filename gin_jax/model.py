@@ -89,7 +89,10 @@ class MLP(nnx.Module):
     self.dropout = dropout
     widths = (in_features, *hidden)
     for i in range(len(hidden)):
-      setattr(self, f"dense_{i}", nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
+      # No bias before batch norm: BN cancels it, so its gradient is pure
+      # round-off that Adam would normalise into lr-sized random steps.
+      dense = nnx.Linear(widths[i], widths[i + 1], use_bias=not batch_norm, rngs=rngs)
+      setattr(self, f"dense_{i}", dense)
       if batch_norm:
         setattr(self, f"norm_{i}", nnx.BatchNorm(widths[i + 1], momentum=0.9, rngs=rngs))
 
