@@ -45,6 +45,10 @@ def manager(directory: str | os.PathLike, max_to_keep: int | None) -> ocp.Checkp
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   """Writes `state` (pytree) and `meta` (JSON-able dict) as checkpoint `step`."""
   args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  if step in mngr.all_steps():
+    # A stage boundary can share its step with the epoch-end save; the newer
+    # state supersedes it (earlier checkpoints remain as a fallback).
+    mngr.delete(step)
   mngr.save(step, args=args, force=True)
   mngr.wait_until_finished()
 

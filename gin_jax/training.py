@@ -41,8 +41,13 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return adam
 
 
+def _is_chain(opt_state) -> bool:
+  # The injected-hyperparams state is itself a NamedTuple, so test for it first.
+  return not hasattr(opt_state, "hyperparams")
+
+
 def _adam_state(opt_state):
-  return opt_state[-1] if isinstance(opt_state, tuple) else opt_state
+  return opt_state[-1] if _is_chain(opt_state) else opt_state
 
 
 def get_learning_rate(opt_state) -> float:
@@ -58,7 +63,7 @@ def set_learning_rate(opt_state, lr: float):
     "learning_rate": jax.device_put(jnp.asarray(lr, old.dtype), old.sharding),
   }
   adam = adam._replace(hyperparams=hyper)
-  return (*opt_state[:-1], adam) if isinstance(opt_state, tuple) else adam
+  return (*opt_state[:-1], adam) if _is_chain(opt_state) else adam
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""Run outputs: metrics.jsonl lines, report.json, the |alpha| heatmap and the summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class MetricsLog:
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, path: str | os.PathLike, enabled: bool = True):
+    self.path = Path(path)
+    self.enabled = enabled
+
+  def write(self, **record) -> None:
+    if not self.enabled:
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps(_jsonable(record)) + "\n")
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+  """Writes atomically (temp file + rename) so readers never see half a file."""
+  path = Path(path)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+  os.replace(tmp, path)
+
+
+def alpha_heatmap(path, alphas: dict, masks: dict | None, field_names: list[str],
+                  num_subspaces: int) -> None:  # fmt: skip
+  """PNG of |alpha| per layer (rows) and subspace (columns); kept pairs outlined.
+
+  Args:
+    path: output PNG path.
+    alphas: `{interaction_<l>: [S, f, m]}` from the search stage.
+    masks: the selected masks (same structure) or None.
+    field_names: the f names (u axis; also the v axis of layer 1).
+    num_subspaces: S, to name the v axis of deeper layers.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from gin_jax.pruning import input_names
+
+  names = sorted(alphas, key=lambda n: int(n.rsplit("_", 1)[1]))
+  rows, cols = len(names), num_subspaces
+  f = len(field_names)
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(4.2 * cols, 4.2 * rows * (1 if f > 3 else 0.5)), squeeze=False
+  )
+  for r, name in enumerate(names):
+    a = np.abs(np.asarray(alphas[name], np.float32))
+    layer = int(name.rsplit("_", 1)[1])
+    v_names = input_names(layer, field_names, num_subspaces)
+    for s in range(a.shape[0]):
+      ax = axes[r][s]
+      im = ax.imshow(a[s], aspect="auto", cmap="viridis", interpolation="nearest")
+      if masks is not None:
+        u, v = np.nonzero(np.asarray(masks[name])[s])
+        ax.scatter(v, u, s=4, c="red", marker="s", linewidths=0)
+      ax.set_title(f"layer {layer + 1}, subspace {s}: |alpha|", fontsize=9)
+      step = max(1, f // 13)
+      ax.set_yticks(range(0, f, step), [field_names[i] for i in range(0, f, step)], fontsize=6)
+      vstep = max(1, len(v_names) // 13)
+      ax.set_xticks(range(0, len(v_names), vstep), v_names[::vstep], fontsize=6, rotation=90)
+      ax.set_ylabel("u (B_0 field)", fontsize=7)
+      ax.set_xlabel("v (B_{l-1} vector)", fontsize=7)
+      fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  fig.suptitle("AOANet search stage |alpha|; red = kept after pruning", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def summary_table(report: dict) -> str:
+  """A markdown table of per-stage metrics plus the pruning facts."""
+  lines = [
+    "| stage | valid AUC | valid logloss | test AUC | test logloss | epochs | seconds |",
+    "|---|---|---|---|---|---|---|",
+  ]
+
+  def fmt(x):
+    return "-" if x is None else f"{x:.4f}"
+
+  for stage, r in report["stages"].items():
+    lines.append(
+      f"| {stage} | {fmt(r.get('valid_auc'))} | {fmt(r.get('valid_logloss'))} | "
+      f"{fmt(r.get('test_auc'))} | {fmt(r.get('test_logloss'))} | {r.get('epochs', '-')} | "
+      f"{r.get('seconds', 0):.0f} |"
+    )
+  if report.get("kept_pairs") is not None:
+    lines.append("")
+    lines.append(
+      f"kept {report['kept_fraction']:.0%} of alpha entries; "
+      f"{len(report['kept_pairs'])} distinct layer-1 field pairs"
+    )
+  if report.get("planted_pair_recall") is not None:
+    ranks = ", ".join(
+      f"{'x'.join(r['pair'])}: rank {r['rank']}/{r['of']}" for r in report["planted_pair_ranks"]
+    )
+    lines.append(
+      f"planted-pair recall: {report['planted_pair_recall']:.2f} "
+      f"(chance: {report['planted_pair_chance']:.2f}); {ranks}"
+    )
+  return "\n".join(lines)

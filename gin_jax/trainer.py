@@ -1,0 +1,458 @@
+"""The two-stage AOANet trainer: search -> select -> retrain -> test.
+
+`run(cfg, workdir)` is the one orchestration function of the project; it is
+long on purpose and reads top to bottom in marked sections (STYLE.md rule 9).
+Everything it calls is a short, tested library function.
+
+Resuming: re-running the same command on the same workdir restores the
+newest readable checkpoint (train state + grain iterator state + stage
+progress) and continues; on one device the result is bit-identical to an
+uninterrupted run (tests/test_train_resume.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from gin_jax import checkpointing, data, partitioning, pruning, report, training
+from gin_jax import metrics as metrics_lib
+from gin_jax import model as model_lib
+from gin_jax.config import Config
+from gin_jax.data import pipeline, synthetic
+
+STAGES = {"aoanet": ("search", "retrain"), "gin": ("gin",)}
+KILL_ENV = "GIN_JAX_SIGKILL_AT_STEP"  # test hook: SIGKILL self after this global step
+
+
+class TrainingError(RuntimeError):
+  """A run cannot continue (non-finite loss, mismatched workdir, ...)."""
+
+
+@dataclasses.dataclass
+class Progress:
+  """Host-side stage progress, saved as JSON in every checkpoint."""
+
+  stage: str
+  epoch: int = 0
+  iterator_state: dict | None = None
+  best_auc: float | None = None
+  bad_epochs: int = 0
+  epoch_start_step: int = 0  # global step at which the current epoch began
+  stage_start_time: float = 0.0
+  results: dict = dataclasses.field(default_factory=dict)
+  search_alpha: dict | None = None  # |alpha| evidence for the heatmap
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def run(cfg: Config, workdir: str | os.PathLike, *, overwrite: bool = False, devices=None) -> dict:
+  """Trains, prunes, retrains and tests; writes checkpoints and reports to `workdir`.
+
+  Args:
+    cfg: the full config (see gin_jax.config presets).
+    workdir: output directory; re-running on it resumes.
+    overwrite: discard a workdir that holds a run with a different config.
+    devices: devices for the mesh (default: all devices of all processes).
+
+  Returns:
+    The report dict also written to WORKDIR/report.json.
+  """
+  # ------------------------------------------------------------ workdir guard
+  workdir = Path(workdir)
+  lead = jax.process_index() == 0
+  if lead:
+    _prepare_workdir(workdir, cfg, overwrite)
+  _barrier("workdir")
+
+  # ------------------------------------------------------------ data
+  meta, splits, planted = _load_data(cfg, workdir)
+  for name in ("train",):
+    if len(splits[name]) < cfg.train.batch_size:
+      raise TrainingError(
+        f"the {name} split has {len(splits[name])} rows, fewer than one batch "
+        f"(train.batch_size={cfg.train.batch_size})"
+      )
+  _log(
+    f"data: {meta.num_fields} fields, {meta.num_table_rows} table rows; "
+    + ", ".join(f"{k} {len(v)} rows" for k, v in splits.items())
+  )
+
+  # ------------------------------------------------------------ mesh and steps
+  mesh = partitioning.make_mesh(devices)
+  partitioning.check_batch_size(mesh, cfg.train.batch_size, "train.batch_size")
+  partitioning.check_batch_size(mesh, cfg.train.eval_batch_size, "train.eval_batch_size")
+  spec = model_lib.ModelSpec(
+    cfg.model,
+    meta.num_fields,
+    meta.num_table_rows,
+    model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
+  )
+  fns = training.build(spec, cfg.train, mesh)
+  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted)
+  _log(
+    f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
+    f"{model_lib.count_params(fns.abstract_state['params']):,} parameters"
+  )
+
+  # ------------------------------------------------------------ resume or start
+  stages = STAGES[cfg.train.stages]
+  restored = checkpointing.restore_latest_good(
+    ctx.ckpt, lambda _: fns.abstract_state, report=lambda m: _log("WARNING: " + m)
+  )
+  if restored is None:
+    progress = Progress(stage=stages[0], stage_start_time=time.time())
+    state = fns.init(_stage_key(cfg, 0))
+    _log(f"starting {cfg.name} in {workdir}")
+  else:
+    step, state, saved = restored
+    progress = Progress(**saved["progress"])
+    _log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
+
+  # ------------------------------------------------------------ stages
+  while progress.stage != "done":
+    stage = progress.stage
+    state = _train_stage(ctx, stage, state, progress)
+    state = _restore_best(ctx, stage, state)
+    result = {**progress.results.get(stage, {}), "epochs": progress.epoch}
+    for split in ("valid", "test"):
+      if len(splits[split]):
+        m = _evaluate(ctx, state, splits[split])
+        result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
+    result["seconds"] = time.time() - progress.stage_start_time
+    progress.results[stage] = result
+    ctx.log.write(stage=stage, event="stage_end", step=int(state["step"]), **result)
+    nxt = stages[stages.index(stage) + 1] if stage != stages[-1] else "done"
+    if nxt == "retrain":
+      state, progress = _select_and_reinit(ctx, state, progress)
+    else:
+      progress = dataclasses.replace(progress, stage=nxt, epoch=0, iterator_state=None)
+    _save(ctx, state, progress)
+
+  # ------------------------------------------------------------ report
+  out = _final_report(ctx, state, progress)
+  if lead:
+    report.write_json(workdir / "report.json", out)
+    print(report.summary_table(out), flush=True)
+  return out
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@dataclasses.dataclass
+class _Context:
+  cfg: Config
+  workdir: Path
+  mesh: object
+  spec: model_lib.ModelSpec
+  fns: training.StepFns
+  meta: object
+  splits: dict
+  planted: list
+
+  def __post_init__(self):
+    self.ckpt = checkpointing.manager(self.workdir / "checkpoints", self.cfg.train.keep_checkpoints)
+    self.log = report.MetricsLog(self.workdir / "metrics.jsonl", jax.process_index() == 0)
+
+  def best_manager(self, stage):
+    return checkpointing.manager(self.workdir / f"best_{stage}", 1)
+
+  def meta_dict(self, progress: Progress) -> dict:
+    return {
+      "progress": progress.to_dict(),
+      "config": self.cfg.to_dict(),
+      "dataset": json.loads(self.meta.to_json()),
+      "planted_pairs": [list(p) for p in self.planted],
+      "model": {"num_rows": self.spec.num_rows, "padded_rows": self.spec.padded_rows},
+    }
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _prepare_workdir(workdir: Path, cfg: Config, overwrite: bool) -> None:
+  saved = workdir / "config.json"
+  if saved.exists():
+    old = json.loads(saved.read_text())
+    if old != json.loads(cfg.to_json()):
+      if not overwrite:
+        diff = _config_diff(old, json.loads(cfg.to_json()))
+        raise TrainingError(
+          f"{workdir} holds a run with a different config ({diff}); use another "
+          "--workdir, or --overwrite to discard it"
+        )
+      for child in ("checkpoints", "metrics.jsonl", "report.json", "alpha_heatmap.png"):
+        p = workdir / child
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+      for p in workdir.glob("best_*"):
+        shutil.rmtree(p)
+  workdir.mkdir(parents=True, exist_ok=True)
+  report.write_json(saved, json.loads(cfg.to_json()))
+
+
+def _config_diff(old: dict, new: dict, prefix="") -> str:
+  diffs = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      inner = _config_diff(a, b, f"{prefix}{k}.")
+      if inner:
+        diffs.append(inner)
+    elif a != b:
+      diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return "; ".join(diffs[:5])
+
+
+def _load_data(cfg: Config, workdir: Path):
+  """Prepares the splits (process 0 first, others then hit its cache)."""
+  data_cfg, planted = cfg.data, []
+  data_dir = workdir / "data"
+  if cfg.data.format == "synthetic":
+    tsv = data_dir / "synthetic.tsv"
+    spec = synthetic.SyntheticSpec(
+      num_rows=cfg.data.synthetic_rows,
+      max_vocab=cfg.data.synthetic_vocab,
+      num_planted=cfg.data.synthetic_planted,
+      noise=cfg.data.synthetic_noise,
+      seed=cfg.data.seed,
+    )
+    planted_file = data_dir / "planted_pairs.json"
+    if jax.process_index() == 0 and not planted_file.exists():
+      data_dir.mkdir(parents=True, exist_ok=True)
+      planted = synthetic.write_criteo_tsv(tsv, spec)
+      report.write_json(planted_file, [list(p) for p in planted])
+    _barrier("synthetic")
+    planted = [tuple(p) for p in json.loads(planted_file.read_text())]
+    data_cfg = dataclasses.replace(cfg.data, format="criteo", train=str(tsv))
+  if jax.process_index() == 0:
+    meta, splits = data.prepare(data_cfg, data_dir / "cache")
+  _barrier("prepare")
+  if jax.process_index() != 0:
+    meta, splits = data.prepare(data_cfg, data_dir / "cache")
+  return meta, splits, planted
+
+
+def _stage_key(cfg: Config, stage_index: int):
+  return jax.random.fold_in(jax.random.key(cfg.train.seed), stage_index)
+
+
+def _stage_seed(cfg: Config, stage: str) -> int:
+  return cfg.train.seed * 1000 + {"search": 1, "retrain": 2, "gin": 1}[stage]
+
+
+def _check_finite(ctx: _Context, state, stage: str) -> None:
+  bad = int(state["nonfinite"])
+  if bad:
+    raise TrainingError(
+      f"stage {stage}: the loss was NaN or Inf in {bad} step(s) before step "
+      f"{int(state['step'])}; stopping without saving. The last good checkpoint in "
+      f"{ctx.workdir / 'checkpoints'} is intact (try a lower train.learning_rate or "
+      "train.clip_norm)"
+    )
+
+
+def _save(ctx: _Context, state, progress: Progress) -> None:
+  checkpointing.save(ctx.ckpt, int(state["step"]), state, ctx.meta_dict(progress))
+
+
+def _train_stage(ctx: _Context, stage: str, state, progress: Progress):
+  """Epochs of one stage with logging, checkpoints, plateau decay and early stopping."""
+  cfg = ctx.cfg.train
+  split = ctx.splits["train"]
+  steps_per_epoch = len(split) // cfg.batch_size
+  kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+  while progress.epoch < cfg.epochs and progress.bad_epochs < cfg.patience:
+    epoch = progress.epoch
+    it = pipeline.train_iterator(
+      split,
+      cfg.batch_size,
+      seed=_stage_seed(ctx.cfg, stage),
+      epoch=epoch,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      num_workers=ctx.cfg.data.num_workers,
+    )
+    if progress.iterator_state is not None:  # resuming mid-epoch
+      it.set_state(progress.iterator_state)
+    else:
+      progress.epoch_start_step = int(state["step"])
+    done = int(state["step"]) - progress.epoch_start_step
+    bar = _progress_bar(steps_per_epoch, done, f"{stage} epoch {epoch + 1}/{cfg.epochs}")
+    t0, since = time.time(), 0
+    for batch in it:
+      state, step_metrics = ctx.fns.train_step(state, partitioning.shard_batch(ctx.mesh, batch))
+      since += 1
+      step = int(state["step"])
+      if step % cfg.log_every == 0:
+        _check_finite(ctx, state, stage)
+        loss = float(step_metrics["loss"])
+        rate = since * cfg.batch_size / max(time.time() - t0, 1e-9)
+        t0, since = time.time(), 0
+        ctx.log.write(stage=stage, step=step, epoch=epoch, loss=loss, samples_per_s=rate,
+                      lr=training.get_learning_rate(state["opt_state"]))  # fmt: skip
+        if bar is not None:
+          bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:,.0f}")
+      if bar is not None:
+        bar.update(1)
+      if step % cfg.checkpoint_every == 0:
+        _check_finite(ctx, state, stage)
+        progress.iterator_state = it.get_state()
+        _save(ctx, state, progress)
+      if kill_at and step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if bar is not None:
+      bar.close()
+    _check_finite(ctx, state, stage)
+    progress = _end_of_epoch(ctx, stage, state, progress)
+    state = _apply_decay(state, progress, cfg)
+    _save(ctx, state, progress)
+  return state
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+  if jax.process_index() != 0:
+    return None
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, mininterval=1.0)
+
+
+def _end_of_epoch(ctx: _Context, stage: str, state, progress: Progress) -> Progress:
+  """Validation, best-checkpoint bookkeeping and the plateau counter."""
+  progress.epoch += 1
+  progress.iterator_state = None
+  if not len(ctx.splits["valid"]):
+    return progress  # no validation data: keep the last weights, never stop early
+  m = _evaluate(ctx, state, ctx.splits["valid"])
+  ctx.log.write(stage=stage, event="eval", split="valid", step=int(state["step"]),
+                epoch=progress.epoch, auc=m["auc"], logloss=m["logloss"])  # fmt: skip
+  _log(f"{stage} epoch {progress.epoch}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  if progress.best_auc is None or m["auc"] > progress.best_auc:
+    progress.best_auc = m["auc"]
+    progress.bad_epochs = 0
+    best = ctx.best_manager(stage)
+    checkpointing.save(best, int(state["step"]), state, ctx.meta_dict(progress))
+  else:
+    progress.bad_epochs += 1
+  return progress
+
+
+def _apply_decay(state, progress: Progress, cfg):
+  """lr x decay after each epoch without improvement (BARS' ReduceLROnPlateau)."""
+  if progress.bad_epochs and progress.bad_epochs < cfg.patience:
+    lr = training.get_learning_rate(state["opt_state"]) * cfg.lr_decay
+    _log(f"no improvement: learning rate -> {lr:.2e}")
+    state = {**state, "opt_state": training.set_learning_rate(state["opt_state"], lr)}
+  return state
+
+
+def _restore_best(ctx: _Context, stage: str, state):
+  """The stage's best weights (by validation AUC), keeping the current step."""
+  best = ctx.best_manager(stage)
+  step = best.latest_step()
+  if step is None:
+    return state
+  restored, _ = checkpointing.restore(best, step, ctx.fns.abstract_state)
+  _log(f"{stage}: restored the best weights (step {step})")
+  return {**restored, "step": state["step"]}
+
+
+def _select_and_reinit(ctx: _Context, state, progress: Progress):
+  """The select stage: masks from |alpha| of the search weights, then a new model."""
+  cfg = ctx.cfg.train
+  alphas = jax.tree.map(partitioning.to_host, model_lib.alpha_tree(state["params"]))
+  masks = pruning.select(alphas, cfg.keep_ratio, cfg.prune_scope)
+  names = ctx.meta.field_names
+  _log(
+    f"select: kept {pruning.kept_fraction(masks):.0%} of pairs "
+    f"({len(pruning.kept_field_pairs(masks, names))} distinct layer-1 field pairs)"
+  )
+  fresh = ctx.fns.init(_stage_key(ctx.cfg, 1), masks)
+  if cfg.warm_start:
+    params = model_lib.with_alpha(
+      state["params"], pruning.apply(model_lib.alpha_tree(state["params"]), masks)
+    )
+    fresh = {**fresh, "params": params, "batch_stats": state["batch_stats"]}
+  fresh = {**fresh, "step": state["step"]}
+  new = Progress(
+    stage="retrain",
+    stage_start_time=time.time(),
+    results=progress.results,
+    search_alpha={k: np.asarray(v).tolist() for k, v in alphas.items()},
+  )
+  return fresh, new
+
+
+def _evaluate(ctx: _Context, state, split) -> dict:
+  """Exact AUC / logloss over a whole split; predictions gathered from all processes."""
+  probs, labels, weights = [], [], []
+  for batch in pipeline.eval_batches(
+    split,
+    ctx.cfg.train.eval_batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  ):
+    sharded = partitioning.shard_batch(ctx.mesh, batch)
+    p = ctx.fns.eval_step(state["params"], state["batch_stats"], state["masks"], sharded)
+    probs.append(partitioning.to_host(p))
+    labels.append(partitioning.to_host(sharded["labels"]))
+    weights.append(partitioning.to_host(sharded["weights"]))
+  keep = np.concatenate(weights) > 0
+  return metrics_lib.evaluate(np.concatenate(labels)[keep], np.concatenate(probs)[keep])
+
+
+def _final_report(ctx: _Context, state, progress: Progress) -> dict:
+  names = ctx.meta.field_names
+  out = {
+    "stages": progress.results,
+    "config": ctx.cfg.to_dict(),
+    "kept_pairs": None,
+    "planted_pairs": [list(p) for p in ctx.planted] or None,
+    "planted_pair_recall": None,
+    "final_step": int(state["step"]),
+  }
+  if ctx.cfg.train.stages == "aoanet" and progress.search_alpha is not None:
+    masks = jax.tree.map(partitioning.to_host, state["masks"])
+    alphas = {k: np.asarray(v, np.float32) for k, v in progress.search_alpha.items()}
+    kept = pruning.kept_field_pairs(masks, names)
+    f = len(names)
+    out.update(
+      kept_pairs=kept,
+      kept_fraction=pruning.kept_fraction(masks),
+      kept_pairs_detail=pruning.kept_pairs(masks, names, alphas),
+      planted_pair_recall=pruning.planted_pair_recall(masks, names, ctx.planted),
+      planted_pair_chance=len(kept) / (f * (f + 1) / 2),
+      planted_pair_ranks=pruning.planted_pair_ranks(alphas, names, ctx.planted)
+      if ctx.planted
+      else None,
+    )
+    if jax.process_index() == 0:
+      report.alpha_heatmap(
+        ctx.workdir / "alpha_heatmap.png", alphas, masks, names, ctx.cfg.model.num_subspaces
+      )
+  out["summary"] = {
+    stage: {k: r.get(k) for k in ("valid_auc", "test_auc", "test_logloss")}
+    for stage, r in out["stages"].items()
+  }
+  if not math.isfinite(out.get("planted_pair_chance", 0.0) or 0.0):
+    out["planted_pair_chance"] = None
+  return out

@@ -1,0 +1,193 @@
+"""End to end: the two-stage trainer on the tiny preset (in-process and as subprocesses)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from gin_jax import config as config_lib
+from gin_jax import score, trainer
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(**train):
+  cfg = config_lib.tiny()
+  return config_lib.Config(
+    name=cfg.name, model=cfg.model, data=cfg.data,
+    train=config_lib.dataclasses.replace(cfg.train, **train),
+  )  # fmt: skip
+
+
+def _losses(workdir):
+  lines = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {(r["stage"], r["step"]): r["loss"] for r in lines if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("one")
+  return wd, trainer.run(tiny(), wd, devices=jax.devices()[:1])
+
+
+def test_tiny_trains_end_to_end_with_report(one_device_run):
+  wd, rep = one_device_run
+  for stage in ("search", "retrain"):
+    assert 0.5 < rep["stages"][stage]["test_auc"] <= 1.0
+    assert rep["stages"][stage]["valid_logloss"] > 0
+  assert rep["kept_pairs"] and all(len(p) == 2 for p in rep["kept_pairs"])
+  assert 0.0 <= rep["planted_pair_recall"] <= 1.0
+  assert rep["config"]["name"] == "tiny"
+  on_disk = json.loads((wd / "report.json").read_text())
+  assert on_disk["stages"] == json.loads(json.dumps(rep["stages"]))
+  assert (wd / "alpha_heatmap.png").stat().st_size > 1000
+  assert _losses(wd)
+
+
+def test_eight_devices_match_one_device(one_device_run, tmp_path):
+  wd1, rep1 = one_device_run
+  rep8 = trainer.run(tiny(), tmp_path, devices=jax.devices())
+  l1, l8 = _losses(wd1), _losses(tmp_path)
+  assert l1.keys() == l8.keys()
+  # Sharded reductions sum in another order: float32 round-off, amplified a
+  # little by ~100 Adam steps. Stated tolerance: 1e-3 relative on every logged
+  # loss, 2e-3 absolute on AUC; the kept pairs must be identical.
+  np.testing.assert_allclose([l8[k] for k in l1], [l1[k] for k in l1], rtol=1e-3)
+  for stage in ("search", "retrain"):
+    assert abs(rep8["stages"][stage]["test_auc"] - rep1["stages"][stage]["test_auc"]) < 2e-3
+  assert rep8["kept_pairs"] == rep1["kept_pairs"]
+
+
+def test_pruned_alpha_is_exactly_zero_after_retraining(one_device_run):
+  wd, _ = one_device_run
+  loaded = score.load_checkpoint(wd, devices=jax.devices()[:1])
+  params, masks = loaded.state["params"], loaded.state["masks"]
+  for name, mask in masks.items():
+    alpha, mask = np.asarray(params[name]["alpha"]), np.asarray(mask)
+    assert (~mask).any() and mask.any()
+    assert np.all(alpha[~mask] == 0.0)
+    assert np.all(alpha[mask] != 0.0)
+
+
+def test_rerun_on_finished_workdir_resumes_without_training(one_device_run, capsys):
+  wd, rep = one_device_run
+  before = (wd / "metrics.jsonl").read_text()
+  again = trainer.run(tiny(), wd, devices=jax.devices()[:1])
+  assert again["stages"] == rep["stages"]
+  assert (wd / "metrics.jsonl").read_text() == before
+
+
+def test_different_config_is_refused_unless_overwrite(one_device_run, tmp_path):
+  wd, _ = one_device_run
+  with pytest.raises(trainer.TrainingError, match=r"different config.*train.keep_ratio"):
+    trainer.run(tiny(keep_ratio=0.5), wd, devices=jax.devices()[:1])
+  other = tmp_path / "copy"
+  other.mkdir()
+  (other / "config.json").write_text((wd / "config.json").read_text())
+  rep = trainer.run(tiny(keep_ratio=0.5, epochs=1), other, overwrite=True,
+                    devices=jax.devices()[:1])  # fmt: skip
+  assert rep["config"]["train"]["keep_ratio"] == 0.5
+
+
+def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+  cfg = tiny(learning_rate=1e30, clip_norm=0.0, checkpoint_every=1000, log_every=1)
+  with pytest.raises(trainer.TrainingError, match="NaN or Inf"):
+    trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  assert not list((tmp_path / "checkpoints").glob("[0-9]*"))  # nothing bad was saved
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous(one_device_run, tmp_path, capsys):
+  import shutil
+
+  wd, rep = one_device_run
+  shutil.copytree(wd, tmp_path / "wd")
+  ckpts = sorted((tmp_path / "wd" / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
+  assert len(ckpts) >= 2
+  for f in (ckpts[-1] / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  again = trainer.run(tiny(), tmp_path / "wd", devices=jax.devices()[:1])
+  assert "unreadable" in capsys.readouterr().out
+  assert again["stages"]["retrain"]["test_auc"] == pytest.approx(
+    rep["stages"]["retrain"]["test_auc"], abs=1e-6
+  )
+
+
+# ------------------------------------------------------------- subprocess runs
+
+
+def _env(devices=1):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = str(REPO)
+  return env
+
+
+def _train_cmd(workdir, *extra):
+  return [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir), *extra]
+
+
+def test_sigkill_mid_stage_then_resume_gives_identical_metrics(tmp_path):
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  subprocess.run(_train_cmd(full), env=_env(), check=True, capture_output=True, cwd=REPO)
+  # tiny: 25 steps per epoch, checkpoints every 10: step 37 is mid-epoch 2 of
+  # the search stage, 7 steps after the last checkpoint.
+  env = {**_env(), trainer.KILL_ENV: "37"}
+  proc = subprocess.run(_train_cmd(killed), env=env, capture_output=True, cwd=REPO)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed / "report.json").exists()
+  proc = subprocess.run(_train_cmd(killed), env=_env(), capture_output=True, cwd=REPO, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "resuming from step 30" in proc.stdout
+  a = json.loads((full / "report.json").read_text())
+  b = json.loads((killed / "report.json").read_text())
+  for stage in ("search", "retrain"):
+    for key in ("valid_auc", "valid_logloss", "test_auc", "test_logloss"):
+      assert a["stages"][stage][key] == b["stages"][stage][key], (stage, key)
+  assert a["kept_pairs"] == b["kept_pairs"]
+  la, lb = _losses(full), _losses(killed)
+  assert all(la[k] == lb[k] for k in la)  # replayed steps logged identical losses
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one_process(tmp_path):
+  """2 local processes x 2 devices (jax.distributed on 127.0.0.1) vs 1 process x 4 devices."""
+  one, two = tmp_path / "one", tmp_path / "two"
+  subprocess.run(_train_cmd(one), env=_env(4), check=True, capture_output=True, cwd=REPO)
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      _train_cmd(
+        two, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)
+      ),  # fmt: skip
+      env=_env(2),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )  # fmt: skip
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "over 2 process(es)" in outs[0][0]
+  a = json.loads((one / "report.json").read_text())
+  b = json.loads((two / "report.json").read_text())
+  for stage in ("search", "retrain"):
+    assert abs(a["stages"][stage]["test_auc"] - b["stages"][stage]["test_auc"]) < 2e-3
+  assert a["kept_pairs"] == b["kept_pairs"]

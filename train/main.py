@@ -1,0 +1,62 @@
+"""Entry point of `python -m train` (intentionally short: logic lives in gin_jax).
+
+python -m train                       # the embedded demo (synthetic data)
+python -m train --train day_0.gz --format criteo --preset criteo_paper
+python -m train --preset tiny --model.num_subspaces=4 --train.epochs=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+  p = argparse.ArgumentParser(
+    prog="python -m train",
+    description="Train GIN / AOANet: search -> prune -> retrain -> test.",
+    epilog="Any config field can be set as --section.field=value "
+    "(e.g. --model.embed_dim=10 --train.keep_ratio=0.2).",
+  )
+  p.add_argument("--train", help="training file (Criteo TSV, CSV or libfm; may be .gz)")
+  p.add_argument("--valid", help="validation file (else split from --train)")
+  p.add_argument("--test", help="test file (else split from --train)")
+  p.add_argument("--split", help="train,valid,test ratios of --train, e.g. 0.8,0.1,0.1")
+  p.add_argument("--format", choices=["criteo", "csv", "libfm"], help="input format")
+  p.add_argument("--schema", help="schema file for --format=csv (JSON or YAML)")
+  p.add_argument("--bad-rows", choices=["error", "skip"], help="on a bad input row")
+  p.add_argument("--preset", help="demo (default without --train), criteo_paper "
+                 "(default with --train), criteo_bars, tiny")  # fmt: skip
+  p.add_argument("--workdir", help="output directory (default runs/<preset>)")
+  p.add_argument("--stages", choices=["aoanet", "gin"], help="aoanet: search+retrain; gin: one")
+  p.add_argument("--overwrite", action="store_true", help="discard a mismatched workdir")
+  p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
+  p.add_argument("--num-processes", type=int, help="number of processes (multi-host)")
+  p.add_argument("--process-id", type=int, help="this process's index (multi-host)")
+  p.add_argument("--local-devices", type=int,
+                 help="fake this many CPU devices (testing sharding on one machine)")  # fmt: skip
+  args, rest = p.parse_known_args(argv)
+  overrides = {}
+  for item in rest:
+    if not item.startswith("--") or "=" not in item or "." not in item.split("=", 1)[0]:
+      p.error(f"unrecognised argument {item!r} (config overrides look like --train.epochs=2)")
+    key, value = item[2:].split("=", 1)
+    overrides[key] = value
+  return args, overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+  args, overrides = parse(sys.argv[1:] if argv is None else argv)
+  if args.local_devices:
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={args.local_devices}"
+    )
+  from gin_jax import cli  # imports jax: after XLA_FLAGS is final
+
+  cli.train_main(args, overrides)
+
+
+if __name__ == "__main__":
+  main()
