@@ -1,0 +1,66 @@
+"""Errors raised for bad input, and the report of rows skipped with --bad-rows=skip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+# How many "file:line: reason" examples a report keeps (the count is always exact).
+MAX_EXAMPLES = 5
+
+
+class DataError(ValueError):
+  """Bad input data. The message reads `path:line: reason` (or `path: reason`)."""
+
+
+@dataclasses.dataclass
+class BadRowReport:
+  """Rows skipped under bad_rows="skip": exact count, first examples, their lines.
+
+  Attributes:
+    count: number of skipped rows.
+    examples: the first MAX_EXAMPLES skipped rows as "file:line: reason".
+    line_numbers: 1-based source line of every skipped row, in file order.
+  """
+
+  count: int = 0
+  examples: list[str] = dataclasses.field(default_factory=list)
+  line_numbers: list[int] = dataclasses.field(default_factory=list)
+
+  def add(self, path: str, line: int, reason: str) -> None:
+    self.count += 1
+    self.line_numbers.append(line)
+    if len(self.examples) < MAX_EXAMPLES:
+      self.examples.append(f"{path}:{line}: {reason}")
+
+  def summary(self) -> str:
+    """One human-readable paragraph: the count and the first examples."""
+    if not self.count:
+      return "no bad rows"
+    head = f"skipped {self.count} bad row(s); first {len(self.examples)}:"
+    return "\n  ".join([head, *self.examples])
+
+  def to_json_dict(self) -> dict:
+    """The count and examples (line numbers are left out: they can be many)."""
+    return {"count": self.count, "examples": list(self.examples)}
+
+
+class BadRowPolicy:
+  """Applies --bad-rows: raise on the first bad row, or record it and go on."""
+
+  def __init__(self, mode: str, path: str):
+    if mode not in ("error", "skip"):
+      raise ValueError(f"bad_rows must be 'error' or 'skip', got {mode!r}")
+    self.mode = mode
+    self.path = path
+    self.report = BadRowReport()
+
+  def handle(self, bad: list[tuple[int, str]]) -> None:
+    """Raises DataError for the first of `bad` (line, reason) or records them all."""
+    if not bad:
+      return
+    bad = sorted(bad)
+    if self.mode == "error":
+      line, reason = bad[0]
+      raise DataError(f"{self.path}:{line}: {reason}")
+    for line, reason in bad:
+      self.report.add(self.path, line, reason)

@@ -1,0 +1,393 @@
+"""The three input formats, described as layouts of tokens, and chunk parsing.
+
+A Layout says which token of a row is the label and which tokens are which feature
+columns. parse_chunk turns a chunk of lines into a RawChunk (labels, per-column keys
+or numbers, per-row source lines) plus the list of bad rows with their reasons.
+
+- criteo: `label \\t I1..I13 \\t C1..C26`, no header; missing = empty field. A file
+  whose first line has 39 fields instead of 40 has no labels (for scoring).
+- csv: a header line, then one record per line split on the schema's separator
+  (default ","); missing = empty field. Quoted fields are not supported: a row with a
+  '"' is a bad row rather than being split in the wrong place. Columns are matched by
+  header name; a header column the schema does not name is an error unless the
+  schema lists it under `ignore` (nothing is dropped silently).
+- libfm/libsvm: `label idx:val idx:val ...` separated by single spaces (trailing
+  spaces are stripped, like CR); field k is the k-th pair of the row, `idx` its
+  category, `val` its value multiplier. Labels 0/1 or -1/+1 (-1 means 0). A file
+  whose first token has a ':' has no labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import yaml
+
+from gin_jax.data import text
+from gin_jax.data.errors import DataError
+
+FORMATS = ("criteo", "csv", "libfm")
+CRITEO_NUMERIC = tuple(f"I{i}" for i in range(1, 14))
+CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  """A feature column of the raw rows."""
+
+  name: str
+  kind: str  # "categorical" or "numeric".
+  token: int  # Token index (within a row) of its category or number.
+  value_token: int | None = None  # libfm: token index of its value multiplier.
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the label and the features sit among the tokens of one row."""
+
+  format: str
+  separators: bytes  # Bytes that end a token (besides b"\n").
+  row_kinds: tuple[int, ...]  # The byte expected after each token of a row.
+  label_token: int | None  # None: the rows carry no label (scoring input).
+  columns: tuple[Column, ...]
+  header_lines: int = 0  # Lines before the first record (the CSV header).
+  header: tuple[str, ...] = ()  # csv: the names of all columns, in file order.
+
+  @property
+  def has_labels(self) -> bool:
+    return self.label_token is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvSchema:
+  """Which CSV columns are the label, categorical and numeric features.
+
+  Loaded from YAML or JSON with the keys `label`, `categorical`, `numeric`, and the
+  optional `separator` (default ",") and `ignore` (columns that may appear and are
+  skipped).
+  """
+
+  label: str
+  categorical: tuple[str, ...] = ()
+  numeric: tuple[str, ...] = ()
+  separator: str = ","
+  ignore: tuple[str, ...] = ()
+
+  @classmethod
+  def from_dict(cls, d: dict, where: str = "schema") -> CsvSchema:
+    """Validates a parsed schema file; raises DataError naming `where`."""
+    if not isinstance(d, dict):
+      raise DataError(f"{where}: a schema must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise DataError(f"{where}: unknown schema key(s) {unknown}; known: {sorted(known)}")
+    if "label" not in d:
+      raise DataError(f"{where}: the schema must name the label column")
+    lists = {k: tuple(d.get(k) or ()) for k in ("categorical", "numeric", "ignore")}
+    for k, v in lists.items():
+      if not all(isinstance(c, str) and c for c in v):
+        raise DataError(f"{where}: '{k}' must be a list of column names")
+    names = [d["label"], *lists["categorical"], *lists["numeric"], *lists["ignore"]]
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+      raise DataError(f"{where}: column(s) {dup} named more than once")
+    if not lists["categorical"] and not lists["numeric"]:
+      raise DataError(f"{where}: the schema names no feature columns")
+    sep = d.get("separator", ",")
+    if not isinstance(sep, str) or len(sep) != 1 or sep in '\n\r"' or ord(sep) >= 128:
+      raise DataError(f"{where}: separator must be one ASCII character, got {sep!r}")
+    return cls(label=d["label"], separator=sep, **lists)
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> CsvSchema:
+    """Reads a .json file as JSON and anything else as YAML."""
+    with open(path, encoding="utf-8") as f:
+      try:
+        d = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)
+      except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: cannot parse schema: {e}") from None
+    return cls.from_dict(d, str(path))
+
+  def to_dict(self) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# ------------------------------------------------------------------ layouts
+
+
+def criteo_layout(has_labels: bool = True) -> Layout:
+  """Criteo TSV: [label] I1..I13 C1..C26."""
+  first = 1 if has_labels else 0
+  names = CRITEO_NUMERIC + CRITEO_CATEGORICAL
+  columns = tuple(
+    Column(n, "numeric" if n[0] == "I" else "categorical", first + i) for i, n in enumerate(names)
+  )
+  ntok = first + len(names)
+  return Layout("criteo", b"\t", (9,) * (ntok - 1) + (10,), 0 if has_labels else None, columns)
+
+
+def csv_layout(
+  schema: CsvSchema, header: bytes, path: str, has_labels: bool | None = None
+) -> Layout:
+  """The layout of a CSV file with this header line under this schema."""
+  try:
+    names = header.decode("utf-8").split(schema.separator)
+  except UnicodeDecodeError:
+    raise DataError(f"{path}:1: header is not valid UTF-8") from None
+  if not header:
+    raise DataError(f"{path}:1: empty header line")
+  dup = sorted({c for c in names if names.count(c) > 1})
+  if dup:
+    raise DataError(f"{path}:1: duplicate header column(s) {dup}")
+  features = set(schema.categorical) | set(schema.numeric)
+  missing = [c for c in (*schema.categorical, *schema.numeric) if c not in names]
+  if missing:
+    raise DataError(f"{path}:1: schema column(s) {missing} not in the header {names}")
+  if has_labels is None:
+    has_labels = schema.label in names
+  if has_labels and schema.label not in names:
+    raise DataError(f"{path}:1: label column {schema.label!r} not in the header {names}")
+  known = features | set(schema.ignore) | {schema.label}
+  unknown = [c for c in names if c not in known]
+  if unknown:
+    raise DataError(
+      f"{path}:1: column(s) {unknown} not named in the schema "
+      "(list them under 'ignore' to skip them)"
+    )
+  columns = tuple(
+    Column(c, "categorical" if c in schema.categorical else "numeric", i)
+    for i, c in enumerate(names)
+    if c in features
+  )
+  sep = ord(schema.separator)
+  return Layout(
+    "csv",
+    schema.separator.encode() + b'"',
+    (sep,) * (len(names) - 1) + (10,),
+    names.index(schema.label) if has_labels else None,
+    columns,
+    header_lines=1,
+  )
+
+
+def libfm_layout(num_fields: int, has_labels: bool = True) -> Layout:
+  """libfm: [label] then num_fields `idx:val` pairs; field k = the k-th pair."""
+  first = 1 if has_labels else 0
+  kinds = [32] * first
+  for _ in range(num_fields):
+    kinds += [58, 32]
+  kinds[-1] = 10
+  columns = tuple(
+    Column(f"f{k}", "categorical", first + 2 * k, first + 2 * k + 1) for k in range(num_fields)
+  )
+  return Layout("libfm", b" :", tuple(kinds), 0 if has_labels else None, columns)
+
+
+def detect_layout(
+  fmt: str,
+  path: str,
+  schema: CsvSchema | None = None,
+  has_labels: bool | None = None,
+  num_fields: int | None = None,
+) -> Layout:
+  """Builds the layout of a file from its first line.
+
+  Args:
+    fmt: "criteo", "csv" or "libfm".
+    path: the file (plain or gzip).
+    schema: required for csv.
+    has_labels: None: decide from the first line (see the module docstring).
+    num_fields: libfm: the expected number of fields (None: from the first line).
+
+  Returns:
+    The Layout. Raises DataError if the first line fits no layout.
+  """
+  first, _ = text.read_first_line(path)
+  first = first.rstrip(b"\r")
+  if fmt == "criteo":
+    ntok = first.count(b"\t") + 1
+    if has_labels is None and ntok in (39, 40):
+      has_labels = ntok == 40
+    return criteo_layout(True if has_labels is None else has_labels)
+  if fmt == "csv":
+    if schema is None:
+      raise DataError(f"{path}: csv input needs a schema file (--schema)")
+    return csv_layout(schema, first, path, has_labels)
+  if fmt == "libfm":
+    toks = first.rstrip(b" ").split(b" ")
+    if has_labels is None:
+      has_labels = b":" not in toks[0]
+    if num_fields is None:
+      num_fields = len(toks) - (1 if has_labels else 0)
+      if num_fields < 1:
+        raise DataError(f"{path}:1: no 'idx:val' fields in the first line")
+    return libfm_layout(num_fields, has_labels)
+  raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+# ------------------------------------------------------------------ parsing
+
+
+@dataclasses.dataclass
+class RawChunk:
+  """The good rows of one chunk, before vocabularies are applied.
+
+  Attributes:
+    lines: int64 [n] 1-based source lines.
+    labels: float32 [n] in {0, 1}; NaN when the file has no labels.
+    cat_names: the categorical columns.
+    keys: uint64 [n, len(cat_names)] token keys (text.short_keys; 0 = missing).
+    long_tokens: {(row, j): token} for categorical tokens over 8 bytes.
+    num_names: the numeric columns.
+    numbers: float64 [n, len(num_names)] values, NaN when missing.
+    values: libfm only: float32 [n, len(cat_names)] value multipliers, else None.
+    bucketized: whether `numbers` already went through vocab.bucketize.
+  """
+
+  lines: np.ndarray
+  labels: np.ndarray
+  cat_names: tuple[str, ...]
+  keys: np.ndarray
+  long_tokens: dict[tuple[int, int], bytes]
+  num_names: tuple[str, ...]
+  numbers: np.ndarray
+  values: np.ndarray | None = None
+  bucketized: bool = False
+
+  def __len__(self) -> int:
+    return len(self.lines)
+
+  def keys_of(self, name: str) -> np.ndarray:
+    return self.keys[:, self.cat_names.index(name)]
+
+  def long_tokens_of(self, name: str) -> dict[int, bytes]:
+    j = self.cat_names.index(name)
+    return {r: t for (r, jj), t in self.long_tokens.items() if jj == j}
+
+  def numbers_of(self, name: str) -> np.ndarray:
+    return self.numbers[:, self.num_names.index(name)]
+
+  def values_of(self, name: str) -> np.ndarray | None:
+    return None if self.values is None else self.values[:, self.cat_names.index(name)]
+
+  def take(self, keep: np.ndarray) -> RawChunk:
+    """The rows where the boolean mask `keep` is True."""
+    new_index = np.cumsum(keep) - 1
+    return dataclasses.replace(
+      self,
+      lines=self.lines[keep],
+      labels=self.labels[keep],
+      keys=self.keys[keep],
+      long_tokens={(int(new_index[r]), j): t for (r, j), t in self.long_tokens.items() if keep[r]},
+      numbers=self.numbers[keep],
+      values=None if self.values is None else self.values[keep],
+    )
+
+
+def _show(tok: bytes) -> str:
+  s = tok.decode("utf-8", "backslashreplace")
+  return repr(s if len(s) <= 40 else s[:37] + "...")
+
+
+def _describe(layout: Layout):
+  if layout.format == "libfm":
+    nf = len(layout.columns)
+    what = ("a label and " if layout.has_labels else "") + f"{nf} 'idx:val' field(s)"
+
+    def describe(line: bytes) -> str:
+      reason = text.describe_line(line, b" ", 0, "")
+      return (
+        reason
+        if not reason.startswith("expected")
+        else (f"expected {what} separated by single spaces")
+      )
+
+    return describe
+  sep = layout.separators[:1]
+  name = {b"\t": "tab", b",": "comma"}.get(sep, repr(sep.decode()))
+  ntok = len(layout.row_kinds)
+
+  def describe(line: bytes) -> str:
+    if layout.format == "csv" and b'"' in line:
+      return "quoted fields are not supported (found '\"')"
+    return text.describe_line(line, sep, ntok, name)
+
+  return describe
+
+
+def parse_chunk(chunk: text.Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int, str]]]:
+  """Tokenises and validates a chunk of lines.
+
+  Args:
+    chunk: whole lines of the file.
+    layout: the file's layout.
+
+  Returns:
+    (the good rows, [(line, reason)] for every bad row). Never drops a row silently.
+  """
+  if layout.format == "libfm" and b" \n" in chunk.data:
+    data = chunk.data
+    while b" \n" in data:
+      data = data.replace(b" \n", b"\n")
+    chunk = text.Chunk(data, chunk.first_line)
+  tokens, bad = text.tokenize(
+    chunk, layout.separators, np.array(layout.row_kinds, np.uint8), _describe(layout)
+  )
+  row_bad: dict[int, str] = {}
+  n = len(tokens)
+  if layout.has_labels:
+    parse = text.parse_pm1_labels if layout.format == "libfm" else text.parse_binary_labels
+    labels, bad_rows = parse(tokens, layout.label_token)
+    allowed = "{0, 1} or {-1, +1}" if layout.format == "libfm" else "{0, 1}"
+    for r in bad_rows:
+      row_bad.setdefault(
+        int(r), f"label {_show(tokens.token(r, layout.label_token))} not in {allowed}"
+      )
+  else:
+    labels = np.full(n, np.nan, np.float32)
+  numeric = [c for c in layout.columns if c.kind == "numeric"]
+  categorical = [c for c in layout.columns if c.kind == "categorical"]
+  numbers = np.zeros((n, 0))
+  if numeric:
+    numbers, bad_numbers = text.parse_numbers(
+      tokens, [c.token for c in numeric], integers_only=layout.format == "criteo"
+    )
+    kind = "an integer" if layout.format == "criteo" else "a number"
+    for r, j, tok in bad_numbers:
+      row_bad.setdefault(r, f"{numeric[j].name}: {_show(tok)} is not {kind}")
+  keys, long_tokens = np.zeros((n, 0), np.uint64), {}
+  if categorical:
+    keys, longs = text.short_keys(tokens, [c.token for c in categorical])
+    long_tokens = {(r, j): tokens.token(r, categorical[j].token) for r, j in longs}
+  values = None
+  if layout.format == "libfm":
+    for r, j in zip(*np.nonzero(tokens.lens[:, [c.token for c in categorical]] == 0)):
+      row_bad.setdefault(int(r), f"{categorical[j].name}: empty feature index")
+    parsed, bad_vals = text.parse_numbers(
+      tokens, [c.value_token for c in categorical], integers_only=False
+    )
+    for r, j in zip(*np.nonzero(np.isnan(parsed))):
+      row_bad.setdefault(int(r), f"{categorical[j].name}: empty value")
+    for r, j, tok in bad_vals:
+      row_bad.setdefault(r, f"{categorical[j].name}: value {_show(tok)} is not a number")
+    values = parsed.astype(np.float32)
+  raw = RawChunk(
+    tokens.lines,
+    labels,
+    tuple(c.name for c in categorical),
+    keys,
+    long_tokens,
+    tuple(c.name for c in numeric),
+    numbers,
+    values,
+  )
+  if row_bad:
+    keep = np.ones(n, bool)
+    keep[list(row_bad)] = False
+    raw = raw.take(keep)
+    bad += [(int(tokens.lines[r]), reason) for r, reason in row_bad.items()]
+  return raw, bad

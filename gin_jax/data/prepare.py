@@ -1,0 +1,683 @@
+"""Raw files -> a cached, compact on-disk dataset, in two streaming passes.
+
+Pass 1 reads every input once: it validates rows (bad rows raise or are counted),
+assigns rows of the training file to splits, counts categories of the training split
+only and counts rows per split. Pass 2 reads the inputs again and writes ids, labels
+and source lines straight into preallocated .npy memory maps. Memory is bounded by
+the chunk size and the number of distinct categories, never by the number of rows.
+
+Layout of a prepared dataset (cache_dir/<format>-<key>/):
+  meta.json                 DatasetMeta: fields, offsets, vocabularies, stats, options
+  {train,valid,test}/ids.npy           int32 [N, f]
+  {train,valid,test}/labels.npy        float32 [N]
+  {train,valid,test}/line_numbers.npy  int64 [N] (lines of the file the row came from)
+  {train,valid,test}/values.npy        float32 [N, f], only when meta.has_values
+The key hashes the options and every input's (path, size, mtime): a second prepare()
+with the same inputs and options reuses the directory without reading the inputs.
+
+Random splits are decided per row by a seeded hash of its line number, so they need no
+row count in advance and do not depend on chunking or on which rows were bad; the
+ratios hold in expectation (binomially), not exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from gin_jax.config import DataConfig
+from gin_jax.data import formats, text, vocab
+from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
+from gin_jax.data.formats import CsvSchema, Layout, RawChunk
+from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split, ones_values
+
+SPLITS = ("train", "valid", "test")
+PREPARE_VERSION = 1  # Bump when the on-disk result of the same inputs changes.
+_log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+  """Threads that parse chunks (numpy releases the GIL for most of the work)."""
+  return max(1, min(4, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------ prepare
+
+
+def prepare(
+  cfg: DataConfig,
+  cache_dir: str | os.PathLike,
+  *,
+  progress: bool = True,
+  workers: int | None = None,
+  spill_memory: int = 1 << 30,
+) -> tuple[DatasetMeta, dict[str, Split]]:
+  """Preprocesses cfg's files (or reuses the cached result) and opens the splits.
+
+  Args:
+    cfg: the data config. format "synthetic" writes a Criteo TSV with planted pairs
+      (cfg.synthetic_*) into cache_dir and prepares that; meta.planted_pairs lists them.
+    cache_dir: where prepared datasets live (one subdirectory per inputs+options key).
+    progress: show tqdm progress bars on stderr.
+    workers: parsing threads (default: up to 4, one per core).
+    spill_memory: bytes of parsed rows kept in memory between the passes (~0.3 KB per
+      Criteo row); beyond it they go to a temporary file next to the result.
+
+  Returns:
+    (metadata, {"train", "valid", "test"} -> Split of read-only memory maps). A split
+    has 0 rows when its ratio is 0 and no file was given for it.
+  """
+  if cfg.format == "synthetic":
+    return _prepare_synthetic(cfg, cache_dir, progress, workers, spill_memory)
+  if not cfg.train:
+    raise ValueError("DataConfig.train (the training file) is required")
+  sources = [
+    (role, os.path.abspath(path))
+    for role, path in (("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test))
+    if path
+  ]
+  for _, path in sources:
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: no such file")
+  schema = None
+  if cfg.format == "csv":
+    if not cfg.schema:
+      raise DataError("csv input needs a schema file (DataConfig.schema / --schema)")
+    schema = CsvSchema.load(cfg.schema)
+  options = _options(cfg, schema)
+  inputs = [
+    {
+      "role": role,
+      "path": path,
+      "size": os.stat(path).st_size,
+      "mtime_ns": os.stat(path).st_mtime_ns,
+    }
+    for role, path in sources
+  ]
+  key = hashlib.sha256(
+    json.dumps([PREPARE_VERSION, options, inputs], sort_keys=True).encode()
+  ).hexdigest()[:16]
+  out_dir = os.path.join(cache_dir, f"{cfg.format}-{key}")
+  if not os.path.exists(os.path.join(out_dir, "meta.json")):
+    tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+      builder = _Builder(
+        cfg, schema, options, inputs, progress, workers or default_workers(), spill_memory
+      )
+      meta = builder.build(tmp_dir)
+      meta.save(tmp_dir)
+      try:
+        os.replace(tmp_dir, out_dir)
+      except OSError:  # Another process finished the same dataset first: use theirs.
+        if not os.path.exists(os.path.join(out_dir, "meta.json")):
+          raise
+    finally:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+  return open_prepared(out_dir)
+
+
+def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, Split]]:
+  """Opens a prepared dataset directory (as written by prepare)."""
+  meta = DatasetMeta.load(directory)
+  return meta, {s: load_split(os.path.join(directory, s)) for s in SPLITS}
+
+
+def _options(cfg: DataConfig, schema: CsvSchema | None) -> dict[str, Any]:
+  return {
+    "format": cfg.format,
+    "split": list(split_ratios(cfg)),
+    "seed": cfg.seed,
+    "bad_rows": cfg.bad_rows,
+    "numeric": cfg.numeric,
+    "min_count": cfg.min_count,
+    "hash_buckets": cfg.hash_buckets,
+    "schema": schema.to_dict() if schema else None,
+  }
+
+
+def split_ratios(cfg: DataConfig) -> tuple[float, float, float]:
+  """Ratios in which the training FILE is split: a split given as its own file gets
+  nothing from it, and the others are rescaled to sum to 1."""
+  r = [
+    0.0 if (name == "valid" and cfg.valid) or (name == "test" and cfg.test) else x
+    for name, x in zip(SPLITS, cfg.split)
+  ]
+  total = sum(r)
+  if total <= 0:
+    raise ValueError(f"split {cfg.split} leaves nothing of the training file")
+  return tuple(x / total for x in r)
+
+
+def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
+  """uint8 [n] split (0 train, 1 valid, 2 test) of each row, from its line number.
+
+  A seeded hash of the line number, compared with the cumulative ratios; a split whose
+  ratio is 0 gets no row.
+  """
+  u = text.hash_keys(np.asarray(lines, np.uint64) ^ np.uint64(seed * 0x9E3779B1 + 1))
+  u = (u >> np.uint64(11)).astype(np.float64) * 2.0**-53
+  t1 = ratios[0] if ratios[1] + ratios[2] > 0 else 2.0
+  t2 = ratios[0] + ratios[1] if ratios[2] > 0 else 2.0
+  return ((u >= t1).astype(np.uint8) + (u >= t2)).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class _Stats:
+  rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
+  positives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
+  values_not_one: bool = False
+
+
+class _Builder:
+  """Runs the two passes for one prepare() call."""
+
+  def __init__(self, cfg: DataConfig, schema, options, inputs, progress, workers, spill_memory):
+    self.cfg, self.schema, self.options = cfg, schema, options
+    self.inputs, self.progress, self.workers = inputs, progress, workers
+    self.spill_memory = spill_memory
+    self.ratios = tuple(options["split"])
+    train_layout = formats.detect_layout(cfg.format, inputs[0]["path"], schema, has_labels=True)
+    nf = len(train_layout.columns) if cfg.format == "libfm" else None
+    self.layouts = [train_layout] + [
+      formats.detect_layout(cfg.format, i["path"], schema, has_labels=True, num_fields=nf)
+      for i in inputs[1:]
+    ]
+    cols = train_layout.columns
+    for layout, i in zip(self.layouts[1:], inputs[1:]):
+      if [(c.name, c.kind) for c in layout.columns] != [(c.name, c.kind) for c in cols]:
+        raise DataError(f"{i['path']}: columns differ from the training file's")
+    hashing = cfg.hash_buckets > 0
+    self.counted = [
+      c
+      for c in cols
+      if (c.kind == "categorical" and not hashing)
+      or (c.kind == "numeric" and cfg.numeric == "bucketize")
+    ]
+
+  def build(self, out_dir: str) -> DatasetMeta:
+    # ---- pass 1: parse and validate the text once, split, count, spill
+    counters = {c.name: vocab.KeyCounter() for c in self.counted}
+    stats = _Stats()
+    reports = {}
+    os.makedirs(out_dir, exist_ok=True)
+    spill = _Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
+    for inp, layout in zip(self.inputs, self.layouts):
+      policy = BadRowPolicy(self.cfg.bad_rows, inp["path"])
+      for raw, split, bad, counts in self._parse(inp, layout):
+        policy.handle(bad)
+        for name, (keys, n, longs) in counts.items():
+          counters[name].add_unique(keys, n)
+          counters[name].long.update(longs)
+        stats.rows += np.bincount(split, minlength=3)
+        stats.positives += np.bincount(split, weights=raw.labels, minlength=3)
+        stats.values_not_one |= raw.values is not None and bool((raw.values != 1).any())
+        spill.append(raw, split)
+      reports[inp["path"]] = policy.report
+      if policy.report.count:
+        _log.warning("%s: %s", inp["path"], policy.report.summary())
+    if stats.rows[0] == 0:
+      raise DataError(f"{self.inputs[0]['path']}: no rows for the training split")
+    meta = self._meta(counters, stats, reports)
+    # ---- pass 2: stream the parsed chunks, encode, write the splits
+    arrays = self._allocate(out_dir, meta, stats.rows)
+    filled = np.zeros(3, np.int64)
+    encoder = meta.encoder
+    columns = self.layouts[0].columns
+    chunks = spill.chunks(
+      tuple(c.name for c in columns if c.kind == "categorical"),
+      tuple(c.name for c in columns if c.kind == "numeric"),
+    )
+    encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
+    with self._bar(int(stats.rows.sum()), "pass 2/2 encoding", "rows") as bar:
+      for raw, split, (ids, values) in encoded:
+        bar.update(len(raw))
+        for s in np.flatnonzero(np.bincount(split, minlength=3)):
+          rows = split == s
+          a, b = filled[s], filled[s] + np.count_nonzero(rows)
+          out = arrays[s]
+          out["ids"][a:b] = ids[rows]
+          out["labels"][a:b] = raw.labels[rows]
+          out["line_numbers"][a:b] = raw.lines[rows]
+          if "values" in out:
+            out["values"][a:b] = values[rows]
+          filled[s] = b
+    if (filled != stats.rows).any():
+      raise RuntimeError(f"pass 2 wrote {filled} rows, pass 1 counted {stats.rows}")
+    for out in arrays:
+      for arr in out.values():
+        arr.flush()
+    return meta
+
+  def _bar(self, total: int, desc: str, unit: str):
+    return tqdm(
+      total=total,
+      desc=desc,
+      unit=unit,
+      unit_scale=True,
+      file=sys.stderr,
+      disable=not self.progress,
+      mininterval=0.5,
+    )
+
+  def _parse(self, inp, layout: Layout):
+    """Parses the chunks of one input in worker threads, in order.
+
+    Yields (raw chunk, split of each row, bad rows, category counts of its train rows).
+    """
+    role = inp["role"]
+    fixed = SPLITS.index(role) if role != "train" else None
+    seed, ratios = self.cfg.seed, self.ratios
+    bucketize = self.cfg.numeric == "bucketize"
+
+    def work(chunk):
+      raw, bad = formats.parse_chunk(chunk, layout)
+      if bucketize:
+        raw = dataclasses.replace(raw, numbers=vocab.bucketize(raw.numbers), bucketized=True)
+      if fixed is None:
+        split = assign_splits(raw.lines, ratios, seed)
+      else:
+        split = np.full(len(raw), fixed, np.uint8)
+      return raw, split, bad, self._count(raw, split)
+
+    name = os.path.basename(inp["path"])
+    with self._bar(inp["size"], f"pass 1/2 parsing {name}", "B") as bar:
+      chunks = text.iter_chunks(inp["path"], skip_lines=layout.header_lines, on_progress=bar.update)
+      yield from ordered_map(work, chunks, self.workers)
+
+  def _count(self, raw: RawChunk, split: np.ndarray):
+    """Unique keys with counts per counted column, over the chunk's training rows."""
+    train = split == 0
+    if not train.all():
+      raw = raw.take(train)
+    counts = {}
+    for col in self.counted:
+      if col.kind == "numeric":  # Already bucketized; keys of NaN (missing) dropped.
+        keys, n = vocab.count_unique(vocab.number_keys(raw.numbers_of(col.name)))
+        real = ~np.isnan(vocab.key_numbers(keys))
+        longs = {}
+      else:
+        keys, n = vocab.count_unique(raw.keys_of(col.name))
+        real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
+        longs = collections.Counter(raw.long_tokens_of(col.name).values())
+      counts[col.name] = (keys[real], n[real], longs)
+    return counts
+
+  def _meta(self, counters, stats: _Stats, reports) -> DatasetMeta:
+    cfg, fields, vocabs, offset = self.cfg, [], {}, 0
+    for col in self.layouts[0].columns:
+      if col.kind == "categorical" and cfg.hash_buckets > 0:
+        transform, size = "hash", 2 + cfg.hash_buckets
+      elif col.kind == "categorical":
+        tokens = counters[col.name].vocabulary(cfg.min_count)
+        vocabs[col.name] = [t.decode("utf-8") for t in tokens]
+        transform, size = "vocab", 2 + len(tokens)
+      elif cfg.numeric == "bucketize":
+        vocabs[col.name] = counters[col.name].numbers(cfg.min_count)
+        transform, size = "bucketize", 2 + len(vocabs[col.name])
+      else:
+        transform, size = "scale", 2
+      fields.append(FieldSpec(col.name, col.kind, transform, offset, size))
+      offset += size
+    rows = {s: int(n) for s, n in zip(SPLITS, stats.rows)}
+    rate = {
+      s: (float(p / n) if n else None) for s, p, n in zip(SPLITS, stats.positives, stats.rows)
+    }
+    has_values = any(f.transform == "scale" for f in fields) or stats.values_not_one
+    return DatasetMeta(
+      format=cfg.format,
+      fields=fields,
+      num_table_rows=offset,
+      vocab=vocabs,
+      options=self.options,
+      split_rows=rows,
+      positive_rate=rate,
+      skipped_rows={p: r.to_json_dict() for p, r in reports.items()},
+      inputs=self.inputs,
+      schema=self.schema.to_dict() if self.schema else None,
+      columns=list(self.layouts[0].header) or None,
+      has_values=has_values,
+    )
+
+  def _allocate(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray):
+    arrays = []
+    nf = meta.num_fields
+    for name, n in zip(SPLITS, rows):
+      d = os.path.join(out_dir, name)
+      os.makedirs(d, exist_ok=True)
+      n = int(n)  # A numpy integer would be written into the .npy header as np.int64(n).
+      spec = {
+        "ids": (np.int32, (n, nf)),
+        "labels": (np.float32, (n,)),
+        "line_numbers": (np.int64, (n,)),
+      }
+      if meta.has_values:
+        spec["values"] = (np.float32, (n, nf))
+      arrays.append(
+        {
+          k: open_memmap(os.path.join(d, k + ".npy"), mode="w+", dtype=dt, shape=shape)
+          for k, (dt, shape) in spec.items()
+        }
+      )
+    return arrays
+
+
+class _Spill:
+  """Parsed chunks kept between the passes: in memory up to a budget, then on disk.
+
+  Parsing text is the expensive part of preprocessing, so it is done once: pass 2
+  streams these parsed chunks instead of re-reading (and re-decompressing) the input.
+  Memory stays bounded: past `memory_budget` bytes, chunks go to a file of raw numpy
+  bytes (no pickle), read back in order.
+  """
+
+  def __init__(self, path: str, memory_budget: int):
+    self.path, self.budget = path, memory_budget
+    self._memory: list[tuple[RawChunk, np.ndarray]] = []
+    self._bytes = 0
+    self._file = None
+
+  def append(self, raw: RawChunk, split: np.ndarray) -> None:
+    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    if self._file is None and self._bytes + size <= self.budget:
+      self._memory.append((raw, split))
+      self._bytes += size
+      return
+    if self._file is None:
+      self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
+    _write_chunk(self._file, raw, split)
+
+  def chunks(self, cat: tuple[str, ...], num: tuple[str, ...]):
+    """Yields the (raw chunk, split) pairs in the order they were appended, once."""
+    memory, self._memory = self._memory, []
+    yield from memory
+    if self._file is not None:
+      self._file.close()
+      with open(self.path, "rb") as f:
+        yield from _read_chunks(f, cat, num)
+      os.remove(self.path)
+
+
+def _write_chunk(f, raw: RawChunk, split: np.ndarray) -> None:
+  longs = list(raw.long_tokens.items())
+  blob = b"".join(t for _, t in longs)
+  # Bucket values are small integers: float32 holds them exactly and halves the I/O.
+  small = raw.bucketized and bool((np.abs(np.nan_to_num(raw.numbers)) < 2**24).all())
+  numbers = raw.numbers.astype(np.float32 if small else np.float64)
+  head = [len(raw), len(longs), len(blob), raw.values is not None, raw.bucketized, small]
+  np.array(head, np.int64).tofile(f)
+  for arr in (raw.lines, raw.labels, split, raw.keys, numbers):
+    np.ascontiguousarray(arr).tofile(f)
+  if raw.values is not None:
+    np.ascontiguousarray(raw.values).tofile(f)
+  if longs:
+    np.array([[r, j, len(t)] for (r, j), t in longs], np.int64).tofile(f)
+    f.write(blob)
+
+
+def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
+  while len(head := np.fromfile(f, np.int64, 6)):
+    n, n_long, blob_len, has_values, bucketized, small = (int(x) for x in head)
+    lines = np.fromfile(f, np.int64, n)
+    labels = np.fromfile(f, np.float32, n)
+    split = np.fromfile(f, np.uint8, n)
+    keys = np.fromfile(f, np.uint64, n * len(cat)).reshape(n, len(cat))
+    numbers = np.fromfile(f, np.float32 if small else np.float64, n * len(num))
+    numbers = numbers.astype(np.float64).reshape(n, len(num))
+    values = np.fromfile(f, np.float32, n * len(cat)).reshape(n, len(cat)) if has_values else None
+    long_tokens = {}
+    if n_long:
+      index = np.fromfile(f, np.int64, 3 * n_long).reshape(n_long, 3)
+      blob, at = f.read(blob_len), 0
+      for r, j, length in index.tolist():
+        long_tokens[(r, j)] = blob[at : at + length]
+        at += length
+    raw = RawChunk(lines, labels, cat, keys, long_tokens, num, numbers, values, bool(bucketized))
+    yield raw, split
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+  """fn over items in `workers` threads, results in input order, bounded in flight.
+
+  An error raised by the items iterator itself (e.g. a truncated gzip) is raised only
+  after the results of the items before it, so errors come out in file order.
+  """
+  if workers <= 1:
+    yield from map(fn, items)
+    return
+  with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+    queue: collections.deque = collections.deque()
+    error = None
+    try:
+      it = iter(items)
+      while True:
+        try:
+          item = next(it)
+        except StopIteration:
+          break
+        except DataError as e:
+          error = e
+          break
+        queue.append(ex.submit(fn, item))
+        if len(queue) > workers:
+          yield queue.popleft().result()
+      while queue:
+        yield queue.popleft().result()
+    finally:
+      for f in queue:
+        f.cancel()
+    if error is not None:
+      raise error
+
+
+def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memory):
+  from gin_jax.data import synthetic  # Local: only the demo needs it.
+
+  spec = synthetic.SyntheticSpec(
+    num_rows=cfg.synthetic_rows,
+    max_vocab=cfg.synthetic_vocab,
+    num_planted=cfg.synthetic_planted,
+    noise=cfg.synthetic_noise,
+    seed=cfg.seed,
+  )
+  key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+  path = os.path.join(cache_dir, f"synthetic-{key.hexdigest()[:16]}.tsv")
+  pairs_path = path + ".pairs.json"
+  if not os.path.exists(pairs_path):
+    os.makedirs(cache_dir, exist_ok=True)
+    pairs = synthetic.write_criteo_tsv(path, spec)
+    with open(pairs_path + ".tmp", "w") as f:
+      json.dump(pairs, f)
+    os.replace(pairs_path + ".tmp", pairs_path)
+  with open(pairs_path) as f:
+    pairs = [list(p) for p in json.load(f)]
+  real = dataclasses.replace(cfg, format="criteo", train=path, valid=None, test=None)
+  meta, splits = prepare(
+    real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory
+  )
+  return dataclasses.replace(meta, planted_pairs=pairs), splits
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def _scoring_layout(
+  meta: DatasetMeta, path: str, fmt: str | None, schema, has_labels: bool | None
+) -> Layout:
+  fmt = fmt or meta.format
+  if isinstance(schema, str | os.PathLike):
+    schema = CsvSchema.load(schema)
+  elif isinstance(schema, dict):
+    schema = CsvSchema.from_dict(schema)
+  elif schema is None and meta.schema is not None:
+    schema = CsvSchema.from_dict(meta.schema)
+  nf = meta.num_fields if fmt == "libfm" else None
+  layout = formats.detect_layout(fmt, path, schema, has_labels, nf)
+  _check_columns(meta, layout, path)
+  return layout
+
+
+def _check_columns(meta: DatasetMeta, layout: Layout, where: str) -> None:
+  have = {c.name: c.kind for c in layout.columns}
+  want = {f.name: f.kind for f in meta.fields}
+  if have != want:
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    kinds = sorted(n for n in set(have) & set(want) if have[n] != want[n])
+    raise DataError(
+      f"{where}: columns do not match the dataset's fields "
+      f"(missing {missing}, unexpected {extra}, other kind {kinds})"
+    )
+
+
+def iter_encode_file(
+  meta: DatasetMeta,
+  path: str | os.PathLike,
+  fmt: str | None = None,
+  schema=None,
+  bad_rows: str = "error",
+  has_labels: bool | None = None,
+  report: BadRowReport | None = None,
+) -> Iterator[Split]:
+  """Streaming encode_file: yields one Split per chunk (~30k rows), in file order.
+
+  Args: as encode_file; `report` (if given) collects the rows skipped.
+
+  Returns:
+    An iterator of in-memory Splits with line_numbers filled.
+  """
+  path = str(path)
+  layout = _scoring_layout(meta, path, fmt, schema, has_labels)
+  policy = BadRowPolicy(bad_rows, path)
+  if report is not None:
+    policy.report = report
+  encoder = meta.encoder
+  for chunk in text.iter_chunks(path, skip_lines=layout.header_lines):
+    raw, bad = formats.parse_chunk(chunk, layout)
+    policy.handle(bad)
+    ids, values = encoder.encode(raw)
+    yield Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
+
+
+def encode_file(
+  meta: DatasetMeta,
+  path: str | os.PathLike,
+  fmt: str | None = None,
+  schema=None,
+  bad_rows: str = "error",
+  has_labels: bool | None = None,
+) -> tuple[Split, BadRowReport]:
+  """Encodes a raw file with a dataset's saved vocabularies (for scoring).
+
+  Unseen categories map to their field's OOV row, empty fields to its missing row.
+
+  Args:
+    meta: the training dataset's metadata.
+    path: the file (plain or gzip).
+    fmt: its format (default: the dataset's). Its columns must be the dataset's fields.
+    schema: csv: CsvSchema, dict or schema file (default: the dataset's schema).
+    bad_rows: "error" (raise DataError at the first bad row) or "skip".
+    has_labels: None: decide from the file (criteo: 40 vs 39 fields; csv: label column
+      present; libfm: first token without ':'). Unlabeled rows get label NaN.
+
+  Returns:
+    (the rows in file order with line_numbers, the report of skipped rows).
+  """
+  report = BadRowReport()
+  parts = list(iter_encode_file(meta, path, fmt, schema, bad_rows, has_labels, report))
+  return concat_splits(parts, meta.num_fields), report
+
+
+def encode_rows(
+  meta: DatasetMeta,
+  rows: list[str],
+  *,
+  has_labels: bool | None = None,
+  bad_rows: str = "error",
+  header: list[str] | None = None,
+) -> Split:
+  """Encodes raw lines held in memory, like encode_file (Python scoring API).
+
+  Args:
+    meta: the training dataset's metadata.
+    rows: raw lines of the dataset's format (a trailing newline is allowed); for csv,
+      data lines only, in the column order `header` (default: the training file's
+      header, without the label column when the rows have one field fewer).
+    has_labels: None: decide from the first row (see encode_file).
+    bad_rows: "error" raises DataError "<rows>:k: reason" (k is 1-based); "skip" drops
+      bad rows and logs how many (line_numbers tell which rows were kept).
+    header: csv column names of `rows`.
+
+  Returns:
+    A Split whose line_numbers are 1-based indices into `rows`.
+  """
+  lines = [r[:-1] if r.endswith("\n") else r for r in rows]
+  if any("\n" in r for r in lines):
+    raise DataError("<rows>: a row contains a line break")
+  if not lines:
+    return concat_splits([], meta.num_fields)
+  data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+  chunk = text.Chunk(data.replace(b"\r\n", b"\n"), 1)
+  first = data[: data.find(b"\n")].rstrip(b"\r")
+  if meta.format == "criteo":
+    ntok = first.count(b"\t") + 1
+    if has_labels is None:
+      has_labels = ntok != 39
+    layout = formats.criteo_layout(has_labels)
+  elif meta.format == "libfm":
+    if has_labels is None:
+      has_labels = b":" not in first.split(b" ")[0]
+    layout = formats.libfm_layout(meta.num_fields, has_labels)
+  else:
+    schema = CsvSchema.from_dict(meta.schema)
+    if header is None:
+      header = list(meta.columns)
+      ntok = first.count(schema.separator.encode()) + 1
+      if has_labels is False or (has_labels is None and ntok == len(header) - 1):
+        header.remove(schema.label)
+    layout = formats.csv_layout(
+      schema, schema.separator.join(header).encode(), "<rows>", has_labels
+    )
+  _check_columns(meta, layout, "<rows>")
+  raw, bad = formats.parse_chunk(chunk, layout)
+  policy = BadRowPolicy(bad_rows, "<rows>")
+  policy.handle(bad)
+  if policy.report.count:
+    _log.warning("%s", policy.report.summary())
+  ids, values = meta.encoder.encode(raw)
+  return Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
+
+
+def _values_or_ones(values: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+  return ones_values(*shape) if values is None else values
+
+
+def concat_splits(parts: list[Split], num_fields: int) -> Split:
+  """One in-memory Split of the parts, in order."""
+  if not parts:
+    return Split(
+      np.zeros((0, num_fields), np.int32),
+      ones_values(0, num_fields),
+      np.zeros(0, np.float32),
+      np.zeros(0, np.int64),
+    )
+  ids = np.concatenate([p.ids for p in parts])
+  if all(p.values.strides == (0, 0) for p in parts):
+    values = ones_values(*ids.shape)
+  else:
+    values = np.concatenate([p.values for p in parts])
+  labels = np.concatenate([p.labels for p in parts])
+  return Split(ids, values, labels, np.concatenate([p.line_numbers for p in parts]))

@@ -1,0 +1,490 @@
+"""Raw text input: (gzip) files cut into whole-line chunks, and vectorised tokenisation.
+
+Speed comes from never touching single tokens in Python on the common path. A chunk of
+whole lines is one bytes object; the positions of all separators come from one numpy
+pass over it; every token is then a (start, length) pair, and the first 8 bytes of
+every token come from one gather on an unaligned uint64 view of the chunk. A token of
+at most 8 bytes (all of Criteo) is identified by that little-endian word itself (its
+"key"); only rare long tokens and rare malformed rows go through Python.
+
+Decisions about odd input, applied to every format:
+- CRLF line ends are accepted: "\r\n" is normalised to "\n" before anything else.
+- A missing final newline is accepted (the last line still counts).
+- An empty line is a bad row (it is neither a record nor, in these formats, a comment).
+- Any other control byte (< 0x20) inside a line makes the row bad: it cannot be told
+  apart from a broken separator, and NUL would make the word keys ambiguous.
+- Bytes that are not valid UTF-8 make the row bad. Categories are stored in the JSON
+  metadata as text so that scoring can re-encode new files; a token that is not text
+  could not be stored faithfully, and such bytes nearly always mean a corrupt or
+  mis-encoded file that the user should hear about.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from gin_jax.data.errors import DataError
+
+CHUNK_BYTES = 8 << 20  # Decompressed bytes per chunk (~30k Criteo lines).
+_RAW_BLOCK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+
+MISSING_KEY = np.uint64(0)  # Key of the empty token (a missing value).
+LONG_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # Placeholder key of a token > 8 bytes.
+_U = np.uint64
+# MASKS[k] keeps the first k bytes (little endian: the low k bytes) of a word.
+_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
+# For the 8-digit SWAR parser: left-shift a k-digit number to the top of the word and
+# fill the vacated low bytes with ASCII '0' (leading zeros).
+_SHIFTS = np.array([8 * (8 - k) if k else 0 for k in range(9)], dtype=np.uint64)
+_ZERO_PAD = np.array(
+  [int.from_bytes(b"0" * (8 - k), "little") if k < 8 else 0 for k in range(9)], dtype=np.uint64
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """Whole lines of one file, each ending in b"\\n" (CRLF already normalised)."""
+
+  data: bytes
+  first_line: int  # 1-based source line number of the first line in `data`.
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+  """True when the file starts with the gzip magic bytes (whatever its name)."""
+  with open(path, "rb") as f:
+    return f.read(2) == _GZIP_MAGIC
+
+
+class _Truncated(Exception):
+  pass
+
+
+def _blocks(path: str | os.PathLike, on_progress: Callable[[int], None] | None):
+  """Yields decompressed blocks; raises _Truncated or DataError for broken gzip."""
+  gz = is_gzip(path)
+  with open(path, "rb") as raw:
+    if not gz:
+      while block := raw.read(CHUNK_BYTES):
+        if on_progress:
+          on_progress(len(block))
+        yield block
+      return
+    # zlib directly instead of gzip.GzipFile: it hands out everything decompressed
+    # before a truncation, so the error can name the line where the data stops.
+    d, fresh = zlib.decompressobj(wbits=31), True
+    while block := raw.read(_RAW_BLOCK):
+      if on_progress:
+        on_progress(len(block))
+      while block:
+        try:
+          out = d.decompress(block)
+        except zlib.error as e:
+          raise DataError(f"{path}: corrupt gzip data ({e})") from None
+        fresh = False
+        if out:
+          yield out
+        if d.eof:  # Multi-member gzip (e.g. concatenated day files): start over.
+          block, d, fresh = d.unused_data, zlib.decompressobj(wbits=31), True
+        else:
+          block = b""
+    if not fresh and not d.eof:
+      raise _Truncated
+
+
+def iter_chunks(
+  path: str | os.PathLike,
+  *,
+  skip_lines: int = 0,
+  chunk_bytes: int = CHUNK_BYTES,
+  on_progress: Callable[[int], None] | None = None,
+) -> Iterator[Chunk]:
+  """Reads a text file (plain or gzip) as chunks of whole lines.
+
+  Args:
+    path: the file.
+    skip_lines: leading lines to drop (a CSV header); line numbers still count them.
+    chunk_bytes: approximate decompressed size of one chunk.
+    on_progress: called with the number of raw (on-disk) bytes consumed.
+
+  Returns:
+    An iterator of Chunk. Raises DataError for an empty file or broken gzip data.
+  """
+  line, pending, size, total = 1, [], 0, 0
+  try:
+    for block in _blocks(path, on_progress):
+      total += len(block)
+      pending.append(block)
+      size += len(block)
+      if size < chunk_bytes:
+        continue
+      data = b"".join(pending)
+      cut = data.rfind(b"\n") + 1
+      if cut == 0:  # One line longer than a chunk: keep reading.
+        pending, size = [data], len(data)
+        continue
+      pending, size = [data[cut:]], len(data) - cut
+      chunk, skip_lines = _make_chunk(data[:cut], line, skip_lines)
+      line += data.count(b"\n", 0, cut)
+      if chunk is not None:
+        yield chunk
+  except _Truncated:
+    at = line + b"".join(pending).count(b"\n")
+    raise DataError(f"{path}:{at}: gzip data ends early (truncated file?)") from None
+  if total == 0:
+    raise DataError(f"{path}: empty file")
+  data = b"".join(pending)
+  if data:
+    if not data.endswith(b"\n"):
+      data += b"\n"
+    chunk, _ = _make_chunk(data, line, skip_lines)
+    if chunk is not None:
+      yield chunk
+
+
+def _make_chunk(data: bytes, line: int, skip_lines: int) -> tuple[Chunk | None, int]:
+  while skip_lines and data:
+    data = data[data.find(b"\n") + 1 :]
+    line, skip_lines = line + 1, skip_lines - 1
+  if not data:
+    return None, skip_lines
+  if b"\r" in data:
+    data = data.replace(b"\r\n", b"\n")
+  return Chunk(data, line), skip_lines
+
+
+def read_first_line(path: str | os.PathLike) -> tuple[bytes, int]:
+  """Returns the first line (without its end) and the number of lines in the file's
+  first chunk beyond it (0 means the file has no second line in that chunk)."""
+  for chunk in iter_chunks(path, chunk_bytes=1 << 16):
+    end = chunk.data.find(b"\n")
+    return chunk.data[:end], chunk.data.count(b"\n") - 1
+  raise DataError(f"{path}: empty file")
+
+
+# ------------------------------------------------------------------- tokens
+
+
+@dataclasses.dataclass
+class Tokens:
+  """The tokens of the good rows of one chunk, as byte ranges into `data`.
+
+  Attributes:
+    data: the chunk's bytes.
+    heads: uint64 [n, ntok]: the first 8 bytes of every token, little endian, not
+      masked to the token's length.
+    starts: int64 [n, ntok] byte offset of every token.
+    lens: int64 [n, ntok] byte length of every token.
+    lines: int64 [n] 1-based source line of every row.
+  """
+
+  data: bytes
+  heads: np.ndarray
+  starts: np.ndarray
+  lens: np.ndarray
+  lines: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.lines)
+
+  def token(self, row: int, col: int) -> bytes:
+    s = int(self.starts[row, col])
+    return self.data[s : s + int(self.lens[row, col])]
+
+  def keep(self, mask: np.ndarray) -> Tokens:
+    return dataclasses.replace(
+      self,
+      heads=self.heads[mask],
+      starts=self.starts[mask],
+      lens=self.lens[mask],
+      lines=self.lines[mask],
+    )
+
+
+def tokenize(
+  chunk: Chunk,
+  separators: bytes,
+  row_kinds: np.ndarray,
+  describe: Callable[[bytes], str],
+) -> tuple[Tokens, list[tuple[int, str]]]:
+  """Splits a chunk into tokens, checking every row against the expected layout.
+
+  Args:
+    chunk: whole lines.
+    separators: the separator bytes of the format (e.g. b"\\t", or b" :" for libfm).
+    row_kinds: uint8 [ntok]: the byte expected after each token of a row (the last
+      one is b"\\n").
+    describe: gives the reason a malformed line (without its newline) is bad.
+
+  Returns:
+    (tokens of the good rows, [(line, reason)] of the bad rows).
+  """
+  data, ntok = chunk.data, len(row_kinds)
+  arr, pos = _special_positions(data, separators)
+  kinds = arr[pos]
+  n = len(pos) // ntok
+  bad: list[tuple[int, str]] = []
+  lines = np.arange(chunk.first_line, chunk.first_line + n, dtype=np.int64)
+  if len(pos) != n * ntok or not np.array_equal(
+    kinds.reshape(n, ntok), np.broadcast_to(row_kinds, (n, ntok))
+  ):
+    # Slow path, only for chunks with malformed rows: name them, rebuild the chunk
+    # from the good rows and tokenise that (which then takes the fast path).
+    data, lines, bad = _drop_malformed(chunk, pos, kinds, row_kinds, describe)
+    arr, pos = _special_positions(data, separators)
+    n = len(pos) // ntok
+  starts = np.empty(len(pos), np.int64)
+  starts[:1] = 0
+  starts[1:] = pos[:-1] + 1
+  heads = _heads(data, starts).reshape(n, ntok)
+  starts = starts.reshape(n, ntok)
+  tokens = Tokens(data, heads, starts, pos.reshape(n, ntok) - starts, lines)
+  if n and arr.max() >= 0x80:
+    tokens, bad_utf8 = _drop_invalid_utf8(tokens, arr)
+    bad += bad_utf8
+  return tokens, bad
+
+
+def _special_positions(data: bytes, separators: bytes) -> tuple[np.ndarray, np.ndarray]:
+  """The chunk as uint8, and the offsets of its separators, line ends and control bytes."""
+  arr = np.frombuffer(data, np.uint8)
+  special = arr < 32
+  for s in separators:
+    if s >= 32:
+      special |= arr == s
+  return arr, np.flatnonzero(special)
+
+
+def _heads(data: bytes, starts: np.ndarray) -> np.ndarray:
+  """The 8 bytes at each (ascending) offset, as little-endian uint64, NUL past the end.
+
+  One gather through an unaligned uint64 view of the chunk: ascending offsets, so it
+  streams through memory. Offsets in the last 7 bytes read the last whole word and
+  shift (no padded copy of the chunk).
+  """
+  if len(data) < 8:
+    data = data + b"\0" * 8
+  last = len(data) - 8
+  words = np.ndarray((last + 1,), dtype="<u8", buffer=data, strides=(1,))
+  k = int(np.searchsorted(starts, last, side="right"))
+  heads = np.empty(len(starts), np.uint64)
+  heads[:k] = words[starts[:k]]
+  heads[k:] = words[last] >> ((starts[k:] - last) * 8).astype(np.uint64)
+  return heads
+
+
+def _drop_malformed(chunk, pos, kinds, row_kinds, describe):
+  ntok = len(row_kinds)
+  nl = np.flatnonzero(kinds == 10)
+  first = np.concatenate([[0], nl[:-1] + 1])
+  ok = (nl - first + 1) == ntok
+  cand = np.flatnonzero(ok)
+  if len(cand):
+    ok[cand] = (kinds[first[cand, None] + np.arange(ntok)] == row_kinds).all(1)
+  ends = pos[nl]
+  begins = np.concatenate([[0], ends[:-1] + 1])
+  data = chunk.data
+  bad = [
+    (chunk.first_line + int(r), describe(data[begins[r] : ends[r]])) for r in np.flatnonzero(~ok)
+  ]
+  good = np.flatnonzero(ok)
+  pieces = [data[begins[r] : ends[r] + 1] for r in good] if len(good) < 64 else None
+  if pieces is None:  # Join runs of consecutive good rows, not single rows.
+    breaks = np.flatnonzero(np.diff(good) != 1)
+    run_first = good[np.concatenate([[0], breaks + 1])]
+    run_last = good[np.concatenate([breaks, [len(good) - 1]])]
+    pieces = [data[begins[a] : ends[b] + 1] for a, b in zip(run_first, run_last)]
+  return b"".join(pieces), chunk.first_line + good.astype(np.int64), bad
+
+
+def _drop_invalid_utf8(tokens: Tokens, arr: np.ndarray):
+  line_ends = tokens.starts[:, -1] + tokens.lens[:, -1]
+  rows = np.unique(np.searchsorted(line_ends, np.flatnonzero(arr >= 0x80)))
+  keep = np.ones(len(tokens), bool)
+  bad = []
+  for r in rows:
+    begin = int(tokens.starts[r, 0])
+    line = tokens.data[begin : int(line_ends[r])]
+    try:
+      line.decode("utf-8")
+    except UnicodeDecodeError as e:
+      keep[r] = False
+      bad.append(
+        (int(tokens.lines[r]), f"invalid UTF-8 byte 0x{line[e.start]:02x} at column {e.start + 1}")
+      )
+  return (tokens.keep(keep) if bad else tokens), bad
+
+
+def describe_line(line: bytes, sep: bytes, ntok: int, sep_name: str) -> str:
+  """The reason a line does not have `ntok` fields separated by `sep`."""
+  if not line:
+    return "empty line"
+  for i, b in enumerate(line):
+    if b < 32 and bytes([b]) != sep:
+      return f"control character 0x{b:02x} at column {i + 1}"
+  return f"expected {ntok} {sep_name}-separated fields, got {line.count(sep) + 1}"
+
+
+# ------------------------------------------------------------- token values
+
+
+def _cols(arr: np.ndarray, cols: list[int]) -> np.ndarray:
+  """arr[:, cols], as a view when the columns are consecutive (as in Criteo)."""
+  if cols and cols == list(range(cols[0], cols[0] + len(cols))):
+    return arr[:, cols[0] : cols[0] + len(cols)]
+  return arr[:, cols]
+
+
+def short_keys(tokens: Tokens, cols: list[int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+  """Keys of token columns: each token's bytes as a little-endian uint64 (NUL padded).
+
+  Args:
+    tokens: the chunk's tokens.
+    cols: token columns.
+
+  Returns:
+    (keys uint64 [n, len(cols)], [(row, j)] of tokens longer than 8 bytes, whose key is
+    LONG_KEY). The empty token has key MISSING_KEY (0); no other token does, since
+    tokenize rejects NUL bytes.
+  """
+  lens = _cols(tokens.lens, cols)
+  keys = _cols(tokens.heads, cols) & _MASKS[np.minimum(lens, 8)]
+  longs = []
+  if lens.max(initial=0) > 8:
+    rows, js = np.nonzero(lens > 8)
+    keys[rows, js] = LONG_KEY
+    longs = list(zip(rows.tolist(), js.tolist()))
+  return keys, longs
+
+
+def key_to_bytes(keys: np.ndarray) -> list[bytes]:
+  """Inverse of short_keys for short tokens."""
+  return np.asarray(keys, "<u8").view("S8").tolist()
+
+
+def bytes_to_keys(tokens: list[bytes]) -> np.ndarray:
+  """short_keys of a list of tokens of at most 8 bytes."""
+  return np.array(tokens, dtype="S8").view("<u8").reshape(len(tokens))
+
+
+_INT_RE = re.compile(rb"-?[0-9]+")
+_FLOAT_RE = re.compile(rb"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def parse_numbers(
+  tokens: Tokens, cols: list[int], integers_only: bool
+) -> tuple[np.ndarray, list[tuple[int, int, bytes]]]:
+  """Parses numeric token columns; the empty token is missing (NaN).
+
+  Integers of up to 8 digits (nearly all of Criteo) are parsed 8 bytes at a time with
+  the SWAR trick; anything else goes through a strict regular expression in Python,
+  so that "1_000", " 5" or "nan" (which float() accepts) are rejected, not coerced.
+
+  Args:
+    tokens: the chunk's tokens.
+    cols: token columns.
+    integers_only: accept only `-?[0-9]+` (Criteo); else also decimals and exponents.
+
+  Returns:
+    (float64 [n, len(cols)] values, NaN where missing; [(row, j, token)] of the
+    tokens that are not numbers).
+  """
+  lens = _cols(tokens.lens, cols)
+  w = _cols(tokens.heads, cols)
+  # An empty token's first byte is its separator, never "-".
+  neg = (w & _U(0xFF)) == _U(ord("-"))
+  w = np.right_shift(w, _U(8), where=neg, out=w.copy())
+  ndig = lens - neg
+  fits = (ndig - 1).view(np.uint64) < _U(8)  # 1 <= ndig <= 8.
+  ndig = np.clip(ndig, 0, 8)
+  # Shifting left drops the bytes past the token; the low bytes fill with '0'.
+  x = (w << _SHIFTS[ndig]) | _ZERO_PAD[ndig]
+  x_hi = x & _U(0xF0F0_F0F0_F0F0_F0F0)
+  ok = (
+    (x_hi | (((x + _U(0x0606_0606_0606_0606)) & _U(0xF0F0_F0F0_F0F0_F0F0)) >> _U(4)))
+    == _U(0x3333_3333_3333_3333)
+  ) & fits
+  # Lemire's parse_eight_digits_unrolled (wrapping uint64 arithmetic).
+  x -= _U(0x3030_3030_3030_3030)
+  x = x * _U(10) + (x >> _U(8))
+  m = _U(0x0000_00FF_0000_00FF)
+  x = ((x & m) * _U(100 + (1000000 << 32)) + ((x >> _U(16)) & m) * _U(1 + (10000 << 32))) >> _U(32)
+  values = x.astype(np.float64)
+  np.negative(values, out=values, where=neg)
+  values[lens == 0] = np.nan
+  bad = []
+  grammar = _INT_RE if integers_only else _FLOAT_RE
+  if not ok.all():
+    for r, j in zip(*np.nonzero(~ok & (lens > 0))):
+      tok = tokens.token(r, cols[j])
+      v = float(tok) if grammar.fullmatch(tok) else np.nan
+      if np.isfinite(v):
+        values[r, j] = v
+      else:
+        bad.append((int(r), int(j), tok))
+  return values, bad
+
+
+def _label_keys(tokens: Tokens, col: int) -> np.ndarray:
+  return short_keys(tokens, [col])[0][:, 0]
+
+
+def parse_binary_labels(tokens: Tokens, col: int) -> tuple[np.ndarray, np.ndarray]:
+  """Labels "0"/"1". Returns (float32 [n] labels, rows with another token)."""
+  keys = _label_keys(tokens, col)
+  pos, neg = keys == bytes_to_keys([b"1"])[0], keys == bytes_to_keys([b"0"])[0]
+  return pos.astype(np.float32), np.flatnonzero(~(pos | neg))
+
+
+def parse_pm1_labels(tokens: Tokens, col: int) -> tuple[np.ndarray, np.ndarray]:
+  """libfm labels "0"/"1" or "-1"/"+1" (-1 means 0). Returns (labels, bad rows)."""
+  keys = _label_keys(tokens, col)
+  pos = np.isin(keys, bytes_to_keys([b"1", b"+1"]))
+  neg = np.isin(keys, bytes_to_keys([b"0", b"-1"]))
+  return pos.astype(np.float32), np.flatnonzero(~(pos | neg))
+
+
+# ------------------------------------------------------------ stable hash
+
+_HASH_SEED = 0x5EED_C0FF_EE15_600D
+_GOLDEN = 0x9E37_79B9_7F4A_7C15
+_M64 = (1 << 64) - 1
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser (vectorised, wrapping uint64 arithmetic)."""
+  z = z + _U(_GOLDEN)
+  z = (z ^ (z >> _U(30))) * _U(0xBF58_476D_1CE4_E5B9)
+  z = (z ^ (z >> _U(27))) * _U(0x94D0_49BB_1331_11EB)
+  return z ^ (z >> _U(31))
+
+
+def hash_keys(keys: np.ndarray) -> np.ndarray:
+  """Stable 64-bit hash of tokens of at most 8 bytes, given as their keys.
+
+  Equals hash_token(token) for every such token. Never Python's salted hash(): ids
+  must be the same in every process and every run, at training and at scoring.
+  """
+  return _mix(np.asarray(keys, np.uint64) ^ _U(_HASH_SEED))
+
+
+def hash_token(token: bytes) -> int:
+  """Stable 64-bit hash of any token: splitmix64 folded over its 8-byte words."""
+  h = _HASH_SEED
+  padded = token + b"\0" * (-len(token) % 8)
+  for i in range(0, len(padded), 8):
+    h = _mix_scalar(h ^ int.from_bytes(padded[i : i + 8], "little"))
+  return h
+
+
+def _mix_scalar(z: int) -> int:
+  z = (z + _GOLDEN) & _M64
+  z = ((z ^ (z >> 30)) * 0xBF58_476D_1CE4_E5B9) & _M64
+  z = ((z ^ (z >> 27)) * 0x94D0_49BB_1331_11EB) & _M64
+  return z ^ (z >> 31)
