@@ -148,7 +148,7 @@ def train_iterator(
   process_index: int = 0,
   process_count: int = 1,
   num_workers: int = 0,
-  num_threads: int = 2,
+  num_threads: int = 1,
   prefetch: int = 8,
 ) -> grain.DatasetIterator:
   """One shuffled epoch of training batches for this process.
