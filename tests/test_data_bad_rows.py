@@ -118,6 +118,13 @@ CASES = {
     2,
     "expected a label and 10 'idx:val' field(s)",
   ),
+  "libfm_bad_first_line": (  # The layout comes from the most common field count.
+    "libfm",
+    FRAPPE,
+    b"1 3:1 4:1\n",
+    1,
+    "expected a label and 10 'idx:val' field(s)",
+  ),
   "libfm_bad_value": ("libfm", FRAPPE, FRAPPE[0].replace(b"451:1", b"451:x"), 4, "f0: value 'x'"),
   "libfm_empty_line": ("libfm", FRAPPE, b"\n", 3, "empty line"),
   "csv_wrong_field_count": ("csv", CSV, b"1,u1,i10,books\n", 3, "expected 7 comma-separated"),

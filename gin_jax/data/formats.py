@@ -19,6 +19,7 @@ or numbers, per-row source lines) plus the list of bad rows with their reasons.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -171,6 +172,7 @@ def csv_layout(
     names.index(schema.label) if has_labels else None,
     columns,
     header_lines=1,
+    header=tuple(names),
   )
 
 
@@ -194,20 +196,23 @@ def detect_layout(
   has_labels: bool | None = None,
   num_fields: int | None = None,
 ) -> Layout:
-  """Builds the layout of a file from its first line.
+  """Builds the layout of a file from its first lines.
 
   Args:
     fmt: "criteo", "csv" or "libfm".
     path: the file (plain or gzip).
     schema: required for csv.
     has_labels: None: decide from the first line (see the module docstring).
-    num_fields: libfm: the expected number of fields (None: from the first line).
+    num_fields: libfm: the expected number of fields (None: the most common count in
+      the first lines).
 
   Returns:
     The Layout. Raises DataError if the first line fits no layout.
   """
-  first, _ = text.read_first_line(path)
-  first = first.rstrip(b"\r")
+  head = text.read_head(path)
+  # A bad first line must not decide the layout of the whole file: use the first
+  # non-empty line (criteo, libfm labels) and the most common field count (libfm).
+  first = next((line for line in head if line), b"")
   if fmt == "criteo":
     ntok = first.count(b"\t") + 1
     if has_labels is None and ntok in (39, 40):
@@ -216,15 +221,15 @@ def detect_layout(
   if fmt == "csv":
     if schema is None:
       raise DataError(f"{path}: csv input needs a schema file (--schema)")
-    return csv_layout(schema, first, path, has_labels)
+    return csv_layout(schema, head[0], path, has_labels)
   if fmt == "libfm":
-    toks = first.rstrip(b" ").split(b" ")
     if has_labels is None:
-      has_labels = b":" not in toks[0]
+      has_labels = b":" not in first.split(b" ")[0]
     if num_fields is None:
-      num_fields = len(toks) - (1 if has_labels else 0)
+      counts = collections.Counter(len(line.rstrip(b" ").split(b" ")) for line in head if line)
+      num_fields = counts.most_common(1)[0][0] - (1 if has_labels else 0) if counts else 0
       if num_fields < 1:
-        raise DataError(f"{path}:1: no 'idx:val' fields in the first line")
+        raise DataError(f"{path}: no 'idx:val' fields in the first lines")
     return libfm_layout(num_fields, has_labels)
   raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 

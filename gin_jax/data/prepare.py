@@ -1,19 +1,26 @@
 """Raw files -> a cached, compact on-disk dataset, in two streaming passes.
 
-Pass 1 reads every input once: it validates rows (bad rows raise or are counted),
-assigns rows of the training file to splits, counts categories of the training split
-only and counts rows per split. Pass 2 reads the inputs again and writes ids, labels
-and source lines straight into preallocated .npy memory maps. Memory is bounded by
-the chunk size and the number of distinct categories, never by the number of rows.
+Pass 1 reads the text once, in chunks of whole lines parsed in worker threads: it
+validates rows (a bad row raises, or is counted and skipped), assigns rows of the
+training file to splits, counts the categories of the training split only, and keeps
+the parsed chunk (binary keys and numbers, ~0.3 KB per Criteo row) in memory up to a
+budget and in a temporary spill file beyond it. Between the passes the vocabularies
+are cut at min_count and the field blocks laid out. Pass 2 streams the parsed chunks,
+encodes them and writes ids, labels and source lines straight into preallocated .npy
+memory maps. Memory is bounded by the chunk size, the spill budget and the number of
+distinct categories, never by the number of rows; text is parsed (and gzip
+decompressed) only once.
 
 Layout of a prepared dataset (cache_dir/<format>-<key>/):
-  meta.json                 DatasetMeta: fields, offsets, vocabularies, stats, options
+  meta.json                            DatasetMeta: fields, offsets, vocabularies,
+                                       row counts, positive rates, bad rows, options
   {train,valid,test}/ids.npy           int32 [N, f]
   {train,valid,test}/labels.npy        float32 [N]
   {train,valid,test}/line_numbers.npy  int64 [N] (lines of the file the row came from)
   {train,valid,test}/values.npy        float32 [N, f], only when meta.has_values
 The key hashes the options and every input's (path, size, mtime): a second prepare()
-with the same inputs and options reuses the directory without reading the inputs.
+with the same inputs and options reuses the directory without reading the inputs. The
+directory is built under a temporary name and renamed when complete.
 
 Random splits are decided per row by a seeded hash of its line number, so they need no
 row count in advance and do not depend on chunking or on which rows were bad; the
@@ -168,7 +175,8 @@ def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
   A seeded hash of the line number, compared with the cumulative ratios; a split whose
   ratio is 0 gets no row.
   """
-  u = text.hash_keys(np.asarray(lines, np.uint64) ^ np.uint64(seed * 0x9E3779B1 + 1))
+  salt = np.uint64((seed * 0x9E37_79B1 + 1) % 2**64)
+  u = text.hash_keys(np.asarray(lines, np.uint64) ^ salt)
   u = (u >> np.uint64(11)).astype(np.float64) * 2.0**-53
   t1 = ratios[0] if ratios[1] + ratios[2] > 0 else 2.0
   t2 = ratios[0] + ratios[1] if ratios[2] > 0 else 2.0

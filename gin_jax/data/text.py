@@ -159,12 +159,10 @@ def _make_chunk(data: bytes, line: int, skip_lines: int) -> tuple[Chunk | None, 
   return Chunk(data, line), skip_lines
 
 
-def read_first_line(path: str | os.PathLike) -> tuple[bytes, int]:
-  """Returns the first line (without its end) and the number of lines in the file's
-  first chunk beyond it (0 means the file has no second line in that chunk)."""
-  for chunk in iter_chunks(path, chunk_bytes=1 << 16):
-    end = chunk.data.find(b"\n")
-    return chunk.data[:end], chunk.data.count(b"\n") - 1
+def read_head(path: str | os.PathLike, max_bytes: int = 1 << 16) -> list[bytes]:
+  """The whole lines in about the first max_bytes of a file (CRLF normalised)."""
+  for chunk in iter_chunks(path, chunk_bytes=max_bytes):
+    return chunk.data.split(b"\n")[:-1]
   raise DataError(f"{path}: empty file")
 
 
