@@ -180,6 +180,7 @@ def test_bad_rows_across_chunks_keep_line_numbers(tmp_path, monkeypatch):
   from gin_jax.data import text
 
   monkeypatch.setattr(text, "CHUNK_BYTES", 300)  # Many chunks, bad rows in several.
+  assert len(list(text.iter_chunks(FIXTURES / "criteo_small.tsv"))) > 5
   lines = list(CRITEO) * 5
   lines.insert(17, b"x\n")
   lines.insert(41, b"\n")
@@ -191,6 +192,17 @@ def test_bad_rows_across_chunks_keep_line_numbers(tmp_path, monkeypatch):
   assert meta.skipped_rows[str(path)]["count"] == 2
   kept = splits["train"].line_numbers.tolist()
   assert kept == [i for i in range(1, 53) if i not in (18, 42)]
+
+
+def test_line_too_long(tmp_path, monkeypatch):
+  from gin_jax.data import text
+
+  monkeypatch.setattr(text, "CHUNK_BYTES", 1000)
+  monkeypatch.setattr(text, "MAX_LINE_BYTES", 5000)
+  path = tmp_path / "noline.tsv"
+  path.write_bytes(CRITEO[0] + b"x" * 20000)
+  with pytest.raises(DataError, match=f"{path}:2: line longer than"):
+    prepare(_cfg("criteo", path), tmp_path / "c", progress=False)
 
 
 def test_empty_file(tmp_path):

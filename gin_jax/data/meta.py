@@ -78,8 +78,7 @@ class DatasetMeta:
     return self.fields[self.field_names.index(name)]
 
   def to_json(self) -> str:
-    d = dataclasses.asdict(self)
-    return json.dumps(d, allow_nan=True)
+    return json.dumps(dataclasses.asdict(self), allow_nan=False)  # Strict JSON.
 
   @classmethod
   def from_json(cls, s: str) -> DatasetMeta:

@@ -32,6 +32,7 @@ import numpy as np
 from gin_jax.data.errors import DataError
 
 CHUNK_BYTES = 8 << 20  # Decompressed bytes per chunk (~30k Criteo lines).
+MAX_LINE_BYTES = 64 << 20  # Longer "lines" mean a file that is not line-oriented text.
 _RAW_BLOCK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -102,7 +103,7 @@ def iter_chunks(
   path: str | os.PathLike,
   *,
   skip_lines: int = 0,
-  chunk_bytes: int = CHUNK_BYTES,
+  chunk_bytes: int | None = None,
   on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[Chunk]:
   """Reads a text file (plain or gzip) as chunks of whole lines.
@@ -110,12 +111,13 @@ def iter_chunks(
   Args:
     path: the file.
     skip_lines: leading lines to drop (a CSV header); line numbers still count them.
-    chunk_bytes: approximate decompressed size of one chunk.
+    chunk_bytes: approximate decompressed size of one chunk (default CHUNK_BYTES).
     on_progress: called with the number of raw (on-disk) bytes consumed.
 
   Returns:
     An iterator of Chunk. Raises DataError for an empty file or broken gzip data.
   """
+  chunk_bytes = chunk_bytes or CHUNK_BYTES
   line, pending, size, total = 1, [], 0, 0
   try:
     for block in _blocks(path, on_progress):
@@ -126,7 +128,9 @@ def iter_chunks(
         continue
       data = b"".join(pending)
       cut = data.rfind(b"\n") + 1
-      if cut == 0:  # One line longer than a chunk: keep reading.
+      if cut == 0:  # One line longer than a chunk: keep reading (up to a limit).
+        if len(data) > MAX_LINE_BYTES:
+          raise DataError(f"{path}:{line}: line longer than {MAX_LINE_BYTES >> 20} MiB")
         pending, size = [data], len(data)
         continue
       pending, size = [data[cut:]], len(data) - cut
