@@ -114,20 +114,26 @@ class Scorer:
     )
     return _batched(split, self.batch_size, self._score)
 
-  def predict_rows(self, rows: list[str], fmt: str | None = None) -> np.ndarray:
-    """Probabilities for raw text rows in the training format (or `fmt`)."""
-    split = data.encode_rows(self.meta, rows, fmt=fmt)
+  def predict_rows(self, rows: list[str], **kwargs) -> np.ndarray:
+    """Probabilities for raw text rows of the training format (see data.encode_rows)."""
+    split = data.encode_rows(self.meta, rows, **kwargs)
     return _batched(split, self.batch_size, self._score)
 
   def predict_file(self, path, *, fmt: str | None = None, schema=None, bad_rows: str = "error"):
-    """Scores a raw file with the saved vocabulary.
+    """Scores a raw file with the saved vocabulary, streaming it chunk by chunk.
 
     Returns:
-      (probs [n], split, bad_row_report): probs in input order for the rows
-      that were scored; `split.line_numbers` gives each one's source line.
+      (probs [n], labels [n] (NaN where the file has none), line_numbers [n],
+      bad_row_report): probs in input order for the rows that were scored.
     """
-    split, bad = data.encode_file(self.meta, path, fmt, schema=schema, bad_rows=bad_rows)
-    return _batched(split, self.batch_size, self._score), split, bad
+    bad = data.BadRowReport()
+    probs, labels, lines = [], [], []
+    for part in data.iter_encode_file(self.meta, path, fmt, schema, bad_rows, report=bad):
+      probs.append(_batched(part, self.batch_size, self._score))
+      labels.append(np.asarray(part.labels, np.float32))
+      lines.append(np.asarray(part.line_numbers, np.int64))
+    cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros((0,), dt)
+    return cat(probs, np.float32), cat(labels, np.float32), cat(lines, np.int64), bad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,9 +262,14 @@ def write_scores(path, probs: np.ndarray, line_numbers, bad) -> None:
 
 
 def _skipped(bad):
+  """(line, reason) of every skipped row; reasons are kept for the first few only."""
   if bad is None:
     return []
-  return list(zip(bad.line_numbers, bad.reasons))
+  reasons = {}
+  for example in bad.examples:  # "path:line: reason"
+    head, _, reason = example.partition(": ")
+    reasons[int(head.rsplit(":", 1)[1])] = reason
+  return [(n, reasons.get(n, "bad row")) for n in bad.line_numbers]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,13 +304,13 @@ def main(argv: list[str] | None = None) -> None:
       scorer = Scorer.from_checkpoint(args.checkpoint, step=args.step, best=args.best)
     else:
       scorer = Scorer.from_export(args.exported)
-    probs, split, bad = scorer.predict_file(args.data, fmt=args.format, schema=args.schema,
-                                            bad_rows=args.bad_rows)  # fmt: skip
-    write_scores(args.out, probs, split.line_numbers, bad)
+    probs, labels, lines, bad = scorer.predict_file(
+      args.data, fmt=args.format, schema=args.schema, bad_rows=args.bad_rows
+    )
+    write_scores(args.out, probs, lines, bad)
     print(f"scored {len(probs)} rows with {scorer.description} -> {args.out}")
     if bad is not None and bad.count:
       print(f"skipped {bad.count} bad rows (listed in {args.out}); first: {bad.examples[:3]}")
-    labels = np.asarray(split.labels)
     if len(labels) and not np.isnan(labels).any():
       m = metrics_lib.evaluate(labels, probs)
       print(f"AUC {m['auc']:.6f}  logloss {m['logloss']:.6f}  (n={m['n']})")
