@@ -339,60 +339,63 @@ def parse_chunk(chunk: text.Chunk, layout: Layout) -> tuple[RawChunk, list[tuple
     while b" \n" in data:
       data = data.replace(b" \n", b"\n")
     chunk = text.Chunk(data, chunk.first_line)
-  tokens, bad = text.tokenize(
-    chunk, layout.separators, np.array(layout.row_kinds, np.uint8), _describe(layout)
-  )
-  row_bad: dict[int, str] = {}
-  n = len(tokens)
-  if layout.has_labels:
-    parse = text.parse_pm1_labels if layout.format == "libfm" else text.parse_binary_labels
-    labels, bad_rows = parse(tokens, layout.label_token)
-    allowed = "{0, 1} or {-1, +1}" if layout.format == "libfm" else "{0, 1}"
-    for r in bad_rows:
-      row_bad.setdefault(
-        int(r), f"label {_show(tokens.token(r, layout.label_token))} not in {allowed}"
-      )
-  else:
-    labels = np.full(n, np.nan, np.float32)
+  kinds = np.array(layout.row_kinds, np.uint8)
+  tokens, bad = text.tokenize(chunk, layout.separators, kinds, _describe(layout))
+  row_bad: dict[int, str] = {}  # Row -> the first reason it is bad.
   numeric = [c for c in layout.columns if c.kind == "numeric"]
   categorical = [c for c in layout.columns if c.kind == "categorical"]
-  numbers = np.zeros((n, 0))
-  if numeric:
-    numbers, bad_numbers = text.parse_numbers(
-      tokens, [c.token for c in numeric], integers_only=layout.format == "criteo"
-    )
-    kind = "an integer" if layout.format == "criteo" else "a number"
-    for r, j, tok in bad_numbers:
-      row_bad.setdefault(r, f"{numeric[j].name}: {_show(tok)} is not {kind}")
-  keys, long_tokens = np.zeros((n, 0), np.uint64), {}
-  if categorical:
-    keys, longs = text.short_keys(tokens, [c.token for c in categorical])
-    long_tokens = {(r, j): tokens.token(r, categorical[j].token) for r, j in longs}
-  values = None
-  if layout.format == "libfm":
-    for r, j in zip(*np.nonzero(tokens.lens[:, [c.token for c in categorical]] == 0)):
-      row_bad.setdefault(int(r), f"{categorical[j].name}: empty feature index")
-    parsed, bad_vals = text.parse_numbers(
-      tokens, [c.value_token for c in categorical], integers_only=False
-    )
-    for r, j in zip(*np.nonzero(np.isnan(parsed))):
-      row_bad.setdefault(int(r), f"{categorical[j].name}: empty value")
-    for r, j, tok in bad_vals:
-      row_bad.setdefault(r, f"{categorical[j].name}: value {_show(tok)} is not a number")
-    values = parsed.astype(np.float32)
   raw = RawChunk(
-    tokens.lines,
-    labels,
-    tuple(c.name for c in categorical),
-    keys,
-    long_tokens,
-    tuple(c.name for c in numeric),
-    numbers,
-    values,
+    lines=tokens.lines,
+    labels=_labels(tokens, layout, row_bad),
+    cat_names=tuple(c.name for c in categorical),
+    keys=np.zeros((len(tokens), 0), np.uint64),
+    long_tokens={},
+    num_names=tuple(c.name for c in numeric),
+    numbers=_numbers(tokens, layout, numeric, row_bad),
+    values=_values(tokens, categorical, row_bad) if layout.format == "libfm" else None,
   )
+  if categorical:
+    raw.keys, longs = text.short_keys(tokens, [c.token for c in categorical])
+    raw.long_tokens = {(r, j): tokens.token(r, categorical[j].token) for r, j in longs}
   if row_bad:
-    keep = np.ones(n, bool)
+    keep = np.ones(len(tokens), bool)
     keep[list(row_bad)] = False
     raw = raw.take(keep)
     bad += [(int(tokens.lines[r]), reason) for r, reason in row_bad.items()]
   return raw, bad
+
+
+def _labels(tokens: text.Tokens, layout: Layout, row_bad: dict[int, str]) -> np.ndarray:
+  if not layout.has_labels:
+    return np.full(len(tokens), np.nan, np.float32)
+  libfm = layout.format == "libfm"
+  parse = text.parse_pm1_labels if libfm else text.parse_binary_labels
+  labels, bad_rows = parse(tokens, layout.label_token)
+  allowed = "{0, 1} or {-1, +1}" if libfm else "{0, 1}"
+  for r in bad_rows:
+    tok = _show(tokens.token(r, layout.label_token))
+    row_bad.setdefault(int(r), f"label {tok} not in {allowed}")
+  return labels
+
+
+def _numbers(tokens, layout: Layout, numeric: list[Column], row_bad) -> np.ndarray:
+  if not numeric:
+    return np.zeros((len(tokens), 0))
+  criteo = layout.format == "criteo"
+  numbers, bad = text.parse_numbers(tokens, [c.token for c in numeric], integers_only=criteo)
+  kind = "an integer" if criteo else "a number"
+  for r, j, tok in bad:
+    row_bad.setdefault(r, f"{numeric[j].name}: {_show(tok)} is not {kind}")
+  return numbers
+
+
+def _values(tokens, categorical: list[Column], row_bad) -> np.ndarray:
+  """libfm value multipliers; an empty index or value makes the row bad."""
+  for r, j in zip(*np.nonzero(tokens.lens[:, [c.token for c in categorical]] == 0)):
+    row_bad.setdefault(int(r), f"{categorical[j].name}: empty feature index")
+  values, bad = text.parse_numbers(tokens, [c.value_token for c in categorical], False)
+  for r, j in zip(*np.nonzero(np.isnan(values))):
+    row_bad.setdefault(int(r), f"{categorical[j].name}: empty value")
+  for r, j, tok in bad:
+    row_bad.setdefault(r, f"{categorical[j].name}: value {_show(tok)} is not a number")
+  return values.astype(np.float32)
