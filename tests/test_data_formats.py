@@ -302,3 +302,12 @@ def test_layout_detection(tmp_path):
   assert formats.detect_layout("criteo", str(FIXTURES / "criteo_small.tsv")).has_labels
   lay = formats.detect_layout("libfm", str(FIXTURES / "frappe_small.libfm"))
   assert lay.has_labels and len(lay.columns) == 10
+
+
+def test_csv_header_with_utf8_bom(tmp_path):
+  bom = tmp_path / "bom.csv"
+  bom.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "clicks.csv").read_bytes())
+  kwargs = {"format": "csv", "schema": str(FIXTURES / "clicks_schema.yaml")}
+  _, s1 = _prepare(tmp_path, train=str(FIXTURES / "clicks.csv"), **kwargs)
+  _, s2 = _prepare(tmp_path, train=str(bom), **kwargs)
+  np.testing.assert_array_equal(s1["train"].ids, s2["train"].ids)

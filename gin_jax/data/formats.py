@@ -136,7 +136,7 @@ def csv_layout(
 ) -> Layout:
   """The layout of a CSV file with this header line under this schema."""
   try:
-    names = header.decode("utf-8").split(schema.separator)
+    names = header.decode("utf-8-sig").split(schema.separator)  # -sig: drop a BOM.
   except UnicodeDecodeError:
     raise DataError(f"{path}:1: header is not valid UTF-8") from None
   if not header:
