@@ -251,6 +251,16 @@ def test_parse_numbers_matches_python():
   assert bad == []
 
 
+def test_parse_decimals_match_python_float():
+  rng = np.random.default_rng(1)
+  toks = [f"{x:.{d}f}".encode() for x, d in zip(rng.exponential(50, 400), rng.integers(0, 5, 400))]
+  toks += [b"-0.25", b".5", b"-.5", b"5.", b"0.1", b"1234567.", b"-123456.7", b"0000.001"]
+  line = b"\t".join(toks) + b"\n"
+  values, bad = text.parse_numbers(_tokens(line, len(toks)), list(range(len(toks))), False)
+  assert bad == []
+  np.testing.assert_array_equal(values[0], [float(t) for t in toks])  # Bit for bit.
+
+
 @pytest.mark.parametrize(
   "token, integers_only, ok",
   [
@@ -266,6 +276,11 @@ def test_parse_numbers_matches_python():
     (b"-", True, False),
     (b"0x1f", True, False),
     (b"123456789012", True, True),  # Longer than 8 digits: the slow path.
+    (b"123456.789", False, True),  # A decimal longer than 8 bytes: the slow path.
+    (b".", False, False),
+    (b"1.2.3", False, False),
+    (b"-.", False, False),
+    (b"1,5", False, False),
   ],
 )
 def test_parse_numbers_grammar(token, integers_only, ok):
