@@ -1,0 +1,249 @@
+"""Helpers shared by the benchmark scripts: timing, matmul peak, XLA cost and memory, output.
+
+Every benchmark reports its times against a matmul peak measured in the same process
+(`measure_matmul_peak`), its FLOPs and temporary memory as XLA compiled them
+(`compile_with_stats`), and writes a markdown table to stdout plus a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def block(tree: Any) -> Any:
+  """Waits until every array in `tree` is computed; returns `tree`."""
+  return jax.block_until_ready(tree)
+
+
+def time_fn(fn: Callable[..., Any], *args: Any, warmup: int = 2, iters: int = 10) -> float:
+  """Median wall-clock seconds of `fn(*args)`, blocking on its outputs.
+
+  Args:
+    fn: the function to time (a jitted function or a compiled executable).
+    *args: its arguments, already on the device.
+    warmup: untimed calls first (compilation, allocator and page-fault warm-up).
+    iters: timed calls; the median is returned.
+
+  Returns:
+    The median of `iters` timed calls, in seconds.
+  """
+  for _ in range(warmup):
+    block(fn(*args))
+  times = []
+  for _ in range(max(1, iters)):
+    start = time.perf_counter()
+    block(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def time_adaptive(
+  fn: Callable[..., Any],
+  *args: Any,
+  target_s: float = 1.0,
+  min_iters: int = 3,
+  max_iters: int = 20,
+) -> tuple[float, int]:
+  """`time_fn` with as many iterations as fit in about `target_s` seconds.
+
+  One warm-up call is always made and timed to size the run; fast functions get a
+  second warm-up call.
+
+  Args:
+    fn: the function to time.
+    *args: its arguments.
+    target_s: wall-clock budget for the timed calls.
+    min_iters: fewest timed calls, however slow `fn` is.
+    max_iters: most timed calls, however fast `fn` is.
+
+  Returns:
+    (median seconds, number of timed calls).
+  """
+  start = time.perf_counter()
+  block(fn(*args))
+  first_s = time.perf_counter() - start
+  iters = int(np.clip(target_s / max(first_s, 1e-6), min_iters, max_iters))
+  warmup = 1 if first_s < target_s / 4 else 0
+  return time_fn(fn, *args, warmup=warmup, iters=iters), iters
+
+
+def time_interleaved(
+  calls: dict[Any, Callable[[], Any]], iters: dict[Any, int], rounds: int = 5
+) -> dict[Any, list[float]]:
+  """Seconds of each timed call of several warmed-up zero-argument functions, round-robin.
+
+  On a machine shared with other jobs, load comes and goes; timing every function a
+  little in each of several rounds spreads a burst over all of them, so their
+  ratios stay fair where back-to-back timing would charge it to whichever ran then.
+
+  Args:
+    calls: key -> zero-argument function (already compiled and warmed up).
+    iters: key -> total timed calls, spread evenly over up to `rounds` rounds.
+    rounds: passes over all functions.
+
+  Returns:
+    key -> the list of measured seconds (take the median).
+  """
+  samples: dict[Any, list[float]] = {key: [] for key in calls}
+  for _ in range(rounds):
+    for key, call in calls.items():
+      per_round = math.ceil(iters[key] / rounds)
+      for _ in range(min(per_round, iters[key] - len(samples[key]))):
+        start = time.perf_counter()
+        block(call())
+        samples[key].append(time.perf_counter() - start)
+  return samples
+
+
+def measure_matmul_peak(dtype: Any = jnp.float32, n: int | None = None, iters: int = 5) -> float:
+  """Achieved GFLOP/s of one large square `jnp.dot` on the default device.
+
+  This is the ceiling the benchmarks compare against: what this machine's XLA
+  reaches on the friendliest shape, measured in the same process (so load from
+  other users of a shared machine shows up in both).
+
+  Args:
+    dtype: operand dtype (float32, bfloat16, ...).
+    n: matrix size; default 2048 on CPU and 8192 on accelerators.
+    iters: timed calls (median).
+
+  Returns:
+    GFLOP/s, counting 2 n^3 FLOPs per product.
+  """
+  if n is None:
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  a_nn = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
+  b_nn = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
+  matmul = jax.jit(jnp.dot).lower(a_nn, b_nn).compile()
+  seconds = time_fn(matmul, a_nn, b_nn, warmup=2, iters=iters)
+  return 2.0 * n**3 / seconds / 1e9
+
+
+def _flops_of(cost: Any) -> float | None:
+  # cost_analysis() is a dict on current jax, a one-element list of dicts on older
+  # releases, and None (or raises) on backends without a cost model.
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def compiled_stats(compiled: Any) -> dict[str, float | int | None]:
+  """FLOPs, bytes accessed and memory sizes of a compiled executable.
+
+  Args:
+    compiled: the result of `jax.jit(f).lower(...).compile()`.
+
+  Returns:
+    {"flops", "bytes_accessed", "temp_bytes", "argument_bytes", "output_bytes"};
+    a value is None where the backend does not report it.
+  """
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends raise instead of returning None
+    cost = None
+  bytes_accessed = None
+  flat = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  if isinstance(flat, dict) and "bytes accessed" in flat:
+    bytes_accessed = float(flat["bytes accessed"])
+  try:
+    memory = compiled.memory_analysis()
+  except Exception:
+    memory = None
+
+  def size(name):
+    value = getattr(memory, name, None) if memory is not None else None
+    return int(value) if value is not None else None
+
+  return {
+    "flops": _flops_of(cost),
+    "bytes_accessed": bytes_accessed,
+    "temp_bytes": size("temp_size_in_bytes"),
+    "argument_bytes": size("argument_size_in_bytes"),
+    "output_bytes": size("output_size_in_bytes"),
+  }
+
+
+def compile_with_stats(jitted: Any, *args: Any) -> tuple[Any, dict[str, float | int | None]]:
+  """Lowers and compiles `jitted` for `args` (nothing runs, nothing is allocated).
+
+  Args:
+    jitted: a `jax.jit`-wrapped function.
+    *args: example arguments (arrays or `jax.ShapeDtypeStruct`s).
+
+  Returns:
+    (compiled executable, `compiled_stats` of it).
+  """
+  compiled = jitted.lower(*args).compile()
+  return compiled, compiled_stats(compiled)
+
+
+def compiled_cost(jitted: Any, *args: Any) -> tuple[float | None, int | None]:
+  """(FLOPs, peak temporary bytes) of `jitted` at `args`, as XLA compiled it.
+
+  Args:
+    jitted: a `jax.jit`-wrapped function.
+    *args: example arguments (arrays or `jax.ShapeDtypeStruct`s).
+
+  Returns:
+    (cost_analysis()["flops"], memory_analysis().temp_size_in_bytes), each None
+    where the backend does not report it.
+  """
+  _, stats = compile_with_stats(jitted, *args)
+  return stats["flops"], stats["temp_bytes"]
+
+
+def backend_info() -> dict[str, Any]:
+  """What the numbers were measured on: backend, device, versions, host."""
+  device = jax.devices()[0]
+  return {
+    "backend": jax.default_backend(),
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+    "jax_version": jax.__version__,
+    "python": platform.python_version(),
+    "host_cpus": os.cpu_count(),
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A GitHub markdown table; numbers are expected pre-formatted as strings."""
+  cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+  lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+  lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  return "\n".join(lines)
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes `payload` as indented JSON, creating the parent directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as out:
+    json.dump(payload, out, indent=1, sort_keys=False, default=_json_default)
+    out.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+  """A number with `digits` significant digits, or '-' for None."""
+  if value is None:
+    return "-"
+  return f"{value:.{digits}g}"

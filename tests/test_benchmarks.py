@@ -1,0 +1,81 @@
+"""Smoke tests of the benchmark scripts and their shared helpers, on tiny shapes."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common, einsum_bench
+
+
+def test_common_helpers():
+  assert common.time_fn(jax.jit(jnp.sin), jnp.ones(8), warmup=1, iters=3) > 0
+  assert common.measure_matmul_peak(jnp.float32, n=128, iters=2) > 0
+  flops, temp_bytes = common.compiled_cost(jax.jit(jnp.dot), jnp.ones((16, 8)), jnp.ones((8, 4)))
+  assert flops is None or flops >= 2 * 16 * 8 * 4
+  assert temp_bytes is None or temp_bytes >= 0
+  table = common.markdown_table(["a", "bb"], [["1", "2"], ["333", "4"]])
+  assert table.splitlines()[1].startswith("|--")
+
+
+def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path, monkeypatch):
+  # Tiny stand-ins for the paper's two layers, so the goals and chunking run fast.
+  paper_l1 = einsum_bench.Shape("paper_criteo_l1", "named", 32, 6, 6, 4, 2, chunk_baselines=True)
+  monkeypatch.setattr(einsum_bench, "PAPER_L1", paper_l1)
+  monkeypatch.setattr(
+    einsum_bench, "PAPER_L2", dataclasses.replace(paper_l1, name="paper_criteo_l2", m=2)
+  )
+  monkeypatch.setattr(einsum_bench, "SWEEP_BASE", {"b": 16, "f": 6, "d": 4, "s": 2})
+  monkeypatch.setattr(einsum_bench, "QUICK_SWEEP_POINTS", {"sweep_f": (3, 6)})
+  out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+  payload = einsum_bench.main([
+    "--shapes", "8,3,3,4,2", "paper", "sweep_f",
+    "--quick", "--json", str(out), "--plot", str(png), "--peak-n", "256",
+    "--impls", "reference", "fuxictr", "factorized", "factorized_masked", "sparse_masked",
+    "--sweep-impls", "factorized",
+    "--mem-limit-gb", str(60_000 / 2**30),
+  ])  # fmt: skip
+  saved = json.loads(out.read_text())
+  assert png.stat().st_size > 0
+  assert saved["backend"] == jax.default_backend() and saved["dtype"] == "float32"
+  assert saved["matmul_peak_gflops"] > 0
+  records = saved["records"]
+  fields = {"shape", "impl", "mode", "status", "time_s", "iters", "flops", "temp_bytes", "chunks"}
+  assert all(fields <= set(r) for r in records)
+  tiny = {(r["impl"], r["mode"]): r for r in records if r["shape"] == "custom_8_3_3_4_2"}
+  assert set(tiny) == {(i, m) for i in payload["impls"] for m in einsum_bench.MODES}
+  for r in tiny.values():
+    assert r["time_s"] > 0 and r["iters"] > 0
+    if r["mode"] == "fwd":
+      assert r["max_rel_err_vs_factorized"] < 1e-5
+  fb = tiny["factorized", "fwd_bwd"]
+  assert fb["speedup_vs_reference"] > 0 and fb["speedup_vs_fuxictr"] > 0
+  assert fb["gflops_per_s"] > 0 and fb["peak_fraction"] > 0
+  # Over the 60 kB limit the paper's baselines run in batch chunks instead of skipping.
+  chunked = [r for r in records if r["shape"].startswith("paper") and r["chunks"] > 1]
+  assert chunked and all(r["time_s"] > 0 and r["impl"] in ("reference", "fuxictr") for r in chunked)
+  assert len(saved["goals"]) == 4 and all(g["pass"] is not None for g in saved["goals"])
+  sweep = [r for r in records if r["group"] == "sweep_f"]
+  assert {r["impl"] for r in sweep} == {"factorized"} and len(sweep) == 4
+  assert all(r["status"] == "ok" for r in sweep)
+
+
+def test_einsum_bench_skips_baselines_over_memory_limit(tmp_path):
+  payload = einsum_bench.main([
+    "--shapes", "64,12,12,8,3", "--quick", "--no-plot", "--json", str(tmp_path / "b.json"),
+    "--impls", "reference", "fuxictr", "factorized", "--mem-limit-gb", "0.001", "--peak-n", "128",
+  ])  # fmt: skip
+  status = {(r["impl"], r["mode"]): r["status"] for r in payload["records"]}
+  assert status["reference", "fwd_bwd"] == "skipped: memory"
+  assert status["factorized", "fwd"] == "ok"
+
+
+def test_einsum_bench_bfloat16_inputs(tmp_path):
+  payload = einsum_bench.main([
+    "--shapes", "8,3,3,4,2", "--quick", "--no-plot", "--json", str(tmp_path / "b.json"),
+    "--impls", "reference", "factorized", "--dtype", "bfloat16", "--peak-n", "128",
+  ])  # fmt: skip
+  assert payload["dtype"] == "bfloat16"
+  errors = [r["max_rel_err_vs_factorized"] for r in payload["records"] if r["mode"] == "fwd"]
+  assert len(errors) == 2 and max(errors) < 3e-2
