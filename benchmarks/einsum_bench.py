@@ -149,14 +149,6 @@ def order_ay(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   return _einsum("bfd,bsfd->bsd", b0_bfd, u_bsfd)
 
 
-def order_tx(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
-  """T = alpha.E over u, then X over v (per sample), then (W h) over e."""
-  dtype = b0_bfd.dtype
-  t_bdsm = _einsum("sfm,bfd->bdsm", alpha_sfm.astype(dtype), b0_bfd)
-  r_bdse = _einsum("bdsm,bme->bdse", t_bdsm, x_bmd)
-  return _einsum("bdse,sde->bsd", r_bdse, _wh(w_sde, h_se, F32))
-
-
 def _single_einsum(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, optimize):
   return jnp.einsum(
     "sfm,bfd,bme,sde,se->bsd",
@@ -227,14 +219,19 @@ IMPLS: dict[str, Impl] = {
   "fuxictr": Impl(
     _production("fuxictr"), "FuxiCTR: b x pairs x d x d outer, alpha matmul", False, True
   ),
-  "factorized": Impl(_production("factorized"), "production: one jnp.einsum, optimize='optimal'"),
+  "factorized": Impl(
+    _production("factorized"), "production: alpha.E over u, then X over v, then (W h) over e"
+  ),
+  "einsum_optimal": Impl(
+    _variant(functools.partial(_single_einsum, optimize="optimal")),
+    "one jnp.einsum, optimize='optimal'",
+  ),
   "einsum_greedy": Impl(
     _variant(functools.partial(_single_einsum, optimize="greedy")),
     "one jnp.einsum, optimize='greedy'",
   ),
   "order_ty": Impl(_variant(order_ty), order_ty.__doc__),
   "order_ay": Impl(_variant(order_ay), order_ay.__doc__),
-  "order_tx": Impl(_variant(order_tx), order_tx.__doc__),
   "factorized_masked": Impl(
     lambda b0, x, alpha, w, h, mask, pairs: generalized_interaction(b0, x, alpha, w, h, mask),
     f"production kernel, dense, mask keep={KEEP_RATIO}",

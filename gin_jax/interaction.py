@@ -10,11 +10,15 @@ contracting the B_{l-1} index (DCN-M's `x0 * (W x_l)`, the paper's Lemma 3.2).
 
 Three implementations compute the same function:
 
-- `factorized` (production): one einsum over the five operands in the order
-  opt_einsum finds cheapest for the shapes; at the paper's and BARS' layer 1 that
-  contracts alpha over u first (T[b,d,s,v]), then X over v, then W h over e.
-  Per sample O(S (f m d + m d^2)) FLOPs and O(S m d) memory; no per-pair d x d
-  map ever exists. `benchmarks/einsum_bench.py` measures it against other orders.
+- `factorized` (production): contracts alpha over u first (T[b,d,s,v]), then X
+  over v, then W h over e. Per sample O(S (f m d + m d^2)) FLOPs and
+  O(S (m + d) d) memory; no per-pair d x d map ever exists, whatever the
+  shapes. This is the path opt_einsum's `optimize="optimal"` picks at the paper
+  and BARS shapes, written out so that it cannot switch to materialising the
+  pair outer product at other shapes (it would for f = m = 1). It ran
+  forward+backward 1.8-2.9x faster than the previous T.Y order at the paper's
+  layer 1 and BARS shapes on 2 CPU cores (benchmarks/einsum_bench.py); at
+  small m (layer 2, Frappe) the older order can be up to 2x faster, a few ms.
 - `reference`: materialises every Z_uv literally, as the paper's formula reads.
   For tests and benchmarks only: O(S f m d^2) FLOPs and memory.
 - `fuxictr`: FuxiCTR's PyTorch layout (materialise the batch x pairs x d x d
@@ -77,27 +81,22 @@ def generalized_interaction(
   return fn(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
 
 
+def _einsum(spec, *operands):
+  # bfloat16 operands keep their storage dtype (halving memory traffic) while
+  # every dot accumulates and returns float32.
+  return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32)
+
+
 def _factorized(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
-  # bfloat16 operands keep their storage dtype (halving memory traffic) while every
-  # dot accumulates and returns float32. optimize="optimal" picks the order with the
-  # fewest FLOPs for the static shapes, which rules out per-pair d x d maps (they
-  # cost the reference's O(f m d^2) per sample; the benchmark checks temp memory).
-  # Against the explicit T = alpha.E, Y = (W h).X, sum_v T * Y order (the previous
-  # default) it runs forward+backward ~1.8-2x faster at the paper's layer 1 and BARS
-  # shapes on 2 CPU cores (1.0x / 1.45x on an H200), with 35-40% less temp memory;
-  # at the small shapes (paper layer 2 with m=3, Frappe) the old order stays
-  # 1.1-2x faster on CPU, a few ms. benchmarks/einsum_bench.py, benchmarks/results/.
   dtype = b0_bfd.dtype
-  return jnp.einsum(
-    "sfm,bfd,bme,sde,se->bsd",
-    alpha_sfm.astype(dtype),
-    b0_bfd,
-    x_bmd.astype(dtype),
-    w_sde.astype(dtype),
-    h_se.astype(dtype),
-    optimize="optimal",
-    preferred_element_type=jnp.float32,
-  )
+  # T[b,d,s,v] = sum_u alpha[s,u,v] E[b,u,d]: alpha fused over u before any product.
+  t_bdsm = _einsum("sfm,bfd->bdsm", alpha_sfm.astype(dtype), b0_bfd)
+  # R[b,d,s,e] = sum_v T[b,d,s,v] X[b,v,e]: one d x d map per (sample, subspace),
+  # never one per pair.
+  r_bdse = _einsum("bdsm,bme->bdse", t_bdsm.astype(dtype), x_bmd.astype(dtype))
+  # P[b,s,d] = sum_e R[b,d,s,e] W[s,d,e] h[s,e].
+  wh_sde = w_sde.astype(jnp.float32) * h_se.astype(jnp.float32)[:, None, :]
+  return _einsum("bdse,sde->bsd", r_bdse, wh_sde)
 
 
 def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
