@@ -216,3 +216,15 @@ def test_dynamic_alpha_gives_autoint_attention():
               jnp.broadcast_to(jnp.eye(d), (n, d, d)), jnp.ones((n, d)))[0]  # fmt: skip
 
   _close(jax.vmap(one)(v, attn), expected)
+
+
+@pytest.mark.gpu
+def test_gpu_bfloat16_kernel_matches_float32_reference():
+  """On a GPU (run with JAX_PLATFORMS=cuda): bf16 inputs, f32 accumulation, paper layer 1."""
+  args = _inputs(256, 39, 39, 16, 3)
+  gpu = jax.devices("gpu")[0]
+  args = jax.device_put(args, gpu)
+  out = jax.jit(gi)(args[0].astype(jnp.bfloat16), args[1].astype(jnp.bfloat16), *args[2:])
+  assert out.dtype == jnp.float32 and out.devices() == {gpu}
+  ref = gi(*args, impl="reference")
+  _close(out, ref, rtol=3e-2)
