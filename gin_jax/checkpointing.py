@@ -7,6 +7,15 @@ A checkpoint has two items:
   config and the dataset metadata, i.e. everything else needed to resume or
   to score. JSON only: loading never unpickles or evaluates anything.
 
+The grain iterator state lives inside `meta` (as `progress.iterator_state`)
+rather than in a separate `grain.checkpoint.CheckpointSave` item, a departure
+from DESIGN.md section 3: restoring through CheckpointRestore needs the
+iterator built first, and which iterator to build (stage, epoch, seed) is
+itself read from `meta`, so one JSON item restored first is simpler and just as
+exact. The state is `{"next_index": k}`, the same on every process (each
+process's slice of global batch k is fixed), so process 0's copy serves all.
+tests/test_data_pipeline.py shows CheckpointSave/Restore works too.
+
 Layout under the workdir: `checkpoints/` keeps the last K saves;
 `best_<stage>/` keeps the single best (by validation AUC) of each stage, from
 which the stage's best weights are restored.
