@@ -28,7 +28,7 @@ from gin_jax import checkpointing, data, partitioning, pruning, report, training
 from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
-from gin_jax.data import pipeline, synthetic
+from gin_jax.data import pipeline
 
 STAGES = {"aoanet": ("search", "retrain"), "gin": ("gin",)}
 KILL_ENV = "GIN_JAX_SIGKILL_AT_STEP"  # test hook: SIGKILL self after this global step
@@ -222,31 +222,19 @@ def _config_diff(old: dict, new: dict, prefix="") -> str:
 
 
 def _load_data(cfg: Config, workdir: Path):
-  """Prepares the splits (process 0 first, others then hit its cache)."""
-  data_cfg, planted = cfg.data, []
-  data_dir = workdir / "data"
-  if cfg.data.format == "synthetic":
-    tsv = data_dir / "synthetic.tsv"
-    spec = synthetic.SyntheticSpec(
-      num_rows=cfg.data.synthetic_rows,
-      max_vocab=cfg.data.synthetic_vocab,
-      num_planted=cfg.data.synthetic_planted,
-      noise=cfg.data.synthetic_noise,
-      seed=cfg.data.seed,
-    )
-    planted_file = data_dir / "planted_pairs.json"
-    if jax.process_index() == 0 and not planted_file.exists():
-      data_dir.mkdir(parents=True, exist_ok=True)
-      planted = synthetic.write_criteo_tsv(tsv, spec)
-      report.write_json(planted_file, [list(p) for p in planted])
-    _barrier("synthetic")
-    planted = [tuple(p) for p in json.loads(planted_file.read_text())]
-    data_cfg = dataclasses.replace(cfg.data, format="criteo", train=str(tsv))
+  """Prepares the splits (process 0 first, others then hit its cache).
+
+  For the demo (`format="synthetic"`) `data.prepare` writes the Criteo TSV
+  itself, so the whole text path runs, and returns the planted pairs in
+  `meta.planted_pairs`.
+  """
+  cache = workdir / "data" / "cache"
   if jax.process_index() == 0:
-    meta, splits = data.prepare(data_cfg, data_dir / "cache")
+    meta, splits = data.prepare(cfg.data, cache)
   _barrier("prepare")
   if jax.process_index() != 0:
-    meta, splits = data.prepare(data_cfg, data_dir / "cache")
+    meta, splits = data.prepare(cfg.data, cache)
+  planted = [tuple(p) for p in (meta.planted_pairs or [])]
   return meta, splits, planted
 
 

@@ -24,10 +24,11 @@ def trained(tmp_path_factory):
   wd = tmp_path_factory.mktemp("score_run")
   rep = trainer.run(config_lib.tiny(), wd, devices=jax.devices()[:1])
   # The trainer's test split, written back out as a raw Criteo file.
-  cache = next((wd / "data" / "cache").iterdir())
+  cache = next(p for p in (wd / "data" / "cache").iterdir() if p.is_dir())
   _, splits = data.open_prepared(cache)
   wanted = set(np.asarray(splits["test"].line_numbers).tolist())
-  lines = (wd / "data" / "synthetic.tsv").read_text().splitlines(keepends=True)
+  source = next((wd / "data" / "cache").glob("synthetic-*.tsv"))
+  lines = source.read_text().splitlines(keepends=True)
   test_file = wd / "test_rows.tsv"
   test_file.write_text("".join(line for i, line in enumerate(lines, 1) if i in wanted))
   return wd, rep, test_file, len(wanted)
