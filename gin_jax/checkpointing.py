@@ -27,7 +27,6 @@ import logging
 import os
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -117,10 +116,3 @@ def latest_step(directory: str | os.PathLike) -> int | None:
   return ocp.CheckpointManager(
     Path(directory).absolute(), item_names=("state", "meta")
   ).latest_step()
-
-
-def abstract_with_shardings(shapes, shardings):
-  """ShapeDtypeStructs with shardings, the target layout for `restore`."""
-  return jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-  )

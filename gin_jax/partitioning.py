@@ -77,8 +77,36 @@ def optimizer_shardings(mesh: Mesh, tx, opt_state, params):
   )
 
 
+def state_shardings(mesh: Mesh, state, tx) -> dict:
+  """Shardings of a whole train state (see gin_jax.training for its keys).
+
+  Args:
+    mesh: the training mesh.
+    state: the abstract (or concrete) train state.
+    tx: the optax transformation behind `state["opt_state"]`.
+
+  Returns:
+    A tree of NamedShardings with the state's structure: the table and every
+    table-shaped optimizer state row-sharded, everything else replicated.
+  """
+  rep = replicated(mesh)
+  out = jax.tree.map(lambda _: rep, state)
+  out["params"] = param_shardings(mesh, state["params"])
+  out["opt_state"] = optimizer_shardings(mesh, tx, state["opt_state"], state["params"])
+  return out
+
+
+def with_shardings(shapes, shardings):
+  """ShapeDtypeStructs carrying their shardings: a restore or jit target."""
+  return jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+  )
+
+
 def shard_batch(mesh: Mesh, local_batch: dict) -> dict:
   """Assembles each process's numpy slice into one global batch-sharded array.
+
+  In a single process this is just the batch placed on the mesh.
 
   Args:
     mesh: the training mesh.

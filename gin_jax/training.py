@@ -41,29 +41,16 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return adam
 
 
-def _is_chain(opt_state) -> bool:
-  # The injected-hyperparams state is itself a NamedTuple, so test for it first.
-  return not hasattr(opt_state, "hyperparams")
-
-
-def _adam_state(opt_state):
-  return opt_state[-1] if _is_chain(opt_state) else opt_state
-
-
 def get_learning_rate(opt_state) -> float:
-  return float(_adam_state(opt_state).hyperparams["learning_rate"])
+  """The injected learning rate of an optimizer state from make_optimizer."""
+  return float(optax.tree_utils.tree_get(opt_state, "learning_rate"))
 
 
 def set_learning_rate(opt_state, lr: float):
-  """A copy of `opt_state` with the injected learning rate replaced."""
-  adam = _adam_state(opt_state)
-  old = adam.hyperparams["learning_rate"]
-  hyper = {
-    **adam.hyperparams,
-    "learning_rate": jax.device_put(jnp.asarray(lr, old.dtype), old.sharding),
-  }
-  adam = adam._replace(hyperparams=hyper)
-  return (*opt_state[:-1], adam) if _is_chain(opt_state) else adam
+  """A copy of `opt_state` with the injected learning rate replaced (same sharding)."""
+  old = optax.tree_utils.tree_get(opt_state, "learning_rate")
+  new = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
+  return optax.tree_utils.tree_set(opt_state, learning_rate=new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +96,7 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
   tx = make_optimizer(cfg)
   graphdef, shapes = _state_shapes(spec, tx)
   rep = partitioning.replicated(mesh)
-  shardings = {
-    "params": partitioning.param_shardings(mesh, shapes["params"]),
-    "batch_stats": jax.tree.map(lambda _: rep, shapes["batch_stats"]),
-    "opt_state": partitioning.optimizer_shardings(mesh, tx, shapes["opt_state"], shapes["params"]),
-    "masks": jax.tree.map(lambda _: rep, shapes["masks"]),
-    "step": rep,
-    "rng": rep,
-    "nonfinite": rep,
-  }
+  shardings = partitioning.state_shardings(mesh, shapes, tx)
   batch_sh = partitioning.batch_sharding(mesh)
 
   def init(key, masks):
@@ -136,9 +115,7 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
 
   train_step = functools.partial(_train_step, graphdef, tx, cfg.embedding_l2)
   eval_step = functools.partial(_eval_step, graphdef)
-  abstract = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-  )
+  abstract = partitioning.with_shardings(shapes, shardings)
   jit_init = jax.jit(init, in_shardings=(rep, shardings["masks"]), out_shardings=shardings)
 
   def init_state(key, masks=None):
