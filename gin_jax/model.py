@@ -1,9 +1,10 @@
 """GIN / AOANet as Flax NNX modules, used functionally (DESIGN.md sections 1 and 3).
 
 The modules are ordinary NNX modules. The library never calls them statefully:
-`init_model` splits a model once into a static graph definition plus pure
-pytrees (`params`, `batch_stats`), and `apply_model` merges them inside a jitted
-function, runs the forward pass and returns the new batch statistics. That
+`abstract_state` and `init_state` split a model once into a static graph
+definition plus pure pytrees (`params`, `batch_stats`), and `apply_model` merges
+them inside a jitted function, runs the forward pass and returns the new batch
+statistics. That
 keeps train steps pure functions under plain `jax.jit`.
 
 Each example arrives as f (row id, value) pairs into one stacked embedding
@@ -156,7 +157,16 @@ class GIN(nnx.Module):
 
 
 def layer_name(layer: int) -> str:
+  """Name of interaction layer `layer` (0-based) in params, masks and alpha trees."""
   return f"interaction_{layer}"
+
+
+def layer_names(tree) -> list[str]:
+  """The interaction-layer names present in a params-, masks- or alpha-shaped dict, in order."""
+  names = []
+  while layer_name(len(names)) in tree:
+    names.append(layer_name(len(names)))
+  return names
 
 
 # --------------------------------------------------------------- functional use
@@ -219,7 +229,7 @@ def apply_model(
 
 def alpha_tree(params) -> dict:
   """The alpha leaves of a params-shaped tree (params, grads or updates), by layer."""
-  return {name: params[name]["alpha"] for name in params if name.startswith("interaction_")}
+  return {name: params[name]["alpha"] for name in layer_names(params)}
 
 
 def with_alpha(params, alphas: dict):

@@ -4,7 +4,9 @@ Masks are pytrees with alpha's structure (`{layer_name: bool [S, f, m]}`, see
 `gin_jax.model.alpha_tree`), combined with alpha by `jax.tree.map`. A mask
 acts twice during retraining: it multiplies alpha in the forward pass (so a
 pruned pair contributes nothing and gets zero gradient) and it zeroes alpha's
-optimizer updates (so momentum from a warm start cannot move a pruned entry).
+optimizer updates, so a pruned entry stays exactly 0 whatever the optimizer
+state holds (the retrain stage starts a fresh optimizer state, also with
+`train.warm_start`, and the masked update guarantees it for any optimizer).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gin_jax.model import layer_name, layer_names
 
 SCOPES = ("subspace", "layer", "global")
 
@@ -99,8 +103,7 @@ def kept_pairs(masks, field_names: list[str], alphas=None) -> list[dict]:
     A list of dicts `{layer, subspace, u, v, name[, alpha]}`, layer 1-based.
   """
   out = []
-  for name in sorted(masks, key=lambda n: int(n.rsplit("_", 1)[1])):
-    layer = int(name.rsplit("_", 1)[1])
+  for layer, name in enumerate(layer_names(masks)):
     mask = np.asarray(masks[name])
     v_names = input_names(layer, field_names, mask.shape[0])
     for s, u, v in zip(*np.nonzero(mask)):
@@ -119,7 +122,7 @@ def kept_pairs(masks, field_names: list[str], alphas=None) -> list[dict]:
 
 def kept_field_pairs(masks, field_names: list[str]) -> list[list[str]]:
   """Unordered field pairs kept at layer 1 in any subspace, sorted: [["C3", "I7"], ...]."""
-  first = np.asarray(masks["interaction_0"]).any(axis=0)
+  first = np.asarray(masks[layer_name(0)]).any(axis=0)
   pairs = set()
   for u, v in zip(*np.nonzero(first)):
     a, b = field_names[u], field_names[v]
@@ -141,7 +144,7 @@ def planted_pair_ranks(alphas, field_names: list[str], planted) -> list[dict]:
   A pair's score is its largest |alpha| over both orders and all subspaces,
   the same evidence `select` uses; this shows how decisively pruning kept it.
   """
-  a_sfm = np.abs(np.asarray(alphas["interaction_0"], dtype=np.float32))
+  a_sfm = np.abs(np.asarray(alphas[layer_name(0)], dtype=np.float32))
   best_fm = a_sfm.max(axis=0)
   best_fm = np.maximum(best_fm, best_fm.T)
   f = len(field_names)

@@ -44,8 +44,9 @@ def write_json(path: str | os.PathLike, obj) -> None:
   os.replace(tmp, path)
 
 
-def alpha_heatmap(path, alphas: dict, masks: dict | None, field_names: list[str],
-                  num_subspaces: int) -> None:  # fmt: skip
+def alpha_heatmap(
+  path, alphas: dict, masks: dict | None, field_names: list[str], num_subspaces: int
+) -> None:
   """PNG of |alpha| per layer (rows) and subspace (columns); kept pairs outlined.
 
   Args:
@@ -60,20 +61,20 @@ def alpha_heatmap(path, alphas: dict, masks: dict | None, field_names: list[str]
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  from gin_jax.model import layer_names
   from gin_jax.pruning import input_names
 
-  names = sorted(alphas, key=lambda n: int(n.rsplit("_", 1)[1]))
+  names = layer_names(alphas)
   rows, cols = len(names), num_subspaces
   f = len(field_names)
   fig, axes = plt.subplots(
     rows, cols, figsize=(4.2 * cols, 4.2 * rows * (1 if f > 3 else 0.5)), squeeze=False
   )
-  for r, name in enumerate(names):
+  for layer, name in enumerate(names):
     a = np.abs(np.asarray(alphas[name], np.float32))
-    layer = int(name.rsplit("_", 1)[1])
     v_names = input_names(layer, field_names, num_subspaces)
     for s in range(a.shape[0]):
-      ax = axes[r][s]
+      ax = axes[layer][s]
       im = ax.imshow(a[s], aspect="auto", cmap="viridis", interpolation="nearest")
       if masks is not None:
         u, v = np.nonzero(np.asarray(masks[name])[s])
