@@ -115,7 +115,8 @@ class Config:
   train: TrainConfig = field(default_factory=TrainConfig)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """Plain JSON-ready dict (tuples as lists): what config.json and checkpoints hold."""
+    return _plain(dataclasses.asdict(self))
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), sort_keys=True)
@@ -128,6 +129,14 @@ class Config:
       data=_from_dict(DataConfig, d["data"]),
       train=_from_dict(TrainConfig, d["train"]),
     )
+
+
+def _plain(x):
+  if isinstance(x, dict):
+    return {k: _plain(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return [_plain(v) for v in x]
+  return x
 
 
 def _from_dict(cls, d: dict):

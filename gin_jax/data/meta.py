@@ -77,16 +77,22 @@ class DatasetMeta:
   def field(self, name: str) -> FieldSpec:
     return self.fields[self.field_names.index(name)]
 
+  def to_dict(self) -> dict:
+    """The metadata as plain data (what meta.json and checkpoints hold)."""
+    return dataclasses.asdict(self)
+
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), allow_nan=False)  # Strict JSON.
+    return json.dumps(self.to_dict(), allow_nan=False)  # Strict JSON.
+
+  @classmethod
+  def from_dict(cls, d: dict) -> DatasetMeta:
+    if d.get("version") != META_VERSION:
+      raise ValueError(f"unsupported dataset metadata version {d.get('version')}")
+    return cls(**{**d, "fields": [FieldSpec(**f) for f in d["fields"]]})
 
   @classmethod
   def from_json(cls, s: str) -> DatasetMeta:
-    d = json.loads(s)
-    if d.get("version") != META_VERSION:
-      raise ValueError(f"unsupported dataset metadata version {d.get('version')}")
-    d["fields"] = [FieldSpec(**f) for f in d["fields"]]
-    return cls(**d)
+    return cls.from_dict(json.loads(s))
 
   def save(self, directory: str | os.PathLike) -> str:
     """Writes directory/meta.json; returns its path."""
