@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gin_jax import checkpointing, data, partitioning, training
+from gin_jax import checkpointing, data, partitioning, stages, training
 from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
 from gin_jax.data import pipeline
+from gin_jax.stages import Workdir
 
 EXPORT_FILES = ("score.stablehlo", "params.npz", "dataset.json", "export.json")
 
@@ -76,10 +77,9 @@ class Scorer:
     loaded = load_checkpoint(workdir, step=step, best=best, devices=devices)
     fns, state, mesh = loaded.fns, loaded.state, loaded.mesh
     params, stats, masks = state["params"], state["batch_stats"], state["masks"]
-    sharding = partitioning.batch_sharding(mesh)
 
     def score(ids, values):
-      batch = {"ids": jax.device_put(ids, sharding), "values": jax.device_put(values, sharding)}
+      batch = partitioning.shard_batch(mesh, {"ids": ids, "values": values})
       return np.asarray(fns.eval_step(params, stats, masks, batch))
 
     return cls(loaded.dataset_meta, score, loaded.cfg.train.eval_batch_size, loaded.description)
@@ -148,13 +148,13 @@ class LoadedCheckpoint:
 
 def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCheckpoint:
   """Restores a training checkpoint onto `devices` (see Scorer.from_checkpoint)."""
-  workdir = Path(workdir)
-  if not (workdir / "config.json").exists():
+  layout = Workdir(workdir)
+  if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
-  directory = workdir / "checkpoints"
+  directory = layout.checkpoints
   if best:
-    cfg = Config.from_dict(json.loads((workdir / "config.json").read_text()))
-    directory = workdir / ("best_gin" if cfg.train.stages == "gin" else "best_retrain")
+    cfg = Config.from_dict(json.loads(layout.config.read_text()))
+    directory = layout.best(stages.final(cfg.train.stages))
   if checkpointing.latest_step(directory) is None:
     raise ScoringError(f"{directory} holds no checkpoint")
   mngr = checkpointing.manager(directory, None)
@@ -164,7 +164,7 @@ def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCh
   try:
     meta = checkpointing.read_meta(mngr, step)
     cfg = Config.from_dict(meta["config"])
-    dataset_meta = data.DatasetMeta.from_json(json.dumps(meta["dataset"]))
+    dataset_meta = data.DatasetMeta.from_dict(meta["dataset"])
     rows = meta["model"]
   except Exception as e:  # noqa: BLE001 - report any malformed metadata the same way
     raise ScoringError(f"{directory}/{step}: unreadable checkpoint metadata "

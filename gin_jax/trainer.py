@@ -7,7 +7,7 @@ Everything it calls is a short, tested library function.
 Resuming: re-running the same command on the same workdir restores the
 newest readable checkpoint (train state + grain iterator state + stage
 progress) and continues; on one device the result is bit-identical to an
-uninterrupted run (tests/test_train_resume.py).
+uninterrupted run (tests/test_train.py, the SIGKILL test).
 """
 
 from __future__ import annotations
@@ -16,22 +16,19 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gin_jax import checkpointing, data, partitioning, pruning, report, training
+from gin_jax import checkpointing, data, partitioning, pruning, report, stages, training
 from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
 from gin_jax.data import pipeline
-
-STAGES = {"aoanet": ("search", "retrain"), "gin": ("gin",)}
-KILL_ENV = "GIN_JAX_SIGKILL_AT_STEP"  # test hook: SIGKILL self after this global step
+from gin_jax.stages import Workdir
 
 
 class TrainingError(RuntimeError):
@@ -40,7 +37,10 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class Progress:
-  """Host-side stage progress, saved as JSON in every checkpoint."""
+  """Host-side stage progress, saved as JSON in every checkpoint.
+
+  One Progress object lives through a run and is updated in place.
+  """
 
   stage: str
   epoch: int = 0
@@ -55,13 +55,29 @@ class Progress:
   def to_dict(self):
     return dataclasses.asdict(self)
 
+  def start(self, stage: str) -> None:
+    """Resets the per-stage counters for `stage` (results and evidence are kept)."""
+    self.stage = stage
+    self.epoch = 0
+    self.iterator_state = None
+    self.best_auc = None
+    self.bad_epochs = 0
+    self.stage_start_time = time.time()
+
 
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
 
 
-def run(cfg: Config, workdir: str | os.PathLike, *, overwrite: bool = False, devices=None) -> dict:
+def run(
+  cfg: Config,
+  workdir: str | os.PathLike,
+  *,
+  overwrite: bool = False,
+  devices=None,
+  on_step: Callable[[int], None] | None = None,
+) -> dict:
   """Trains, prunes, retrains and tests; writes checkpoints and reports to `workdir`.
 
   Args:
@@ -69,12 +85,14 @@ def run(cfg: Config, workdir: str | os.PathLike, *, overwrite: bool = False, dev
     workdir: output directory; re-running on it resumes.
     overwrite: discard a workdir that holds a run with a different config.
     devices: devices for the mesh (default: all devices of all processes).
+    on_step: called with the global step after every train step (after any
+      checkpoint of that step); tests use it to interrupt a run.
 
   Returns:
     The report dict also written to WORKDIR/report.json.
   """
   # ------------------------------------------------------------ workdir guard
-  workdir = Path(workdir)
+  workdir = Workdir(workdir)
   lead = jax.process_index() == 0
   if lead:
     _prepare_workdir(workdir, cfg, overwrite)
@@ -104,50 +122,49 @@ def run(cfg: Config, workdir: str | os.PathLike, *, overwrite: bool = False, dev
     model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
   )
   fns = training.build(spec, cfg.train, mesh)
-  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted)
+  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step)
   _log(
     f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
     f"{model_lib.count_params(fns.abstract_state['params']):,} parameters"
   )
 
   # ------------------------------------------------------------ resume or start
-  stages = STAGES[cfg.train.stages]
+  plan = cfg.train.stages
   restored = checkpointing.restore_latest_good(
     ctx.ckpt, lambda _: fns.abstract_state, report=lambda m: _log("WARNING: " + m)
   )
   if restored is None:
-    progress = Progress(stage=stages[0], stage_start_time=time.time())
-    state = fns.init(_stage_key(cfg, 0))
-    _log(f"starting {cfg.name} in {workdir}")
+    first = stages.plan(plan)[0]
+    progress = Progress(stage=first.name, stage_start_time=time.time())
+    state = fns.init(stages.init_key(cfg.train.seed, first))
+    _log(f"starting {cfg.name} in {workdir.root}")
   else:
     step, state, saved = restored
     progress = Progress(**saved["progress"])
     _log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
 
   # ------------------------------------------------------------ stages
-  while progress.stage != "done":
-    stage = progress.stage
+  while progress.stage != stages.DONE:
+    stage = stages.by_name(plan, progress.stage)
     state = _train_stage(ctx, stage, state, progress)
     state = _restore_best(ctx, stage, state)
-    result = {**progress.results.get(stage, {}), "epochs": progress.epoch}
+    result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
     for split in ("valid", "test"):
       if len(splits[split]):
         m = _evaluate(ctx, state, splits[split])
         result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
     result["seconds"] = time.time() - progress.stage_start_time
-    progress.results[stage] = result
-    ctx.log.write(stage=stage, event="stage_end", step=int(state["step"]), **result)
-    nxt = stages[stages.index(stage) + 1] if stage != stages[-1] else "done"
-    if nxt == "retrain":
-      state, progress = _select_and_reinit(ctx, state, progress)
-    else:
-      progress = dataclasses.replace(progress, stage=nxt, epoch=0, iterator_state=None)
+    progress.results[stage.name] = result
+    ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **result)
+    if stage.selects_after:
+      state = _select_and_reinit(ctx, state, progress)
+    progress.start(stages.next_stage(plan, stage.name))
     _save(ctx, state, progress)
 
   # ------------------------------------------------------------ report
   out = _final_report(ctx, state, progress)
   if lead:
-    report.write_json(workdir / "report.json", out)
+    report.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
   return out
 
@@ -158,26 +175,27 @@ def run(cfg: Config, workdir: str | os.PathLike, *, overwrite: bool = False, dev
 @dataclasses.dataclass
 class _Context:
   cfg: Config
-  workdir: Path
+  workdir: Workdir
   mesh: object
   spec: model_lib.ModelSpec
   fns: training.StepFns
   meta: object
   splits: dict
   planted: list
+  on_step: Callable[[int], None] | None = None
 
   def __post_init__(self):
-    self.ckpt = checkpointing.manager(self.workdir / "checkpoints", self.cfg.train.keep_checkpoints)
-    self.log = report.MetricsLog(self.workdir / "metrics.jsonl", jax.process_index() == 0)
+    self.ckpt = checkpointing.manager(self.workdir.checkpoints, self.cfg.train.keep_checkpoints)
+    self.log = report.MetricsLog(self.workdir.metrics, jax.process_index() == 0)
 
-  def best_manager(self, stage):
-    return checkpointing.manager(self.workdir / f"best_{stage}", 1)
+  def best_manager(self, stage: stages.Stage):
+    return checkpointing.manager(self.workdir.best(stage), 1)
 
   def meta_dict(self, progress: Progress) -> dict:
     return {
       "progress": progress.to_dict(),
       "config": self.cfg.to_dict(),
-      "dataset": json.loads(self.meta.to_json()),
+      "dataset": self.meta.to_dict(),
       "planted_pairs": [list(p) for p in self.planted],
       "model": {"num_rows": self.spec.num_rows, "padded_rows": self.spec.padded_rows},
     }
@@ -188,24 +206,20 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _prepare_workdir(workdir: Path, cfg: Config, overwrite: bool) -> None:
-  saved = workdir / "config.json"
-  if saved.exists():
-    old = json.loads(saved.read_text())
-    if old != json.loads(cfg.to_json()):
+def _prepare_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> None:
+  new = cfg.to_dict()
+  if workdir.config.exists():
+    old = json.loads(workdir.config.read_text())
+    if old != new:
       if not overwrite:
-        diff = _config_diff(old, json.loads(cfg.to_json()))
         raise TrainingError(
-          f"{workdir} holds a run with a different config ({diff}); use another "
-          "--workdir, or --overwrite to discard it"
+          f"{workdir.root} holds a run with a different config ({_config_diff(old, new)}); "
+          "use another --workdir, or --overwrite to discard it"
         )
-      for child in ("checkpoints", "metrics.jsonl", "report.json", "alpha_heatmap.png"):
-        p = workdir / child
+      for p in workdir.run_outputs():
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-      for p in workdir.glob("best_*"):
-        shutil.rmtree(p)
-  workdir.mkdir(parents=True, exist_ok=True)
-  report.write_json(saved, json.loads(cfg.to_json()))
+  workdir.root.mkdir(parents=True, exist_ok=True)
+  report.write_json(workdir.config, new)
 
 
 def _config_diff(old: dict, new: dict, prefix="") -> str:
@@ -221,14 +235,14 @@ def _config_diff(old: dict, new: dict, prefix="") -> str:
   return "; ".join(diffs[:5])
 
 
-def _load_data(cfg: Config, workdir: Path):
+def _load_data(cfg: Config, workdir: Workdir):
   """Prepares the splits (process 0 first, others then hit its cache).
 
   For the demo (`format="synthetic"`) `data.prepare` writes the Criteo TSV
   itself, so the whole text path runs, and returns the planted pairs in
   `meta.planted_pairs`.
   """
-  cache = workdir / "data" / "cache"
+  cache = workdir.data_cache
   if jax.process_index() == 0:
     meta, splits = data.prepare(cfg.data, cache)
   _barrier("prepare")
@@ -238,21 +252,13 @@ def _load_data(cfg: Config, workdir: Path):
   return meta, splits, planted
 
 
-def _stage_key(cfg: Config, stage_index: int):
-  return jax.random.fold_in(jax.random.key(cfg.train.seed), stage_index)
-
-
-def _stage_seed(cfg: Config, stage: str) -> int:
-  return cfg.train.seed * 1000 + {"search": 1, "retrain": 2, "gin": 1}[stage]
-
-
-def _check_finite(ctx: _Context, state, stage: str) -> None:
+def _check_finite(ctx: _Context, state, stage: stages.Stage) -> None:
   bad = int(state["nonfinite"])
   if bad:
     raise TrainingError(
-      f"stage {stage}: the loss was NaN or Inf in {bad} step(s) before step "
+      f"stage {stage.name}: the loss was NaN or Inf in {bad} step(s) before step "
       f"{int(state['step'])}; stopping without saving. The last good checkpoint in "
-      f"{ctx.workdir / 'checkpoints'} is intact (try a lower train.learning_rate or "
+      f"{ctx.workdir.checkpoints} is intact (try a lower train.learning_rate or "
       "train.clip_norm)"
     )
 
@@ -261,18 +267,17 @@ def _save(ctx: _Context, state, progress: Progress) -> None:
   checkpointing.save(ctx.ckpt, int(state["step"]), state, ctx.meta_dict(progress))
 
 
-def _train_stage(ctx: _Context, stage: str, state, progress: Progress):
+def _train_stage(ctx: _Context, stage: stages.Stage, state, progress: Progress):
   """Epochs of one stage with logging, checkpoints, plateau decay and early stopping."""
   cfg = ctx.cfg.train
   split = ctx.splits["train"]
   steps_per_epoch = len(split) // cfg.batch_size
-  kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
   while progress.epoch < cfg.epochs and progress.bad_epochs < cfg.patience:
     epoch = progress.epoch
     it = pipeline.train_iterator(
       split,
       cfg.batch_size,
-      seed=_stage_seed(ctx.cfg, stage),
+      seed=stages.shuffle_seed(cfg.seed, stage),
       epoch=epoch,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
@@ -286,7 +291,9 @@ def _train_stage(ctx: _Context, stage: str, state, progress: Progress):
     else:
       progress.epoch_start_step = step
     bar = _progress_bar(
-      steps_per_epoch, step - progress.epoch_start_step, f"{stage} epoch {epoch + 1}/{cfg.epochs}"
+      steps_per_epoch,
+      step - progress.epoch_start_step,
+      f"{stage.name} epoch {epoch + 1}/{cfg.epochs}",
     )
     t0, since = time.time(), 0
     for batch in it:
@@ -298,8 +305,10 @@ def _train_stage(ctx: _Context, stage: str, state, progress: Progress):
         loss = float(step_metrics["loss"])
         rate = since * cfg.batch_size / max(time.time() - t0, 1e-9)
         t0, since = time.time(), 0
-        ctx.log.write(stage=stage, step=step, epoch=epoch, loss=loss, samples_per_s=rate,
-                      lr=training.get_learning_rate(state["opt_state"]))  # fmt: skip
+        lr = training.get_learning_rate(state["opt_state"])
+        ctx.log.write(
+          stage=stage.name, step=step, epoch=epoch, loss=loss, samples_per_s=rate, lr=lr
+        )
         if bar is not None:
           bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:,.0f}")
       if bar is not None:
@@ -308,12 +317,12 @@ def _train_stage(ctx: _Context, stage: str, state, progress: Progress):
         _check_finite(ctx, state, stage)
         progress.iterator_state = it.get_state()
         _save(ctx, state, progress)
-      if kill_at and step == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+      if ctx.on_step is not None:
+        ctx.on_step(step)
     if bar is not None:
       bar.close()
     _check_finite(ctx, state, stage)
-    progress = _end_of_epoch(ctx, stage, state, progress)
+    _end_of_epoch(ctx, stage, state, progress)
     state = _apply_decay(state, progress, cfg)
     _save(ctx, state, progress)
   return state
@@ -327,16 +336,23 @@ def _progress_bar(total: int, initial: int, desc: str):
   return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, mininterval=1.0)
 
 
-def _end_of_epoch(ctx: _Context, stage: str, state, progress: Progress) -> Progress:
-  """Validation, best-checkpoint bookkeeping and the plateau counter."""
+def _end_of_epoch(ctx: _Context, stage: stages.Stage, state, progress: Progress) -> None:
+  """Validation, best-checkpoint bookkeeping and the plateau counter (in `progress`)."""
   progress.epoch += 1
   progress.iterator_state = None
   if not len(ctx.splits["valid"]):
-    return progress  # no validation data: keep the last weights, never stop early
+    return  # no validation data: keep the last weights, never stop early
   m = _evaluate(ctx, state, ctx.splits["valid"])
-  ctx.log.write(stage=stage, event="eval", split="valid", step=int(state["step"]),
-                epoch=progress.epoch, auc=m["auc"], logloss=m["logloss"])  # fmt: skip
-  _log(f"{stage} epoch {progress.epoch}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  ctx.log.write(
+    stage=stage.name,
+    event="eval",
+    split="valid",
+    step=int(state["step"]),
+    epoch=progress.epoch,
+    auc=m["auc"],
+    logloss=m["logloss"],
+  )
+  _log(f"{stage.name} epoch {progress.epoch}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
   if progress.best_auc is None or m["auc"] > progress.best_auc:
     progress.best_auc = m["auc"]
     progress.bad_epochs = 0
@@ -344,7 +360,6 @@ def _end_of_epoch(ctx: _Context, stage: str, state, progress: Progress) -> Progr
     checkpointing.save(best, int(state["step"]), state, ctx.meta_dict(progress))
   else:
     progress.bad_epochs += 1
-  return progress
 
 
 def _apply_decay(state, progress: Progress, cfg):
@@ -356,19 +371,22 @@ def _apply_decay(state, progress: Progress, cfg):
   return state
 
 
-def _restore_best(ctx: _Context, stage: str, state):
+def _restore_best(ctx: _Context, stage: stages.Stage, state):
   """The stage's best weights (by validation AUC), keeping the current step."""
   best = ctx.best_manager(stage)
   step = best.latest_step()
   if step is None:
     return state
   restored, _ = checkpointing.restore(best, step, ctx.fns.abstract_state)
-  _log(f"{stage}: restored the best weights (step {step})")
+  _log(f"{stage.name}: restored the best weights (step {step})")
   return {**restored, "step": state["step"]}
 
 
 def _select_and_reinit(ctx: _Context, state, progress: Progress):
-  """The select stage: masks from |alpha| of the search weights, then a new model."""
+  """The select step: masks from |alpha| of the search weights, then the next stage's model.
+
+  Records the search |alpha| in `progress` (evidence for the report and heatmap).
+  """
   cfg = ctx.cfg.train
   alphas = jax.tree.map(partitioning.to_host, model_lib.alpha_tree(state["params"]))
   masks = pruning.select(alphas, cfg.keep_ratio, cfg.prune_scope)
@@ -377,20 +395,15 @@ def _select_and_reinit(ctx: _Context, state, progress: Progress):
     f"select: kept {pruning.kept_fraction(masks):.0%} of pairs "
     f"({len(pruning.kept_field_pairs(masks, names))} distinct layer-1 field pairs)"
   )
-  fresh = ctx.fns.init(_stage_key(ctx.cfg, 1), masks)
+  nxt = stages.by_name(cfg.stages, stages.next_stage(cfg.stages, progress.stage))
+  fresh = ctx.fns.init(stages.init_key(cfg.seed, nxt), masks)
   if cfg.warm_start:
     params = model_lib.with_alpha(
       state["params"], pruning.apply(model_lib.alpha_tree(state["params"]), masks)
     )
     fresh = {**fresh, "params": params, "batch_stats": state["batch_stats"]}
-  fresh = {**fresh, "step": state["step"]}
-  new = Progress(
-    stage="retrain",
-    stage_start_time=time.time(),
-    results=progress.results,
-    search_alpha={k: np.asarray(v).tolist() for k, v in alphas.items()},
-  )
-  return fresh, new
+  progress.search_alpha = {k: np.asarray(v).tolist() for k, v in alphas.items()}
+  return {**fresh, "step": state["step"]}
 
 
 def _evaluate(ctx: _Context, state, split) -> dict:
@@ -437,9 +450,7 @@ def _final_report(ctx: _Context, state, progress: Progress) -> dict:
       else None,
     )
     if jax.process_index() == 0:
-      report.alpha_heatmap(
-        ctx.workdir / "alpha_heatmap.png", alphas, masks, names, ctx.cfg.model.num_subspaces
-      )
+      report.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
   out["summary"] = {
     stage: {k: r.get(k) for k in ("valid_auc", "test_auc", "test_logloss")}
     for stage, r in out["stages"].items()

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from gin_jax import checkpointing, score, trainer
 from gin_jax import config as config_lib
-from gin_jax import score, trainer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny(**train):
   cfg = config_lib.tiny()
   return config_lib.Config(
-    name=cfg.name, model=cfg.model, data=cfg.data,
+    name=cfg.name,
+    model=cfg.model,
+    data=cfg.data,
     train=config_lib.dataclasses.replace(cfg.train, **train),
-  )  # fmt: skip
+  )
 
 
 def _losses(workdir):
@@ -92,8 +94,9 @@ def test_different_config_is_refused_unless_overwrite(one_device_run, tmp_path):
   other = tmp_path / "copy"
   other.mkdir()
   (other / "config.json").write_text((wd / "config.json").read_text())
-  rep = trainer.run(tiny(keep_ratio=0.5, epochs=1), other, overwrite=True,
-                    devices=jax.devices()[:1])  # fmt: skip
+  rep = trainer.run(
+    tiny(keep_ratio=0.5, epochs=1), other, overwrite=True, devices=jax.devices()[:1]
+  )
   assert rep["config"]["train"]["keep_ratio"] == 0.5
 
 
@@ -136,14 +139,27 @@ def _train_cmd(workdir, *extra):
   return [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir), *extra]
 
 
+# The tiny preset as `python -m train --preset tiny` builds it, SIGKILLed by the
+# trainer's on_step hook right after global step argv[2].
+_KILL_SCRIPT = """
+import os, signal, sys
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+def kill_at(step):
+  if step == int(sys.argv[2]):
+    os.kill(os.getpid(), signal.SIGKILL)
+trainer.run(config.tiny(), sys.argv[1], on_step=kill_at)
+"""
+
+
 def test_sigkill_mid_stage_then_resume_gives_identical_metrics(tmp_path):
   full, killed = tmp_path / "full", tmp_path / "killed"
   subprocess.run(_train_cmd(full), env=_env(), check=True, capture_output=True, cwd=REPO)
   # tiny: 25 steps per epoch, checkpoints every 10: step 37 is mid-epoch 2 of
   # the search stage, 7 steps after the last checkpoint.
-  env = {**_env(), trainer.KILL_ENV: "37"}
-  proc = subprocess.run(_train_cmd(killed), env=env, capture_output=True, cwd=REPO)
-  assert proc.returncode == -signal.SIGKILL
+  cmd = [sys.executable, "-c", _KILL_SCRIPT, str(killed), "37"]
+  proc = subprocess.run(cmd, env=_env(), capture_output=True, cwd=REPO)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (killed / "report.json").exists()
   proc = subprocess.run(_train_cmd(killed), env=_env(), capture_output=True, cwd=REPO, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -173,13 +189,13 @@ def test_two_processes_agree_with_one_process(tmp_path):
     subprocess.Popen(
       _train_cmd(
         two, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)
-      ),  # fmt: skip
+      ),
       env=_env(2),
       cwd=REPO,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
-    )  # fmt: skip
+    )
     for i in range(2)
   ]
   outs = [p.communicate(timeout=600) for p in procs]
@@ -191,3 +207,34 @@ def test_two_processes_agree_with_one_process(tmp_path):
   for stage in ("search", "retrain"):
     assert abs(a["stages"][stage]["test_auc"] - b["stages"][stage]["test_auc"]) < 2e-3
   assert a["kept_pairs"] == b["kept_pairs"]
+
+
+def _boundary_state(wd, abstract_state):
+  """The checkpoint written at the search -> retrain boundary (the retrain stage's start)."""
+  mngr = checkpointing.manager(wd / "checkpoints", None)
+  for step in mngr.all_steps():
+    progress = checkpointing.read_meta(mngr, step)["progress"]
+    if progress["stage"] == "retrain" and progress["epoch"] == 0 and not progress["iterator_state"]:
+      return checkpointing.restore(mngr, step, abstract_state)[0]
+  raise AssertionError("no boundary checkpoint")
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_warm_start_begins_retrain_from_the_masked_search_weights(tmp_path, warm):
+  trainer.run(tiny(warm_start=warm, keep_checkpoints=100), tmp_path, devices=jax.devices()[:1])
+  loaded = score.load_checkpoint(tmp_path, devices=jax.devices()[:1])
+  start = _boundary_state(tmp_path, loaded.fns.abstract_state)
+  mngr = checkpointing.manager(tmp_path / "best_search", None)
+  searched, _ = checkpointing.restore(mngr, mngr.latest_step(), loaded.fns.abstract_state)
+  masks = {k: np.asarray(v) for k, v in start["masks"].items()}
+  assert any((~m).any() for m in masks.values())
+  for name, mask in masks.items():
+    alpha = np.asarray(start["params"][name]["alpha"])
+    assert np.all(alpha[~mask] == 0.0)  # pruned entries start at exactly 0 either way
+    same_alpha = np.array_equal(alpha[mask], np.asarray(searched["params"][name]["alpha"])[mask])
+    assert same_alpha == warm
+  table = np.asarray(start["params"]["projection"]["table"])
+  assert np.array_equal(table, np.asarray(searched["params"]["projection"]["table"])) == warm
+  # Either way, retraining keeps pruned alpha at exactly 0.
+  for name, mask in masks.items():
+    assert np.all(np.asarray(loaded.state["params"][name]["alpha"])[~mask] == 0.0)

@@ -1,0 +1,120 @@
+"""The training stages of a run and where each one keeps its files.
+
+One table says everything the trainer and the scorer need to know about a
+stage: its name, the index that seeds its initialisation and shuffling, the
+directory of its best checkpoint, whether the select (pruning) step follows it,
+and which stage comes next. `train.stages` in the config names a plan:
+
+  aoanet: search -> (select) -> retrain     (paper section 3.5)
+  gin:    gin                               (one stage, no pruning)
+
+`Workdir` is the one description of a training directory's layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stage of a plan."""
+
+  name: str  # "search", "retrain" or "gin".
+  seed_index: int  # Folded into train.seed for this stage's init and shuffling.
+  selects_after: bool = False  # The select step (pruning masks) follows this stage.
+
+  @property
+  def best_dir(self) -> str:
+    """Directory (under the workdir) of the stage's best checkpoint."""
+    return f"best_{self.name}"
+
+
+SEARCH = Stage("search", seed_index=0, selects_after=True)
+RETRAIN = Stage("retrain", seed_index=1)
+GIN = Stage("gin", seed_index=0)
+
+PLANS: dict[str, tuple[Stage, ...]] = {"aoanet": (SEARCH, RETRAIN), "gin": (GIN,)}
+DONE = "done"  # Progress.stage once every stage of the plan has finished.
+
+
+def plan(name: str) -> tuple[Stage, ...]:
+  """The stages of `train.stages`, in order."""
+  if name not in PLANS:
+    raise ValueError(f"unknown stage plan {name!r}; choose from {sorted(PLANS)}")
+  return PLANS[name]
+
+
+def by_name(plan_name: str, stage: str) -> Stage:
+  """The Stage called `stage` in the plan (raises ValueError if it is not there)."""
+  for s in plan(plan_name):
+    if s.name == stage:
+      return s
+  raise ValueError(f"plan {plan_name!r} has no stage {stage!r}")
+
+
+def next_stage(plan_name: str, stage: str) -> str:
+  """The name of the stage after `stage`, or DONE after the last one."""
+  names = [s.name for s in plan(plan_name)]
+  i = names.index(stage)
+  return names[i + 1] if i + 1 < len(names) else DONE
+
+
+def final(plan_name: str) -> Stage:
+  """The plan's last stage: the model a finished run delivers."""
+  return plan(plan_name)[-1]
+
+
+def init_key(seed: int, stage: Stage) -> jax.Array:
+  """PRNG key of the stage's parameter initialisation (and its dropout stream)."""
+  return jax.random.fold_in(jax.random.key(seed), stage.seed_index)
+
+
+def shuffle_seed(seed: int, stage: Stage) -> int:
+  """Seed of the stage's training-batch order (grain pipeline)."""
+  return seed * 1000 + stage.seed_index + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  """The layout of a `python -m train` directory; the trainer and scorer share it."""
+
+  root: Path
+
+  def __init__(self, root: str | os.PathLike):
+    object.__setattr__(self, "root", Path(root))
+
+  @property
+  def config(self) -> Path:
+    return self.root / "config.json"
+
+  @property
+  def checkpoints(self) -> Path:
+    return self.root / "checkpoints"
+
+  def best(self, stage: Stage) -> Path:
+    return self.root / stage.best_dir
+
+  @property
+  def metrics(self) -> Path:
+    return self.root / "metrics.jsonl"
+
+  @property
+  def report(self) -> Path:
+    return self.root / "report.json"
+
+  @property
+  def heatmap(self) -> Path:
+    return self.root / "alpha_heatmap.png"
+
+  @property
+  def data_cache(self) -> Path:
+    return self.root / "data" / "cache"
+
+  def run_outputs(self) -> list[Path]:
+    """Everything a run writes except the prepared data (what --overwrite discards)."""
+    return [self.checkpoints, self.metrics, self.report, self.heatmap, *self.root.glob("best_*")]
