@@ -153,3 +153,17 @@ def test_error_cases_name_what_is_wrong(trained, tmp_path):
     score.Scorer.from_checkpoint(other)
   proc = _run("--checkpoint", tmp_path / "nowhere", "--data", test_file, "--out", tmp_path / "x")
   assert proc.returncode == 2 and "error:" in proc.stderr
+
+
+def test_readme_python_snippet_runs_as_written(trained, tmp_path, monkeypatch):
+  wd, _, test_file, n_test = trained
+  text = (REPO / "README.md").read_text()
+  snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+  (tmp_path / "runs").mkdir()
+  (tmp_path / "runs" / "demo").symlink_to(wd)
+  shutil.copy(test_file, tmp_path / "new.tsv")
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  exec(compile(snippet, "README.md", "exec"), namespace)
+  assert len(namespace["probs"]) == n_test and namespace["bad_rows"].count == 0
+  np.testing.assert_allclose(namespace["row_probs"], namespace["probs"][:5], rtol=1e-6)
