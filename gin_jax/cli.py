@@ -39,10 +39,8 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
   name = args.preset or ("criteo_paper" if args.train else "demo")
   cfg = config_lib.preset(name)
   data = {}
-  for flag, key in (("train", "train"), ("valid", "valid"), ("test", "test"),
-                    ("format", "format"), ("schema", "schema"), ("split", "split"),
-                    ("bad_rows", "bad_rows")):  # fmt: skip
-    value = getattr(args, flag, None)
+  for key in ("train", "valid", "test", "format", "schema", "split", "bad_rows"):
+    value = getattr(args, key, None)
     if value is not None:
       data[f"data.{key}"] = value
   if args.train and not args.format and cfg.data.format == "synthetic":

@@ -17,8 +17,11 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_collection_modifyitems(config, items):
-  has_gpu = any(d.platform == "gpu" for d in jax.devices()) if os.environ.get(
-      "JAX_PLATFORMS") != "cpu" else False
+  has_gpu = (
+    any(d.platform == "gpu" for d in jax.devices())
+    if os.environ.get("JAX_PLATFORMS") != "cpu"
+    else False
+  )
   skip = pytest.mark.skip(reason="needs a GPU")
   for item in items:
     if "gpu" in item.keywords and not has_gpu:

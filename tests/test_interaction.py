@@ -212,8 +212,13 @@ def test_dynamic_alpha_gives_autoint_attention():
   expected = jnp.einsum("bsu,bud->bsd", attn, v)
 
   def one(v_nd, attn_su):
-    return gi(v_nd[None], jnp.ones((1, 1, d)), attn_su[:, :, None],
-              jnp.broadcast_to(jnp.eye(d), (n, d, d)), jnp.ones((n, d)))[0]  # fmt: skip
+    return gi(
+      v_nd[None],
+      jnp.ones((1, 1, d)),
+      attn_su[:, :, None],
+      jnp.broadcast_to(jnp.eye(d), (n, d, d)),
+      jnp.ones((n, d)),
+    )[0]
 
   _close(jax.vmap(one)(v, attn), expected)
 

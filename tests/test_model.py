@@ -47,7 +47,7 @@ def _train_losses(ndev, model_cfg, steps=3):
       mlp_hidden=(16,),
       mlp_batch_norm=True,
       readout="all",
-    ),  # fmt: skip
+    ),
   ],
   ids=["paper-like", "bars-like-bn"],
 )

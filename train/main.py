@@ -26,16 +26,19 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
   p.add_argument("--format", choices=["criteo", "csv", "libfm"], help="input format")
   p.add_argument("--schema", help="schema file for --format=csv (JSON or YAML)")
   p.add_argument("--bad-rows", choices=["error", "skip"], help="on a bad input row")
-  p.add_argument("--preset", help="demo (default without --train), criteo_paper "
-                 "(default with --train), criteo_bars, tiny")  # fmt: skip
+  p.add_argument(
+    "--preset",
+    help="demo (default without --train), criteo_paper (default with --train), criteo_bars, tiny",
+  )
   p.add_argument("--workdir", help="output directory (default runs/<preset>)")
   p.add_argument("--stages", choices=["aoanet", "gin"], help="aoanet: search+retrain; gin: one")
   p.add_argument("--overwrite", action="store_true", help="discard a mismatched workdir")
   p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
   p.add_argument("--num-processes", type=int, help="number of processes (multi-host)")
   p.add_argument("--process-id", type=int, help="this process's index (multi-host)")
-  p.add_argument("--local-devices", type=int,
-                 help="fake this many CPU devices (testing sharding on one machine)")  # fmt: skip
+  p.add_argument(
+    "--local-devices", type=int, help="fake this many CPU devices (testing sharding on one machine)"
+  )
   args, rest = p.parse_known_args(argv)
   overrides = {}
   for item in rest:
