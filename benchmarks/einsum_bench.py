@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from gin_jax.interaction import generalized_interaction
+from gin_jax.interaction import einsum_f32acc, generalized_interaction
 
 F32 = jnp.float32
 GIB = 2**30
@@ -126,10 +126,6 @@ def parse_shapes(tokens: Sequence[str], quick: bool) -> list[Shape]:
 # ---------------------------------------------------------------------------
 
 
-def _einsum(spec, *operands):
-  return jnp.einsum(spec, *operands, preferred_element_type=F32)
-
-
 def _wh(w_sde, h_se, dtype):
   return (w_sde.astype(F32) * h_se.astype(F32)[:, None, :]).astype(dtype)
 
@@ -137,17 +133,17 @@ def _wh(w_sde, h_se, dtype):
 def order_ty(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   """T = alpha.E over u, Y = (W h).X over e, then sum over v of T * Y (the old default)."""
   dtype = b0_bfd.dtype
-  y_bsmd = _einsum("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
-  t_bsmd = _einsum("sfm,bfd->bsmd", alpha_sfm.astype(dtype), b0_bfd)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
+  t_bsmd = einsum_f32acc("sfm,bfd->bsmd", alpha_sfm.astype(dtype), b0_bfd)
   return jnp.sum(t_bsmd * y_bsmd, axis=2)
 
 
 def order_ay(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   """Y = (W h).X first, alpha contracts the Y side over v, E last over u."""
   dtype = b0_bfd.dtype
-  y_bsmd = _einsum("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
-  u_bsfd = _einsum("sfm,bsmd->bsfd", alpha_sfm.astype(dtype), y_bsmd)
-  return _einsum("bfd,bsfd->bsd", b0_bfd, u_bsfd)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
+  u_bsfd = einsum_f32acc("sfm,bsmd->bsfd", alpha_sfm.astype(dtype), y_bsmd)
+  return einsum_f32acc("bfd,bsfd->bsd", b0_bfd, u_bsfd)
 
 
 def _single_einsum(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, optimize):
@@ -190,7 +186,7 @@ def sparse_kept(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, pairs: KeptPairs):
   dtype = b0_bfd.dtype
   s_idx = np.arange(pairs.u_sk.shape[0])[:, None]
   alpha_sk = jnp.where(pairs.valid_sk, alpha_sfm[s_idx, pairs.u_sk, pairs.v_sk], 0)
-  y_bsmd = _einsum("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
   e_bskd = b0_bfd[:, pairs.u_sk, :].astype(F32)
   y_bskd = jnp.take_along_axis(y_bsmd, pairs.v_sk[None, :, :, None], axis=2)
   return jnp.sum(alpha_sk.astype(F32)[None, :, :, None] * e_bskd * y_bskd, axis=2)
@@ -348,12 +344,13 @@ def build_case(shape, name, impl, mode, jitted, args, settings) -> Case:
   record |= {"sweep_value": shape.sweep_value, "keep_ratio": KEEP_RATIO if impl.masked else None}
   record |= stats | {"chunks": 1, "status": "ok", "time_s": None, "iters": 0}
   if limit_temp <= settings.mem_limit_bytes:
-    start = time.perf_counter()
-    output = common.block(compiled(*args))
-    first_s = time.perf_counter() - start
-    if first_s < settings.target_s / 4:  # fast: one more untimed call
-      common.block(compiled(*args))
-    iters = int(np.clip(settings.target_s / first_s, settings.min_iters, settings.max_iters))
+    output, iters = common.warm_up(
+      compiled,
+      *args,
+      target_s=settings.target_s,
+      min_iters=settings.min_iters,
+      max_iters=settings.max_iters,
+    )
     call = functools.partial(compiled, *args)
     return Case(record, call, iters, np.asarray(output) if mode == "fwd" else None)
   if not (impl.baseline and shape.chunk_baselines):

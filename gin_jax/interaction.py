@@ -81,22 +81,32 @@ def generalized_interaction(
   return fn(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
 
 
-def _einsum(spec, *operands):
-  # bfloat16 operands keep their storage dtype (halving memory traffic) while
-  # every dot accumulates and returns float32.
+def einsum_f32acc(spec: str, *operands: jax.Array) -> jax.Array:
+  """`jnp.einsum` that accumulates and returns float32 whatever the operand dtype.
+
+  bfloat16 operands keep their storage dtype (halving memory traffic) while every
+  dot accumulates in float32. Shared with benchmarks/einsum_bench.py's variants.
+
+  Args:
+    spec: the einsum subscripts, e.g. "sfm,bfd->bdsm".
+    *operands: the arrays it contracts.
+
+  Returns:
+    The contraction, in float32.
+  """
   return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32)
 
 
 def _factorized(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   dtype = b0_bfd.dtype
   # T[b,d,s,v] = sum_u alpha[s,u,v] E[b,u,d]: alpha fused over u before any product.
-  t_bdsm = _einsum("sfm,bfd->bdsm", alpha_sfm.astype(dtype), b0_bfd)
+  t_bdsm = einsum_f32acc("sfm,bfd->bdsm", alpha_sfm.astype(dtype), b0_bfd)
   # R[b,d,s,e] = sum_v T[b,d,s,v] X[b,v,e]: one d x d map per (sample, subspace),
   # never one per pair.
-  r_bdse = _einsum("bdsm,bme->bdse", t_bdsm.astype(dtype), x_bmd.astype(dtype))
+  r_bdse = einsum_f32acc("bdsm,bme->bdse", t_bdsm.astype(dtype), x_bmd.astype(dtype))
   # P[b,s,d] = sum_e R[b,d,s,e] W[s,d,e] h[s,e].
   wh_sde = w_sde.astype(jnp.float32) * h_se.astype(jnp.float32)[:, None, :]
-  return _einsum("bdse,sde->bsd", r_bdse, wh_sde)
+  return einsum_f32acc("bdse,sde->bsd", r_bdse, wh_sde)
 
 
 def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):

@@ -11,6 +11,8 @@ from benchmarks import common, einsum_bench
 
 def test_common_helpers():
   assert common.time_fn(jax.jit(jnp.sin), jnp.ones(8), warmup=1, iters=3) > 0
+  output, iters = common.warm_up(jax.jit(jnp.sin), jnp.ones(8), target_s=0.01, max_iters=4)
+  assert output.shape == (8,) and 3 <= iters <= 4
   assert common.measure_matmul_peak(jnp.float32, n=128, iters=2) > 0
   flops, temp_bytes = common.compiled_cost(jax.jit(jnp.dot), jnp.ones((16, 8)), jnp.ones((8, 4)))
   assert flops is None or flops >= 2 * 16 * 8 * 4
