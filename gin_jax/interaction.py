@@ -15,10 +15,8 @@ Three implementations compute the same function:
   O(S (m + d) d) memory; no per-pair d x d map ever exists, whatever the
   shapes. This is the path opt_einsum's `optimize="optimal"` picks at the paper
   and BARS shapes, written out so that it cannot switch to materialising the
-  pair outer product at other shapes (it would for f = m = 1). It ran
-  forward+backward 1.8-2.9x faster than the previous T.Y order at the paper's
-  layer 1 and BARS shapes on 2 CPU cores (benchmarks/einsum_bench.py); at
-  small m (layer 2, Frappe) the older order can be up to 2x faster, a few ms.
+  pair outer product at other shapes (it would for f = m = 1). For its timings
+  against the other contraction orders, see benchmarks/README.md.
 - `reference`: materialises every Z_uv literally, as the paper's formula reads.
   For tests and benchmarks only: O(S f m d^2) FLOPs and memory.
 - `fuxictr`: FuxiCTR's PyTorch layout (materialise the batch x pairs x d x d
@@ -149,18 +147,3 @@ def _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm):
     raise ValueError(f"h_se must be [S={s}, e={d}], got {h_se.shape}")
   if mask_sfm is not None and mask_sfm.shape != alpha_sfm.shape:
     raise ValueError(f"mask_sfm must match alpha_sfm {alpha_sfm.shape}, got {mask_sfm.shape}")
-
-
-def flops_per_sample(f: int, m: int, d: int, s: int, impl: str = "factorized") -> int:
-  """Multiply-add FLOPs (2 per MAC) of one layer per sample, for accounting.
-
-  Args:
-    f, m, d, s: fields, previous-layer vectors, embedding size, subspaces.
-    impl: which implementation's arithmetic to count.
-
-  Returns:
-    The analytic FLOP count (benchmarks also report XLA's cost_analysis()).
-  """
-  if impl == "factorized":
-    return 2 * s * (m * d * d + f * m * d) + 2 * s * m * d
-  return 3 * s * f * m * d * d + 2 * s * d * d
