@@ -47,34 +47,34 @@ def time_fn(fn: Callable[..., Any], *args: Any, warmup: int = 2, iters: int = 10
   return float(np.median(times))
 
 
-def time_adaptive(
+def warm_up(
   fn: Callable[..., Any],
   *args: Any,
   target_s: float = 1.0,
   min_iters: int = 3,
   max_iters: int = 20,
-) -> tuple[float, int]:
-  """`time_fn` with as many iterations as fit in about `target_s` seconds.
+) -> tuple[Any, int]:
+  """Warms `fn(*args)` up and sizes its timing to about `target_s` seconds.
 
-  One warm-up call is always made and timed to size the run; fast functions get a
-  second warm-up call.
+  The first call is timed to size the run; a fast function gets a second, untimed
+  call (allocator and page-fault warm-up).
 
   Args:
-    fn: the function to time.
+    fn: the function to time (already compiled).
     *args: its arguments.
     target_s: wall-clock budget for the timed calls.
     min_iters: fewest timed calls, however slow `fn` is.
     max_iters: most timed calls, however fast `fn` is.
 
   Returns:
-    (median seconds, number of timed calls).
+    (the first call's output, how many timed calls fit in `target_s`).
   """
   start = time.perf_counter()
-  block(fn(*args))
+  output = block(fn(*args))
   first_s = time.perf_counter() - start
-  iters = int(np.clip(target_s / max(first_s, 1e-6), min_iters, max_iters))
-  warmup = 1 if first_s < target_s / 4 else 0
-  return time_fn(fn, *args, warmup=warmup, iters=iters), iters
+  if first_s < target_s / 4:
+    block(fn(*args))
+  return output, int(np.clip(target_s / max(first_s, 1e-6), min_iters, max_iters))
 
 
 def time_interleaved(

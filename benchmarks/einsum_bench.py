@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from gin_jax.interaction import generalized_interaction
+from gin_jax.interaction import einsum_f32acc, generalized_interaction
 
 F32 = jnp.float32
 GIB = 2**30
@@ -81,10 +81,11 @@ SWEEP_POINTS = {
 QUICK_SWEEP_POINTS = {"sweep_f": (10, 20, 39)}
 
 
-def sweep(group: str, points: Sequence[int]) -> list[Shape]:
+def sweep(group: str, points: Sequence[int], base: dict[str, int] | None = None) -> list[Shape]:
+  """The shapes of one sweep: `base` (default SWEEP_BASE) with one dimension set to each point."""
   shapes = []
   for value in points:
-    dims = dict(SWEEP_BASE)
+    dims = dict(SWEEP_BASE if base is None else base)
     dims[{"sweep_f": "f", "sweep_d": "d", "sweep_s": "s", "sweep_batch": "b"}[group]] = value
     name = f"{group.removeprefix('sweep_')}={value}"
     shapes.append(Shape(name, group, m=dims["f"], sweep_value=value, **dims))
@@ -125,10 +126,6 @@ def parse_shapes(tokens: Sequence[str], quick: bool) -> list[Shape]:
 # ---------------------------------------------------------------------------
 
 
-def _einsum(spec, *operands):
-  return jnp.einsum(spec, *operands, preferred_element_type=F32)
-
-
 def _wh(w_sde, h_se, dtype):
   return (w_sde.astype(F32) * h_se.astype(F32)[:, None, :]).astype(dtype)
 
@@ -136,17 +133,17 @@ def _wh(w_sde, h_se, dtype):
 def order_ty(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   """T = alpha.E over u, Y = (W h).X over e, then sum over v of T * Y (the old default)."""
   dtype = b0_bfd.dtype
-  y_bsmd = _einsum("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
-  t_bsmd = _einsum("sfm,bfd->bsmd", alpha_sfm.astype(dtype), b0_bfd)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
+  t_bsmd = einsum_f32acc("sfm,bfd->bsmd", alpha_sfm.astype(dtype), b0_bfd)
   return jnp.sum(t_bsmd * y_bsmd, axis=2)
 
 
 def order_ay(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   """Y = (W h).X first, alpha contracts the Y side over v, E last over u."""
   dtype = b0_bfd.dtype
-  y_bsmd = _einsum("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
-  u_bsfd = _einsum("sfm,bsmd->bsfd", alpha_sfm.astype(dtype), y_bsmd)
-  return _einsum("bfd,bsfd->bsd", b0_bfd, u_bsfd)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
+  u_bsfd = einsum_f32acc("sfm,bsmd->bsfd", alpha_sfm.astype(dtype), y_bsmd)
+  return einsum_f32acc("bfd,bsfd->bsd", b0_bfd, u_bsfd)
 
 
 def _single_einsum(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, optimize):
@@ -171,7 +168,8 @@ class KeptPairs:
   valid_sk: np.ndarray  # [S, K] bool; False marks padding
 
 
-def kept_pairs(mask_sfm: np.ndarray) -> KeptPairs:
+def kept_pair_indices(mask_sfm: np.ndarray) -> KeptPairs:
+  """The (u, v) indices of the True entries of a [S, f, m] mask, per subspace."""
   s = mask_sfm.shape[0]
   k = max(1, int(mask_sfm.reshape(s, -1).sum(axis=1).max()))
   u_sk = np.zeros((s, k), np.int32)
@@ -188,7 +186,7 @@ def sparse_kept(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, pairs: KeptPairs):
   dtype = b0_bfd.dtype
   s_idx = np.arange(pairs.u_sk.shape[0])[:, None]
   alpha_sk = jnp.where(pairs.valid_sk, alpha_sfm[s_idx, pairs.u_sk, pairs.v_sk], 0)
-  y_bsmd = _einsum("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", _wh(w_sde, h_se, dtype), x_bmd)
   e_bskd = b0_bfd[:, pairs.u_sk, :].astype(F32)
   y_bskd = jnp.take_along_axis(y_bsmd, pairs.v_sk[None, :, :, None], axis=2)
   return jnp.sum(alpha_sk.astype(F32)[None, :, :, None] * e_bskd * y_bskd, axis=2)
@@ -327,7 +325,7 @@ def _chunk_count(shape: Shape, temp_bytes: int, limit: int) -> int:
 
 
 @dataclasses.dataclass
-class Prepared:
+class Case:
   """A compiled, warmed-up (shape, impl, mode) ready to time; `call` None if skipped."""
 
   record: dict
@@ -336,7 +334,7 @@ class Prepared:
   output: np.ndarray | None = None  # forward output (first chunk only when chunked)
 
 
-def prepare(shape, name, impl, mode, jitted, args, settings) -> Prepared:
+def build_case(shape, name, impl, mode, jitted, args, settings) -> Case:
   """Compiles at full batch, applies the memory rule, warms up and sizes the timing."""
   compiled, stats = common.compile_with_stats(jitted, *args)
   temp = stats["temp_bytes"]
@@ -346,17 +344,18 @@ def prepare(shape, name, impl, mode, jitted, args, settings) -> Prepared:
   record |= {"sweep_value": shape.sweep_value, "keep_ratio": KEEP_RATIO if impl.masked else None}
   record |= stats | {"chunks": 1, "status": "ok", "time_s": None, "iters": 0}
   if limit_temp <= settings.mem_limit_bytes:
-    start = time.perf_counter()
-    output = common.block(compiled(*args))
-    first_s = time.perf_counter() - start
-    if first_s < settings.target_s / 4:  # fast: one more untimed call
-      common.block(compiled(*args))
-    iters = int(np.clip(settings.target_s / first_s, settings.min_iters, settings.max_iters))
+    output, iters = common.warm_up(
+      compiled,
+      *args,
+      target_s=settings.target_s,
+      min_iters=settings.min_iters,
+      max_iters=settings.max_iters,
+    )
     call = functools.partial(compiled, *args)
-    return Prepared(record, call, iters, np.asarray(output) if mode == "fwd" else None)
+    return Case(record, call, iters, np.asarray(output) if mode == "fwd" else None)
   if not (impl.baseline and shape.chunk_baselines):
     record["status"] = "skipped: memory"
-    return Prepared(record)
+    return Case(record)
   chunks = _chunk_count(shape, limit_temp, settings.mem_limit_bytes)
   while True:  # compiling at the chunk size confirms it fits; full-batch figures stay
     chunk_args = _batch_slices(args, shape.b, chunks)
@@ -371,9 +370,7 @@ def prepare(shape, name, impl, mode, jitted, args, settings) -> Prepared:
     return [common.block(compiled(*a)) for a in chunk_args]
 
   # Slow by construction: the fewest full passes.
-  return Prepared(
-    record, run_chunks, settings.min_iters, np.asarray(output) if mode == "fwd" else None
-  )
+  return Case(record, run_chunks, settings.min_iters, np.asarray(output) if mode == "fwd" else None)
 
 
 def _rel_err(out: np.ndarray, expected: np.ndarray) -> float:
@@ -387,8 +384,8 @@ def bench_shape(shape: Shape, impl_names: Sequence[str], settings: Settings) -> 
   round-robin (`common.time_interleaved`), then errors against production and speedups."""
   print(f"{shape.name} ({shape.dims}): compiling and timing", file=sys.stderr, flush=True)
   operands, mask_sfm, cotangent_bsd = make_inputs(shape, settings.dtype)
-  pairs = kept_pairs(mask_sfm)
-  prepared = {}
+  pairs = kept_pair_indices(mask_sfm)
+  cases = {}
   for name in impl_names:
     impl = IMPLS[name]
     forward, forward_backward = build_fns(impl, mask_sfm if impl.masked else None, pairs)
@@ -396,19 +393,20 @@ def bench_shape(shape: Shape, impl_names: Sequence[str], settings: Settings) -> 
       ("fwd", forward, operands),
       ("fwd_bwd", forward_backward, (*operands, cotangent_bsd)),
     ):
-      prepared[name, mode] = prepare(shape, name, impl, mode, jitted, args, settings)
-  timed = {key: p for key, p in prepared.items() if p.call is not None}
+      cases[name, mode] = build_case(shape, name, impl, mode, jitted, args, settings)
+  timed = {key: case for key, case in cases.items() if case.call is not None}
   samples = common.time_interleaved(
-    {key: p.call for key, p in timed.items()}, {key: p.iters for key, p in timed.items()}
+    {key: case.call for key, case in timed.items()},
+    {key: case.iters for key, case in timed.items()},
   )
-  for key, p in timed.items():
+  for key, case in timed.items():
     seconds = float(np.median(samples[key]))
-    p.record |= {"time_s": seconds, "min_time_s": min(samples[key]), "iters": len(samples[key])}
-    if p.record["flops"]:
-      p.record["gflops_per_s"] = p.record["flops"] / seconds / 1e9
-      p.record["peak_fraction"] = p.record["gflops_per_s"] / settings.matmul_peak_gflops
-  records = [p.record for p in prepared.values()]
-  _annotate(shape, records, {key: p.output for key, p in prepared.items()})
+    case.record |= {"time_s": seconds, "min_time_s": min(samples[key]), "iters": len(samples[key])}
+    if case.record["flops"]:
+      case.record["gflops_per_s"] = case.record["flops"] / seconds / 1e9
+      case.record["peak_fraction"] = case.record["gflops_per_s"] / settings.matmul_peak_gflops
+  records = [case.record for case in cases.values()]
+  _annotate(shape, records, {key: case.output for key, case in cases.items()})
   for record in records:
     print(_progress(record), file=sys.stderr, flush=True)
   return records
@@ -719,8 +717,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  """Runs the benchmark; returns the JSON payload it wrote."""
+def main(argv: Sequence[str] | None = None, *, shapes: Sequence[Shape] | None = None) -> dict:
+  """Runs the benchmark.
+
+  Args:
+    argv: command-line arguments (default `sys.argv[1:]`).
+    shapes: the shapes to run, in place of `--shapes`: for shapes the command line
+      cannot name, such as tiny stand-ins for the paper's layers in tests (the goals
+      and the order check find the paper's layers by name).
+
+  Returns:
+    The JSON payload it wrote.
+  """
   args = parse_args(argv)
   started = time.perf_counter()
   info = common.backend_info()
@@ -729,7 +737,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   json_path = args.json or os.path.join(RESULTS_DIR, f"einsum_bench_{backend}{suffix}.json")
   plot_path = args.plot or os.path.join(RESULTS_DIR, f"einsum_bench_{backend}{suffix}.png")
   dtype = jnp.dtype(args.dtype)
-  shapes = parse_shapes(args.shapes or (["named", "sweeps"]), args.quick)
+  if shapes is None:
+    shapes = parse_shapes(args.shapes or (["named", "sweeps"]), args.quick)
 
   # --- ceiling -------------------------------------------------------------
   quick_n = 1024 if args.quick and backend == "cpu" else None

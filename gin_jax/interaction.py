@@ -15,10 +15,8 @@ Three implementations compute the same function:
   O(S (m + d) d) memory; no per-pair d x d map ever exists, whatever the
   shapes. This is the path opt_einsum's `optimize="optimal"` picks at the paper
   and BARS shapes, written out so that it cannot switch to materialising the
-  pair outer product at other shapes (it would for f = m = 1). It ran
-  forward+backward 1.8-2.9x faster than the previous T.Y order at the paper's
-  layer 1 and BARS shapes on 2 CPU cores (benchmarks/einsum_bench.py); at
-  small m (layer 2, Frappe) the older order can be up to 2x faster, a few ms.
+  pair outer product at other shapes (it would for f = m = 1). For its timings
+  against the other contraction orders, see benchmarks/README.md.
 - `reference`: materialises every Z_uv literally, as the paper's formula reads.
   For tests and benchmarks only: O(S f m d^2) FLOPs and memory.
 - `fuxictr`: FuxiCTR's PyTorch layout (materialise the batch x pairs x d x d
@@ -81,22 +79,32 @@ def generalized_interaction(
   return fn(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
 
 
-def _einsum(spec, *operands):
-  # bfloat16 operands keep their storage dtype (halving memory traffic) while
-  # every dot accumulates and returns float32.
+def einsum_f32acc(spec: str, *operands: jax.Array) -> jax.Array:
+  """`jnp.einsum` that accumulates and returns float32 whatever the operand dtype.
+
+  bfloat16 operands keep their storage dtype (halving memory traffic) while every
+  dot accumulates in float32. Shared with benchmarks/einsum_bench.py's variants.
+
+  Args:
+    spec: the einsum subscripts, e.g. "sfm,bfd->bdsm".
+    *operands: the arrays it contracts.
+
+  Returns:
+    The contraction, in float32.
+  """
   return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32)
 
 
 def _factorized(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   dtype = b0_bfd.dtype
   # T[b,d,s,v] = sum_u alpha[s,u,v] E[b,u,d]: alpha fused over u before any product.
-  t_bdsm = _einsum("sfm,bfd->bdsm", alpha_sfm.astype(dtype), b0_bfd)
+  t_bdsm = einsum_f32acc("sfm,bfd->bdsm", alpha_sfm.astype(dtype), b0_bfd)
   # R[b,d,s,e] = sum_v T[b,d,s,v] X[b,v,e]: one d x d map per (sample, subspace),
   # never one per pair.
-  r_bdse = _einsum("bdsm,bme->bdse", t_bdsm.astype(dtype), x_bmd.astype(dtype))
+  r_bdse = einsum_f32acc("bdsm,bme->bdse", t_bdsm.astype(dtype), x_bmd.astype(dtype))
   # P[b,s,d] = sum_e R[b,d,s,e] W[s,d,e] h[s,e].
   wh_sde = w_sde.astype(jnp.float32) * h_se.astype(jnp.float32)[:, None, :]
-  return _einsum("bdse,sde->bsd", r_bdse, wh_sde)
+  return einsum_f32acc("bdse,sde->bsd", r_bdse, wh_sde)
 
 
 def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
@@ -139,18 +147,3 @@ def _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm):
     raise ValueError(f"h_se must be [S={s}, e={d}], got {h_se.shape}")
   if mask_sfm is not None and mask_sfm.shape != alpha_sfm.shape:
     raise ValueError(f"mask_sfm must match alpha_sfm {alpha_sfm.shape}, got {mask_sfm.shape}")
-
-
-def flops_per_sample(f: int, m: int, d: int, s: int, impl: str = "factorized") -> int:
-  """Multiply-add FLOPs (2 per MAC) of one layer per sample, for accounting.
-
-  Args:
-    f, m, d, s: fields, previous-layer vectors, embedding size, subspaces.
-    impl: which implementation's arithmetic to count.
-
-  Returns:
-    The analytic FLOP count (benchmarks also report XLA's cost_analysis()).
-  """
-  if impl == "factorized":
-    return 2 * s * (m * d * d + f * m * d) + 2 * s * m * d
-  return 3 * s * f * m * d * d + 2 * s * d * d

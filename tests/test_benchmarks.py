@@ -11,6 +11,8 @@ from benchmarks import common, einsum_bench
 
 def test_common_helpers():
   assert common.time_fn(jax.jit(jnp.sin), jnp.ones(8), warmup=1, iters=3) > 0
+  output, iters = common.warm_up(jax.jit(jnp.sin), jnp.ones(8), target_s=0.01, max_iters=4)
+  assert output.shape == (8,) and 3 <= iters <= 4
   assert common.measure_matmul_peak(jnp.float32, n=128, iters=2) > 0
   flops, temp_bytes = common.compiled_cost(jax.jit(jnp.dot), jnp.ones((16, 8)), jnp.ones((8, 4)))
   assert flops is None or flops >= 2 * 16 * 8 * 4
@@ -19,23 +21,22 @@ def test_common_helpers():
   assert table.splitlines()[1].startswith("|--")
 
 
-def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path, monkeypatch):
+def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path):
   # Tiny stand-ins for the paper's two layers, so the goals and chunking run fast.
   paper_l1 = einsum_bench.Shape("paper_criteo_l1", "named", 32, 6, 6, 4, 2, chunk_baselines=True)
-  monkeypatch.setattr(einsum_bench, "PAPER_L1", paper_l1)
-  monkeypatch.setattr(
-    einsum_bench, "PAPER_L2", dataclasses.replace(paper_l1, name="paper_criteo_l2", m=2)
-  )
-  monkeypatch.setattr(einsum_bench, "SWEEP_BASE", {"b": 16, "f": 6, "d": 4, "s": 2})
-  monkeypatch.setattr(einsum_bench, "QUICK_SWEEP_POINTS", {"sweep_f": (3, 6)})
+  paper_l2 = dataclasses.replace(paper_l1, name="paper_criteo_l2", m=2)
+  sweep_base = {"b": 16, "f": 6, "d": 4, "s": 2}
+  shapes = [
+    *einsum_bench.parse_shapes(["8,3,3,4,2"], quick=True),
+    paper_l1,
+    paper_l2,
+    *einsum_bench.sweep("sweep_f", (3, 6), base=sweep_base),
+  ]
   out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-  payload = einsum_bench.main([
-    "--shapes", "8,3,3,4,2", "paper", "sweep_f",
-    "--quick", "--json", str(out), "--plot", str(png), "--peak-n", "256",
-    "--impls", "reference", "fuxictr", "factorized", "factorized_masked", "sparse_masked",
-    "--sweep-impls", "factorized",
-    "--mem-limit-gb", str(60_000 / 2**30),
-  ])  # fmt: skip
+  impls = "reference fuxictr factorized factorized_masked sparse_masked".split()
+  argv = ["--quick", "--peak-n", "256", "--impls", *impls, "--sweep-impls", "factorized"]
+  argv += ["--json", str(out), "--plot", str(png), "--mem-limit-gb", str(60_000 / 2**30)]
+  payload = einsum_bench.main(argv, shapes=shapes)
   saved = json.loads(out.read_text())
   assert png.stat().st_size > 0
   assert saved["backend"] == jax.default_backend() and saved["dtype"] == "float32"
@@ -62,20 +63,18 @@ def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path, monkeypatch):
 
 
 def test_einsum_bench_skips_baselines_over_memory_limit(tmp_path):
-  payload = einsum_bench.main([
-    "--shapes", "64,12,12,8,3", "--quick", "--no-plot", "--json", str(tmp_path / "b.json"),
-    "--impls", "reference", "fuxictr", "factorized", "--mem-limit-gb", "0.001", "--peak-n", "128",
-  ])  # fmt: skip
+  argv = "--shapes 64,12,12,8,3 --quick --no-plot --mem-limit-gb 0.001 --peak-n 128".split()
+  argv += ["--impls", "reference", "fuxictr", "factorized", "--json", str(tmp_path / "b.json")]
+  payload = einsum_bench.main(argv)
   status = {(r["impl"], r["mode"]): r["status"] for r in payload["records"]}
   assert status["reference", "fwd_bwd"] == "skipped: memory"
   assert status["factorized", "fwd"] == "ok"
 
 
 def test_einsum_bench_bfloat16_inputs(tmp_path):
-  payload = einsum_bench.main([
-    "--shapes", "8,3,3,4,2", "--quick", "--no-plot", "--json", str(tmp_path / "b.json"),
-    "--impls", "reference", "factorized", "--dtype", "bfloat16", "--peak-n", "128",
-  ])  # fmt: skip
+  argv = "--shapes 8,3,3,4,2 --quick --no-plot --dtype bfloat16 --peak-n 128".split()
+  argv += ["--impls", "reference", "factorized", "--json", str(tmp_path / "b.json")]
+  payload = einsum_bench.main(argv)
   assert payload["dtype"] == "bfloat16"
   errors = [r["max_rel_err_vs_factorized"] for r in payload["records"] if r["mode"] == "fwd"]
   assert len(errors) == 2 and max(errors) < 3e-2
