@@ -42,7 +42,7 @@ def _model_flops(fns: training.StepFns, state, batch) -> float | None:
   """XLA's FLOPs for forward + backward of the loss alone (no optimizer update)."""
 
   def loss(params):
-    logits, _, _ = model_lib.apply_model(
+    logits, _ = model_lib.apply_model(
       fns.graphdef, params, state["batch_stats"], batch["ids"], batch["values"], state["masks"],
       train=True, dropout_key=jax.random.key(0),
     )  # fmt: skip

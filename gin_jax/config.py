@@ -84,7 +84,8 @@ class TrainConfig:
   clip_norm: float = 10.0  # Global gradient-norm clip (0 disables).
   lr_decay: float = 0.1  # Learning-rate factor on a validation plateau.
   patience: int = 2  # Epochs without improvement before early stopping.
-  embedding_l2: float = 0.0  # L2 on the embedding rows used in a batch.
+  embedding_l2: float = 0.0  # lambda: lambda/2 ||table||^2 per step, every row (gin_jax.embedding).
+  embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
   prune_scope: str = "subspace"  # "subspace", "layer" or "global" ranking.
   warm_start: bool = False  # Retrain from the search weights, not from scratch.
@@ -99,6 +100,10 @@ class TrainConfig:
       raise ValueError(f"stages must be 'aoanet' or 'gin', got {self.stages!r}")
     if not 0.0 < self.keep_ratio <= 1.0:
       raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+    if self.embedding_optimizer not in ("lazy_adam", "rowwise_adagrad", "adam"):
+      raise ValueError(f"unknown embedding_optimizer {self.embedding_optimizer!r}")
+    if self.embedding_l2 < 0:
+      raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
     if self.prune_scope not in ("subspace", "layer", "global"):
       raise ValueError(f"unknown prune_scope {self.prune_scope!r}")
     if self.batch_size < 1 or self.eval_batch_size < 1:

@@ -134,8 +134,13 @@ class GIN(nnx.Module):
     self.output = nnx.Linear(readout + deep, 1, rngs=rngs)
 
   def __call__(self, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None):
-    """Returns (logits [b], E [b, f, d]); E feeds the embedding L2 term."""
-    e_bfd = self.projection(ids_bf, values_bf)
+    """Returns logits [b] of examples given as row ids and values [b, f]."""
+    return self.from_embeddings(
+      self.projection(ids_bf, values_bf), masks, train=train, dropout_key=dropout_key
+    )
+
+  def from_embeddings(self, e_bfd, masks=None, *, train=False, dropout_key=None):
+    """Returns logits [b] from the projected field embeddings E [b, f, d] (B_0)."""
     b0_bfd = e_bfd.astype(self.cfg.compute_dtype)
     x_bmd = b0_bfd
     outputs = []
@@ -152,8 +157,7 @@ class GIN(nnx.Module):
       features.append(
         self.mlp(e_bfd.reshape(e_bfd.shape[0], -1), train=train, dropout_key=dropout_key)
       )
-    logits = self.output(jnp.concatenate(features, axis=-1))[:, 0]
-    return logits, e_bfd
+    return self.output(jnp.concatenate(features, axis=-1))[:, 0]
 
 
 def layer_name(layer: int) -> str:
@@ -208,7 +212,7 @@ def init_state(spec: ModelSpec, key: jax.Array):
 def apply_model(
   graphdef, params, batch_stats, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None
 ):
-  """Pure forward pass.
+  """Pure forward pass from row ids and values.
 
   Args:
     graphdef: from `abstract_state`.
@@ -219,12 +223,33 @@ def apply_model(
     dropout_key: PRNG key, needed only with dropout in train mode.
 
   Returns:
-    (logits [b], e_bfd [b, f, d], new batch_stats).
+    (logits [b], new batch_stats).
   """
   model = nnx.merge(graphdef, params, batch_stats)
-  logits, e_bfd = model(ids_bf, values_bf, masks, train=train, dropout_key=dropout_key)
-  _, _, new_stats = nnx.split(model, nnx.Param, ...)
-  return logits, e_bfd, new_stats.to_pure_dict()
+  logits = model(ids_bf, values_bf, masks, train=train, dropout_key=dropout_key)
+  return logits, _batch_stats(model)
+
+
+def apply_on_embeddings(
+  graphdef, params, batch_stats, e_bfd, masks=None, *, train=False, dropout_key=None
+):
+  """Pure forward pass from already projected embeddings E [b, f, d].
+
+  The row-sparse train step gathers the batch's embedding rows itself, so that
+  gradients exist for those rows only; `params` still holds the table (the
+  graph needs it), but it is not read.
+
+  Returns:
+    (logits [b], new batch_stats).
+  """
+  model = nnx.merge(graphdef, params, batch_stats)
+  logits = model.from_embeddings(e_bfd, masks, train=train, dropout_key=dropout_key)
+  return logits, _batch_stats(model)
+
+
+def _batch_stats(model) -> dict:
+  _, _, stats = nnx.split(model, nnx.Param, ...)
+  return stats.to_pure_dict()
 
 
 def alpha_tree(params) -> dict:
@@ -238,6 +263,21 @@ def with_alpha(params, alphas: dict):
   for name, value in alphas.items():
     out[name] = {**params[name], "alpha": value}
   return out
+
+
+def row_tables(params) -> dict:
+  """The parameters indexed by table row (`{name: [R, ...]}`): trained row-sparsely."""
+  return dict(params["projection"])
+
+
+def with_row_tables(params, tables: dict):
+  """A shallow copy of `params` whose row tables are replaced."""
+  return {**params, "projection": {**params["projection"], **tables}}
+
+
+def dense_params(params) -> dict:
+  """Every parameter except the row tables: trained by optax."""
+  return {k: v for k, v in params.items() if k != "projection"}
 
 
 def logical_axes(params):

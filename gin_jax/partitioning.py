@@ -15,6 +15,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from gin_jax import embedding as embedding_lib
 from gin_jax import model as model_lib
 
 DATA = "data"
@@ -77,22 +78,28 @@ def optimizer_shardings(mesh: Mesh, tx, opt_state, params):
   )
 
 
-def state_shardings(mesh: Mesh, state, tx) -> dict:
+def state_shardings(mesh: Mesh, state, tx, opt_params) -> dict:
   """Shardings of a whole train state (see gin_jax.training for its keys).
 
   Args:
     mesh: the training mesh.
     state: the abstract (or concrete) train state.
     tx: the optax transformation behind `state["opt_state"]`.
+    opt_params: the parameter tree `tx` was initialised on.
 
   Returns:
-    A tree of NamedShardings with the state's structure: the table and every
-    table-shaped optimizer state row-sharded, everything else replicated.
+    A tree of NamedShardings with the state's structure: the table, its row
+    optimizer state and every table-shaped optax state row-sharded, everything
+    else replicated.
   """
   rep = replicated(mesh)
   out = jax.tree.map(lambda _: rep, state)
   out["params"] = param_shardings(mesh, state["params"])
-  out["opt_state"] = optimizer_shardings(mesh, tx, state["opt_state"], state["params"])
+  out["opt_state"] = optimizer_shardings(mesh, tx, state["opt_state"], opt_params)
+  out["embedding"] = jax.tree.map(
+    lambda spec: NamedSharding(mesh, _to_mesh_spec(spec)),
+    embedding_lib.logical_axes(state["embedding"]),
+  )
   return out
 
 

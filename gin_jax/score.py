@@ -200,7 +200,7 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
 
   def score(leaves_, ids, values):
     p, s, m = jax.tree.unflatten(treedef, leaves_)
-    logits, _, _ = model_lib.apply_model(graphdef, p, s, ids, values, m, train=False)
+    logits, _ = model_lib.apply_model(graphdef, p, s, ids, values, m, train=False)
     return jax.nn.sigmoid(logits)
 
   b = jax.export.symbolic_shape("b")[0]

@@ -3,7 +3,11 @@
 The train state is a plain dict pytree:
 
   params, batch_stats   the model (see gin_jax.model)
-  opt_state             optax state (Adam with an injectable learning rate)
+  opt_state             optax state (Adam with an injectable learning rate) of
+                        the dense parameters; of every parameter when
+                        train.embedding_optimizer = "adam"
+  embedding             row-optimizer state of the embedding table (see
+                        gin_jax.embedding); {} with the dense "adam"
   masks                 pruning masks with alpha's structure (all True in search)
   step                  int32 global step
   rng                   uint32 key data; dropout keys are fold_in(rng, step)
@@ -24,21 +28,20 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from gin_jax import embedding, partitioning, pruning
 from gin_jax import model as model_lib
-from gin_jax import partitioning, pruning
 from gin_jax.config import TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """Adam (the paper) behind optional global-norm clipping; lr is injectable.
+  """Adam (the paper) with an injectable learning rate, for the dense parameters.
 
   The learning rate lives in the optimizer state so that plateau decay
-  changes a number in the state, not the compiled step.
+  changes a number in the state, not the compiled step; the row optimizer of
+  the table reads the same number. Gradient clipping happens in the step,
+  over dense and row gradients together.
   """
-  adam = optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate)
-  if cfg.clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adam)
-  return adam
+  return optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate)
 
 
 def get_learning_rate(opt_state) -> float:
@@ -65,20 +68,26 @@ class StepFns:
   graphdef: object
 
 
-def _state_shapes(spec: model_lib.ModelSpec, tx):
-  graphdef, params, batch_stats = model_lib.abstract_state(spec)
-  masks = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bool_), model_lib.alpha_tree(params)
-  )
-  scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  return graphdef, {
+def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
+  if cfg.embedding_optimizer == "adam":
+    return None
+  return embedding.RowOptimizer(cfg.embedding_optimizer)
+
+
+def _init_state(spec, tx, row_opt, key, masks):
+  params, batch_stats = model_lib.init_state(spec, key)
+  # Pruned alpha entries are exactly zero in the stored params too.
+  params = model_lib.with_alpha(params, pruning.apply(model_lib.alpha_tree(params), masks))
+  dense = params if row_opt is None else model_lib.dense_params(params)
+  return {
     "params": params,
     "batch_stats": batch_stats,
-    "opt_state": jax.eval_shape(tx.init, params),
+    "opt_state": tx.init(dense),
+    "embedding": {} if row_opt is None else row_opt.init(model_lib.row_tables(params)),
     "masks": masks,
-    "step": scalar,
-    "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
-    "nonfinite": scalar,
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
+    "nonfinite": jnp.zeros((), jnp.int32),
   }
 
 
@@ -87,66 +96,98 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
 
   Args:
     spec: the model's static description (table rows already padded).
-    cfg: training config (optimizer, L2).
+    cfg: training config (optimizers, L2, clipping).
     mesh: the device mesh from gin_jax.partitioning.
 
   Returns:
     StepFns whose functions are jitted with explicit shardings.
   """
   tx = make_optimizer(cfg)
-  graphdef, shapes = _state_shapes(spec, tx)
+  row_opt = _row_optimizer(cfg)
+  graphdef, _, _ = model_lib.abstract_state(spec)
+  init = functools.partial(_init_state, spec, tx, row_opt)
+  all_true = jax.tree.map(
+    lambda a: np.ones(a.shape, bool), model_lib.alpha_tree(model_lib.abstract_state(spec)[1])
+  )
+  shapes = jax.eval_shape(init, jax.random.key(0), all_true)
+  opt_params = shapes["params"] if row_opt is None else model_lib.dense_params(shapes["params"])
+  shardings = partitioning.state_shardings(mesh, shapes, tx, opt_params)
   rep = partitioning.replicated(mesh)
-  shardings = partitioning.state_shardings(mesh, shapes, tx)
   batch_sh = partitioning.batch_sharding(mesh)
-
-  def init(key, masks):
-    params, batch_stats = model_lib.init_state(spec, key)
-    # Pruned alpha entries are exactly zero in the stored params too.
-    params = model_lib.with_alpha(params, pruning.apply(model_lib.alpha_tree(params), masks))
-    return {
-      "params": params,
-      "batch_stats": batch_stats,
-      "opt_state": tx.init(params),
-      "masks": masks,
-      "step": jnp.zeros((), jnp.int32),
-      "rng": jax.random.key_data(jax.random.fold_in(key, 1)),
-      "nonfinite": jnp.zeros((), jnp.int32),
-    }
-
-  train_step = functools.partial(_train_step, graphdef, tx, cfg.embedding_l2)
-  eval_step = functools.partial(_eval_step, graphdef)
-  abstract = partitioning.with_shardings(shapes, shardings)
+  if row_opt is None:
+    step_fn = functools.partial(_dense_train_step, graphdef, tx, cfg)
+  else:
+    step_fn = functools.partial(_sparse_train_step, graphdef, tx, row_opt, cfg, spec.padded_rows)
   jit_init = jax.jit(init, in_shardings=(rep, shardings["masks"]), out_shardings=shardings)
 
   def init_state(key, masks=None):
-    if masks is None:  # the search stage keeps every pair
-      masks = jax.tree.map(lambda m: np.ones(m.shape, bool), shapes["masks"])
-    return jit_init(key, masks)
+    return jit_init(key, all_true if masks is None else masks)  # None: the search stage
 
   return StepFns(
     init=init_state,
     train_step=jax.jit(
-      train_step,
+      step_fn,
       in_shardings=(shardings, batch_sh),
       out_shardings=(shardings, rep),
       donate_argnums=(0,),
     ),
     eval_step=jax.jit(
-      eval_step,
+      functools.partial(_eval_step, graphdef),
       in_shardings=(shardings["params"], shardings["batch_stats"], shardings["masks"], batch_sh),
       out_shardings=batch_sh,
     ),
     state_shardings=shardings,
-    abstract_state=abstract,
+    abstract_state=partitioning.with_shardings(shapes, shardings),
     graphdef=graphdef,
   )
 
 
-def _train_step(graphdef, tx, embedding_l2, state, batch):
-  dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+def _log_loss(logits, labels):
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+
+
+def _clip(grads, clip_norm: float):
+  """Global-norm clipping over the whole gradient tree (optax's rule); 0 disables."""
+  norm = optax.global_norm(grads)
+  if clip_norm <= 0:
+    return grads, norm
+  scale = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
+  return jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads), norm
+
+
+def _dense_update(tx, state, dense_params, dense_grads):
+  """optax on the dense parameters; pruned alpha gets no update (DESIGN.md section 2)."""
+  updates, opt_state = tx.update(dense_grads, state["opt_state"], dense_params)
+  masked = pruning.apply(model_lib.alpha_tree(updates), state["masks"])
+  updates = model_lib.with_alpha(updates, masked)
+  return optax.apply_updates(dense_params, updates), opt_state
+
+
+def _finish(state, params, batch_stats, opt_state, loss, grad_norm, **extra):
+  new_state = {
+    **state,
+    **extra,
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": opt_state,
+    "step": state["step"] + 1,
+    "nonfinite": state["nonfinite"] + (~jnp.isfinite(loss)).astype(jnp.int32),
+  }
+  return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+
+def _dropout_key(state):
+  return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+
+def _dense_train_step(graphdef, tx, cfg: TrainConfig, state, batch):
+  """The reference: every parameter, the whole table included, through optax Adam.
+
+  The L2 term is FuxiCTR's lambda/2 ||table||^2 on every row each step: O(table).
+  """
 
   def loss_fn(params):
-    logits, e_bfd, batch_stats = model_lib.apply_model(
+    logits, batch_stats = model_lib.apply_model(
       graphdef,
       params,
       state["batch_stats"],
@@ -154,31 +195,75 @@ def _train_step(graphdef, tx, embedding_l2, state, batch):
       batch["values"],
       state["masks"],
       train=True,
-      dropout_key=dropout_key,
+      dropout_key=_dropout_key(state),
     )
-    loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
-    # L2 on the embedding rows this batch touched (the usual sparse-friendly form).
-    reg = embedding_l2 * jnp.mean(jnp.sum(jnp.square(e_bfd), axis=(1, 2)))
+    loss = _log_loss(logits, batch["labels"])
+    tables = model_lib.row_tables(params)
+    reg = 0.5 * cfg.embedding_l2 * sum(jnp.sum(jnp.square(t)) for t in tables.values())
     return loss + reg, (loss, batch_stats)
 
   (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  # Pruned alpha gets no update whatever Adam's moments say (DESIGN.md section 2).
-  masked = pruning.apply(model_lib.alpha_tree(updates), state["masks"])
-  updates = model_lib.with_alpha(updates, masked)
-  new_state = {
-    **state,
-    "params": optax.apply_updates(state["params"], updates),
-    "batch_stats": batch_stats,
-    "opt_state": opt_state,
-    "step": state["step"] + 1,
-    "nonfinite": state["nonfinite"] + (~jnp.isfinite(loss)).astype(jnp.int32),
+  grads, norm = _clip(grads, cfg.clip_norm)
+  params, opt_state = _dense_update(tx, state, state["params"], grads)
+  return _finish(state, params, batch_stats, opt_state, loss, norm)
+
+
+def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, state, batch):
+  """Row-sparse step: gradients and updates for the batch's unique rows only.
+
+  The L2 term is lambda/2 * k ||row||^2 per touched row, k = the steps since its
+  last update (gin_jax.embedding): O(batch), and equal to the dense form when
+  every row is touched every step.
+  """
+  params, emb = state["params"], state["embedding"]
+  uids, inverse = embedding.unique_rows(batch["ids"], num_rows)
+  rows = embedding.gather(model_lib.row_tables(params), uids)
+  last_u = emb["last"].at[uids].get(mode="fill", fill_value=0)
+  count = emb["count"] + 1
+  owed = embedding.catch_up_weights(last_u, count, uids < num_rows)
+
+  def loss_fn(dense, rows):
+    e_bfd = rows["table"][inverse] * batch["values"][..., None].astype(rows["table"].dtype)
+    logits, batch_stats = model_lib.apply_on_embeddings(
+      graphdef,
+      {**params, **dense},
+      state["batch_stats"],
+      e_bfd,
+      state["masks"],
+      train=True,
+      dropout_key=_dropout_key(state),
+    )
+    loss = _log_loss(logits, batch["labels"])
+    reg = (
+      0.5
+      * cfg.embedding_l2
+      * sum(
+        jnp.sum(owed * jnp.sum(jnp.square(r).reshape(r.shape[0], -1), axis=-1))
+        for r in rows.values()
+      )
+    )
+    return loss + reg, (loss, batch_stats)
+
+  dense = model_lib.dense_params(params)
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+  (_, (loss, batch_stats)), grads = grad_fn(dense, rows)
+  (dense_grads, row_grads), norm = _clip(grads, cfg.clip_norm)
+  dense, opt_state = _dense_update(tx, state, dense, dense_grads)
+  lr = optax.tree_utils.tree_get(state["opt_state"], "learning_rate")
+  slots = embedding.gather(emb["slots"], uids)
+  new_rows, new_slots = row_opt.update(rows, row_grads, slots, last_u, count, lr)
+  tables = embedding.scatter(model_lib.row_tables(params), uids, new_rows)
+  emb = {
+    "count": count,
+    "last": emb["last"].at[uids].set(jnp.full_like(uids, count), mode="drop"),
+    "slots": embedding.scatter(emb["slots"], uids, new_slots),
   }
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  params = model_lib.with_row_tables({**params, **dense}, tables)
+  return _finish(state, params, batch_stats, opt_state, loss, norm, embedding=emb)
 
 
 def _eval_step(graphdef, params, batch_stats, masks, batch):
-  logits, _, _ = model_lib.apply_model(
+  logits, _ = model_lib.apply_model(
     graphdef, params, batch_stats, batch["ids"], batch["values"], masks, train=False
   )
   return jax.nn.sigmoid(logits)
