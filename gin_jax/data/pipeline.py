@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from gin_jax.data import text
+from gin_jax.data import hashing
 from gin_jax.data.meta import Split
 
 _ROUNDS = 4
@@ -46,7 +46,7 @@ def feistel_permute(positions: np.ndarray, num_rows: int, keys: np.ndarray) -> n
   def permute(x):
     left, right = x >> shift, x & mask
     for k in keys:
-      left, right = right, left ^ (text.hash_keys(right ^ k) & mask)
+      left, right = right, left ^ (hashing.hash_keys(right ^ k) & mask)
     return (left << shift) | right
 
   x = permute(np.asarray(positions, np.uint64))
