@@ -52,7 +52,7 @@ class Encoder:
       values = np.ones((n, self.num_fields), np.float32)
     if self._cat:
       cols = [raw.cat_names.index(f.name) for _, f, _ in self._cat]
-      keys = _columns(raw.keys, cols)
+      keys = text.select_columns(raw.keys, cols)
       for k, (j, _, table) in enumerate(self._cat):
         ids[:, j] = table.encode(keys[:, k])
       where = {c: (j, table) for c, (j, _, table) in zip(cols, self._cat)}
@@ -60,10 +60,10 @@ class Encoder:
         j, table = where[c]
         ids[r, j] = table.encode_long(tok)
       if raw.values is not None:
-        values[:, [j for j, _, _ in self._cat]] = _columns(raw.values, cols)
+        values[:, [j for j, _, _ in self._cat]] = text.select_columns(raw.values, cols)
     if self._bucket.fields:
       cols = [raw.num_names.index(f.name) for _, f, _ in self._bucket.fields]
-      x = _columns(raw.numbers, cols)
+      x = text.select_columns(raw.numbers, cols)
       ids[:, self._bucket.out] = self._bucket.encode(x if raw.bucketized else vocab.bucketize(x))
     for j, f in self._scale:
       x = raw.numbers_of(f.name)
@@ -71,13 +71,6 @@ class Encoder:
       ids[:, j] = np.where(missing, f.offset + MISSING, f.offset + OOV)
       values[:, j] = np.where(missing, np.float32(1.0), vocab.scale(np.where(missing, 0.0, x)))
     return ids, values
-
-
-def _columns(arr: np.ndarray, cols: list[int]) -> np.ndarray:
-  """arr[:, cols], as a view when the columns are consecutive (the usual case)."""
-  if cols == list(range(cols[0], cols[0] + len(cols))):
-    return arr[:, cols[0] : cols[0] + len(cols)]
-  return arr[:, cols]
 
 
 class _CategoricalTable:
@@ -271,25 +264,13 @@ def encode_rows(
   data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
   chunk = text.Chunk(data.replace(b"\r\n", b"\n"), 1)
   first = data[: data.find(b"\n")].rstrip(b"\r")
-  if meta.format == "criteo":
-    ntok = first.count(b"\t") + 1
-    if has_labels is None:
-      has_labels = ntok != 39
-    layout = formats.criteo_layout(has_labels)
-  elif meta.format == "libfm":
-    if has_labels is None:
-      has_labels = b":" not in first.split(b" ")[0]
-    layout = formats.libfm_layout(meta.num_fields, has_labels)
-  else:
-    schema = CsvSchema.from_dict(meta.schema)
-    if header is None:
-      header = list(meta.columns)
-      ntok = first.count(schema.separator.encode()) + 1
-      if has_labels is False or (has_labels is None and ntok == len(header) - 1):
-        header.remove(schema.label)
-    layout = formats.csv_layout(
-      schema, schema.separator.join(header).encode(), "<rows>", has_labels
-    )
+  schema = CsvSchema.from_dict(meta.schema) if meta.schema is not None else None
+  columns = meta.columns  # csv: the training file's header, label included.
+  if meta.format == "csv" and header is not None:  # The caller's names act as a header line.
+    first, columns = schema.separator.join(header).encode(), None
+  layout = formats.layout_from_first_line(
+    meta.format, first, schema, has_labels, meta.num_fields, header=columns, path="<rows>"
+  )
   _check_columns(meta, layout, "<rows>")
   raw, bad = formats.parse_chunk(chunk, layout)
   policy = BadRowPolicy(bad_rows, "<rows>")

@@ -191,11 +191,6 @@ def train_iterator(
   return iter(it_ds)
 
 
-def num_train_batches(split: Split, global_batch_size: int) -> int:
-  """Batches per epoch of train_iterator (the remainder is dropped)."""
-  return len(split) // global_batch_size
-
-
 def eval_batches(
   split: Split,
   global_batch_size: int,

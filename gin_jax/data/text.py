@@ -336,8 +336,8 @@ def describe_line(line: bytes, sep: bytes, ntok: int, sep_name: str) -> str:
 # ------------------------------------------------------------- token values
 
 
-def _cols(arr: np.ndarray, cols: list[int]) -> np.ndarray:
-  """arr[:, cols], as a view when the columns are consecutive (as in Criteo)."""
+def select_columns(arr: np.ndarray, cols: list[int]) -> np.ndarray:
+  """arr[:, cols], as a view when the columns are consecutive (the usual case)."""
   if cols and cols == list(range(cols[0], cols[0] + len(cols))):
     return arr[:, cols[0] : cols[0] + len(cols)]
   return arr[:, cols]
@@ -355,8 +355,8 @@ def short_keys(tokens: Tokens, cols: list[int]) -> tuple[np.ndarray, list[tuple[
     LONG_KEY). The empty token has key MISSING_KEY (0); no other token does, since
     tokenize rejects NUL bytes.
   """
-  lens = _cols(tokens.lens, cols)
-  keys = _cols(tokens.heads, cols) & _MASKS[np.minimum(lens, 8)]
+  lens = select_columns(tokens.lens, cols)
+  keys = select_columns(tokens.heads, cols) & _MASKS[np.minimum(lens, 8)]
   longs = []
   if lens.max(initial=0) > 8:
     rows, js = np.nonzero(lens > 8)
@@ -398,8 +398,8 @@ def parse_numbers(
     (float64 [n, len(cols)] values, NaN where missing; [(row, j, token)] of the
     tokens that are not numbers).
   """
-  lens = _cols(tokens.lens, cols)
-  w = _cols(tokens.heads, cols)
+  lens = select_columns(tokens.lens, cols)
+  w = select_columns(tokens.heads, cols)
   # An empty token's first byte is its separator, never "-".
   neg = (w & _U(0xFF)) == _U(ord("-"))
   w = np.right_shift(w, _U(8), where=neg, out=w.copy())
