@@ -295,7 +295,7 @@ def concat_splits(parts: list[Split], num_fields: int) -> Split:
       np.zeros(0, np.int64),
     )
   ids = np.concatenate([p.ids for p in parts])
-  if all(p.values.strides == (0, 0) for p in parts):
+  if all(p.values_are_ones for p in parts):
     values = ones_values(*ids.shape)
   else:
     values = np.concatenate([p.values for p in parts])

@@ -115,7 +115,7 @@ class Split:
   """Encoded examples. Arrays may be read-only memory maps.
 
   `values` of a dataset whose values are all 1.0 is a zero-stride broadcast view
-  (it costs no disk and no memory).
+  (it costs no disk and no memory); `values_are_ones` tells it apart.
   """
 
   ids: np.ndarray  # int32 [N, f] global row ids into the stacked table.
@@ -125,6 +125,11 @@ class Split:
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  @property
+  def values_are_ones(self) -> bool:
+    """Whether `values` is the all-1.0 broadcast view of ones_values (nothing stored)."""
+    return self.values.strides == (0, 0)
 
 
 def ones_values(num_rows: int, num_fields: int) -> np.ndarray:

@@ -96,7 +96,7 @@ class _Gather:
   def __init__(self, split: Split, lo: int, hi: int):
     self.lo, self.hi = lo, hi
     self.ids, self.labels = split.ids, split.labels
-    self.values = None if split.values.strides == (0, 0) else split.values
+    self.values = None if split.values_are_ones else split.values
     self.num_fields = split.ids.shape[1]
 
   def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -217,7 +217,6 @@ def eval_batches(
       f"global batch {global_batch_size} is not divisible by {process_count} processes"
     )
   n, local = len(split), global_batch_size // process_count
-  values_are_ones = split.values.strides == (0, 0)
   for k in range(-(-n // global_batch_size)):
     a = min(n, k * global_batch_size + process_index * local)
     b = min(n, a + local)
@@ -228,7 +227,7 @@ def eval_batches(
     weights = np.zeros(local, np.float32)
     ids[:real] = split.ids[a:b]
     ids[real:] = split.ids[0]
-    if not values_are_ones:
+    if not split.values_are_ones:
       values[:real] = split.values[a:b]
     labels[:real] = split.labels[a:b]
     weights[:real] = 1.0
