@@ -265,10 +265,7 @@ def _skipped(bad):
   """(line, reason) of every skipped row; reasons are kept for the first few only."""
   if bad is None:
     return []
-  reasons = {}
-  for example in bad.examples:  # "path:line: reason"
-    head, _, reason = example.partition(": ")
-    reasons[int(head.rsplit(":", 1)[1])] = reason
+  reasons = {row.line: row.reason for row in bad.rows}
   return [(n, reasons.get(n, "bad row")) for n in bad.line_numbers]
 
 

@@ -7,7 +7,7 @@
 """
 
 from gin_jax.data.encode import encode_file, encode_rows, iter_encode_file
-from gin_jax.data.errors import BadRowReport, DataError
+from gin_jax.data.errors import BadRow, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split
 from gin_jax.data.pipeline import eval_batches, train_iterator
@@ -15,6 +15,7 @@ from gin_jax.data.prepare import open_prepared, prepare
 from gin_jax.data.synthetic import SyntheticSpec, generate, write_criteo_tsv
 
 __all__ = [
+  "BadRow",
   "BadRowReport",
   "CsvSchema",
   "DataError",
