@@ -25,6 +25,9 @@ directory is built under a temporary name and renamed when complete.
 Random splits are decided per row by a seeded hash of its line number, so they need no
 row count in advance and do not depend on chunking or on which rows were bad; the
 ratios hold in expectation (binomially), not exactly.
+
+format "synthetic" (the demo) writes a Criteo TSV with planted pairs into cache_dir
+(module synthetic, also public in gin_jax.data) and prepares that file.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from gin_jax.config import DataConfig
-from gin_jax.data import formats, hashing, text, vocab
+from gin_jax.data import formats, hashing, synthetic, text, vocab
 from gin_jax.data.errors import BadRowPolicy, DataError
 from gin_jax.data.formats import CsvSchema, Layout, RawChunk
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
@@ -383,8 +386,6 @@ class _Builder:
 
 
 def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memory):
-  from gin_jax.data import synthetic  # Local: only the demo needs it.
-
   spec = synthetic.SyntheticSpec(
     num_rows=cfg.synthetic_rows,
     max_vocab=cfg.synthetic_vocab,
