@@ -61,8 +61,9 @@ class Scorer:
 
   # ------------------------------------------------------------------ loading
   @classmethod
-  def from_checkpoint(cls, workdir, *, step: int | None = None, best: bool = False,
-                      devices=None) -> Scorer:  # fmt: skip
+  def from_checkpoint(
+    cls, workdir, *, step: int | None = None, best: bool = False, devices=None
+  ) -> Scorer:
     """Loads params, masks, config and dataset metadata from a training workdir.
 
     Args:
@@ -167,20 +168,23 @@ def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCh
     dataset_meta = data.DatasetMeta.from_dict(meta["dataset"])
     rows = meta["model"]
   except Exception as e:  # noqa: BLE001 - report any malformed metadata the same way
-    raise ScoringError(f"{directory}/{step}: unreadable checkpoint metadata "
-                       f"({type(e).__name__}: {e})") from e  # fmt: skip
+    raise ScoringError(
+      f"{directory}/{step}: unreadable checkpoint metadata ({type(e).__name__}: {e})"
+    ) from e
   devices = list(devices or jax.local_devices())
   if rows["padded_rows"] % len(devices):  # the table's rows must split evenly
     devices = devices[:1]
   mesh = partitioning.make_mesh(devices)
-  spec = model_lib.ModelSpec(cfg.model, dataset_meta.num_fields, rows["num_rows"],
-                             rows["padded_rows"])  # fmt: skip
+  spec = model_lib.ModelSpec(
+    cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"]
+  )
   fns = training.build(spec, cfg.train, mesh)
   try:
     state, _ = checkpointing.restore(mngr, step, fns.abstract_state)
   except Exception as e:  # noqa: BLE001
-    raise ScoringError(f"{directory}/{step}: cannot restore the model "
-                       f"({type(e).__name__}: {str(e)[:300]})") from e  # fmt: skip
+    raise ScoringError(
+      f"{directory}/{step}: cannot restore the model ({type(e).__name__}: {str(e)[:300]})"
+    ) from e
   description = f"{workdir} step {step}{' (best)' if best else ''}"
   return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, description)
 
@@ -194,8 +198,9 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
   out_dir = Path(out_dir)
   loaded = load_checkpoint(workdir, step=step, best=best, devices=jax.local_devices()[:1])
   state, graphdef = loaded.state, loaded.fns.graphdef
-  weights = jax.tree.map(lambda x: np.asarray(jax.device_get(x)),
-                         (state["params"], state["batch_stats"], state["masks"]))  # fmt: skip
+  weights = jax.tree.map(
+    lambda x: np.asarray(jax.device_get(x)), (state["params"], state["batch_stats"], state["masks"])
+  )
   leaves, treedef = jax.tree.flatten(weights)
 
   def score(leaves_, ids, values):
@@ -215,9 +220,13 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
   (out_dir / "score.stablehlo").write_bytes(exported.serialize())
   np.savez(out_dir / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
   (out_dir / "dataset.json").write_text(loaded.dataset_meta.to_json())
-  info = {"batch_size": loaded.cfg.train.eval_batch_size, "num_fields": f,
-          "field_names": loaded.dataset_meta.field_names, "source": loaded.description,
-          "platforms": list(exported.platforms)}  # fmt: skip
+  info = {
+    "batch_size": loaded.cfg.train.eval_batch_size,
+    "num_fields": f,
+    "field_names": loaded.dataset_meta.field_names,
+    "source": loaded.description,
+    "platforms": list(exported.platforms),
+  }
   (out_dir / "export.json").write_text(json.dumps(info, indent=2))
   return out_dir
 
@@ -235,40 +244,48 @@ def write_scores(path, probs: np.ndarray, line_numbers, bad) -> None:
   path = Path(path)
   line_numbers = np.arange(1, len(probs) + 1) if line_numbers is None else line_numbers
   skipped = dict(_skipped(bad))
-  order = sorted([(int(n), float(p)) for n, p in zip(line_numbers, probs)] +
-                 [(n, None) for n in skipped])  # fmt: skip
+  order = sorted(
+    [(int(n), float(p)) for n, p in zip(line_numbers, probs)] + [(n, None) for n in skipped]
+  )
   if path.suffix == ".npy":
     np.save(path, np.array([np.nan if p is None else p for _, p in order], np.float32))
-    Path(str(path) + ".skipped.json").write_text(json.dumps(
-      [{"line": n, "reason": r} for n, r in sorted(skipped.items())], indent=1))  # fmt: skip
+    Path(str(path) + ".skipped.json").write_text(
+      json.dumps([{"line": n, "reason": r} for n, r in sorted(skipped.items())], indent=1)
+    )
     return
   if path.suffix == ".parquet":
     try:
       import pyarrow as pa
       import pyarrow.parquet as pq
     except ImportError:
-      raise ScoringError("writing .parquet needs pyarrow (pip install pyarrow); "
-                         "or use .csv / .npy") from None  # fmt: skip
-    pq.write_table(pa.table({"line": [n for n, _ in order], "probability": [p for _, p in order],
-                             "status": ["ok" if p is not None else "skipped: " + skipped[n]
-                                        for n, p in order]}), path)  # fmt: skip
+      raise ScoringError(
+        "writing .parquet needs pyarrow (pip install pyarrow); or use .csv / .npy"
+      ) from None
+    pq.write_table(
+      pa.table(
+        {
+          "line": [n for n, _ in order],
+          "probability": [p for _, p in order],
+          "status": ["ok" if p is not None else "skipped: " + skipped[n] for n, p in order],
+        }
+      ),
+      path,
+    )
     return
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["line", "probability", "status"])
     for n, p in order:
-      w.writerow([n, "" if p is None else f"{p:.8f}", "ok" if p is not None else
-                  "skipped: " + skipped[n]])  # fmt: skip
+      w.writerow(
+        [n, "" if p is None else f"{p:.8f}", "ok" if p is not None else "skipped: " + skipped[n]]
+      )
 
 
 def _skipped(bad):
   """(line, reason) of every skipped row; reasons are kept for the first few only."""
   if bad is None:
     return []
-  reasons = {}
-  for example in bad.examples:  # "path:line: reason"
-    head, _, reason = example.partition(": ")
-    reasons[int(head.rsplit(":", 1)[1])] = reason
+  reasons = {row.line: row.reason for row in bad.rows}
   return [(n, reasons.get(n, "bad row")) for n in bad.line_numbers]
 
 

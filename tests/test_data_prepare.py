@@ -16,6 +16,7 @@ from gin_jax.data import (
   encode_file,
   encode_rows,
   formats,
+  hashing,
   prepare,
   text,
   write_criteo_tsv,
@@ -136,7 +137,7 @@ def test_hashing_mode(tmp_path):
     col = int(name[1:]) + 13
     for r, i in zip(rows, splits["train"].ids[:, j].tolist()):
       want = (
-        f.offset + MISSING if not r[col] else f.offset + 2 + text.hash_token(r[col].encode()) % 7
+        f.offset + MISSING if not r[col] else f.offset + 2 + hashing.hash_token(r[col].encode()) % 7
       )
       assert i == want
   assert meta.field("I1").transform == "bucketize"  # Numeric fields keep their vocab.
@@ -144,7 +145,7 @@ def test_hashing_mode(tmp_path):
   row = list(rows[0])
   row[14] = "deadbeef"
   s = encode_rows(meta, ["\t".join(row)])
-  assert s.ids[0, 13] == meta.field("C1").offset + 2 + text.hash_token(b"deadbeef") % 7
+  assert s.ids[0, 13] == meta.field("C1").offset + 2 + hashing.hash_token(b"deadbeef") % 7
 
 
 def test_long_tokens_in_hashing_mode(tmp_path):
@@ -158,7 +159,7 @@ def test_long_tokens_in_hashing_mode(tmp_path):
   meta, splits = prepare(cfg, tmp_path, progress=False)
   f = meta.field("category")
   j = meta.field_names.index("category")
-  want = f.offset + 2 + text.hash_token(b"electronics_accessories") % 1000
+  want = f.offset + 2 + hashing.hash_token(b"electronics_accessories") % 1000
   assert splits["train"].ids[1, j] == want
 
 

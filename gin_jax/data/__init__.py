@@ -1,25 +1,21 @@
 """Data layer: raw click logs (Criteo TSV, CSV + schema, libfm) -> device batches.
 
 `prepare` turns files into a cached on-disk dataset (two streaming passes), the
-`pipeline` module serves it as grain batches, `encode_file`/`encode_rows` encode new
-files with a prepared dataset's vocabularies for scoring, and `synthetic` makes
-Criteo-shaped data with planted interactions.
+`pipeline` module serves it as grain batches, `encode_file`/`encode_rows` (module
+`encode`) encode new files with a prepared dataset's vocabularies for scoring, and
+`synthetic` makes Criteo-shaped data with planted interactions.
 """
 
-from gin_jax.data.errors import BadRowReport, DataError
+from gin_jax.data.encode import encode_file, encode_rows, iter_encode_file
+from gin_jax.data.errors import BadRow, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split
 from gin_jax.data.pipeline import eval_batches, train_iterator
-from gin_jax.data.prepare import (
-  encode_file,
-  encode_rows,
-  iter_encode_file,
-  open_prepared,
-  prepare,
-)
+from gin_jax.data.prepare import open_prepared, prepare
 from gin_jax.data.synthetic import SyntheticSpec, generate, write_criteo_tsv
 
 __all__ = [
+  "BadRow",
   "BadRowReport",
   "CsvSchema",
   "DataError",

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-# How many "file:line: reason" examples a report keeps (the count is always exact).
+# How many skipped rows a report keeps with their reasons (the count is always exact).
 MAX_EXAMPLES = 5
 
 
 class DataError(ValueError):
   """Bad input data. The message reads `path:line: reason` (or `path: reason`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+  """One bad row: its file, its 1-based line and why it is bad."""
+
+  path: str
+  line: int
+  reason: str
+
+  def __str__(self) -> str:
+    return f"{self.path}:{self.line}: {self.reason}"
 
 
 @dataclasses.dataclass
@@ -18,30 +30,35 @@ class BadRowReport:
 
   Attributes:
     count: number of skipped rows.
-    examples: the first MAX_EXAMPLES skipped rows as "file:line: reason".
+    rows: the first MAX_EXAMPLES skipped rows.
     line_numbers: 1-based source line of every skipped row, in file order.
   """
 
   count: int = 0
-  examples: list[str] = dataclasses.field(default_factory=list)
+  rows: list[BadRow] = dataclasses.field(default_factory=list)
   line_numbers: list[int] = dataclasses.field(default_factory=list)
+
+  @property
+  def examples(self) -> list[str]:
+    """The first MAX_EXAMPLES skipped rows as "file:line: reason"."""
+    return [str(row) for row in self.rows]
 
   def add(self, path: str, line: int, reason: str) -> None:
     self.count += 1
     self.line_numbers.append(line)
-    if len(self.examples) < MAX_EXAMPLES:
-      self.examples.append(f"{path}:{line}: {reason}")
+    if len(self.rows) < MAX_EXAMPLES:
+      self.rows.append(BadRow(path, line, reason))
 
   def summary(self) -> str:
     """One human-readable paragraph: the count and the first examples."""
     if not self.count:
       return "no bad rows"
-    head = f"skipped {self.count} bad row(s); first {len(self.examples)}:"
+    head = f"skipped {self.count} bad row(s); first {len(self.rows)}:"
     return "\n  ".join([head, *self.examples])
 
   def to_json_dict(self) -> dict:
     """The count and examples (line numbers are left out: they can be many)."""
-    return {"count": self.count, "examples": list(self.examples)}
+    return {"count": self.count, "examples": self.examples}
 
 
 class BadRowPolicy:
@@ -61,6 +78,6 @@ class BadRowPolicy:
     bad = sorted(bad)
     if self.mode == "error":
       line, reason = bad[0]
-      raise DataError(f"{self.path}:{line}: {reason}")
+      raise DataError(str(BadRow(self.path, line, reason)))
     for line, reason in bad:
       self.report.add(self.path, line, reason)

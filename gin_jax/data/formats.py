@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import yaml
@@ -202,7 +203,7 @@ def detect_layout(
     fmt: "criteo", "csv" or "libfm".
     path: the file (plain or gzip).
     schema: required for csv.
-    has_labels: None: decide from the first line (see the module docstring).
+    has_labels: None: decide from the first line (see layout_from_first_line).
     num_fields: libfm: the expected number of fields (None: the most common count in
       the first lines).
 
@@ -210,24 +211,75 @@ def detect_layout(
     The Layout. Raises DataError if the first line fits no layout.
   """
   head = text.read_head(path)
+  if fmt == "csv":
+    return layout_from_first_line(fmt, head[0], schema, has_labels, path=path)
   # A bad first line must not decide the layout of the whole file: use the first
   # non-empty line (criteo, libfm labels) and the most common field count (libfm).
   first = next((line for line in head if line), b"")
+  row_tokens = None
+  if fmt == "libfm" and num_fields is None:
+    counts = collections.Counter(len(line.rstrip(b" ").split(b" ")) for line in head if line)
+    row_tokens = counts.most_common(1)[0][0] if counts else 0
+  return layout_from_first_line(
+    fmt, first, schema, has_labels, num_fields, row_tokens=row_tokens, path=path
+  )
+
+
+def layout_from_first_line(
+  fmt: str,
+  first_line: bytes,
+  schema: CsvSchema | None = None,
+  has_labels: bool | None = None,
+  num_fields: int | None = None,
+  *,
+  header: Sequence[str] | None = None,
+  row_tokens: int | None = None,
+  path: str = "<rows>",
+) -> Layout:
+  """The layout of rows, deciding what is not given from their first line.
+
+  The one place that tells labeled rows from unlabeled ones: criteo rows of 39 fields
+  have no label (any other count is taken as labeled); libfm rows whose first token
+  has a ':' have none; csv rows have none when their header lacks the label column.
+
+  Args:
+    fmt: "criteo", "csv" or "libfm".
+    first_line: the first row, without its line end; csv without `header`: the header
+      line.
+    schema: required for csv.
+    has_labels: None: decide from first_line.
+    num_fields: libfm: the number of `idx:val` fields (None: from row_tokens).
+    header: csv rows without a header line: the names of their columns, label
+      included; the label is left out when the rows have none (has_labels False, or
+      None and first_line has one field fewer than header).
+    row_tokens: libfm with num_fields None: the tokens of a typical row, label
+      included (default: first_line's).
+    path: names the input in errors.
+
+  Returns:
+    The Layout. Raises DataError if the rows fit no layout.
+  """
   if fmt == "criteo":
-    ntok = first.count(b"\t") + 1
-    if has_labels is None and ntok in (39, 40):
-      has_labels = ntok == 40
-    return criteo_layout(True if has_labels is None else has_labels)
+    if has_labels is None:
+      has_labels = first_line.count(b"\t") + 1 != 39
+    return criteo_layout(has_labels)
   if fmt == "csv":
     if schema is None:
       raise DataError(f"{path}: csv input needs a schema file (--schema)")
-    return csv_layout(schema, head[0], path, has_labels)
+    if header is None:
+      return csv_layout(schema, first_line, path, has_labels)
+    names = list(header)
+    ntok = first_line.count(schema.separator.encode()) + 1
+    if has_labels is False or (has_labels is None and ntok == len(names) - 1):
+      names.remove(schema.label)
+    return csv_layout(schema, schema.separator.join(names).encode(), path, has_labels)
   if fmt == "libfm":
     if has_labels is None:
-      has_labels = b":" not in first.split(b" ")[0]
+      has_labels = b":" not in first_line.split(b" ")[0]
     if num_fields is None:
-      counts = collections.Counter(len(line.rstrip(b" ").split(b" ")) for line in head if line)
-      num_fields = counts.most_common(1)[0][0] - (1 if has_labels else 0) if counts else 0
+      if row_tokens is None:
+        row_tokens = len(first_line.rstrip(b" ").split(b" "))
+      num_fields = row_tokens - (1 if has_labels else 0)
       if num_fields < 1:
         raise DataError(f"{path}: no 'idx:val' fields in the first lines")
     return libfm_layout(num_fields, has_labels)

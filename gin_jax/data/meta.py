@@ -1,4 +1,4 @@
-"""What a prepared dataset is: field specs, metadata (JSON), splits, and the encoder.
+"""What a prepared dataset is: field specs, metadata (JSON) and splits.
 
 The model sees every example as f (row id, value) pairs into ONE stacked embedding
 table: embedding = table[id] * value. Each field owns a contiguous block of rows,
@@ -21,12 +21,12 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gin_jax.data import text, vocab
-from gin_jax.data.formats import RawChunk
+if TYPE_CHECKING:
+  from gin_jax.data.encode import Encoder
 
 META_FILE = "meta.json"
 META_VERSION = 1
@@ -111,6 +111,8 @@ class DatasetMeta:
   @functools.cached_property
   def encoder(self) -> Encoder:
     """The (lazily built, cached) encoder of raw rows into this dataset's ids."""
+    from gin_jax.data.encode import Encoder  # Local: encode imports this module.
+
     return Encoder(self)
 
 
@@ -119,7 +121,7 @@ class Split:
   """Encoded examples. Arrays may be read-only memory maps.
 
   `values` of a dataset whose values are all 1.0 is a zero-stride broadcast view
-  (it costs no disk and no memory).
+  (it costs no disk and no memory); `values_are_ones` tells it apart.
   """
 
   ids: np.ndarray  # int32 [N, f] global row ids into the stacked table.
@@ -129,6 +131,11 @@ class Split:
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  @property
+  def values_are_ones(self) -> bool:
+    """Whether `values` is the all-1.0 broadcast view of ones_values (nothing stored)."""
+    return self.values.strides == (0, 0)
 
 
 def ones_values(num_rows: int, num_fields: int) -> np.ndarray:
@@ -151,134 +158,3 @@ def load_split(directory: str | os.PathLike) -> Split:
   if values is None:
     values = ones_values(*ids.shape)
   return Split(ids, values, load("labels"), load("line_numbers"))
-
-
-# ------------------------------------------------------------------ encoder
-
-
-class Encoder:
-  """Turns RawChunks into (ids, values) with a dataset's vocabularies and offsets.
-
-  Built once per dataset (tables from the saved vocabularies), then used by pass 2 of
-  prepare and by scoring alike, so that both encode a row identically.
-  """
-
-  def __init__(self, meta: DatasetMeta):
-    self.meta = meta
-    self.num_fields = meta.num_fields
-    hash_buckets = int(meta.options.get("hash_buckets", 0))
-    self._cat = [
-      (j, f, _CategoricalTable(f, meta.vocab.get(f.name), hash_buckets))
-      for j, f in enumerate(meta.fields)
-      if f.kind == "categorical"
-    ]
-    self._bucket = _BucketTable(
-      [(j, f, meta.vocab[f.name]) for j, f in enumerate(meta.fields) if f.transform == "bucketize"]
-    )
-    self._scale = [(j, f) for j, f in enumerate(meta.fields) if f.transform == "scale"]
-
-  def encode(self, raw: RawChunk) -> tuple[np.ndarray, np.ndarray | None]:
-    """Returns int32 ids [n, f] and float32 values [n, f] (None when all 1.0)."""
-    n = len(raw)
-    ids = np.empty((n, self.num_fields), np.int32)
-    values = None
-    if self._scale or raw.values is not None:
-      values = np.ones((n, self.num_fields), np.float32)
-    if self._cat:
-      cols = [raw.cat_names.index(f.name) for _, f, _ in self._cat]
-      keys = _columns(raw.keys, cols)
-      for k, (j, _, table) in enumerate(self._cat):
-        ids[:, j] = table.encode(keys[:, k])
-      where = {c: (j, table) for c, (j, _, table) in zip(cols, self._cat)}
-      for (r, c), tok in raw.long_tokens.items():
-        j, table = where[c]
-        ids[r, j] = table.encode_long(tok)
-      if raw.values is not None:
-        values[:, [j for j, _, _ in self._cat]] = _columns(raw.values, cols)
-    if self._bucket.fields:
-      cols = [raw.num_names.index(f.name) for _, f, _ in self._bucket.fields]
-      x = _columns(raw.numbers, cols)
-      ids[:, self._bucket.out] = self._bucket.encode(x if raw.bucketized else vocab.bucketize(x))
-    for j, f in self._scale:
-      x = raw.numbers_of(f.name)
-      missing = np.isnan(x)
-      ids[:, j] = np.where(missing, f.offset + MISSING, f.offset + OOV)
-      values[:, j] = np.where(missing, np.float32(1.0), vocab.scale(np.where(missing, 0.0, x)))
-    return ids, values
-
-
-def _columns(arr: np.ndarray, cols: list[int]) -> np.ndarray:
-  """arr[:, cols], as a view when the columns are consecutive (the usual case)."""
-  if cols == list(range(cols[0], cols[0] + len(cols))):
-    return arr[:, cols[0] : cols[0] + len(cols)]
-  return arr[:, cols]
-
-
-class _CategoricalTable:
-  """Token keys of one categorical field -> global ids (vocabulary or stable hash)."""
-
-  def __init__(self, spec: FieldSpec, tokens: list | None, hash_buckets: int):
-    self.spec = spec
-    self.hash_buckets = hash_buckets
-    if spec.transform == "vocab":
-      encoded = [t.encode("utf-8") for t in tokens]
-      short = [i for i, t in enumerate(encoded) if len(t) <= 8]
-      # The missing key (0, the empty token) goes into the table too: one lookup.
-      keys = np.append(text.bytes_to_keys([encoded[i] for i in short]), text.MISSING_KEY)
-      ids = np.append(np.array(short, np.int64) + spec.offset + 2, spec.offset + MISSING)
-      self._index = vocab.KeyIndex(keys, ids)
-      self._long = {t: spec.offset + 2 + i for i, t in enumerate(encoded) if len(t) > 8}
-
-  def encode(self, keys: np.ndarray) -> np.ndarray:
-    s = self.spec
-    if s.transform == "vocab":
-      return self._index.lookup(keys, s.offset + OOV)
-    ids = (text.hash_keys(keys) % np.uint64(self.hash_buckets)).astype(np.int32)
-    ids += s.offset + 2
-    ids[keys == text.MISSING_KEY] = s.offset + MISSING
-    return ids
-
-  def encode_long(self, token: bytes) -> int:
-    s = self.spec
-    if s.transform == "vocab":
-      return self._long.get(token, s.offset + OOV)
-    return s.offset + 2 + text.hash_token(token) % self.hash_buckets
-
-
-class _BucketTable:
-  """Bucket values of all bucketized fields -> global ids, through one dense table.
-
-  Bucket values are small integers (x <= 2, or floor(ln(x)^2) <= ~500), so a table
-  indexed by value beats hashing. Each field's block of the table covers its
-  vocabulary's [lo, hi] and ends with its OOV and missing ids.
-  """
-
-  def __init__(self, fields: list[tuple[int, FieldSpec, list]]):
-    self.fields = fields
-    self.out = [j for j, _, _ in fields]
-    blocks, los, spans, bases, base = [], [], [], [], 0
-    for _, f, tokens in fields:
-      buckets = np.array(tokens, np.float64)
-      lo = buckets.min() if len(buckets) else 0.0
-      span = int(buckets.max() - lo) + 1 if len(buckets) else 0
-      if span > 1 << 20:
-        raise ValueError(f"{f.name}: bucket values span {span}; not a bucketized field?")
-      block = np.full(span + 2, f.offset + OOV, np.int32)
-      block[(buckets - lo).astype(np.int64)] = f.offset + 2 + np.arange(len(buckets))
-      block[-1] = f.offset + MISSING
-      blocks.append(block)
-      los.append(lo)
-      spans.append(span)
-      bases.append(base)
-      base += span + 2
-    self._table = np.concatenate(blocks) if blocks else np.zeros(0, np.int32)
-    self._lo = np.array(los, np.float64)
-    self._span = np.array(spans, np.float64)
-    self._base = np.array(bases, np.int64)
-
-  def encode(self, buckets: np.ndarray) -> np.ndarray:
-    """int32 [n, len(fields)] ids of float64 bucket values (NaN = missing)."""
-    slot = buckets - self._lo
-    slot = np.where((slot >= 0) & (slot < self._span), slot, self._span)  # Else OOV.
-    slot = np.where(np.isnan(buckets), self._span + 1, slot)  # NaN compares False above.
-    return self._table[slot.astype(np.int64) + self._base]

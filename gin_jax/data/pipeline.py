@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from gin_jax.data import text
+from gin_jax.data import hashing
 from gin_jax.data.meta import Split
 
 _ROUNDS = 4
@@ -46,7 +46,7 @@ def feistel_permute(positions: np.ndarray, num_rows: int, keys: np.ndarray) -> n
   def permute(x):
     left, right = x >> shift, x & mask
     for k in keys:
-      left, right = right, left ^ (text.hash_keys(right ^ k) & mask)
+      left, right = right, left ^ (hashing.hash_keys(right ^ k) & mask)
     return (left << shift) | right
 
   x = permute(np.asarray(positions, np.uint64))
@@ -96,7 +96,7 @@ class _Gather:
   def __init__(self, split: Split, lo: int, hi: int):
     self.lo, self.hi = lo, hi
     self.ids, self.labels = split.ids, split.labels
-    self.values = None if split.values.strides == (0, 0) else split.values
+    self.values = None if split.values_are_ones else split.values
     self.num_fields = split.ids.shape[1]
 
   def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -191,11 +191,6 @@ def train_iterator(
   return iter(it_ds)
 
 
-def num_train_batches(split: Split, global_batch_size: int) -> int:
-  """Batches per epoch of train_iterator (the remainder is dropped)."""
-  return len(split) // global_batch_size
-
-
 def eval_batches(
   split: Split,
   global_batch_size: int,
@@ -222,7 +217,6 @@ def eval_batches(
       f"global batch {global_batch_size} is not divisible by {process_count} processes"
     )
   n, local = len(split), global_batch_size // process_count
-  values_are_ones = split.values.strides == (0, 0)
   for k in range(-(-n // global_batch_size)):
     a = min(n, k * global_batch_size + process_index * local)
     b = min(n, a + local)
@@ -233,7 +227,7 @@ def eval_batches(
     weights = np.zeros(local, np.float32)
     ids[:real] = split.ids[a:b]
     ids[real:] = split.ids[0]
-    if not values_are_ones:
+    if not split.values_are_ones:
       values[:real] = split.values[a:b]
     labels[:real] = split.labels[a:b]
     weights[:real] = 1.0

@@ -25,12 +25,14 @@ directory is built under a temporary name and renamed when complete.
 Random splits are decided per row by a seeded hash of its line number, so they need no
 row count in advance and do not depend on chunking or on which rows were bad; the
 ratios hold in expectation (binomially), not exactly.
+
+format "synthetic" (the demo) writes a Criteo TSV with planted pairs into cache_dir
+(module synthetic, also public in gin_jax.data) and prepares that file.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -38,7 +40,6 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,11 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from gin_jax.config import DataConfig
-from gin_jax.data import formats, text, vocab
-from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
+from gin_jax.data import formats, hashing, synthetic, text, vocab
+from gin_jax.data.errors import BadRowPolicy, DataError
 from gin_jax.data.formats import CsvSchema, Layout, RawChunk
-from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split, ones_values
+from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
+from gin_jax.data.spill import Spill, ordered_map
 
 SPLITS = ("train", "valid", "test")
 PREPARE_VERSION = 1  # Bump when the on-disk result of the same inputs changes.
@@ -176,7 +178,7 @@ def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
   ratio is 0 gets no row.
   """
   salt = np.uint64((seed * 0x9E37_79B1 + 1) % 2**64)
-  u = text.hash_keys(np.asarray(lines, np.uint64) ^ salt)
+  u = hashing.hash_keys(np.asarray(lines, np.uint64) ^ salt)
   u = (u >> np.uint64(11)).astype(np.float64) * 2.0**-53
   t1 = ratios[0] if ratios[1] + ratios[2] > 0 else 2.0
   t2 = ratios[0] + ratios[1] if ratios[2] > 0 else 2.0
@@ -222,7 +224,7 @@ class _Builder:
     stats = _Stats()
     reports = {}
     os.makedirs(out_dir, exist_ok=True)
-    spill = _Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
+    spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
     for inp, layout in zip(self.inputs, self.layouts):
       policy = BadRowPolicy(self.cfg.bad_rows, inp["path"])
       for raw, split, bad, counts in self._parse(inp, layout):
@@ -383,117 +385,7 @@ class _Builder:
     return arrays
 
 
-class _Spill:
-  """Parsed chunks kept between the passes: in memory up to a budget, then on disk.
-
-  Parsing text is the expensive part of preprocessing, so it is done once: pass 2
-  streams these parsed chunks instead of re-reading (and re-decompressing) the input.
-  Memory stays bounded: past `memory_budget` bytes, chunks go to a file of raw numpy
-  bytes (no pickle), read back in order.
-  """
-
-  def __init__(self, path: str, memory_budget: int):
-    self.path, self.budget = path, memory_budget
-    self._memory: list[tuple[RawChunk, np.ndarray]] = []
-    self._bytes = 0
-    self._file = None
-
-  def append(self, raw: RawChunk, split: np.ndarray) -> None:
-    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
-    if self._file is None and self._bytes + size <= self.budget:
-      self._memory.append((raw, split))
-      self._bytes += size
-      return
-    if self._file is None:
-      self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
-    _write_chunk(self._file, raw, split)
-
-  def chunks(self, cat: tuple[str, ...], num: tuple[str, ...]):
-    """Yields the (raw chunk, split) pairs in the order they were appended, once."""
-    memory, self._memory = self._memory, []
-    yield from memory
-    if self._file is not None:
-      self._file.close()
-      with open(self.path, "rb") as f:
-        yield from _read_chunks(f, cat, num)
-      os.remove(self.path)
-
-
-def _write_chunk(f, raw: RawChunk, split: np.ndarray) -> None:
-  longs = list(raw.long_tokens.items())
-  blob = b"".join(t for _, t in longs)
-  # Bucket values are small integers: float32 holds them exactly and halves the I/O.
-  small = raw.bucketized and bool((np.abs(np.nan_to_num(raw.numbers)) < 2**24).all())
-  numbers = raw.numbers.astype(np.float32 if small else np.float64)
-  head = [len(raw), len(longs), len(blob), raw.values is not None, raw.bucketized, small]
-  np.array(head, np.int64).tofile(f)
-  for arr in (raw.lines, raw.labels, split, raw.keys, numbers):
-    np.ascontiguousarray(arr).tofile(f)
-  if raw.values is not None:
-    np.ascontiguousarray(raw.values).tofile(f)
-  if longs:
-    np.array([[r, j, len(t)] for (r, j), t in longs], np.int64).tofile(f)
-    f.write(blob)
-
-
-def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
-  while len(head := np.fromfile(f, np.int64, 6)):
-    n, n_long, blob_len, has_values, bucketized, small = (int(x) for x in head)
-    lines = np.fromfile(f, np.int64, n)
-    labels = np.fromfile(f, np.float32, n)
-    split = np.fromfile(f, np.uint8, n)
-    keys = np.fromfile(f, np.uint64, n * len(cat)).reshape(n, len(cat))
-    numbers = np.fromfile(f, np.float32 if small else np.float64, n * len(num))
-    numbers = numbers.astype(np.float64).reshape(n, len(num))
-    values = np.fromfile(f, np.float32, n * len(cat)).reshape(n, len(cat)) if has_values else None
-    long_tokens = {}
-    if n_long:
-      index = np.fromfile(f, np.int64, 3 * n_long).reshape(n_long, 3)
-      blob, at = f.read(blob_len), 0
-      for r, j, length in index.tolist():
-        long_tokens[(r, j)] = blob[at : at + length]
-        at += length
-    raw = RawChunk(lines, labels, cat, keys, long_tokens, num, numbers, values, bool(bucketized))
-    yield raw, split
-
-
-def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-  """fn over items in `workers` threads, results in input order, bounded in flight.
-
-  An error raised by the items iterator itself (e.g. a truncated gzip) is raised only
-  after the results of the items before it, so errors come out in file order.
-  """
-  if workers <= 1:
-    yield from map(fn, items)
-    return
-  with concurrent.futures.ThreadPoolExecutor(workers) as ex:
-    queue: collections.deque = collections.deque()
-    error = None
-    try:
-      it = iter(items)
-      while True:
-        try:
-          item = next(it)
-        except StopIteration:
-          break
-        except DataError as e:
-          error = e
-          break
-        queue.append(ex.submit(fn, item))
-        if len(queue) > workers:
-          yield queue.popleft().result()
-      while queue:
-        yield queue.popleft().result()
-    finally:
-      for f in queue:
-        f.cancel()
-    if error is not None:
-      raise error
-
-
 def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memory):
-  from gin_jax.data import synthetic  # Local: only the demo needs it.
-
   spec = synthetic.SyntheticSpec(
     num_rows=cfg.synthetic_rows,
     max_vocab=cfg.synthetic_vocab,
@@ -517,175 +409,3 @@ def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memo
     real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory
   )
   return dataclasses.replace(meta, planted_pairs=pairs), splits
-
-
-# ------------------------------------------------------------------ scoring
-
-
-def _scoring_layout(
-  meta: DatasetMeta, path: str, fmt: str | None, schema, has_labels: bool | None
-) -> Layout:
-  fmt = fmt or meta.format
-  if isinstance(schema, str | os.PathLike):
-    schema = CsvSchema.load(schema)
-  elif isinstance(schema, dict):
-    schema = CsvSchema.from_dict(schema)
-  elif schema is None and meta.schema is not None:
-    schema = CsvSchema.from_dict(meta.schema)
-  nf = meta.num_fields if fmt == "libfm" else None
-  layout = formats.detect_layout(fmt, path, schema, has_labels, nf)
-  _check_columns(meta, layout, path)
-  return layout
-
-
-def _check_columns(meta: DatasetMeta, layout: Layout, where: str) -> None:
-  have = {c.name: c.kind for c in layout.columns}
-  want = {f.name: f.kind for f in meta.fields}
-  if have != want:
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    kinds = sorted(n for n in set(have) & set(want) if have[n] != want[n])
-    raise DataError(
-      f"{where}: columns do not match the dataset's fields "
-      f"(missing {missing}, unexpected {extra}, other kind {kinds})"
-    )
-
-
-def iter_encode_file(
-  meta: DatasetMeta,
-  path: str | os.PathLike,
-  fmt: str | None = None,
-  schema=None,
-  bad_rows: str = "error",
-  has_labels: bool | None = None,
-  report: BadRowReport | None = None,
-) -> Iterator[Split]:
-  """Streaming encode_file: yields one Split per chunk (~30k rows), in file order.
-
-  Args: as encode_file; `report` (if given) collects the rows skipped.
-
-  Returns:
-    An iterator of in-memory Splits with line_numbers filled.
-  """
-  path = str(path)
-  layout = _scoring_layout(meta, path, fmt, schema, has_labels)
-  policy = BadRowPolicy(bad_rows, path)
-  if report is not None:
-    policy.report = report
-  encoder = meta.encoder
-  for chunk in text.iter_chunks(path, skip_lines=layout.header_lines):
-    raw, bad = formats.parse_chunk(chunk, layout)
-    policy.handle(bad)
-    ids, values = encoder.encode(raw)
-    yield Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
-
-
-def encode_file(
-  meta: DatasetMeta,
-  path: str | os.PathLike,
-  fmt: str | None = None,
-  schema=None,
-  bad_rows: str = "error",
-  has_labels: bool | None = None,
-) -> tuple[Split, BadRowReport]:
-  """Encodes a raw file with a dataset's saved vocabularies (for scoring).
-
-  Unseen categories map to their field's OOV row, empty fields to its missing row.
-
-  Args:
-    meta: the training dataset's metadata.
-    path: the file (plain or gzip).
-    fmt: its format (default: the dataset's). Its columns must be the dataset's fields.
-    schema: csv: CsvSchema, dict or schema file (default: the dataset's schema).
-    bad_rows: "error" (raise DataError at the first bad row) or "skip".
-    has_labels: None: decide from the file (criteo: 40 vs 39 fields; csv: label column
-      present; libfm: first token without ':'). Unlabeled rows get label NaN.
-
-  Returns:
-    (the rows in file order with line_numbers, the report of skipped rows).
-  """
-  report = BadRowReport()
-  parts = list(iter_encode_file(meta, path, fmt, schema, bad_rows, has_labels, report))
-  return concat_splits(parts, meta.num_fields), report
-
-
-def encode_rows(
-  meta: DatasetMeta,
-  rows: list[str],
-  *,
-  has_labels: bool | None = None,
-  bad_rows: str = "error",
-  header: list[str] | None = None,
-) -> Split:
-  """Encodes raw lines held in memory, like encode_file (Python scoring API).
-
-  Args:
-    meta: the training dataset's metadata.
-    rows: raw lines of the dataset's format (a trailing newline is allowed); for csv,
-      data lines only, in the column order `header` (default: the training file's
-      header, without the label column when the rows have one field fewer).
-    has_labels: None: decide from the first row (see encode_file).
-    bad_rows: "error" raises DataError "<rows>:k: reason" (k is 1-based); "skip" drops
-      bad rows and logs how many (line_numbers tell which rows were kept).
-    header: csv column names of `rows`.
-
-  Returns:
-    A Split whose line_numbers are 1-based indices into `rows`.
-  """
-  lines = [r[:-1] if r.endswith("\n") else r for r in rows]
-  if any("\n" in r for r in lines):
-    raise DataError("<rows>: a row contains a line break")
-  if not lines:
-    return concat_splits([], meta.num_fields)
-  data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
-  chunk = text.Chunk(data.replace(b"\r\n", b"\n"), 1)
-  first = data[: data.find(b"\n")].rstrip(b"\r")
-  if meta.format == "criteo":
-    ntok = first.count(b"\t") + 1
-    if has_labels is None:
-      has_labels = ntok != 39
-    layout = formats.criteo_layout(has_labels)
-  elif meta.format == "libfm":
-    if has_labels is None:
-      has_labels = b":" not in first.split(b" ")[0]
-    layout = formats.libfm_layout(meta.num_fields, has_labels)
-  else:
-    schema = CsvSchema.from_dict(meta.schema)
-    if header is None:
-      header = list(meta.columns)
-      ntok = first.count(schema.separator.encode()) + 1
-      if has_labels is False or (has_labels is None and ntok == len(header) - 1):
-        header.remove(schema.label)
-    layout = formats.csv_layout(
-      schema, schema.separator.join(header).encode(), "<rows>", has_labels
-    )
-  _check_columns(meta, layout, "<rows>")
-  raw, bad = formats.parse_chunk(chunk, layout)
-  policy = BadRowPolicy(bad_rows, "<rows>")
-  policy.handle(bad)
-  if policy.report.count:
-    _log.warning("%s", policy.report.summary())
-  ids, values = meta.encoder.encode(raw)
-  return Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
-
-
-def _values_or_ones(values: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-  return ones_values(*shape) if values is None else values
-
-
-def concat_splits(parts: list[Split], num_fields: int) -> Split:
-  """One in-memory Split of the parts, in order."""
-  if not parts:
-    return Split(
-      np.zeros((0, num_fields), np.int32),
-      ones_values(0, num_fields),
-      np.zeros(0, np.float32),
-      np.zeros(0, np.int64),
-    )
-  ids = np.concatenate([p.ids for p in parts])
-  if all(p.values.strides == (0, 0) for p in parts):
-    values = ones_values(*ids.shape)
-  else:
-    values = np.concatenate([p.values for p in parts])
-  labels = np.concatenate([p.labels for p in parts])
-  return Split(ids, values, labels, np.concatenate([p.line_numbers for p in parts]))

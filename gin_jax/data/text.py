@@ -336,8 +336,8 @@ def describe_line(line: bytes, sep: bytes, ntok: int, sep_name: str) -> str:
 # ------------------------------------------------------------- token values
 
 
-def _cols(arr: np.ndarray, cols: list[int]) -> np.ndarray:
-  """arr[:, cols], as a view when the columns are consecutive (as in Criteo)."""
+def select_columns(arr: np.ndarray, cols: list[int]) -> np.ndarray:
+  """arr[:, cols], as a view when the columns are consecutive (the usual case)."""
   if cols and cols == list(range(cols[0], cols[0] + len(cols))):
     return arr[:, cols[0] : cols[0] + len(cols)]
   return arr[:, cols]
@@ -355,8 +355,8 @@ def short_keys(tokens: Tokens, cols: list[int]) -> tuple[np.ndarray, list[tuple[
     LONG_KEY). The empty token has key MISSING_KEY (0); no other token does, since
     tokenize rejects NUL bytes.
   """
-  lens = _cols(tokens.lens, cols)
-  keys = _cols(tokens.heads, cols) & _MASKS[np.minimum(lens, 8)]
+  lens = select_columns(tokens.lens, cols)
+  keys = select_columns(tokens.heads, cols) & _MASKS[np.minimum(lens, 8)]
   longs = []
   if lens.max(initial=0) > 8:
     rows, js = np.nonzero(lens > 8)
@@ -398,8 +398,8 @@ def parse_numbers(
     (float64 [n, len(cols)] values, NaN where missing; [(row, j, token)] of the
     tokens that are not numbers).
   """
-  lens = _cols(tokens.lens, cols)
-  w = _cols(tokens.heads, cols)
+  lens = select_columns(tokens.lens, cols)
+  w = select_columns(tokens.heads, cols)
   # An empty token's first byte is its separator, never "-".
   neg = (w & _U(0xFF)) == _U(ord("-"))
   w = np.right_shift(w, _U(8), where=neg, out=w.copy())
@@ -489,43 +489,3 @@ def parse_pm1_labels(tokens: Tokens, col: int) -> tuple[np.ndarray, np.ndarray]:
   pos = np.isin(keys, bytes_to_keys([b"1", b"+1"]))
   neg = np.isin(keys, bytes_to_keys([b"0", b"-1"]))
   return pos.astype(np.float32), np.flatnonzero(~(pos | neg))
-
-
-# ------------------------------------------------------------ stable hash
-
-_HASH_SEED = 0x5EED_C0FF_EE15_600D
-_GOLDEN = 0x9E37_79B9_7F4A_7C15
-_M64 = (1 << 64) - 1
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-  """splitmix64's finaliser (vectorised, wrapping uint64 arithmetic)."""
-  z = z + _U(_GOLDEN)
-  z = (z ^ (z >> _U(30))) * _U(0xBF58_476D_1CE4_E5B9)
-  z = (z ^ (z >> _U(27))) * _U(0x94D0_49BB_1331_11EB)
-  return z ^ (z >> _U(31))
-
-
-def hash_keys(keys: np.ndarray) -> np.ndarray:
-  """Stable 64-bit hash of tokens of at most 8 bytes, given as their keys.
-
-  Equals hash_token(token) for every such token. Never Python's salted hash(): ids
-  must be the same in every process and every run, at training and at scoring.
-  """
-  return _mix(np.asarray(keys, np.uint64) ^ _U(_HASH_SEED))
-
-
-def hash_token(token: bytes) -> int:
-  """Stable 64-bit hash of any token: splitmix64 folded over its 8-byte words."""
-  h = _HASH_SEED
-  padded = token + b"\0" * (-len(token) % 8)
-  for i in range(0, len(padded), 8):
-    h = _mix_scalar(h ^ int.from_bytes(padded[i : i + 8], "little"))
-  return h
-
-
-def _mix_scalar(z: int) -> int:
-  z = (z + _GOLDEN) & _M64
-  z = ((z ^ (z >> 30)) * 0xBF58_476D_1CE4_E5B9) & _M64
-  z = ((z ^ (z >> 27)) * 0x94D0_49BB_1331_11EB) & _M64
-  return z ^ (z >> 31)

@@ -1,0 +1,303 @@
+"""Raw rows -> (ids, values) through a prepared dataset's vocabularies and offsets.
+
+`Encoder` maps parsed chunks to rows of the stacked table (the block layout is
+described in meta). `encode_file`, `iter_encode_file` and `encode_rows` parse and
+encode new files or in-memory rows for scoring; their columns must be the dataset's
+fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from gin_jax.data import formats, hashing, text, vocab
+from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
+from gin_jax.data.formats import CsvSchema, Layout, RawChunk
+from gin_jax.data.meta import MISSING, OOV, DatasetMeta, FieldSpec, Split, ones_values
+
+_log = logging.getLogger(__name__)
+
+
+class Encoder:
+  """Turns RawChunks into (ids, values) with a dataset's vocabularies and offsets.
+
+  Built once per dataset (tables from the saved vocabularies), then used by pass 2 of
+  prepare and by scoring alike, so that both encode a row identically.
+  """
+
+  def __init__(self, meta: DatasetMeta):
+    self.meta = meta
+    self.num_fields = meta.num_fields
+    hash_buckets = int(meta.options.get("hash_buckets", 0))
+    self._cat = [
+      (j, f, _CategoricalTable(f, meta.vocab.get(f.name), hash_buckets))
+      for j, f in enumerate(meta.fields)
+      if f.kind == "categorical"
+    ]
+    self._bucket = _BucketTable(
+      [(j, f, meta.vocab[f.name]) for j, f in enumerate(meta.fields) if f.transform == "bucketize"]
+    )
+    self._scale = [(j, f) for j, f in enumerate(meta.fields) if f.transform == "scale"]
+
+  def encode(self, raw: RawChunk) -> tuple[np.ndarray, np.ndarray | None]:
+    """Returns int32 ids [n, f] and float32 values [n, f] (None when all 1.0)."""
+    n = len(raw)
+    ids = np.empty((n, self.num_fields), np.int32)
+    values = None
+    if self._scale or raw.values is not None:
+      values = np.ones((n, self.num_fields), np.float32)
+    if self._cat:
+      cols = [raw.cat_names.index(f.name) for _, f, _ in self._cat]
+      keys = text.select_columns(raw.keys, cols)
+      for k, (j, _, table) in enumerate(self._cat):
+        ids[:, j] = table.encode(keys[:, k])
+      where = {c: (j, table) for c, (j, _, table) in zip(cols, self._cat)}
+      for (r, c), tok in raw.long_tokens.items():
+        j, table = where[c]
+        ids[r, j] = table.encode_long(tok)
+      if raw.values is not None:
+        values[:, [j for j, _, _ in self._cat]] = text.select_columns(raw.values, cols)
+    if self._bucket.fields:
+      cols = [raw.num_names.index(f.name) for _, f, _ in self._bucket.fields]
+      x = text.select_columns(raw.numbers, cols)
+      ids[:, self._bucket.out] = self._bucket.encode(x if raw.bucketized else vocab.bucketize(x))
+    for j, f in self._scale:
+      x = raw.numbers_of(f.name)
+      missing = np.isnan(x)
+      ids[:, j] = np.where(missing, f.offset + MISSING, f.offset + OOV)
+      values[:, j] = np.where(missing, np.float32(1.0), vocab.scale(np.where(missing, 0.0, x)))
+    return ids, values
+
+
+class _CategoricalTable:
+  """Token keys of one categorical field -> global ids (vocabulary or stable hash)."""
+
+  def __init__(self, spec: FieldSpec, tokens: list | None, hash_buckets: int):
+    self.spec = spec
+    self.hash_buckets = hash_buckets
+    if spec.transform == "vocab":
+      encoded = [t.encode("utf-8") for t in tokens]
+      short = [i for i, t in enumerate(encoded) if len(t) <= 8]
+      # The missing key (0, the empty token) goes into the table too: one lookup.
+      keys = np.append(text.bytes_to_keys([encoded[i] for i in short]), text.MISSING_KEY)
+      ids = np.append(np.array(short, np.int64) + spec.offset + 2, spec.offset + MISSING)
+      self._index = vocab.KeyIndex(keys, ids)
+      self._long = {t: spec.offset + 2 + i for i, t in enumerate(encoded) if len(t) > 8}
+
+  def encode(self, keys: np.ndarray) -> np.ndarray:
+    s = self.spec
+    if s.transform == "vocab":
+      return self._index.lookup(keys, s.offset + OOV)
+    ids = (hashing.hash_keys(keys) % np.uint64(self.hash_buckets)).astype(np.int32)
+    ids += s.offset + 2
+    ids[keys == text.MISSING_KEY] = s.offset + MISSING
+    return ids
+
+  def encode_long(self, token: bytes) -> int:
+    s = self.spec
+    if s.transform == "vocab":
+      return self._long.get(token, s.offset + OOV)
+    return s.offset + 2 + hashing.hash_token(token) % self.hash_buckets
+
+
+class _BucketTable:
+  """Bucket values of all bucketized fields -> global ids, through one dense table.
+
+  Bucket values are small integers (x <= 2, or floor(ln(x)^2) <= ~500), so a table
+  indexed by value beats hashing. Each field's block of the table covers its
+  vocabulary's [lo, hi] and ends with its OOV and missing ids.
+  """
+
+  def __init__(self, fields: list[tuple[int, FieldSpec, list]]):
+    self.fields = fields
+    self.out = [j for j, _, _ in fields]
+    blocks, los, spans, bases, base = [], [], [], [], 0
+    for _, f, tokens in fields:
+      buckets = np.array(tokens, np.float64)
+      lo = buckets.min() if len(buckets) else 0.0
+      span = int(buckets.max() - lo) + 1 if len(buckets) else 0
+      if span > 1 << 20:
+        raise ValueError(f"{f.name}: bucket values span {span}; not a bucketized field?")
+      block = np.full(span + 2, f.offset + OOV, np.int32)
+      block[(buckets - lo).astype(np.int64)] = f.offset + 2 + np.arange(len(buckets))
+      block[-1] = f.offset + MISSING
+      blocks.append(block)
+      los.append(lo)
+      spans.append(span)
+      bases.append(base)
+      base += span + 2
+    self._table = np.concatenate(blocks) if blocks else np.zeros(0, np.int32)
+    self._lo = np.array(los, np.float64)
+    self._span = np.array(spans, np.float64)
+    self._base = np.array(bases, np.int64)
+
+  def encode(self, buckets: np.ndarray) -> np.ndarray:
+    """int32 [n, len(fields)] ids of float64 bucket values (NaN = missing)."""
+    slot = buckets - self._lo
+    slot = np.where((slot >= 0) & (slot < self._span), slot, self._span)  # Else OOV.
+    slot = np.where(np.isnan(buckets), self._span + 1, slot)  # NaN compares False above.
+    return self._table[slot.astype(np.int64) + self._base]
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def _scoring_layout(
+  meta: DatasetMeta, path: str, fmt: str | None, schema, has_labels: bool | None
+) -> Layout:
+  fmt = fmt or meta.format
+  if isinstance(schema, str | os.PathLike):
+    schema = CsvSchema.load(schema)
+  elif isinstance(schema, dict):
+    schema = CsvSchema.from_dict(schema)
+  elif schema is None and meta.schema is not None:
+    schema = CsvSchema.from_dict(meta.schema)
+  nf = meta.num_fields if fmt == "libfm" else None
+  layout = formats.detect_layout(fmt, path, schema, has_labels, nf)
+  _check_columns(meta, layout, path)
+  return layout
+
+
+def _check_columns(meta: DatasetMeta, layout: Layout, where: str) -> None:
+  have = {c.name: c.kind for c in layout.columns}
+  want = {f.name: f.kind for f in meta.fields}
+  if have != want:
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    kinds = sorted(n for n in set(have) & set(want) if have[n] != want[n])
+    raise DataError(
+      f"{where}: columns do not match the dataset's fields "
+      f"(missing {missing}, unexpected {extra}, other kind {kinds})"
+    )
+
+
+def iter_encode_file(
+  meta: DatasetMeta,
+  path: str | os.PathLike,
+  fmt: str | None = None,
+  schema=None,
+  bad_rows: str = "error",
+  has_labels: bool | None = None,
+  report: BadRowReport | None = None,
+) -> Iterator[Split]:
+  """Streaming encode_file: yields one Split per chunk (~30k rows), in file order.
+
+  Args: as encode_file; `report` (if given) collects the rows skipped.
+
+  Returns:
+    An iterator of in-memory Splits with line_numbers filled.
+  """
+  path = str(path)
+  layout = _scoring_layout(meta, path, fmt, schema, has_labels)
+  policy = BadRowPolicy(bad_rows, path)
+  if report is not None:
+    policy.report = report
+  encoder = meta.encoder
+  for chunk in text.iter_chunks(path, skip_lines=layout.header_lines):
+    raw, bad = formats.parse_chunk(chunk, layout)
+    policy.handle(bad)
+    ids, values = encoder.encode(raw)
+    yield Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
+
+
+def encode_file(
+  meta: DatasetMeta,
+  path: str | os.PathLike,
+  fmt: str | None = None,
+  schema=None,
+  bad_rows: str = "error",
+  has_labels: bool | None = None,
+) -> tuple[Split, BadRowReport]:
+  """Encodes a raw file with a dataset's saved vocabularies (for scoring).
+
+  Unseen categories map to their field's OOV row, empty fields to its missing row.
+
+  Args:
+    meta: the training dataset's metadata.
+    path: the file (plain or gzip).
+    fmt: its format (default: the dataset's). Its columns must be the dataset's fields.
+    schema: csv: CsvSchema, dict or schema file (default: the dataset's schema).
+    bad_rows: "error" (raise DataError at the first bad row) or "skip".
+    has_labels: None: decide from the file (criteo: 40 vs 39 fields; csv: label column
+      present; libfm: first token without ':'). Unlabeled rows get label NaN.
+
+  Returns:
+    (the rows in file order with line_numbers, the report of skipped rows).
+  """
+  report = BadRowReport()
+  parts = list(iter_encode_file(meta, path, fmt, schema, bad_rows, has_labels, report))
+  return concat_splits(parts, meta.num_fields), report
+
+
+def encode_rows(
+  meta: DatasetMeta,
+  rows: list[str],
+  *,
+  has_labels: bool | None = None,
+  bad_rows: str = "error",
+  header: list[str] | None = None,
+) -> Split:
+  """Encodes raw lines held in memory, like encode_file (Python scoring API).
+
+  Args:
+    meta: the training dataset's metadata.
+    rows: raw lines of the dataset's format (a trailing newline is allowed); for csv,
+      data lines only, in the column order `header` (default: the training file's
+      header, without the label column when the rows have one field fewer).
+    has_labels: None: decide from the first row (see encode_file).
+    bad_rows: "error" raises DataError "<rows>:k: reason" (k is 1-based); "skip" drops
+      bad rows and logs how many (line_numbers tell which rows were kept).
+    header: csv column names of `rows`.
+
+  Returns:
+    A Split whose line_numbers are 1-based indices into `rows`.
+  """
+  lines = [r[:-1] if r.endswith("\n") else r for r in rows]
+  if any("\n" in r for r in lines):
+    raise DataError("<rows>: a row contains a line break")
+  if not lines:
+    return concat_splits([], meta.num_fields)
+  data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+  chunk = text.Chunk(data.replace(b"\r\n", b"\n"), 1)
+  first = data[: data.find(b"\n")].rstrip(b"\r")
+  schema = CsvSchema.from_dict(meta.schema) if meta.schema is not None else None
+  columns = meta.columns  # csv: the training file's header, label included.
+  if meta.format == "csv" and header is not None:  # The caller's names act as a header line.
+    first, columns = schema.separator.join(header).encode(), None
+  layout = formats.layout_from_first_line(
+    meta.format, first, schema, has_labels, meta.num_fields, header=columns, path="<rows>"
+  )
+  _check_columns(meta, layout, "<rows>")
+  raw, bad = formats.parse_chunk(chunk, layout)
+  policy = BadRowPolicy(bad_rows, "<rows>")
+  policy.handle(bad)
+  if policy.report.count:
+    _log.warning("%s", policy.report.summary())
+  ids, values = meta.encoder.encode(raw)
+  return Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
+
+
+def _values_or_ones(values: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+  return ones_values(*shape) if values is None else values
+
+
+def concat_splits(parts: list[Split], num_fields: int) -> Split:
+  """One in-memory Split of the parts, in order."""
+  if not parts:
+    return Split(
+      np.zeros((0, num_fields), np.int32),
+      ones_values(0, num_fields),
+      np.zeros(0, np.float32),
+      np.zeros(0, np.int64),
+    )
+  ids = np.concatenate([p.ids for p in parts])
+  if all(p.values_are_ones for p in parts):
+    values = ones_values(*ids.shape)
+  else:
+    values = np.concatenate([p.values for p in parts])
+  labels = np.concatenate([p.labels for p in parts])
+  return Split(ids, values, labels, np.concatenate([p.line_numbers for p in parts]))

@@ -1,0 +1,136 @@
+"""Helpers of prepare's two passes: the spill of parsed chunks, and a thread map.
+
+A Spill holds the parsed chunks between the passes. Past its memory budget it writes
+them to a file of raw numpy bytes (no pickle), each chunk as:
+
+  int64 [6]          rows n, long tokens k, blob bytes, has values, bucketized, small
+  int64 [n]          lines
+  float32 [n]        labels
+  uint8 [n]          split of each row
+  uint64 [n, c]      keys of the c categorical columns
+  float32|64 [n, m]  numbers of the m numeric columns (float32 when `small`)
+  float32 [n, c]     values, only when `has values`
+  int64 [k, 3]       (row, column, length) of each long token, then the blob of them
+
+ordered_map runs the parsing and encoding of chunks in worker threads, in file order.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+from gin_jax.data.errors import DataError
+from gin_jax.data.formats import RawChunk
+
+
+class Spill:
+  """Parsed chunks kept between the passes: in memory up to a budget, then on disk.
+
+  Parsing text is the expensive part of preprocessing, so it is done once: pass 2
+  streams these parsed chunks instead of re-reading (and re-decompressing) the input.
+  Memory stays bounded: past `memory_budget` bytes, chunks go to a file of raw numpy
+  bytes (no pickle), read back in order.
+  """
+
+  def __init__(self, path: str, memory_budget: int):
+    self.path, self.budget = path, memory_budget
+    self._memory: list[tuple[RawChunk, np.ndarray]] = []
+    self._bytes = 0
+    self._file = None
+
+  def append(self, raw: RawChunk, split: np.ndarray) -> None:
+    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    if self._file is None and self._bytes + size <= self.budget:
+      self._memory.append((raw, split))
+      self._bytes += size
+      return
+    if self._file is None:
+      self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
+    _write_chunk(self._file, raw, split)
+
+  def chunks(self, cat: tuple[str, ...], num: tuple[str, ...]):
+    """Yields the (raw chunk, split) pairs in the order they were appended, once."""
+    memory, self._memory = self._memory, []
+    yield from memory
+    if self._file is not None:
+      self._file.close()
+      with open(self.path, "rb") as f:
+        yield from _read_chunks(f, cat, num)
+      os.remove(self.path)
+
+
+def _write_chunk(f, raw: RawChunk, split: np.ndarray) -> None:
+  longs = list(raw.long_tokens.items())
+  blob = b"".join(t for _, t in longs)
+  # Bucket values are small integers: float32 holds them exactly and halves the I/O.
+  small = raw.bucketized and bool((np.abs(np.nan_to_num(raw.numbers)) < 2**24).all())
+  numbers = raw.numbers.astype(np.float32 if small else np.float64)
+  head = [len(raw), len(longs), len(blob), raw.values is not None, raw.bucketized, small]
+  np.array(head, np.int64).tofile(f)
+  for arr in (raw.lines, raw.labels, split, raw.keys, numbers):
+    np.ascontiguousarray(arr).tofile(f)
+  if raw.values is not None:
+    np.ascontiguousarray(raw.values).tofile(f)
+  if longs:
+    np.array([[r, j, len(t)] for (r, j), t in longs], np.int64).tofile(f)
+    f.write(blob)
+
+
+def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
+  while len(head := np.fromfile(f, np.int64, 6)):
+    n, n_long, blob_len, has_values, bucketized, small = (int(x) for x in head)
+    lines = np.fromfile(f, np.int64, n)
+    labels = np.fromfile(f, np.float32, n)
+    split = np.fromfile(f, np.uint8, n)
+    keys = np.fromfile(f, np.uint64, n * len(cat)).reshape(n, len(cat))
+    numbers = np.fromfile(f, np.float32 if small else np.float64, n * len(num))
+    numbers = numbers.astype(np.float64).reshape(n, len(num))
+    values = np.fromfile(f, np.float32, n * len(cat)).reshape(n, len(cat)) if has_values else None
+    long_tokens = {}
+    if n_long:
+      index = np.fromfile(f, np.int64, 3 * n_long).reshape(n_long, 3)
+      blob, at = f.read(blob_len), 0
+      for r, j, length in index.tolist():
+        long_tokens[(r, j)] = blob[at : at + length]
+        at += length
+    raw = RawChunk(lines, labels, cat, keys, long_tokens, num, numbers, values, bool(bucketized))
+    yield raw, split
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+  """fn over items in `workers` threads, results in input order, bounded in flight.
+
+  An error raised by the items iterator itself (e.g. a truncated gzip) is raised only
+  after the results of the items before it, so errors come out in file order.
+  """
+  if workers <= 1:
+    yield from map(fn, items)
+    return
+  with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+    queue: collections.deque = collections.deque()
+    error = None
+    try:
+      it = iter(items)
+      while True:
+        try:
+          item = next(it)
+        except StopIteration:
+          break
+        except DataError as e:
+          error = e
+          break
+        queue.append(ex.submit(fn, item))
+        if len(queue) > workers:
+          yield queue.popleft().result()
+      while queue:
+        yield queue.popleft().result()
+    finally:
+      for f in queue:
+        f.cancel()
+    if error is not None:
+      raise error
