@@ -1,0 +1,168 @@
+"""Row-sparse embedding training (gin_jax.embedding) against dense and numpy references."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gin_jax import embedding, partitioning, training
+from gin_jax import model as model_lib
+from gin_jax.config import ModelConfig, TrainConfig
+
+FIELDS, PER_FIELD, BATCH = 4, 8, 16
+ROWS = FIELDS * PER_FIELD
+MODEL = ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(8,))
+
+
+def _fns(optimizer, l2=0.1, devices=1, rows=ROWS, clip=10.0, lr=1e-2):
+  mesh = partitioning.make_mesh(jax.devices()[:devices])
+  spec = model_lib.ModelSpec(MODEL, FIELDS, rows, model_lib.padded_table_rows(rows, devices))
+  cfg = TrainConfig(learning_rate=lr, embedding_optimizer=optimizer, embedding_l2=l2, clip_norm=clip)
+  return mesh, training.build(spec, cfg, mesh)
+
+
+def _batch(rng, touch_all=True, rows_per_field=PER_FIELD):
+  """A batch; with touch_all every row of the table occurs in it."""
+  if touch_all:
+    within = np.arange(BATCH)[:, None] % PER_FIELD
+  else:
+    within = rng.integers(0, rows_per_field, (BATCH, FIELDS))
+  ids = (np.arange(FIELDS)[None, :] * PER_FIELD + within).astype(np.int32)
+  return {
+    "ids": ids,
+    "values": rng.uniform(0.5, 1.5, (BATCH, FIELDS)).astype(np.float32),
+    "labels": rng.integers(0, 2, BATCH).astype(np.float32),
+  }
+
+
+def _run(optimizer, steps=6, touch_all=True, **kw):
+  mesh, fns = _fns(optimizer, **kw)
+  state = fns.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(steps):
+    state, m = fns.train_step(state, partitioning.shard_batch(mesh, _batch(rng, touch_all)))
+    losses.append(float(m["loss"]))
+  return np.array(losses), jax.device_get(state)
+
+
+def test_lazy_adam_equals_dense_adam_when_every_row_is_touched_every_step():
+  dense_losses, dense = _run("adam")
+  lazy_losses, lazy = _run("lazy_adam")
+  np.testing.assert_allclose(lazy_losses, dense_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(lazy["params"]), jax.tree.leaves(dense["params"])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)  # summation-order round-off
+  # ... and the L2 term really acted: without it the table ends elsewhere.
+  _, plain = _run("lazy_adam", l2=0.0)
+  table = lambda s: s["params"]["projection"]["table"]
+  assert np.abs(table(plain) - table(lazy)).max() > 1e-3
+
+
+def _data_grads(fns, state, batch):
+  """d(mean log loss)/d(table) of the dense formulation, no L2 (the reference's input)."""
+
+  def loss(table):
+    params = model_lib.with_row_tables(state["params"], {"table": table})
+    logits, _ = model_lib.apply_model(
+      fns.graphdef, params, state["batch_stats"], batch["ids"], batch["values"], state["masks"],
+      train=True, dropout_key=jax.random.key(0),
+    )  # fmt: skip
+    return jnp.mean(jax.nn.softplus(logits) - batch["labels"] * logits)
+
+  return np.asarray(jax.grad(loss)(state["params"]["projection"]["table"]), np.float64)
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "lazy_adam"])
+def test_row_optimizers_match_a_numpy_reference_with_lazy_l2(optimizer):
+  """Several steps on batches that touch a few rows each: the touched rows follow the
+  documented update with g = data gradient + k * lambda * w (k = steps owed); every
+  other row and its state stay bit-for-bit unchanged."""
+  l2, lr, eps, b1, b2 = 0.3, 1e-2, 1e-8, 0.9, 0.999
+  mesh, fns = _fns(optimizer, l2=l2, clip=0.0, lr=lr)
+  state = jax.device_get(fns.init(jax.random.key(0)))
+  rng = np.random.default_rng(1)
+  w = np.asarray(state["params"]["projection"]["table"], np.float64)
+  acc, m, v = np.zeros(ROWS), np.zeros_like(w), np.zeros_like(w)
+  last = np.zeros(ROWS, np.int64)
+  for count in range(1, 6):
+    batch = _batch(rng, touch_all=False, rows_per_field=3)  # rows 3..7 of each field idle
+    g_data = _data_grads(fns, state, batch)
+    before = jax.device_get(state)
+    state = jax.device_get(fns.train_step(state, partitioning.shard_batch(mesh, batch))[0])
+    touched = np.unique(batch["ids"])
+    idle = np.setdiff1d(np.arange(ROWS), touched)
+    g = g_data[touched] + ((count - last[touched]) * l2)[:, None] * w[touched]
+    if optimizer == "rowwise_adagrad":
+      acc[touched] += np.mean(g**2, axis=1)
+      w[touched] -= lr * g / (np.sqrt(acc[touched])[:, None] + eps)
+    else:
+      gap = (count - 1 - last[touched])[:, None]
+      m[touched] = (1 - b1) * g + b1 * m[touched] * b1**gap
+      v[touched] = (1 - b2) * g**2 + b2 * v[touched] * b2**gap
+      m_hat, v_hat = m[touched] / (1 - b1**count), v[touched] / (1 - b2**count)
+      w[touched] -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    last[touched] = count
+    table = state["params"]["projection"]["table"]
+    np.testing.assert_allclose(table, w, rtol=2e-4, atol=1e-6)
+    np.testing.assert_array_equal(state["embedding"]["last"], last)
+    # Untouched rows and their optimizer state: bit-for-bit what they were.
+    np.testing.assert_array_equal(table[idle], before["params"]["projection"]["table"][idle])
+    for new, old in zip(
+      jax.tree.leaves(state["embedding"]["slots"]), jax.tree.leaves(before["embedding"]["slots"])
+    ):
+      np.testing.assert_array_equal(new[idle], old[idle])
+
+
+@pytest.mark.parametrize("optimizer", ["lazy_adam", "rowwise_adagrad"])
+def test_eight_devices_give_the_same_losses_as_one(optimizer):
+  rows = 8 * 4 * PER_FIELD // 8  # already a multiple of 8: identical padding
+  one, s1 = _run(optimizer, touch_all=False, devices=1, rows=rows)
+  eight, s8 = _run(optimizer, touch_all=False, devices=8, rows=rows)
+  np.testing.assert_allclose(eight, one, rtol=1e-5)
+  np.testing.assert_allclose(
+    s8["params"]["projection"]["table"], s1["params"]["projection"]["table"], rtol=1e-4, atol=1e-6
+  )
+
+
+_COLLECTIVE = re.compile(r"= (\([^=]*\)|\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute)(-start)?\(")  # fmt: skip
+
+
+@pytest.mark.parametrize("optimizer", ["lazy_adam", "rowwise_adagrad"])
+def test_compiled_step_moves_no_table_sized_operand_between_devices(optimizer):
+  """On 8 devices the step's collectives carry [U, d]-sized arrays (U = batch ids),
+  never the table, its optimizer state or any per-row state (>= a shard's rows)."""
+  rows = 8 * 20_000
+  mesh, fns = _fns(optimizer, devices=8, rows=rows)
+  state = fns.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {
+    "ids": rng.integers(0, rows, (64, FIELDS)).astype(np.int32),
+    "values": np.ones((64, FIELDS), np.float32),
+    "labels": np.zeros(64, np.float32),
+  }
+  hlo = fns.train_step.lower(state, partitioning.shard_batch(mesh, batch)).compile().as_text()
+  collectives = [m.group(1) for m in _COLLECTIVE.finditer(hlo)]
+  assert collectives, "expected the [U, d] gather/gradient collectives"
+  for shapes in collectives:
+    dims = [int(d) for d in re.findall(r"\d+", " ".join(re.findall(r"\[([\d,]*)\]", shapes)))]
+    assert max(dims, default=0) < rows // 8, shapes
+
+
+def test_catch_up_weights_count_the_steps_a_row_owes():
+  last = jnp.array([0, 3, 7, 7], jnp.int32)
+  valid = jnp.array([True, True, True, False])
+  np.testing.assert_array_equal(embedding.catch_up_weights(last, 8, valid), [8, 5, 1, 0])
+
+
+def test_unique_rows_pad_with_an_out_of_range_id_and_invert():
+  ids = jnp.array([[5, 2], [5, 9]], jnp.int32)
+  uids, inverse = embedding.unique_rows(ids, num_rows=10)
+  np.testing.assert_array_equal(uids, [2, 5, 9, 10])
+  np.testing.assert_array_equal(uids[inverse], ids)
+  table = jnp.arange(10.0)[:, None]
+  np.testing.assert_array_equal(embedding.gather({"t": table}, uids)["t"][:, 0], [2, 5, 9, 0])
+  new = embedding.scatter({"t": table}, uids, {"t": -jnp.ones((4, 1))})["t"][:, 0]
+  np.testing.assert_array_equal(new, [0, 1, -1, 3, 4, -1, 6, 7, 8, -1])
