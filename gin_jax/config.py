@@ -12,11 +12,14 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+ARCHS = ("gin", "lr")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
   """Architecture of GIN / AOANet (DESIGN.md section 1)."""
 
+  arch: str = "gin"  # "gin" (GIN / AOANet) or "lr" (logistic regression, width-1 table).
   embed_dim: int = 16  # d: size of every field embedding.
   num_layers: int = 2  # L: generalized interaction layers.
   num_subspaces: int = 3  # S: subspaces (parallel W, h, alpha) per layer.
@@ -30,6 +33,8 @@ class ModelConfig:
   compute_dtype: str = "float32"  # Interaction input dtype ("bfloat16" allowed).
 
   def __post_init__(self):
+    if self.arch not in ARCHS:
+      raise ValueError(f"unknown model.arch {self.arch!r}; choose from {ARCHS}")
     if self.readout not in ("last", "all"):
       raise ValueError(f"readout must be 'last' or 'all', got {self.readout!r}")
     if self.interaction_impl not in ("factorized", "reference"):
@@ -68,8 +73,14 @@ class DataConfig:
       raise ValueError(f"bad_rows must be 'error' or 'skip', got {self.bad_rows!r}")
     if self.numeric not in ("bucketize", "scale"):
       raise ValueError(f"numeric must be 'bucketize' or 'scale', got {self.numeric!r}")
+    if len(self.split) == 2 and self.test:
+      # train,valid of --train; the test split is the --test file.
+      object.__setattr__(self, "split", (*self.split, 0.0))
     if len(self.split) != 3 or any(r < 0 for r in self.split) or abs(sum(self.split) - 1) > 1e-6:
-      raise ValueError(f"split must be three non-negative ratios summing to 1, got {self.split}")
+      raise ValueError(
+        f"split must be three non-negative ratios (train, valid, test) summing to 1, or two "
+        f"(train, valid) when the test split is a --test file; got {self.split}"
+      )
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class TrainConfig:
   lr_decay: float = 0.1  # Learning-rate factor on a validation plateau.
   patience: int = 2  # Epochs without improvement before early stopping.
   embedding_l2: float = 0.0  # lambda: lambda/2 ||table||^2 per step, every row (gin_jax.embedding).
+  embedding_replay: int = 0  # EXPERIMENT
   embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
   prune_scope: str = "subspace"  # "subspace", "layer" or "global" ranking.
@@ -118,6 +130,13 @@ class Config:
   model: ModelConfig = field(default_factory=ModelConfig)
   data: DataConfig = field(default_factory=DataConfig)
   train: TrainConfig = field(default_factory=TrainConfig)
+
+  def __post_init__(self):
+    if self.model.arch != "gin" and self.train.stages == "aoanet":
+      raise ValueError(
+        f"model.arch={self.model.arch!r} has no alpha to prune: use --stages gin "
+        "(one training stage)"
+      )
 
   def to_dict(self) -> dict:
     """Plain JSON-ready dict (tuples as lists): what config.json and checkpoints hold."""
@@ -178,6 +197,7 @@ def override(cfg: Config, assignments: dict[str, str]) -> Config:
     if section not in ("model", "data", "train"):
       raise ValueError(f"unknown config section {section!r} in {key!r}")
     sections.setdefault(section, {})[name] = text
+  replaced = {}
   for section, values in sections.items():
     sub = getattr(cfg, section)
     hints = typing.get_type_hints(type(sub))
@@ -187,8 +207,9 @@ def override(cfg: Config, assignments: dict[str, str]) -> Config:
       if name not in known:
         raise ValueError(f"unknown config field {section}.{name}; known: {sorted(known)}")
       parsed[name] = _parse(text, hints[name], f"{section}.{name}")
-    cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **parsed)})
-  return cfg
+    replaced[section] = dataclasses.replace(sub, **parsed)
+  # One replace, so that checks across sections see every override at once.
+  return dataclasses.replace(cfg, **replaced)
 
 
 def _parse(text: str, hint, where: str):

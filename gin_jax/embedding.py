@@ -57,6 +57,8 @@ class RowOptimizer:
   b1: float = 0.9  # lazy_adam: first-moment decay (optax's default).
   b2: float = 0.999  # lazy_adam: second-moment decay.
   eps: float = 1e-8  # Added to the denominator.
+  l2: float = 0.0  # lambda (for replaying idle steps).
+  replay: int = 0  # EXPERIMENT: idle steps replayed exactly (dense Adam with g = lambda w).
 
   def __post_init__(self):
     if self.kind not in ("rowwise_adagrad", "lazy_adam"):
@@ -108,14 +110,37 @@ class RowOptimizer:
       scale = jnp.sqrt(acc).reshape((-1,) + (1,) * (g.ndim - 1)) + self.eps
       return w - lr * g / scale, {"acc": acc}
     idle = (count - 1 - last_u).astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1))
+    m, v = slot["m"], slot["v"]
+    if self.replay:
+      w, m, v, idle = self._replay(w, m, v, last_u, idle, lr)
     # The idle steps' zero-gradient decay, then optax's Adam arithmetic.
-    m = slot["m"] * jnp.power(self.b1, idle)
-    v = slot["v"] * jnp.power(self.b2, idle)
+    m = m * jnp.power(self.b1, idle)
+    v = v * jnp.power(self.b2, idle)
     m = (1 - self.b1) * g + self.b1 * m
     v = (1 - self.b2) * (g**2) + self.b2 * v
     m_hat = m / (1 - self.b1**count).astype(m.dtype)
     v_hat = v / (1 - self.b2**count).astype(v.dtype)
     return w - lr * (m_hat / (jnp.sqrt(v_hat) + self.eps)), {"m": m, "v": v}
+
+
+  def _replay(self, w, m, v, last_u, idle, lr):
+    b1, b2, eps, l2 = self.b1, self.b2, self.eps, self.l2
+    first = (last_u + 1).astype(w.dtype).reshape(idle.shape)
+
+    def body(j, carry):
+      w, m, v = carry
+      active = j < idle
+      c = first + j
+      g = l2 * w
+      m2 = (1 - b1) * g + b1 * m
+      v2 = (1 - b2) * g**2 + b2 * v
+      upd = lr * ((m2 / (1 - b1**c)) / (jnp.sqrt(v2 / (1 - b2**c)) + eps))
+      return jnp.where(active, w - upd, w), jnp.where(active, m2, m), jnp.where(active, v2, v)
+
+    w, m, v = jax.lax.fori_loop(0, self.replay, body, (w, m, v))
+    rest = jnp.maximum(idle - self.replay, 0)
+    w = jnp.sign(w) * jnp.maximum(jnp.abs(w) - rest * lr, 0.0)
+    return w, m, v, rest
 
 
 def unique_rows(ids_bf: jax.Array, num_rows: int):

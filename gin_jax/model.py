@@ -160,6 +160,24 @@ class GIN(nnx.Module):
     return self.output(jnp.concatenate(features, axis=-1))[:, 0]
 
 
+class LogisticRegression(nnx.Module):
+  """logit = b + sum_f w[id_f] * value_f: one weight per table row (the linear floor).
+
+  Uses the same stacked table (of width 1), trainer, regulariser and scoring as
+  GIN, so a quality comparison differs in the model alone.
+  """
+
+  def __init__(self, num_rows: int, padded_rows: int, init_std: float, *, rngs: nnx.Rngs):
+    self.projection = FieldProjection(num_rows, padded_rows, 1, init_std, rngs=rngs)
+    self.bias = nnx.Param(jnp.zeros(()))
+
+  def __call__(self, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None):
+    return self.from_embeddings(self.projection(ids_bf, values_bf))
+
+  def from_embeddings(self, e_bfd, masks=None, *, train=False, dropout_key=None):
+    return jnp.sum(e_bfd[..., 0], axis=-1) + self.bias[...]
+
+
 def layer_name(layer: int) -> str:
   """Name of interaction layer `layer` (0-based) in params, masks and alpha trees."""
   return f"interaction_{layer}"
@@ -185,10 +203,11 @@ class ModelSpec:
   num_rows: int  # Real rows of the stacked table (sum of field sizes).
   padded_rows: int  # Rows after padding to a multiple of the device count.
 
-  def build(self, key: jax.Array) -> GIN:
-    return GIN(
-      self.cfg, self.num_fields, self.num_rows, self.padded_rows, rngs=nnx.Rngs(params=key)
-    )
+  def build(self, key: jax.Array) -> nnx.Module:
+    rngs = nnx.Rngs(params=key)
+    if self.cfg.arch == "lr":
+      return LogisticRegression(self.num_rows, self.padded_rows, self.cfg.embed_init_std, rngs=rngs)
+    return GIN(self.cfg, self.num_fields, self.num_rows, self.padded_rows, rngs=rngs)
 
 
 def padded_table_rows(num_rows: int, num_shards: int) -> int:

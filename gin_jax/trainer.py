@@ -100,6 +100,8 @@ def run(
 
   # ------------------------------------------------------------ data
   meta, splits, planted = _load_data(cfg, workdir)
+  if lead:
+    report.write_json(workdir.config, cfg.to_dict())
   for name in ("train",):
     if len(splits[name]) < cfg.train.batch_size:
       raise TrainingError(
@@ -110,6 +112,8 @@ def run(
     f"data: {meta.num_fields} fields, {meta.num_table_rows} table rows; "
     + ", ".join(f"{k} {len(v)} rows" for k, v in splits.items())
   )
+  if meta.constant_fields:
+    _log(data.constant_warning(meta.constant_fields))
 
   # ------------------------------------------------------------ mesh and steps
   mesh = partitioning.make_mesh(devices)
@@ -207,6 +211,11 @@ def _barrier(name: str) -> None:
 
 
 def _prepare_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> None:
+  """Refuses (or with `overwrite` clears) a workdir that holds another config's run.
+
+  config.json itself is written only once the data is prepared, so a run that
+  fails on a data or schema error leaves nothing that would refuse its rerun.
+  """
   new = cfg.to_dict()
   if workdir.config.exists():
     old = json.loads(workdir.config.read_text())
@@ -216,10 +225,9 @@ def _prepare_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> None:
           f"{workdir.root} holds a run with a different config ({_config_diff(old, new)}); "
           "use another --workdir, or --overwrite to discard it"
         )
-      for p in workdir.run_outputs():
+      for p in [workdir.config, *workdir.run_outputs()]:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
   workdir.root.mkdir(parents=True, exist_ok=True)
-  report.write_json(workdir.config, new)
 
 
 def _config_diff(old: dict, new: dict, prefix="") -> str:
@@ -438,17 +446,18 @@ def _final_report(ctx: _Context, state, progress: Progress) -> dict:
     masks = jax.tree.map(partitioning.to_host, state["masks"])
     alphas = {k: np.asarray(v, np.float32) for k, v in progress.search_alpha.items()}
     kept = pruning.kept_field_pairs(masks, names)
-    f = len(names)
     out.update(
       kept_pairs=kept,
       kept_fraction=pruning.kept_fraction(masks),
       kept_pairs_detail=pruning.kept_pairs(masks, names, alphas),
-      planted_pair_recall=pruning.planted_pair_recall(masks, names, ctx.planted),
-      planted_pair_chance=len(kept) / (f * (f + 1) / 2),
-      planted_pair_ranks=pruning.planted_pair_ranks(alphas, names, ctx.planted)
-      if ctx.planted
-      else None,
     )
+    if ctx.planted:  # synthetic data only: how well pruning found the planted pairs
+      f = len(names)
+      out.update(
+        planted_pair_recall=pruning.planted_pair_recall(masks, names, ctx.planted),
+        planted_pair_chance=len(kept) / (f * (f + 1) / 2),
+        planted_pair_ranks=pruning.planted_pair_ranks(alphas, names, ctx.planted),
+      )
     if jax.process_index() == 0:
       report.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
   out["summary"] = {

@@ -71,7 +71,9 @@ class StepFns:
 def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
   if cfg.embedding_optimizer == "adam":
     return None
-  return embedding.RowOptimizer(cfg.embedding_optimizer)
+  return embedding.RowOptimizer(
+    cfg.embedding_optimizer, l2=cfg.embedding_l2, replay=cfg.embedding_replay
+  )
 
 
 def _init_state(spec, tx, row_opt, key, masks):
@@ -221,6 +223,8 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
   last_u = emb["last"].at[uids].get(mode="fill", fill_value=0)
   count = emb["count"] + 1
   owed = embedding.catch_up_weights(last_u, count, uids < num_rows)
+  if cfg.embedding_replay:
+    owed = jnp.where(uids < num_rows, 1.0, 0.0)
 
   def loss_fn(dense, rows):
     e_bfd = rows["table"][inverse] * batch["values"][..., None].astype(rows["table"].dtype)

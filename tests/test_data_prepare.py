@@ -232,3 +232,58 @@ def test_synthetic_format_is_prepared(tmp_path):
   assert sum(len(s) for s in splits.values()) == 3000
   again, _ = prepare(cfg, tmp_path, progress=False)
   assert again.planted_pairs == meta.planted_pairs
+
+
+# ------------------------------------------------- rough edges of the real-data path
+
+
+def _csv_cfg(tmp_path, train, test=None, **kw):
+  return DataConfig(
+    format="csv",
+    train=str(train),
+    test=None if test is None else str(test),
+    schema=str(kw.pop("schema", FIXTURES / "clicks_schema.yaml")),
+    min_count=1,
+    split=(0.75, 0.25, 0.0) if test else (0.5, 0.25, 0.25),
+    **kw,
+  )
+
+
+def test_csv_test_file_without_header_is_named_plainly(tmp_path):
+  lines = (FIXTURES / "clicks.csv").read_text().splitlines(keepends=True)
+  test = tmp_path / "test.csv"
+  test.write_text("".join(lines[1:4]))  # the rows, without the header line
+  with pytest.raises(formats.DataError, match=r"test.csv:1: the file has no header line"):
+    prepare(_csv_cfg(tmp_path, FIXTURES / "clicks.csv", test), tmp_path / "c", progress=False)
+
+
+def test_csv_without_headers_reads_with_schema_columns(tmp_path):
+  lines = (FIXTURES / "clicks.csv").read_text().splitlines(keepends=True)
+  train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+  train.write_text("".join(lines[1:7]))
+  test.write_text("".join(lines[7:]))
+  schema = tmp_path / "schema.yaml"
+  schema.write_text(
+    (FIXTURES / "clicks_schema.yaml").read_text()
+    + "columns: [click, user, item, category, price, age, note]\n"
+  )
+  meta, splits = prepare(_csv_cfg(tmp_path, train, test, schema=schema), tmp_path / "c")
+  with_header, _ = prepare(_csv_cfg(tmp_path, FIXTURES / "clicks.csv"), tmp_path / "d")
+  assert meta.field_names == with_header.field_names
+  assert sum(meta.split_rows.values()) == 8  # no line was taken for a header
+  np.testing.assert_array_equal(splits["test"].line_numbers, [1, 2])
+  bad = tmp_path / "bad.yaml"
+  bad.write_text((FIXTURES / "clicks_schema.yaml").read_text() + "columns: [click, user]\n")
+  with pytest.raises(formats.DataError, match="'columns' must list every column"):
+    formats.CsvSchema.load(bad)
+
+
+def test_constant_column_is_reported(tmp_path, caplog):
+  rows = [f"{i % 2}\tx{i % 7}\tsame\n" for i in range(40)]
+  path = tmp_path / "c.csv"
+  path.write_text("click\tuser\tconst\n" + "".join(rows))
+  schema = tmp_path / "s.yaml"
+  schema.write_text("label: click\ncategorical: [user, const]\nseparator: \"\\t\"\n")
+  meta, _ = prepare(_csv_cfg(tmp_path, path, schema=schema), tmp_path / "c", progress=False)
+  assert meta.constant_fields == ["const"]
+  assert "['const'] hold the same value in every training row" in caplog.text

@@ -19,7 +19,9 @@ MODEL = ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(8,))
 def _fns(optimizer, l2=0.1, devices=1, rows=ROWS, clip=10.0, lr=1e-2):
   mesh = partitioning.make_mesh(jax.devices()[:devices])
   spec = model_lib.ModelSpec(MODEL, FIELDS, rows, model_lib.padded_table_rows(rows, devices))
-  cfg = TrainConfig(learning_rate=lr, embedding_optimizer=optimizer, embedding_l2=l2, clip_norm=clip)
+  cfg = TrainConfig(
+    learning_rate=lr, embedding_optimizer=optimizer, embedding_l2=l2, clip_norm=clip
+  )
   return mesh, training.build(spec, cfg, mesh)
 
 

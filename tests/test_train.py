@@ -238,3 +238,26 @@ def test_warm_start_begins_retrain_from_the_masked_search_weights(tmp_path, warm
   # Either way, retraining keeps pruned alpha at exactly 0.
   for name, mask in masks.items():
     assert np.all(np.asarray(loaded.state["params"][name]["alpha"])[~mask] == 0.0)
+
+
+def test_failed_preparation_leaves_no_config_and_real_data_reports_no_planted_pairs(tmp_path):
+  from gin_jax.data import DataError, SyntheticSpec, write_criteo_tsv
+
+  path = tmp_path / "clicks.tsv"
+  write_criteo_tsv(path, SyntheticSpec(num_rows=2000, max_vocab=40, seed=5))
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("".join(lines[:100] + ["2\tnot a row\n"] + lines[100:]))
+  base = tiny(epochs=1)
+  data = config_lib.dataclasses.replace(base.data, format="criteo", train=str(path))
+  cfg = config_lib.dataclasses.replace(base, data=data)
+  wd = tmp_path / "wd"
+  with pytest.raises(DataError, match=r"clicks.tsv:101: "):
+    trainer.run(cfg, wd, devices=jax.devices()[:1])
+  assert not (wd / "config.json").exists()
+  # The corrected command (here: skip the bad row) is a new config, and is not refused.
+  fixed = config_lib.dataclasses.replace(
+    cfg, data=config_lib.dataclasses.replace(data, bad_rows="skip")
+  )
+  rep = trainer.run(fixed, wd, devices=jax.devices()[:1])
+  assert rep["kept_pairs"] and rep["planted_pair_recall"] is None
+  assert "planted_pair_chance" not in rep and "planted_pair_ranks" not in rep

@@ -11,7 +11,7 @@ from gin_jax.data.errors import BadRow, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split
 from gin_jax.data.pipeline import eval_batches, train_iterator
-from gin_jax.data.prepare import open_prepared, prepare
+from gin_jax.data.prepare import constant_warning, open_prepared, prepare
 from gin_jax.data.synthetic import SyntheticSpec, generate, write_criteo_tsv
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
   "FieldSpec",
   "Split",
   "SyntheticSpec",
+  "constant_warning",
   "encode_file",
   "encode_rows",
   "eval_batches",

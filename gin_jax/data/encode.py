@@ -157,7 +157,7 @@ def _scoring_layout(
   elif schema is None and meta.schema is not None:
     schema = CsvSchema.from_dict(meta.schema)
   nf = meta.num_fields if fmt == "libfm" else None
-  layout = formats.detect_layout(fmt, path, schema, has_labels, nf)
+  layout = formats.detect_layout(fmt, path, schema, has_labels, nf, train_header=meta.columns)
   _check_columns(meta, layout, path)
   return layout
 

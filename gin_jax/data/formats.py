@@ -68,8 +68,9 @@ class CsvSchema:
   """Which CSV columns are the label, categorical and numeric features.
 
   Loaded from YAML or JSON with the keys `label`, `categorical`, `numeric`, and the
-  optional `separator` (default ",") and `ignore` (columns that may appear and are
-  skipped).
+  optional `separator` (default ","), `ignore` (columns that may appear and are
+  skipped, e.g. a row id) and `columns` (the names of all columns in file order, for
+  files WITHOUT a header line; then no file's first line is read as a header).
   """
 
   label: str
@@ -77,6 +78,7 @@ class CsvSchema:
   numeric: tuple[str, ...] = ()
   separator: str = ","
   ignore: tuple[str, ...] = ()
+  columns: tuple[str, ...] = ()
 
   @classmethod
   def from_dict(cls, d: dict, where: str = "schema") -> CsvSchema:
@@ -89,7 +91,7 @@ class CsvSchema:
       raise DataError(f"{where}: unknown schema key(s) {unknown}; known: {sorted(known)}")
     if "label" not in d:
       raise DataError(f"{where}: the schema must name the label column")
-    lists = {k: tuple(d.get(k) or ()) for k in ("categorical", "numeric", "ignore")}
+    lists = {k: tuple(d.get(k) or ()) for k in ("categorical", "numeric", "ignore", "columns")}
     for k, v in lists.items():
       if not all(isinstance(c, str) and c for c in v):
         raise DataError(f"{where}: '{k}' must be a list of column names")
@@ -97,6 +99,12 @@ class CsvSchema:
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
       raise DataError(f"{where}: column(s) {dup} named more than once")
+    cols = lists["columns"]
+    if cols and (len(set(cols)) != len(cols) or sorted(cols) != sorted(names)):
+      raise DataError(
+        f"{where}: 'columns' must list every column named in the schema exactly once "
+        f"(label, categorical, numeric, ignore); got {list(cols)}"
+      )
     if not lists["categorical"] and not lists["numeric"]:
       raise DataError(f"{where}: the schema names no feature columns")
     sep = d.get("separator", ",")
@@ -133,15 +141,42 @@ def criteo_layout(has_labels: bool = True) -> Layout:
 
 
 def csv_layout(
-  schema: CsvSchema, header: bytes, path: str, has_labels: bool | None = None
+  schema: CsvSchema,
+  header: bytes,
+  path: str,
+  has_labels: bool | None = None,
+  *,
+  header_lines: int = 1,
+  train_header: Sequence[str] | None = None,
 ) -> Layout:
-  """The layout of a CSV file with this header line under this schema."""
+  """The layout of a CSV file with this header line under this schema.
+
+  Args:
+    schema: the schema.
+    header: the header line (or, for header-less rows, the column names joined).
+    path: names the file in errors.
+    has_labels: None: the rows have labels when the header has the label column.
+    header_lines: lines before the first record (0 for header-less rows).
+    train_header: the training file's header; a first line with its column count
+      but none of its names is reported as a missing header, not as a bad header.
+  """
   try:
     names = header.decode("utf-8-sig").split(schema.separator)  # -sig: drop a BOM.
   except UnicodeDecodeError:
     raise DataError(f"{path}:1: header is not valid UTF-8") from None
   if not header:
     raise DataError(f"{path}:1: empty header line")
+  if (
+    train_header
+    and len(names) in (len(train_header), len(train_header) - 1)
+    and not set(names) & set(train_header)
+  ):
+    raise DataError(
+      f"{path}:1: the file has no header line: its first line has the training file's "
+      f"{len(names)} columns but none of their names ({schema.separator.join(train_header)}). "
+      "Add that header line, or list the columns in the schema ('columns:') to read "
+      "header-less files"
+    )
   dup = sorted({c for c in names if names.count(c) > 1})
   if dup:
     raise DataError(f"{path}:1: duplicate header column(s) {dup}")
@@ -172,7 +207,7 @@ def csv_layout(
     (sep,) * (len(names) - 1) + (10,),
     names.index(schema.label) if has_labels else None,
     columns,
-    header_lines=1,
+    header_lines=header_lines,
     header=tuple(names),
   )
 
@@ -196,6 +231,7 @@ def detect_layout(
   schema: CsvSchema | None = None,
   has_labels: bool | None = None,
   num_fields: int | None = None,
+  train_header: Sequence[str] | None = None,
 ) -> Layout:
   """Builds the layout of a file from its first lines.
 
@@ -206,13 +242,17 @@ def detect_layout(
     has_labels: None: decide from the first line (see layout_from_first_line).
     num_fields: libfm: the expected number of fields (None: the most common count in
       the first lines).
+    train_header: csv files other than the training file: its header, to name a
+      missing header line plainly.
 
   Returns:
     The Layout. Raises DataError if the first line fits no layout.
   """
   head = text.read_head(path)
   if fmt == "csv":
-    return layout_from_first_line(fmt, head[0], schema, has_labels, path=path)
+    return layout_from_first_line(
+      fmt, head[0], schema, has_labels, path=path, train_header=train_header
+    )
   # A bad first line must not decide the layout of the whole file: use the first
   # non-empty line (criteo, libfm labels) and the most common field count (libfm).
   first = next((line for line in head if line), b"")
@@ -235,6 +275,7 @@ def layout_from_first_line(
   header: Sequence[str] | None = None,
   row_tokens: int | None = None,
   path: str = "<rows>",
+  train_header: Sequence[str] | None = None,
 ) -> Layout:
   """The layout of rows, deciding what is not given from their first line.
 
@@ -251,10 +292,12 @@ def layout_from_first_line(
     num_fields: libfm: the number of `idx:val` fields (None: from row_tokens).
     header: csv rows without a header line: the names of their columns, label
       included; the label is left out when the rows have none (has_labels False, or
-      None and first_line has one field fewer than header).
+      None and first_line has one field fewer than header). Default: the schema's
+      `columns`, if it names them.
     row_tokens: libfm with num_fields None: the tokens of a typical row, label
       included (default: first_line's).
     path: names the input in errors.
+    train_header: csv: the training file's header (see csv_layout).
 
   Returns:
     The Layout. Raises DataError if the rows fit no layout.
@@ -266,13 +309,15 @@ def layout_from_first_line(
   if fmt == "csv":
     if schema is None:
       raise DataError(f"{path}: csv input needs a schema file (--schema)")
+    header = header or schema.columns or None
     if header is None:
-      return csv_layout(schema, first_line, path, has_labels)
+      return csv_layout(schema, first_line, path, has_labels, train_header=train_header)
     names = list(header)
     ntok = first_line.count(schema.separator.encode()) + 1
     if has_labels is False or (has_labels is None and ntok == len(names) - 1):
       names.remove(schema.label)
-    return csv_layout(schema, schema.separator.join(names).encode(), path, has_labels)
+    joined = schema.separator.join(names).encode()
+    return csv_layout(schema, joined, path, has_labels, header_lines=0)
   if fmt == "libfm":
     if has_labels is None:
       has_labels = b":" not in first_line.split(b" ")[0]

@@ -64,6 +64,7 @@ class DatasetMeta:
   columns: list[str] | None = None  # csv: the training file's header, in order.
   planted_pairs: list[list[str]] | None = None  # synthetic data: the planted pairs.
   has_values: bool = False  # Whether any split stores values other than 1.0.
+  constant_fields: list[str] = dataclasses.field(default_factory=list)  # Same value in all rows.
   version: int = META_VERSION
 
   @property

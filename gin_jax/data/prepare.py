@@ -54,7 +54,7 @@ from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
 
 SPLITS = ("train", "valid", "test")
-PREPARE_VERSION = 1  # Bump when the on-disk result of the same inputs changes.
+PREPARE_VERSION = 2  # Bump when the on-disk result of the same inputs changes.
 _log = logging.getLogger(__name__)
 
 
@@ -203,7 +203,9 @@ class _Builder:
     train_layout = formats.detect_layout(cfg.format, inputs[0]["path"], schema, has_labels=True)
     nf = len(train_layout.columns) if cfg.format == "libfm" else None
     self.layouts = [train_layout] + [
-      formats.detect_layout(cfg.format, i["path"], schema, has_labels=True, num_fields=nf)
+      formats.detect_layout(
+        cfg.format, i["path"], schema, True, nf, train_header=train_layout.header or None
+      )
       for i in inputs[1:]
     ]
     cols = train_layout.columns
@@ -221,6 +223,7 @@ class _Builder:
   def build(self, out_dir: str) -> DatasetMeta:
     # ---- pass 1: parse and validate the text once, split, count, spill
     counters = {c.name: vocab.KeyCounter() for c in self.counted}
+    missing = dict.fromkeys(counters, 0)  # Training rows where the column is empty.
     stats = _Stats()
     reports = {}
     os.makedirs(out_dir, exist_ok=True)
@@ -229,9 +232,10 @@ class _Builder:
       policy = BadRowPolicy(self.cfg.bad_rows, inp["path"])
       for raw, split, bad, counts in self._parse(inp, layout):
         policy.handle(bad)
-        for name, (keys, n, longs) in counts.items():
+        for name, (keys, n, longs, n_missing) in counts.items():
           counters[name].add_unique(keys, n)
           counters[name].long.update(longs)
+          missing[name] += n_missing
         stats.rows += np.bincount(split, minlength=3)
         stats.positives += np.bincount(split, weights=raw.labels, minlength=3)
         stats.values_not_one |= raw.values is not None and bool((raw.values != 1).any())
@@ -241,7 +245,9 @@ class _Builder:
         _log.warning("%s: %s", inp["path"], policy.report.summary())
     if stats.rows[0] == 0:
       raise DataError(f"{self.inputs[0]['path']}: no rows for the training split")
-    meta = self._meta(counters, stats, reports)
+    meta = self._meta(counters, stats, reports, _constant_columns(counters, missing))
+    if meta.constant_fields:
+      _log.warning("%s", constant_warning(meta.constant_fields))
     # ---- pass 2: stream the parsed chunks, encode, write the splits
     arrays = self._allocate(out_dir, meta, stats.rows)
     filled = np.zeros(3, np.int64)
@@ -317,16 +323,18 @@ class _Builder:
     for col in self.counted:
       if col.kind == "numeric":  # Already bucketized; keys of NaN (missing) dropped.
         keys, n = vocab.count_unique(vocab.number_keys(raw.numbers_of(col.name)))
-        real = ~np.isnan(vocab.key_numbers(keys))
+        empty = np.isnan(vocab.key_numbers(keys))
+        real = ~empty
         longs = {}
       else:
         keys, n = vocab.count_unique(raw.keys_of(col.name))
-        real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
+        empty = keys == text.MISSING_KEY
+        real = ~empty & (keys != text.LONG_KEY)
         longs = collections.Counter(raw.long_tokens_of(col.name).values())
-      counts[col.name] = (keys[real], n[real], longs)
+      counts[col.name] = (keys[real], n[real], longs, int(n[empty].sum()))
     return counts
 
-  def _meta(self, counters, stats: _Stats, reports) -> DatasetMeta:
+  def _meta(self, counters, stats: _Stats, reports, constant: list[str]) -> DatasetMeta:
     cfg, fields, vocabs, offset = self.cfg, [], {}, 0
     for col in self.layouts[0].columns:
       if col.kind == "categorical" and cfg.hash_buckets > 0:
@@ -360,6 +368,7 @@ class _Builder:
       schema=self.schema.to_dict() if self.schema else None,
       columns=list(self.layouts[0].header) or None,
       has_values=has_values,
+      constant_fields=constant,
     )
 
   def _allocate(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray):
@@ -409,3 +418,22 @@ def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memo
     real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory
   )
   return dataclasses.replace(meta, planted_pairs=pairs), splits
+
+
+def _constant_columns(counters: dict, missing: dict) -> list[str]:
+  """Counted columns with one value (or none) in every training row."""
+  out = []
+  for name, counter in counters.items():
+    distinct = counter.num_distinct()
+    if distinct == 0 or (distinct == 1 and missing[name] == 0):
+      out.append(name)
+  return out
+
+
+def constant_warning(names: list[str]) -> str:
+  """The preparation summary's warning about constant columns."""
+  return (
+    f"warning: column(s) {names} hold the same value in every training row, so they carry "
+    "no information (and enter every interaction); drop them, or list them under the "
+    "schema's 'ignore'"
+  )

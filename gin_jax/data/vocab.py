@@ -81,6 +81,11 @@ class KeyCounter:
     self.keys, self.counts = merged, counts
     self._pending, self._pending_size = [], 0
 
+  def num_distinct(self) -> int:
+    """Distinct keys and long tokens counted so far."""
+    self._merge()
+    return len(self.keys) + len(self.long)
+
   def vocabulary(self, min_count: int) -> list[bytes]:
     """Tokens seen at least min_count times, most frequent first (ties by key)."""
     self._merge()

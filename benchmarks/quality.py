@@ -1,0 +1,141 @@
+"""Model quality on real click logs: N seeds, mean +- std, next to a logistic-regression floor.
+
+  python -m benchmarks.quality --name frappe --format libfm \\
+      --train frappe.validation.libfm --split 0.9,0.1 --test frappe.test.libfm
+  python -m benchmarks.quality --name criteo_sample --train train.tsv --split 0.9,0.1 \\
+      --test test.tsv --preset criteo_x1 --seeds 5 --model.num_subspaces=4
+
+The data and model flags are exactly `python -m train`'s (same preset defaults,
+same `--section.field=value` overrides), so a figure here is what that command
+gives. Every seed trains on the same rows (data.seed stays fixed; train.seed
+varies). The floor is `model.arch=lr` (one weight per category, the same
+table, trainer and regulariser) trained on the same rows by the same tool.
+
+Each run keeps its workdir under --workdir-root (keyed by its config): a rerun
+reuses finished runs, so an interrupted study resumes. `--hide-test` leaves
+the test columns out of the printout and the JSON, for tuning on validation
+only. Results: a markdown table on stdout and JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+from train.main import build_parser, split_overrides
+
+METRICS = ("valid_auc", "valid_logloss", "test_auc", "test_logloss")
+
+# The linear floor: one weight per category, Adam. Its learning rate and L2 were
+# chosen on the validation split of the quality issue's two data sets.
+FLOOR_OVERRIDES = {
+  "model.arch": "lr",
+  "train.stages": "gin",
+  "train.learning_rate": "0.01",
+  "train.embedding_l2": "0",
+}
+
+
+def parse(argv):
+  p = build_parser("python -m benchmarks.quality", __doc__.split("\n\n")[0])
+  p.add_argument("--name", required=True, help="label of this study (file names, tables)")
+  p.add_argument("--seeds", type=int, default=3, help="train.seed = 0 .. N-1 (default 3)")
+  p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_quality"))
+  p.add_argument("--no-floor", action="store_true", help="skip the logistic-regression floor")
+  p.add_argument("--hide-test", action="store_true", help="report validation metrics only")
+  p.add_argument("--json", help="output JSON (default benchmarks/results/quality_<name>.json)")
+  args, rest = p.parse_known_args(argv)
+  return args, split_overrides(p, rest)
+
+
+def _run_key(cfg) -> str:
+  return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:12]
+
+
+def run_seeds(cfg, label: str, seeds: int, root: Path) -> list[dict]:
+  """Trains cfg once per seed (reusing finished runs); returns one row per (seed, stage)."""
+  from gin_jax import trainer
+
+  rows = []
+  for seed in range(seeds):
+    run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+    workdir = root / f"{label}-{_run_key(run_cfg)}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"  {label} seed {seed}: {workdir}", file=sys.stderr, flush=True)
+    with open(workdir / "quality.log", "a") as log:
+      with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        report = trainer.run(run_cfg, workdir)
+    for stage, result in report["stages"].items():
+      rows.append({"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
+                   "seconds": time.time() - t0,
+                   **{k: result.get(k) for k in (*METRICS, "epochs")}})  # fmt: skip
+  return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+  """Mean and std (ddof=1) over seeds for every (model, stage)."""
+  out = []
+  for key in dict.fromkeys((r["model"], r["stage"]) for r in rows):
+    group = [r for r in rows if (r["model"], r["stage"]) == key]
+    entry = {"model": key[0], "stage": key[1], "seeds": len(group)}
+    for m in (*METRICS, "epochs"):
+      values = np.array([r[m] for r in group if r.get(m) is not None], np.float64)
+      if len(values):
+        entry[m] = float(values.mean())
+        entry[m + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.append(entry)
+  return out
+
+
+def table(summary: list[dict], hide_test: bool) -> str:
+  metrics = [m for m in METRICS if not (hide_test and m.startswith("test"))]
+  rows = []
+  for s in summary:
+    cells = [
+      f"{s[m]:.4f} +- {s[m + '_std']:.4f}" if m in s else "-" for m in metrics
+    ]  # fmt: skip
+    rows.append([s["model"], s["stage"], *cells, f"{s.get('epochs', 0):.1f}", s["seeds"]])
+  return common.markdown_table(["model", "stage", *metrics, "epochs", "seeds"], rows)
+
+
+def main(argv=None) -> dict:
+  args, overrides = parse(sys.argv[1:] if argv is None else argv)
+  from gin_jax import cli
+
+  cli.init_runtime()
+  cfg = cli.build_config(args, overrides)
+  root = Path(args.workdir_root) / args.name
+  rows = run_seeds(cfg, "gin_jax", args.seeds, root)
+  if not args.no_floor:
+    floor = cli.build_config(args, {**overrides, **FLOOR_OVERRIDES})
+    rows += run_seeds(floor, "logistic_regression", args.seeds, root)
+  if args.hide_test:
+    rows = [{k: v for k, v in r.items() if not k.startswith("test")} for r in rows]
+  summary = summarise(rows)
+  print(table(summary, args.hide_test))
+  payload = {
+    "name": args.name,
+    "command": "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+    "config": cfg.to_dict(),
+    "floor_overrides": None if args.no_floor else FLOOR_OVERRIDES,
+    "summary": summary,
+    "runs": rows,
+    "backend": common.backend_info(),
+  }
+  out = args.json or os.path.join("benchmarks", "results", f"quality_{args.name}.json")
+  common.write_json(out, payload)
+  print(f"wrote {out}", file=sys.stderr)
+  return payload
+
+
+if __name__ == "__main__":
+  main()
