@@ -31,20 +31,36 @@ TABLE_ROWS = "table_rows"
 
 
 class FieldProjection(nnx.Module):
-  """Projection layer: E[b,f,:] = table[id[b,f]] * value[b,f] (paper eq. 6)."""
+  """Projection layer: E[b,f,:] = table[id[b,f]] * value[b,f] (paper eq. 6).
+
+  Holds one or more tables indexed by the same stacked row ids (`widths`: name
+  -> width), e.g. GIN's `table` [R, d], or FM's `table` plus its first-order
+  `linear` [R, 1]. Every one is row-sharded and trained row-sparsely.
+  """
 
   def __init__(
-    self, num_rows: int, padded_rows: int, embed_dim: int, init_std: float, *, rngs: nnx.Rngs
+    self, num_rows: int, padded_rows: int, widths: dict, init_std: float, *, rngs: nnx.Rngs
   ):
-    # Only the real rows are drawn, so the values do not depend on how far the
-    # table is padded for the device count; padding rows stay zero (no id
-    # points at them, so they never receive a gradient).
-    real = init_std * jax.random.normal(rngs.params(), (num_rows, embed_dim))
-    self.table = nnx.Param(jnp.pad(real, ((0, padded_rows - num_rows), (0, 0))))
+    for name, width in widths.items():
+      # Only the real rows are drawn, so the values do not depend on how far the
+      # table is padded for the device count; padding rows stay zero (no id
+      # points at them, so they never receive a gradient).
+      real = init_std * jax.random.normal(rngs.params(), (num_rows, width))
+      setattr(self, name, nnx.Param(jnp.pad(real, ((0, padded_rows - num_rows), (0, 0)))))
+    self.names = tuple(widths)
 
-  def __call__(self, ids_bf: jax.Array, values_bf: jax.Array) -> jax.Array:
-    e_bfd = jnp.take(self.table[...], ids_bf, axis=0)
-    return e_bfd * values_bf[..., None].astype(e_bfd.dtype)
+  def __call__(self, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
+    return embed_rows({n: getattr(self, n)[...] for n in self.names}, ids_bf, values_bf)
+
+
+def embed_rows(tables: dict, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
+  """{name: tables[name][ids] * values} ([b, f, width] each); `tables` may be whole
+  tables (row ids) or the rows a sparse step gathered (ids into those rows)."""
+  out = {}
+  for name, table in tables.items():
+    e = jnp.take(table, ids_bf, axis=0)
+    out[name] = e * values_bf[..., None].astype(e.dtype)
+  return out
 
 
 class InteractionLayer(nnx.Module):
@@ -120,7 +136,9 @@ class GIN(nnx.Module):
     d, s = cfg.embed_dim, cfg.num_subspaces
     self.cfg = cfg
     self.num_fields = num_fields
-    self.projection = FieldProjection(num_rows, padded_rows, d, cfg.embed_init_std, rngs=rngs)
+    self.projection = FieldProjection(
+      num_rows, padded_rows, {"table": d}, cfg.embed_init_std, rngs=rngs
+    )
     for layer in range(cfg.num_layers):
       num_inputs = num_fields if layer == 0 else s  # m = f at layer 1, S after.
       setattr(
@@ -139,8 +157,9 @@ class GIN(nnx.Module):
       self.projection(ids_bf, values_bf), masks, train=train, dropout_key=dropout_key
     )
 
-  def from_embeddings(self, e_bfd, masks=None, *, train=False, dropout_key=None):
-    """Returns logits [b] from the projected field embeddings E [b, f, d] (B_0)."""
+  def from_embeddings(self, emb, masks=None, *, train=False, dropout_key=None):
+    """Returns logits [b] from the projected embeddings ({"table": E [b, f, d]}, B_0)."""
+    e_bfd = emb["table"]
     b0_bfd = e_bfd.astype(self.cfg.compute_dtype)
     x_bmd = b0_bfd
     outputs = []
@@ -168,14 +187,14 @@ class LogisticRegression(nnx.Module):
   """
 
   def __init__(self, num_rows: int, padded_rows: int, init_std: float, *, rngs: nnx.Rngs):
-    self.projection = FieldProjection(num_rows, padded_rows, 1, init_std, rngs=rngs)
+    self.projection = FieldProjection(num_rows, padded_rows, {"table": 1}, init_std, rngs=rngs)
     self.bias = nnx.Param(jnp.zeros(()))
 
   def __call__(self, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None):
     return self.from_embeddings(self.projection(ids_bf, values_bf))
 
-  def from_embeddings(self, e_bfd, masks=None, *, train=False, dropout_key=None):
-    return jnp.sum(e_bfd[..., 0], axis=-1) + self.bias[...]
+  def from_embeddings(self, emb, masks=None, *, train=False, dropout_key=None):
+    return jnp.sum(emb["table"][..., 0], axis=-1) + self.bias[...]
 
 
 def layer_name(layer: int) -> str:
@@ -250,19 +269,19 @@ def apply_model(
 
 
 def apply_on_embeddings(
-  graphdef, params, batch_stats, e_bfd, masks=None, *, train=False, dropout_key=None
+  graphdef, params, batch_stats, emb, masks=None, *, train=False, dropout_key=None
 ):
-  """Pure forward pass from already projected embeddings E [b, f, d].
+  """Pure forward pass from already projected embeddings ({name: [b, f, width]}).
 
-  The row-sparse train step gathers the batch's embedding rows itself, so that
-  gradients exist for those rows only; `params` still holds the table (the
-  graph needs it), but it is not read.
+  The row-sparse train step gathers the batch's rows of every table itself (see
+  `embed_rows`), so that gradients exist for those rows only; `params` still
+  holds the tables (the graph needs them), but they are not read.
 
   Returns:
     (logits [b], new batch_stats).
   """
   model = nnx.merge(graphdef, params, batch_stats)
-  logits = model.from_embeddings(e_bfd, masks, train=train, dropout_key=dropout_key)
+  logits = model.from_embeddings(emb, masks, train=train, dropout_key=dropout_key)
   return logits, _batch_stats(model)
 
 
@@ -285,7 +304,7 @@ def with_alpha(params, alphas: dict):
 
 
 def row_tables(params) -> dict:
-  """The parameters indexed by table row (`{name: [R, ...]}`): trained row-sparsely."""
+  """The parameters indexed by table row (`{name: [R, width]}`): trained row-sparsely."""
   return dict(params["projection"])
 
 
@@ -304,7 +323,7 @@ def logical_axes(params):
 
   def axes(path, leaf):
     keys = [getattr(k, "key", None) for k in path]
-    if keys[:2] == ["projection", "table"]:
+    if keys[:1] == ["projection"]:
       return PartitionSpec(TABLE_ROWS, *([None] * (np.ndim(leaf) - 1)))
     return PartitionSpec()
 

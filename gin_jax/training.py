@@ -227,12 +227,12 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
     owed = jnp.where(uids < num_rows, 1.0, 0.0)
 
   def loss_fn(dense, rows):
-    e_bfd = rows["table"][inverse] * batch["values"][..., None].astype(rows["table"].dtype)
+    emb = model_lib.embed_rows(rows, inverse, batch["values"])
     logits, batch_stats = model_lib.apply_on_embeddings(
       graphdef,
       {**params, **dense},
       state["batch_stats"],
-      e_bfd,
+      emb,
       state["masks"],
       train=True,
       dropout_key=_dropout_key(state),
