@@ -96,7 +96,7 @@ class TrainConfig:
   lr_decay: float = 0.1  # Learning-rate factor on a validation plateau.
   patience: int = 2  # Epochs without improvement before early stopping.
   embedding_l2: float = 0.0  # lambda: lambda/2 ||table||^2 per step, every row (gin_jax.embedding).
-  embedding_replay: int = 0  # EXPERIMENT
+  embedding_catch_up: int = 64  # lazy_adam: idle steps a touched row replays exactly.
   embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
   prune_scope: str = "subspace"  # "subspace", "layer" or "global" ranking.
@@ -114,6 +114,8 @@ class TrainConfig:
       raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
     if self.embedding_optimizer not in ("lazy_adam", "rowwise_adagrad", "adam"):
       raise ValueError(f"unknown embedding_optimizer {self.embedding_optimizer!r}")
+    if self.embedding_catch_up < 0:
+      raise ValueError(f"embedding_catch_up must be >= 0, got {self.embedding_catch_up}")
     if self.embedding_l2 < 0:
       raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
     if self.prune_scope not in ("subspace", "layer", "global"):

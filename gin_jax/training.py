@@ -72,7 +72,7 @@ def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
   if cfg.embedding_optimizer == "adam":
     return None
   return embedding.RowOptimizer(
-    cfg.embedding_optimizer, l2=cfg.embedding_l2, replay=cfg.embedding_replay
+    cfg.embedding_optimizer, l2=cfg.embedding_l2, catch_up_steps=cfg.embedding_catch_up
   )
 
 
@@ -213,39 +213,35 @@ def _dense_train_step(graphdef, tx, cfg: TrainConfig, state, batch):
 def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, state, batch):
   """Row-sparse step: gradients and updates for the batch's unique rows only.
 
-  The L2 term is lambda/2 * k ||row||^2 per touched row, k = the steps since its
-  last update (gin_jax.embedding): O(batch), and equal to the dense form when
-  every row is touched every step.
+  The touched rows first catch up on the idle steps they missed (their L2
+  decay, gin_jax.embedding); the loss then has dense training's
+  lambda/2 ||row||^2 for each of them. O(batch), and equal to the dense step
+  while every gap is within the catch-up horizon.
   """
   params, emb = state["params"], state["embedding"]
   uids, inverse = embedding.unique_rows(batch["ids"], num_rows)
-  rows = embedding.gather(model_lib.row_tables(params), uids)
-  last_u = emb["last"].at[uids].get(mode="fill", fill_value=0)
+  valid = uids < num_rows
   count = emb["count"] + 1
-  owed = embedding.catch_up_weights(last_u, count, uids < num_rows)
-  if cfg.embedding_replay:
-    owed = jnp.where(uids < num_rows, 1.0, 0.0)
+  lr = optax.tree_utils.tree_get(state["opt_state"], "learning_rate")
+  last_u = emb["last"].at[uids].get(mode="fill", fill_value=0)
+  rows, slots = row_opt.catch_up(
+    embedding.gather(model_lib.row_tables(params), uids),
+    embedding.gather(emb["slots"], uids),
+    last_u,
+    valid,
+    count,
+    lr,
+  )
 
   def loss_fn(dense, rows):
     emb = model_lib.embed_rows(rows, inverse, batch["values"])
     logits, batch_stats = model_lib.apply_on_embeddings(
-      graphdef,
-      {**params, **dense},
-      state["batch_stats"],
-      emb,
-      state["masks"],
-      train=True,
-      dropout_key=_dropout_key(state),
-    )
+      graphdef, {**params, **dense}, state["batch_stats"], emb, state["masks"],
+      train=True, dropout_key=_dropout_key(state),
+    )  # fmt: skip
     loss = _log_loss(logits, batch["labels"])
-    reg = (
-      0.5
-      * cfg.embedding_l2
-      * sum(
-        jnp.sum(owed * jnp.sum(jnp.square(r).reshape(r.shape[0], -1), axis=-1))
-        for r in rows.values()
-      )
-    )
+    # Padding entries read zero rows, so they add nothing.
+    reg = 0.5 * cfg.embedding_l2 * sum(jnp.sum(jnp.square(r)) for r in rows.values())
     return loss + reg, (loss, batch_stats)
 
   dense = model_lib.dense_params(params)
@@ -253,9 +249,7 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
   (_, (loss, batch_stats)), grads = grad_fn(dense, rows)
   (dense_grads, row_grads), norm = _clip(grads, cfg.clip_norm)
   dense, opt_state = _dense_update(tx, state, dense, dense_grads)
-  lr = optax.tree_utils.tree_get(state["opt_state"], "learning_rate")
-  slots = embedding.gather(emb["slots"], uids)
-  new_rows, new_slots = row_opt.update(rows, row_grads, slots, last_u, count, lr)
+  new_rows, new_slots = row_opt.update(rows, row_grads, slots, count, lr)
   tables = embedding.scatter(model_lib.row_tables(params), uids, new_rows)
   emb = {
     "count": count,
