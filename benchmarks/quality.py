@@ -112,6 +112,11 @@ def main(argv=None) -> dict:
   from gin_jax import cli
 
   cli.init_runtime()
+  import jax
+
+  # Seeds and floor runs compile the same steps: keep the executables across runs.
+  jax.config.update("jax_compilation_cache_dir", str(Path(args.workdir_root) / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   cfg = cli.build_config(args, overrides)
   root = Path(args.workdir_root) / args.name
   rows = run_seeds(cfg, "gin_jax", args.seeds, root)

@@ -1,18 +1,29 @@
-"""End-to-end training-step and scoring throughput of AOANet, with FLOP accounting.
+"""Training-step and scoring throughput of AOANet, with FLOP accounting and table scale.
 
-  python -m benchmarks.train_bench [--quick] [--json OUT] [--rows 10000,1000000,10000000]
+  python -m benchmarks.train_bench [--quick] [--json OUT]
+      [--rows 10000,1000000,10000000,100000000] [--optimizers rowwise_adagrad,lazy_adam,adam]
 
-For the paper and BARS presets on synthetic Criteo-shaped batches already on
-the device (the input pipeline is measured by data_bench): samples/s of the
-jitted, sharded, donated `train_step` versus batch size and versus the number
-of embedding-table rows, the scoring step, and the model FLOP utilisation:
-model FLOPs (XLA's cost_analysis of the loss's forward + backward, without the
-optimizer) per second over a matmul peak measured in the same run.
+On synthetic Criteo-shaped batches already on the device (the input pipeline is
+measured by data_bench and epoch_bench):
+
+- batch sweep: samples/s of the jitted, sharded, donated `train_step` of the
+  paper and BARS presets, the scoring step, and the model FLOP utilisation
+  (XLA's cost_analysis of the loss's forward + backward, without the optimizer,
+  per second, over a matmul peak measured in the same run);
+- table scale: the paper preset at batch 1024 for 10k .. 100M table rows and
+  each `train.embedding_optimizer`, each point in its own process so that its
+  peak RSS is its own. Batches draw ids uniformly over the table (no locality).
+  Points whose table and optimizer state would not fit in memory are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -52,9 +63,13 @@ def _model_flops(fns: training.StepFns, state, batch) -> float | None:
   return stats["flops"]
 
 
-def bench_one(preset: str, batch_size: int, rows: int, mesh, steps: int) -> dict:
-  """Train-step and eval-step throughput for one (preset, batch, table rows)."""
+def bench_one(
+  preset: str, batch_size: int, rows: int, mesh, steps: int, optimizer: str | None = None
+) -> dict:
+  """Train-step and eval-step throughput for one (preset, batch, table rows, optimizer)."""
   cfg = config_lib.preset(preset)
+  if optimizer:
+    cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
   spec = model_lib.ModelSpec(
     cfg.model, FIELDS, rows, model_lib.padded_table_rows(rows, partitioning.num_shards(mesh))
   )
@@ -75,6 +90,7 @@ def bench_one(preset: str, batch_size: int, rows: int, mesh, steps: int) -> dict
   eval_s = common.time_fn(eval_fn, batches[0], warmup=2, iters=max(3, steps // 2))
   return {
     "preset": preset,
+    "optimizer": cfg.train.embedding_optimizer,
     "batch_size": batch_size,
     "table_rows": rows,
     "step_ms": step_s * 1e3,
@@ -88,48 +104,82 @@ def bench_one(preset: str, batch_size: int, rows: int, mesh, steps: int) -> dict
   }
 
 
+# Bytes per table entry of each optimizer's state besides the table itself
+# (+ 4 bytes per row for the last-update step of the sparse ones).
+_STATE_ENTRIES = {"rowwise_adagrad": 0, "lazy_adam": 2, "adam": 2}
+
+
+def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
+  """Whether a table of `rows` and its optimizer state fit in this machine's memory."""
+  need = rows * (embed_dim * 4 * (1 + _STATE_ENTRIES[optimizer]) + 8)
+  # Initialisation holds the random draw and the padded table at once: ~2x the table.
+  need += rows * embed_dim * 4
+  total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return need < 0.8 * total, need / 2**30
+
+
+def _scale_point(rows: int, optimizer: str, steps: int) -> dict:
+  """One table-scale point in a fresh process; returns its result with peak RSS."""
+  cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point",
+         f"criteo_paper,1024,{rows},{optimizer}", "--steps", str(steps)]  # fmt: skip
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode:
+    return {"table_rows": rows, "optimizer": optimizer, "error": proc.stderr[-500:]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_point(spec: str, steps: int) -> None:
+  preset, batch, rows, optimizer = spec.split(",")
+  mesh = partitioning.make_mesh()
+  r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer)
+  r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  print(json.dumps(r))
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="few points, few steps (smoke test)")
   p.add_argument(
     "--json", help="output JSON (default benchmarks/results/train_bench_<backend>.json)"
   )
-  p.add_argument("--rows", default="10000,1000000,10000000", help="table rows to sweep")
+  p.add_argument("--rows", default="10000,1000000,10000000,100000000", help="table rows (scale)")
+  p.add_argument("--optimizers", default="rowwise_adagrad,lazy_adam,adam", help="scale sweep")
   p.add_argument("--batches", default=None, help="batch sizes to sweep (paper preset)")
   p.add_argument("--steps", type=int, default=None, help="timed steps per point")
+  p.add_argument("--point", help=argparse.SUPPRESS)  # internal: one scale point, JSON out
   args = p.parse_args(argv)
+  steps = args.steps or (3 if args.quick else 20)
+  if args.point:
+    return _run_point(args.point, steps)
 
   backend = jax.default_backend()
   mesh = partitioning.make_mesh()
-  steps = args.steps or (3 if args.quick else 20)
   peak = common.measure_matmul_peak()
   print(f"backend {backend}, {jax.device_count()} device(s); matmul peak {peak:.1f} GFLOP/s")
-
   if args.quick:
-    batches, rows_sweep, presets = [256], [10_000], ["criteo_paper"]
+    batches, presets, rows_sweep = [256], ["criteo_paper"], [10_000, 100_000]
   else:
     default = "256,1024,4096" if backend == "cpu" else "1024,4096,16384,65536"
     batches = [int(b) for b in (args.batches or default).split(",")]
-    rows_sweep = [int(r) for r in args.rows.split(",")]
     presets = ["criteo_paper", "criteo_bars"]
+    rows_sweep = [int(r) for r in args.rows.split(",")]
+
+  # ---- batch sweep (default optimizer)
   points = [("criteo_paper", b, 100_000) for b in batches]
-  points += [("criteo_paper", 1024, r) for r in rows_sweep]
   if "criteo_bars" in presets:
     points += [("criteo_bars", 4096, 100_000)]
   results = []
-  for preset, batch, rows in dict.fromkeys(points):
+  for preset, batch, rows in points:
     r = bench_one(preset, batch, rows, mesh, steps)
     r["fraction_of_peak"] = None if r["model_gflops_per_s"] is None else (
       r["model_gflops_per_s"] / peak)  # fmt: skip
     r["score_over_train"] = r["score_samples_per_s"] / r["train_samples_per_s"]
     results.append(r)
-    print(f"  {preset} batch {batch} rows {rows:,}: {r['train_samples_per_s']:,.0f} samples/s",
-          flush=True)  # fmt: skip
-
-  headers = ["preset", "batch", "table rows", "step ms", "train samples/s", "score samples/s",
+    print(f"  {preset} batch {batch}: {r['train_samples_per_s']:,.0f} samples/s", flush=True)
+  headers = ["preset", "optimizer", "batch", "step ms", "train samples/s", "score samples/s",
              "score/train", "model GFLOP/s", "of peak", "step temp MiB"]  # fmt: skip
-  rows = [
-    [r["preset"], r["batch_size"], f"{r['table_rows']:,}", common.fmt(r["step_ms"]),
+  table = [
+    [r["preset"], r["optimizer"], r["batch_size"], common.fmt(r["step_ms"]),
      f"{r['train_samples_per_s']:,.0f}", f"{r['score_samples_per_s']:,.0f}",
      common.fmt(r["score_over_train"]), common.fmt(r["model_gflops_per_s"]),
      "-" if r["fraction_of_peak"] is None else f"{r['fraction_of_peak']:.0%}",
@@ -137,26 +187,61 @@ def main(argv=None) -> None:
     for r in results
   ]  # fmt: skip
   print()
-  print(common.markdown_table(headers, rows))
+  print(common.markdown_table(headers, table))
 
-  paper = [r for r in results if r["preset"] == "criteo_paper" and r["table_rows"] == 100_000]
-  best = max(paper, key=lambda r: r["fraction_of_peak"] or 0.0)
-  growth = [r for r in results if r["preset"] == "criteo_paper" and r["batch_size"] == 1024]
+  # ---- table scale, one process per point
+  embed_dim = config_lib.criteo_paper().model.embed_dim
+  scale = []
+  for optimizer in args.optimizers.split(","):
+    for rows in rows_sweep:
+      fits, gib = _fits(rows, embed_dim, optimizer)
+      if not fits:
+        scale.append({"table_rows": rows, "optimizer": optimizer, "skipped_gib": gib})
+        print(f"  {optimizer} {rows:,} rows: skipped (needs ~{gib:.0f} GiB)", flush=True)
+        continue
+      r = _scale_point(rows, optimizer, steps)
+      scale.append(r)
+      print(f"  {optimizer} {rows:,} rows: {r.get('step_ms', float('nan')):.1f} ms/step, "
+            f"peak RSS {r.get('peak_rss_gib', float('nan')):.2f} GiB", flush=True)  # fmt: skip
+  headers = ["optimizer", "table rows", "table GiB", "step ms", "train samples/s",
+             "score samples/s", "peak RSS GiB"]  # fmt: skip
+  table = []
+  for r in scale:
+    gib = r["table_rows"] * embed_dim * 4 / 2**30
+    if "step_ms" not in r:
+      why = f"skipped: needs ~{r['skipped_gib']:.0f} GiB" if "skipped_gib" in r else "failed"
+      table.append([r["optimizer"], f"{r['table_rows']:,}", f"{gib:.2f}", why, "-", "-", "-"])
+      continue
+    table.append([r["optimizer"], f"{r['table_rows']:,}", f"{gib:.2f}", common.fmt(r["step_ms"]),
+                  f"{r['train_samples_per_s']:,.0f}", f"{r['score_samples_per_s']:,.0f}",
+                  f"{r['peak_rss_gib']:.2f}"])  # fmt: skip
+  print()
+  print(common.markdown_table(headers, table))
+
   print("\nGoals")
+  paper = [r for r in results if r["preset"] == "criteo_paper"]
+  best = max(paper, key=lambda r: r["fraction_of_peak"] or 0.0)
   if best["fraction_of_peak"] is not None:
     verdict = "PASS" if best["fraction_of_peak"] >= 0.25 else "FAIL"
     print(f"- paper-preset train step at >= 25% of matmul peak: {best['fraction_of_peak']:.0%} "
           f"at batch {best['batch_size']} ({verdict})")  # fmt: skip
-  if len(growth) > 1:
-    growth.sort(key=lambda r: r["table_rows"])
-    ratio = growth[-1]["step_ms"] / growth[0]["step_ms"]
-    print(f"- step time vs table rows (batch 1024): {growth[0]['table_rows']:,} rows "
-          f"{growth[0]['step_ms']:.1f} ms -> {growth[-1]['table_rows']:,} rows "
-          f"{growth[-1]['step_ms']:.1f} ms ({ratio:.1f}x). Dense Adam touches every row each "
-          "step; a sparse (row-wise, lazy) update is the next target.")  # fmt: skip
+  for optimizer in ("rowwise_adagrad", "lazy_adam"):
+    done = sorted((r for r in scale if r["optimizer"] == optimizer and "step_ms" in r),
+                  key=lambda r: r["table_rows"])  # fmt: skip
+    small = [r for r in done if r["table_rows"] == 10_000]
+    big = [r for r in done if r["table_rows"] == 10_000_000]
+    if small and big:
+      ratio = big[0]["step_ms"] / small[0]["step_ms"]
+      verdict = "PASS" if ratio <= 1.15 else "FAIL"
+      print(f"- {optimizer}: step at 10M rows / step at 10k rows = {ratio:.2f} (<= 1.15: "
+            f"{verdict})")  # fmt: skip
+  huge = [r for r in scale if r["table_rows"] >= 100_000_000 and "step_ms" in r]
+  for r in huge:
+    print(f"- {r['optimizer']} trains a {r['table_rows']:,}-row d={embed_dim} table: "
+          f"{r['step_ms']:.1f} ms/step, peak RSS {r['peak_rss_gib']:.2f} GiB")  # fmt: skip
   out = args.json or f"benchmarks/results/train_bench_{backend}.json"
   common.write_json(out, {"backend": common.backend_info(), "matmul_peak_gflops": peak,
-                          "steps": steps, "results": results})  # fmt: skip
+                          "steps": steps, "results": results, "scale": scale})  # fmt: skip
   print(f"\nwrote {out}")
 
 

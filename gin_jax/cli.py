@@ -16,7 +16,9 @@ def init_runtime(coordinator=None, num_processes=None, process_id=None) -> None:
   """Parses absl flags for grain and joins a multi-process job when asked to.
 
   Arguments fall back to JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-  JAX_PROCESS_ID. On CPU, cross-process collectives go through gloo.
+  JAX_PROCESS_ID; with none given, a cluster launcher's environment (see
+  detect_cluster) is joined automatically. On CPU, cross-process collectives go
+  through gloo.
   """
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags outside app.run
@@ -24,9 +26,38 @@ def init_runtime(coordinator=None, num_processes=None, process_id=None) -> None:
   num_processes = num_processes or _env_int("JAX_NUM_PROCESSES")
   process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
   if coordinator and (num_processes or 1) > 1:
-    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _use_gloo_on_cpu()
     jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif coordinator is None and (cluster := detect_cluster()):
+    # jax.distributed finds the coordinator, process count and id itself.
+    print(f"{cluster} job detected: joining it with jax.distributed", file=sys.stderr)
+    _use_gloo_on_cpu()
+    jax.distributed.initialize()
+
+
+def _use_gloo_on_cpu() -> None:
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def detect_cluster(env=None) -> str | None:
+  """The multi-process cluster this process was launched in, if any.
+
+  Recognises the launchers whose environment jax.distributed.initialize() reads
+  by itself: SLURM (`srun`), Open MPI (`mpirun`), Kubernetes JobSets and Cloud
+  TPU pods. A single-task job is not a cluster (nothing to join).
+  """
+  env = os.environ if env is None else env
+  count = lambda name: int(env.get(name) or 1)
+  if all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID")):
+    return "SLURM" if count("SLURM_NTASKS") > 1 else None
+  if "OMPI_COMM_WORLD_SIZE" in env:
+    return "Open MPI" if count("OMPI_COMM_WORLD_SIZE") > 1 else None
+  if "KUBERNETES_SERVICE_HOST" in env and "JOBSET_NAME" in env:
+    return "Kubernetes JobSet"
+  if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+    return "Cloud TPU pod"
+  return None
 
 
 def _env_int(name):

@@ -34,3 +34,14 @@ def test_to_dict_round_trips_through_json():
   for name in config_lib.PRESETS:
     cfg = config_lib.preset(name)
     assert config_lib.Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_cluster_launchers_are_detected_from_their_environment():
+  from gin_jax.cli import detect_cluster
+
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0"}
+  assert detect_cluster({**slurm, "SLURM_NTASKS": "4"}) == "SLURM"
+  assert detect_cluster({**slurm, "SLURM_NTASKS": "1"}) is None  # a single task: nothing to join
+  assert detect_cluster({"OMPI_COMM_WORLD_SIZE": "2"}) == "Open MPI"
+  assert detect_cluster({"TPU_WORKER_HOSTNAMES": "a,b"}) == "Cloud TPU pod"
+  assert detect_cluster({"PATH": "/bin"}) is None

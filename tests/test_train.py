@@ -180,21 +180,52 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one_process(tmp_path):
-  """2 local processes x 2 devices (jax.distributed on 127.0.0.1) vs 1 process x 4 devices."""
-  one, two = tmp_path / "one", tmp_path / "two"
+@pytest.fixture(scope="module")
+def one_process_four_devices(tmp_path_factory):
+  one = tmp_path_factory.mktemp("one_x4")
   subprocess.run(_train_cmd(one), env=_env(4), check=True, capture_output=True, cwd=REPO)
-  port = _free_port()
+  return json.loads((one / "report.json").read_text())
+
+
+def _slurm_port():
+  """A free port that jax's SLURM cluster derives from a job id (61440 + id % 4096)."""
+  for _ in range(100):
+    port = _free_port()
+    if port >= 61440:
+      return port
+  with socket.socket() as s:
+    for port in range(61440, 65536):
+      try:
+        s.bind(("127.0.0.1", port))
+        return port
+      except OSError:
+        continue
+  pytest.skip("no free port in SLURM's range")
+
+
+@pytest.mark.parametrize("launch", ["flags", "slurm"])
+def test_two_processes_agree_with_one_process(tmp_path, one_process_four_devices, launch):
+  """2 local processes x 2 devices (jax.distributed on 127.0.0.1) vs 1 process x 4 devices,
+  started with --coordinator flags, or as a (fake) SLURM job step that joins by itself."""
+  two = tmp_path / "two"
+  if launch == "flags":
+    port = _free_port()
+    flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id"]
+    extra = lambda i: [*flags, str(i)]
+    env = lambda i: _env(2)
+  else:
+    job = _slurm_port() - 61440
+    slurm = {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"}
+    extra = lambda i: []
+    env = lambda i: {**_env(2), **slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
   procs = [
     subprocess.Popen(
-      _train_cmd(
-        two, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)
-      ),
-      env=_env(2),
+      _train_cmd(two, *extra(i)),
+      env=env(i),
       cwd=REPO,
+      text=True,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
-      text=True,
     )
     for i in range(2)
   ]
@@ -202,7 +233,9 @@ def test_two_processes_agree_with_one_process(tmp_path):
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "over 2 process(es)" in outs[0][0]
-  a = json.loads((one / "report.json").read_text())
+  if launch == "slurm":
+    assert "SLURM job detected" in outs[0][1]
+  a = one_process_four_devices
   b = json.loads((two / "report.json").read_text())
   for stage in ("search", "retrain"):
     assert abs(a["stages"][stage]["test_auc"] - b["stages"][stage]["test_auc"]) < 2e-3
