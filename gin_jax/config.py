@@ -61,6 +61,8 @@ class DataConfig:
   hash_buckets: int = 0  # >0: hashing mode with this many rows per field.
   seed: int = 0  # Seed of the random split.
   num_workers: int = 0  # grain worker processes for the training pipeline.
+  device_resident: str = "auto"  # Train split on the devices: auto/resident/streamed/off.
+  device_fraction: float = 0.25  # auto: resident if the split takes <= this of a device.
   synthetic_rows: int = 200_000  # Rows the synthetic generator writes.
   synthetic_vocab: int = 1000  # Largest categorical vocabulary (Zipf ids).
   synthetic_planted: int = 6  # Planted interacting field pairs.
@@ -71,6 +73,10 @@ class DataConfig:
       raise ValueError(f"unknown data format {self.format!r}")
     if self.bad_rows not in ("error", "skip"):
       raise ValueError(f"bad_rows must be 'error' or 'skip', got {self.bad_rows!r}")
+    if self.device_resident not in ("auto", "resident", "streamed", "off"):
+      raise ValueError(f"unknown device_resident {self.device_resident!r}")
+    if not 0.0 < self.device_fraction <= 1.0:
+      raise ValueError(f"device_fraction must be in (0, 1], got {self.device_fraction}")
     if self.numeric not in ("bucketize", "scale"):
       raise ValueError(f"numeric must be 'bucketize' or 'scale', got {self.numeric!r}")
     if len(self.split) == 2 and self.test:

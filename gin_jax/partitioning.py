@@ -129,6 +129,19 @@ def shard_batch(mesh: Mesh, local_batch: dict) -> dict:
   }
 
 
+def device_memory_bytes(mesh: Mesh) -> int | None:
+  """The smallest memory limit among this process's devices of the mesh; None on CPU."""
+  limits = []
+  for d in mesh.devices.flat:
+    if d.process_index != jax.process_index():
+      continue
+    stats = d.memory_stats() if d.platform != "cpu" else None
+    if not stats or "bytes_limit" not in stats:
+      return None
+    limits.append(int(stats["bytes_limit"]))
+  return min(limits) if limits else None
+
+
 def to_host(x) -> np.ndarray:
   """Fetches a (possibly multi-process sharded) array to every host as numpy."""
   if jax.process_count() > 1 and not x.is_fully_addressable:

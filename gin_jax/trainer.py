@@ -23,7 +23,16 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gin_jax import checkpointing, data, partitioning, pruning, report, stages, training
+from gin_jax import (
+  checkpointing,
+  data,
+  device_input,
+  partitioning,
+  pruning,
+  report,
+  stages,
+  training,
+)
 from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
@@ -126,10 +135,14 @@ def run(
     model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
   )
   fns = training.build(spec, cfg.train, mesh)
-  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step)
+  mode = device_input.choose_mode(
+    cfg.data.device_resident, splits["train"], mesh, cfg.data.device_fraction
+  )
+  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode)
   _log(
     f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
-    f"{model_lib.count_params(fns.abstract_state['params']):,} parameters"
+    f"{model_lib.count_params(fns.abstract_state['params']):,} parameters; "
+    f"training input: {_INPUT_NAMES[mode]}"
   )
 
   # ------------------------------------------------------------ resume or start
@@ -187,6 +200,8 @@ class _Context:
   splits: dict
   planted: list
   on_step: Callable[[int], None] | None = None
+  input_mode: str = "off"  # device_input mode of the training split
+  resident: object = None  # device_input.ResidentSplit, built on first use
 
   def __post_init__(self):
     self.ckpt = checkpointing.manager(self.workdir.checkpoints, self.cfg.train.keep_checkpoints)
@@ -282,15 +297,7 @@ def _train_stage(ctx: _Context, stage: stages.Stage, state, progress: Progress):
   steps_per_epoch = len(split) // cfg.batch_size
   while progress.epoch < cfg.epochs and progress.bad_epochs < cfg.patience:
     epoch = progress.epoch
-    it = pipeline.train_iterator(
-      split,
-      cfg.batch_size,
-      seed=stages.shuffle_seed(cfg.seed, stage),
-      epoch=epoch,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      num_workers=ctx.cfg.data.num_workers,
-    )
+    it = _train_batches(ctx, stages.shuffle_seed(cfg.seed, stage), epoch)
     # The step is counted on the host too: reading state["step"] each step
     # would wait for the device and stall asynchronous dispatch.
     step = int(state["step"])
@@ -305,7 +312,7 @@ def _train_stage(ctx: _Context, stage: stages.Stage, state, progress: Progress):
     )
     t0, since = time.time(), 0
     for batch in it:
-      state, step_metrics = ctx.fns.train_step(state, partitioning.shard_batch(ctx.mesh, batch))
+      state, step_metrics = ctx.fns.train_step(state, batch)
       since += 1
       step += 1
       if step % cfg.log_every == 0:
@@ -334,6 +341,56 @@ def _train_stage(ctx: _Context, stage: stages.Stage, state, progress: Progress):
     state = _apply_decay(state, progress, cfg)
     _save(ctx, state, progress)
   return state
+
+
+_INPUT_NAMES = {
+  "off": "grain pipeline (host)",
+  "resident": "split resident on the devices",
+  "streamed": "streamed to the devices in chunks",
+}
+
+
+class _HostBatches:
+  """The grain pipeline's host batches, placed on the mesh; grain's iterator state."""
+
+  def __init__(self, it, mesh):
+    self._it, self._mesh = it, mesh
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return partitioning.shard_batch(self._mesh, next(self._it))
+
+  def get_state(self) -> dict:
+    return self._it.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._it.set_state(state)
+
+
+def _train_batches(ctx: _Context, seed: int, epoch: int):
+  """One epoch of device batches, from the input mode chosen for this run."""
+  cfg, split = ctx.cfg, ctx.splits["train"]
+  if ctx.input_mode == "resident":
+    if ctx.resident is None:
+      ctx.resident = device_input.ResidentSplit(split, ctx.mesh)
+    return ctx.resident.epoch(cfg.train.batch_size, seed, epoch)
+  if ctx.input_mode == "streamed":
+    chunk = device_input.chunk_batches(
+      split, cfg.train.batch_size, ctx.mesh, cfg.data.device_fraction
+    )
+    return device_input.StreamedBatches(split, ctx.mesh, cfg.train.batch_size, seed, epoch, chunk)
+  it = pipeline.train_iterator(
+    split,
+    cfg.train.batch_size,
+    seed=seed,
+    epoch=epoch,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    num_workers=cfg.data.num_workers,
+  )
+  return _HostBatches(it, ctx.mesh)
 
 
 def _progress_bar(total: int, initial: int, desc: str):

@@ -118,7 +118,7 @@ def test_worker_processes_give_the_same_batches_and_resume(tmp_path):
   write_criteo_tsv(path, SyntheticSpec(num_rows=2000, max_vocab=50))
   _, splits = prepare(DataConfig(format="criteo", train=str(path)), tmp_path / "c", progress=False)
   split = splits["train"]
-  assert len(pickle.dumps(pipeline._Gather(split, 0, 8))) < 2000
+  assert len(pickle.dumps(pipeline.Gather(split, 0, 8))) < 2000
   want = list(train_iterator(split, 64, seed=2, epoch=1))
   it = train_iterator(split, 64, seed=2, epoch=1, num_workers=2)
   try:

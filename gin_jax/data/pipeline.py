@@ -8,7 +8,7 @@ every global batch, so P processes together see exactly the batches of one proce
 
 Why a custom index dataset instead of `MapDataset.range(n).shuffle().batch(b)`: that
 chain computes every index with a Python call (~18 us per row here, about 56k rows/s),
-below what training consumes. _ShuffledBatches computes a whole batch of the same kind
+below what training consumes. ShuffledBatches computes a whole batch of the same kind
 of keyed pseudorandom permutation (a 4-round Feistel network with cycle walking, as
 grain's index_shuffle) in a few numpy operations, with O(batch) memory and nothing
 precomputed, so it is equally cheap to start in every worker process.
@@ -64,7 +64,7 @@ def epoch_keys(seed: int, epoch: int) -> np.ndarray:
   return np.random.SeedSequence([seed, epoch]).generate_state(_ROUNDS, np.uint64)
 
 
-class _ShuffledBatches(grain.MapDataset):
+class ShuffledBatches(grain.MapDataset):
   """Element k: the row indices (int64 [batch_size]) of shuffled global batch k."""
 
   def __init__(self, num_rows: int, batch_size: int, seed: int, epoch: int):
@@ -76,7 +76,7 @@ class _ShuffledBatches(grain.MapDataset):
     return self._num_rows // self._batch_size
 
   def __str__(self) -> str:
-    return f"_ShuffledBatches(rows={self._num_rows}, batch={self._batch_size})"
+    return f"ShuffledBatches(rows={self._num_rows}, batch={self._batch_size})"
 
   def __getitem__(self, index):
     if isinstance(index, slice):
@@ -86,7 +86,7 @@ class _ShuffledBatches(grain.MapDataset):
     return feistel_permute(pos, self._num_rows, self._keys)
 
 
-class _Gather:
+class Gather:
   """Gathers a process's slice of a batch of rows with numpy fancy indexing.
 
   Pickles memory-mapped arrays by file name (grain's worker processes are spawned, and
@@ -177,8 +177,8 @@ def train_iterator(
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   local = global_batch_size // process_count
-  ds = _ShuffledBatches(len(split), global_batch_size, seed, epoch)
-  ds = ds.map(_Gather(split, process_index * local, (process_index + 1) * local))
+  ds = ShuffledBatches(len(split), global_batch_size, seed, epoch)
+  ds = ds.map(Gather(split, process_index * local, (process_index + 1) * local))
   it_ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   )
