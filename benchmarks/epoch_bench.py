@@ -1,0 +1,127 @@
+"""Whole training epochs end to end: does the input keep the step fed?
+
+  python -m benchmarks.epoch_bench [--rows 2000000] [--batch 1024] [--preset criteo_paper]
+
+Generates a Criteo-shaped dataset with realistic per-field cardinalities (13
+numeric fields, 26 categorical ones from 3 up to --max-vocab values, log-spaced,
+Zipf-distributed ids), prepares it (timed), then times whole epochs of the
+jitted train step fed three ways, in one run:
+
+- step only: the step on batches already on the device (the upper bound);
+- host pipeline: grain loader -> host-to-device copy -> step (the default on CPU);
+- resident: the split on the device, batches gathered there (data.device_resident).
+
+Reports samples/s and each end-to-end mode's share of the step-only rate
+(goal on CPU: the host pipeline >= 90%). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+
+from benchmarks import common
+from gin_jax import config as config_lib
+from gin_jax import device_input, partitioning, training
+from gin_jax import model as model_lib
+from gin_jax.data import SyntheticSpec, pipeline, prepare, write_criteo_tsv
+
+
+def _epoch(fns, state, batches, steps: int):
+  """Runs `steps` train steps over `batches`; returns (state, seconds)."""
+  start = time.perf_counter()
+  for _, batch in zip(range(steps), batches):
+    state, metrics = fns.train_step(state, batch)
+  common.block((state["step"], metrics))
+  return state, time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--rows", type=int, default=2_000_000)
+  p.add_argument("--max-vocab", type=int, default=2_000_000, help="largest categorical field")
+  p.add_argument("--batch", type=int, default=1024)
+  p.add_argument("--preset", default="criteo_paper")
+  p.add_argument("--workdir", help="where the data goes (default: a temporary directory)")
+  p.add_argument("--json", help="default benchmarks/results/epoch_bench_<backend>.json")
+  args = p.parse_args(argv)
+
+  backend = jax.default_backend()
+  tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="epoch_bench_")
+  root = args.workdir or tmp.name
+  os.makedirs(root, exist_ok=True)
+
+  # ---- data
+  path = os.path.join(root, f"criteo_{args.rows}.tsv")
+  spec = SyntheticSpec(num_rows=args.rows, max_vocab=args.max_vocab, seed=0)
+  if not os.path.exists(path):
+    t0 = time.perf_counter()
+    write_criteo_tsv(path, spec)
+    print(f"generated {args.rows:,} rows in {time.perf_counter() - t0:.1f} s", flush=True)
+  cfg = config_lib.override(config_lib.preset(args.preset), {
+    "data.format": "criteo", "data.train": path, "data.split": "1,0,0", "data.min_count": "1",
+    "train.batch_size": str(args.batch),
+  })  # fmt: skip
+  t0 = time.perf_counter()
+  meta, splits = prepare(cfg.data, os.path.join(root, "cache"), progress=False)
+  prep_s = time.perf_counter() - t0
+  split = splits["train"]
+  sizes = sorted(f.size for f in meta.fields if f.kind == "categorical")
+  print(f"prepared {len(split):,} rows in {prep_s:.1f} s ({len(split) / prep_s:,.0f} rows/s); "
+        f"{meta.num_table_rows:,} table rows; categorical fields {sizes[0]:,} .. {sizes[-1]:,} "
+        "rows", flush=True)  # fmt: skip
+
+  # ---- model
+  mesh = partitioning.make_mesh()
+  model_spec = model_lib.ModelSpec(
+    cfg.model, meta.num_fields, meta.num_table_rows,
+    model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
+  )  # fmt: skip
+  fns = training.build(model_spec, cfg.train, mesh)
+  state = fns.init(jax.random.key(0))
+  steps = len(split) // args.batch
+
+  def host_batches(epoch):
+    it = pipeline.train_iterator(split, args.batch, seed=0, epoch=epoch)
+    return (partitioning.shard_batch(mesh, b) for b in it)
+
+  # Warm up (compile) on a few batches, then step-only on device-resident copies.
+  warm = [b for _, b in zip(range(8), host_batches(99))]
+  state, _ = _epoch(fns, state, warm, len(warm))
+  cycle = (warm[i % len(warm)] for i in range(steps))
+  state, step_s = _epoch(fns, state, cycle, steps)
+  results = {"step only": step_s}
+  state, results["host pipeline"] = _epoch(fns, state, host_batches(0), steps)
+  resident = device_input.ResidentSplit(split, mesh)
+  state, results["resident"] = _epoch(fns, state, resident.epoch(args.batch, 0, 1), steps)
+
+  rows = []
+  for mode, seconds in results.items():
+    rate = steps * args.batch / seconds
+    share = step_s / seconds
+    rows.append([mode, steps, f"{seconds:.1f}", f"{rate:,.0f}", f"{share:.0%}"])
+  print()
+  print(common.markdown_table(["input", "steps", "epoch s", "samples/s", "of step-only"], rows))
+  share = step_s / results["host pipeline"]
+  print(f"\nGoal: host pipeline end to end >= 90% of step-only samples/s on CPU: {share:.0%} "
+        f"({'PASS' if share >= 0.9 else 'FAIL'})")  # fmt: skip
+  payload = {
+    "backend": common.backend_info(), "rows": len(split), "batch": args.batch,
+    "preset": args.preset, "table_rows": meta.num_table_rows, "prepare_s": prep_s,
+    "steps_per_epoch": steps, "epoch_seconds": results,
+    "samples_per_s": {k: steps * args.batch / v for k, v in results.items()},
+  }  # fmt: skip
+  out = args.json or f"benchmarks/results/epoch_bench_{backend}.json"
+  common.write_json(out, payload)
+  print(f"wrote {out}")
+  if tmp is not None:
+    tmp.cleanup()
+  return payload
+
+
+if __name__ == "__main__":
+  main()
