@@ -33,6 +33,7 @@ from gin_jax import (
   stages,
   training,
 )
+from gin_jax import config as config_lib
 from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
@@ -110,17 +111,25 @@ def run(
   # ------------------------------------------------------------ data
   meta, splits, planted = _load_data(cfg, workdir)
   if lead:
-    report.write_json(workdir.config, cfg.to_dict())
-  for name in ("train",):
-    if len(splits[name]) < cfg.train.batch_size:
-      raise TrainingError(
-        f"the {name} split has {len(splits[name])} rows, fewer than one batch "
-        f"(train.batch_size={cfg.train.batch_size})"
-      )
+    report.write_json(workdir.config, cfg.to_dict())  # the config as asked for
   _log(
     f"data: {meta.num_fields} fields, {meta.num_table_rows} table rows; "
     + ", ".join(f"{k} {len(v)} rows" for k, v in splits.items())
   )
+  asked, cfg = (
+    cfg,
+    config_lib.resolve_auto(cfg, len(splits["train"]), len(devices or jax.devices())),
+  )
+  if cfg != asked:
+    _log(
+      f"data-dependent settings for {len(splits['train']):,} training rows: "
+      f"train.batch_size={cfg.train.batch_size}, train.embedding_l2={cfg.train.embedding_l2:.4g}"
+    )
+  if len(splits["train"]) < cfg.train.batch_size:
+    raise TrainingError(
+      f"the train split has {len(splits['train'])} rows, fewer than one batch "
+      f"(train.batch_size={cfg.train.batch_size})"
+    )
   if meta.constant_fields:
     _log(data.constant_warning(meta.constant_fields))
 
