@@ -49,3 +49,16 @@ def test_paper_harness_tables_figure_and_resume(tmp_path, capsys):
   assert all(p.read_text() == text for p, text in logs.items())
   assert all(r["reused"] for r in again["runs"])
   assert again["table3"] == payload["table3"]
+
+
+def test_model_bench_tiny_writes_one_row_per_model(tmp_path):
+  from benchmarks import model_bench
+
+  out = tmp_path / "models.json"
+  argv = ["--preset", "tiny", "--batch", "64", "--rows", "500", "--target-s", "0.02"]
+  payload = model_bench.main([*argv, "--models", "gin,dcnv2", "--json", str(out)])
+  assert [r["model"] for r in payload["results"]] == ["gin", "dcnv2"]
+  for r in payload["results"]:
+    assert r["train_samples_per_s"] > 0 and r["score_samples_per_s"] > 0 and r["timed_steps"] >= 3
+  assert payload["results"][0]["train_vs_gin"] == 1.0
+  assert json.loads(out.read_text())["batch_size"] == 64
