@@ -68,9 +68,11 @@ def generalized_interaction(
     x_bmd: [b, m, d] B_{l-1}, the previous layer's vectors (v ranges over m;
       m = f at layer 1, m = S after).
     alpha_sfm: [S, f, m] importance of each ordered pair (u, v) per subspace.
-    w_sde: [S, d, e] the interaction weight W^s (d indexes u, e indexes v); or
-      [S, 1, e] for a W whose rows are all equal (W[s,d,e] = w[s,e], DCN's
-      constraint in the paper's Table 2), which costs O(d), not O(d^2), per vector.
+    w_sde: [S, d, e] the interaction weight W^s (d indexes u, e indexes v). Two
+      structured forms of the paper's Table 1-2 constraints cost O(d), not
+      O(d^2), per vector: [S, 1, e], a W whose rows are all equal (W[s,d,e] =
+      w[s,e], DCN), and [S, d], a diagonal W (W^s = diag(w[s]): FM, PNN, FwFM,
+      AFM, xDeepFM).
     h_se: [S, e] the fusion projection h^s, contracting the B_{l-1} index.
     mask_sfm: optional boolean [S, f, m]; masked pairs contribute exactly 0.
     impl: "factorized" (default), "factorized_ty" (few, wide vectors), "reference" or
@@ -84,6 +86,10 @@ def generalized_interaction(
     raise ValueError(f"unknown impl {impl!r}; choose from {IMPLEMENTATIONS}")
   _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm)
   alpha_sfm = effective_alpha(alpha_sfm, mask_sfm)
+  if w_sde.ndim == 2:  # diagonal W
+    if impl.startswith("factorized"):
+      return _diagonal(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
+    w_sde = jax.vmap(jnp.diag)(w_sde)
   fn = {
     "factorized": _factorized,
     "factorized_ty": _factorized_ty,
@@ -133,6 +139,24 @@ def _factorized_ty(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   return jnp.sum(t_bsmd * y_bsmd, axis=2)
 
 
+def _diagonal(b0_bfd, x_bmd, alpha_sfm, w_sd, h_sd):
+  """W^s = diag(w[s]): P[b,s,d] = (w h)[s,d] sum_{u,v} alpha[s,u,v] E[b,u,d] X[b,v,d].
+
+  alpha is contracted first with whichever side has more vectors, so the
+  intermediate is [b, S, min(f, m), d]; no d x d product exists.
+  """
+  dtype = b0_bfd.dtype
+  alpha = alpha_sfm.astype(dtype)
+  x_bmd = x_bmd.astype(dtype)
+  if x_bmd.shape[1] >= b0_bfd.shape[1]:
+    a_bsfd = einsum_f32acc("sfm,bmd->bsfd", alpha, x_bmd)
+    p_bsd = einsum_f32acc("bsfd,bfd->bsd", a_bsfd.astype(dtype), b0_bfd)
+  else:
+    t_bsmd = einsum_f32acc("sfm,bfd->bsmd", alpha, b0_bfd)
+    p_bsd = einsum_f32acc("bsmd,bmd->bsd", t_bsmd.astype(dtype), x_bmd)
+  return p_bsd * (w_sd.astype(jnp.float32) * h_sd.astype(jnp.float32))[None]
+
+
 def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   f32 = jnp.float32
   # Z[b,s,u,v,d,e] = (u outer v) * W^s, literally.
@@ -167,9 +191,10 @@ def _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm):
   s = alpha_sfm.shape[0]
   if alpha_sfm.shape != (s, f, m):
     raise ValueError(f"alpha_sfm must be [S, f={f}, m={m}], got {alpha_sfm.shape}")
-  if w_sde.shape not in ((s, d, d), (s, 1, d)):
+  if w_sde.shape not in ((s, d, d), (s, 1, d), (s, d)):
     raise ValueError(
-      f"w_sde must be [S={s}, d={d}, e={d}] (or [S, 1, e]: rows tied), got {w_sde.shape}"
+      f"w_sde must be [S={s}, d={d}, e={d}] (or [S, 1, e]: rows tied; [S, d]: diagonal), "
+      f"got {w_sde.shape}"
     )
   if h_se.shape != (s, d):
     raise ValueError(f"h_se must be [S={s}, e={d}], got {h_se.shape}")

@@ -57,6 +57,21 @@ def test_tied_rows_w_equals_its_broadcast(impl):
   _close(gi(e, x, alpha, tied, h, impl=impl), _brute_force(e, x, alpha, jnp.repeat(tied, 5, 1), h))
 
 
+@pytest.mark.parametrize("impl", ["factorized", "factorized_ty", "reference", "fuxictr"])
+@pytest.mark.parametrize("fm", [(4, 3), (3, 5)])
+def test_diagonal_w_equals_its_matrix(impl, fm):
+  """W given as [S, d] is diag(w[s]) (FM, PNN, FwFM, AFM, xDeepFM); both contraction sides."""
+  e, x, alpha, w, h = _inputs(2, fm[0], fm[1], 5, 2)
+  diag = w[:, 0, :]
+  full = jax.vmap(jnp.diag)(diag)
+  _close(gi(e, x, alpha, diag, h, impl=impl), _brute_force(e, x, alpha, full, h))
+  g = jax.grad(lambda a, dg: jnp.sum(gi(e, x, a, dg, h, impl=impl) ** 2), argnums=(0, 1))
+  g_full = jax.grad(lambda a, wf: jnp.sum(gi(e, x, a, wf, h, impl="reference") ** 2), (0, 1))
+  (ga, gw), (ga_ref, gw_ref) = g(alpha, diag), g_full(alpha, full)
+  _close(ga, ga_ref)
+  _close(gw, jax.vmap(jnp.diag)(gw_ref))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("masked", [False, True])
 def test_factorized_equals_reference(shape, masked):
