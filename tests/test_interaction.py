@@ -58,10 +58,10 @@ def test_tied_rows_w_equals_its_broadcast(impl):
 
 
 @pytest.mark.parametrize("impl", ["factorized", "factorized_ty", "reference", "fuxictr"])
-@pytest.mark.parametrize("fm", [(4, 3), (3, 5)])
-def test_diagonal_w_equals_its_matrix(impl, fm):
-  """W given as [S, d] is diag(w[s]) (FM, PNN, FwFM, AFM, xDeepFM); both contraction sides."""
-  e, x, alpha, w, h = _inputs(2, fm[0], fm[1], 5, 2)
+@pytest.mark.parametrize("fms", [(4, 3, 2), (3, 5, 2), (3, 4, 6)])
+def test_diagonal_w_equals_its_matrix(impl, fms):
+  """W given as [S, d] is diag(w[s]) (FM, PNN, FwFM, AFM, xDeepFM); all three contractions."""
+  e, x, alpha, w, h = _inputs(2, fms[0], fms[1], 5, fms[2])
   diag = w[:, 0, :]
   full = jax.vmap(jnp.diag)(diag)
   _close(gi(e, x, alpha, diag, h, impl=impl), _brute_force(e, x, alpha, full, h))
