@@ -240,6 +240,26 @@ def test_forward_and_gradient_shapes_and_row_tables(arch):
   assert model_lib.alpha_tree(params) == {}  # nothing to prune
 
 
+@pytest.mark.parametrize("arch", BASELINES)
+def test_exports_with_a_symbolic_batch(arch):
+  """What gin_jax.score.export does: lower the scoring function for any batch size."""
+  module, _, ids, values, _ = _setup(arch)
+  graphdef, params, stats = nnx.split(module, nnx.Param, ...)
+
+  def score(params, ids, values):
+    return model_lib.apply_model(graphdef, params, stats, ids, values, {})[0]
+
+  b = jax.export.symbolic_shape("b")[0]
+  args = (
+    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+    jax.ShapeDtypeStruct((b, F), jnp.int32),
+    jax.ShapeDtypeStruct((b, F), jnp.float32),
+  )
+  exported = jax.export.export(jax.jit(score), platforms=("cpu",))(*args)
+  _close(exported.call(params, ids, values), score(params, ids, values))
+  _close(exported.call(params, ids[:1], values[:1]), score(params, ids[:1], values[:1]))
+
+
 def test_table4_defaults_apply_when_arch_switches():
   cfg = config_lib.override(config_lib.criteo_paper(), {"model.arch": "dcn", "train.stages": "gin"})
   assert cfg.model.num_layers == 3  # DCN L = 3, not GIN's 2
