@@ -60,11 +60,18 @@ def strict_upper(num_fields: int) -> np.ndarray:
 
 
 def pair_products(e_bfd: jax.Array, impl: str = "factorized_ty") -> jax.Array:
-  """e_u * e_v for every pair u < v: [b, P, d] (P = f (f - 1) / 2).
+  """e_u * e_v for every pair u < v (AFM's pair products; summed over d, IPNN's).
 
   Each pair's interaction map Z_uv = (e_u outer e_v) * I fused with h = 1 (the
   paper's Lemma A.2), one pair at a time (f = m = S = 1) so that no pair is
   summed with another.
+
+  Args:
+    e_bfd: [b, f, d] field embeddings.
+    impl: generalized_interaction's implementation.
+
+  Returns:
+    [b, P, d] float32, P = f (f - 1) / 2 pairs in `pair_indices` order.
   """
   b, f, d = e_bfd.shape
   iu, ju = pair_indices(f)
@@ -77,7 +84,18 @@ def pair_products(e_bfd: jax.Array, impl: str = "factorized_ty") -> jax.Array:
 
 
 def weighted_inner_products(e_bfd: jax.Array, alpha_ff: jax.Array, impl: str) -> jax.Array:
-  """sum_{u,v} alpha[u, v] <e_u, e_v>: [b] (one subspace, W = I, h = 1, summed over d)."""
+  """sum_{u,v} alpha[u, v] <e_u, e_v>: FM's (alpha = 1 on u < v) and FwFM's pair sum.
+
+  One subspace with W = I (given as its diagonal) and h = 1, summed over d.
+
+  Args:
+    e_bfd: [b, f, d] field embeddings.
+    alpha_ff: [f, f] weight of each ordered pair.
+    impl: generalized_interaction's implementation.
+
+  Returns:
+    [b] float32.
+  """
   d = e_bfd.shape[-1]
   p_bsd = generalized_interaction(
     e_bfd, e_bfd, alpha_ff[None], jnp.ones((1, d)), jnp.ones((1, d)), impl=impl
@@ -474,5 +492,16 @@ MODELS = {
 def build(
   cfg: ModelConfig, num_fields: int, num_rows: int, padded_rows: int, *, rngs: nnx.Rngs
 ) -> nnx.Module:
-  """The baseline named by `cfg.arch` (a key of MODELS)."""
+  """The baseline named by `cfg.arch`.
+
+  Args:
+    cfg: the model config; `cfg.arch` is a key of MODELS.
+    num_fields: f, fields per example.
+    num_rows: real rows of the stacked table.
+    padded_rows: rows after padding to a multiple of the device count.
+    rngs: parameter initialisation.
+
+  Returns:
+    The NNX module (used functionally, like GIN: see gin_jax.model).
+  """
   return MODELS[cfg.arch](cfg, num_fields, num_rows, padded_rows, rngs=rngs)
