@@ -12,7 +12,8 @@ varies). The floor is `model.arch=lr` (one weight per category, the same
 table, trainer and regulariser) trained on the same rows by the same tool.
 
 Each run keeps its workdir under --workdir-root (keyed by its config): a rerun
-reuses finished runs, so an interrupted study resumes. `--hide-test` leaves
+reuses finished runs, so an interrupted study resumes. The data is prepared
+once per study and shared by its runs. `--hide-test` leaves
 the test columns out of the printout and the JSON, for tuning on validation
 only. Results: a markdown table on stdout and JSON under benchmarks/results/.
 """
@@ -22,9 +23,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +61,70 @@ def _run_key(cfg) -> str:
   return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:12]
 
 
-def run_seeds(cfg, label: str, seeds: int, root: Path) -> list[dict]:
-  """Trains cfg once per seed (reusing finished runs); returns one row per (seed, stage)."""
+def run_seed(
+  cfg, label: str, seed: int, root: Path, *, data_cache: Path | None = None, prefix: str = ""
+) -> list[dict]:
+  """Trains cfg with train.seed = `seed`, or reuses that finished run; one row per stage.
+
+  The workdir is keyed by the run's config, so a finished run is read back from
+  its report.json and an interrupted one resumes from its last checkpoint.
+
+  Args:
+    cfg: the config (its train.seed is replaced).
+    label: the row's "model" and the workdir's prefix.
+    seed: train.seed.
+    root: where the workdirs live.
+    data_cache: a prepared-data directory shared by every run (linked into each
+      workdir), so that the data is prepared once; None: one per workdir.
+    prefix: printed before the progress line (e.g. "[3/12] ").
+
+  Returns:
+    [{"model", "seed", "stage", "workdir", "seconds", "reused", *METRICS, "epochs"}].
+  """
   from gin_jax import trainer
 
-  rows = []
-  for seed in range(seeds):
-    run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-    workdir = root / f"{label}-{_run_key(run_cfg)}"
+  run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+  workdir = root / f"{label}-{_run_key(run_cfg)}"
+  report = _finished_report(workdir, run_cfg)
+  reused = report is not None
+  if reused:
+    print(
+      f"{prefix}{label} seed {seed}: finished earlier in {workdir}", file=sys.stderr, flush=True
+    )
+  else:
     workdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    print(f"  {label} seed {seed}: {workdir}", file=sys.stderr, flush=True)
+    if data_cache is not None and not (workdir / "data" / "cache").exists():
+      Path(data_cache).mkdir(parents=True, exist_ok=True)
+      (workdir / "data").mkdir(exist_ok=True)
+      (workdir / "data" / "cache").symlink_to(Path(data_cache).resolve(), target_is_directory=True)
+    print(f"{prefix}{label} seed {seed}: {workdir}", file=sys.stderr, flush=True)
     with open(workdir / "quality.log", "a") as log:
       with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         report = trainer.run(run_cfg, workdir)
-    for stage, result in report["stages"].items():
-      rows.append({"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
-                   "seconds": time.time() - t0,
-                   **{k: result.get(k) for k in (*METRICS, "epochs")}})  # fmt: skip
-  return rows
+  return [
+    {"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
+     "seconds": result.get("seconds"), "reused": reused,
+     **{k: result.get(k) for k in (*METRICS, "epochs")}}
+    for stage, result in report["stages"].items()
+  ]  # fmt: skip
+
+
+def run_seeds(
+  cfg, label: str, seeds: int, root: Path, data_cache: Path | None = None
+) -> list[dict]:
+  """run_seed for train.seed = 0 .. seeds-1 (reusing finished runs); all their rows."""
+  return [
+    row for seed in range(seeds) for row in run_seed(cfg, label, seed, root, data_cache=data_cache)
+  ]
+
+
+def _finished_report(workdir: Path, cfg) -> dict | None:
+  """The report.json of a finished run of exactly `cfg` in workdir, else None."""
+  try:
+    report = json.loads((workdir / "report.json").read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+  return report if report.get("config") == cfg.to_dict() else None
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -119,10 +165,11 @@ def main(argv=None) -> dict:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   cfg = cli.build_config(args, overrides)
   root = Path(args.workdir_root) / args.name
-  rows = run_seeds(cfg, "gin_jax", args.seeds, root)
+  cache = root / "data_cache"  # every run reads the same prepared data
+  rows = run_seeds(cfg, "gin_jax", args.seeds, root, cache)
   if not args.no_floor:
     floor = cli.build_config(args, {**overrides, **FLOOR_OVERRIDES})
-    rows += run_seeds(floor, "logistic_regression", args.seeds, root)
+    rows += run_seeds(floor, "logistic_regression", args.seeds, root, cache)
   if args.hide_test:
     rows = [{k: v for k, v in r.items() if not k.startswith("test")} for r in rows]
   summary = summarise(rows)

@@ -66,19 +66,28 @@ def _env_int(name):
 
 
 def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_lib.Config:
-  """The preset named by --preset (or the default), then data flags, then overrides."""
-  name = args.preset or ("criteo_paper" if args.train else "demo")
+  """The preset, then the --config file, then data flags, then overrides (later wins).
+
+  The preset is --preset, else the file's `preset:`, else criteo_paper with a
+  training file and demo without one.
+  """
+  from_file, file_preset = {}, None
+  if getattr(args, "config", None):
+    from_file, file_preset = config_lib.load_file(args.config)
+  has_train = bool(args.train or from_file.get("data.train"))
+  name = args.preset or file_preset or ("criteo_paper" if has_train else "demo")
   cfg = config_lib.preset(name)
   data = {}
   for key in ("train", "valid", "test", "format", "schema", "split", "bad_rows"):
     value = getattr(args, key, None)
     if value is not None:
       data[f"data.{key}"] = value
-  if args.train and not args.format and cfg.data.format == "synthetic":
+  explicit_format = args.format or "data.format" in from_file
+  if has_train and not explicit_format and cfg.data.format == "synthetic":
     data["data.format"] = "criteo"
   if getattr(args, "stages", None):
     data["train.stages"] = args.stages
-  return config_lib.override(cfg, {**data, **overrides})
+  return config_lib.override(cfg, {**from_file, **data, **overrides})
 
 
 def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:

@@ -10,19 +10,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 
-ARCHS = ("gin", "lr")
+# model.arch: GIN / AOANet, the linear floor, FM, and the paper's 9 baselines (section 4).
+ARCHS = (
+  "gin", "lr", "fm", "deepfm", "ipnn", "opnn", "fwfm", "afm", "dcn", "dcnv2", "xdeepfm", "autoint",
+)  # fmt: skip
+
+# The paper's Table 4 (Criteo) layer counts, applied when model.arch switches to
+# that model (explicit overrides of the same fields still win): the presets'
+# num_layers is GIN's L, not DCN's.
+ARCH_DEFAULTS = {
+  "dcn": {"num_layers": 3},
+  "dcnv2": {"num_layers": 2},
+  "xdeepfm": {"num_layers": 2},
+  "autoint": {"num_layers": 2},
+}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
   """Architecture of GIN / AOANet (DESIGN.md section 1)."""
 
-  arch: str = "gin"  # "gin" (GIN / AOANet) or "lr" (logistic regression, width-1 table).
+  arch: str = "gin"  # "gin" (GIN / AOANet), "lr" or a baseline (ARCHS; gin_jax.baselines).
   embed_dim: int = 16  # d: size of every field embedding.
-  num_layers: int = 2  # L: generalized interaction layers.
+  num_layers: int = 2  # L: GIN's interaction layers; DCN / DCN-M / CIN / AutoInt layers.
   num_subspaces: int = 3  # S: subspaces (parallel W, h, alpha) per layer.
   mlp_hidden: tuple[int, ...] = (512, 256, 64)  # Deep part hidden widths.
   mlp_batch_norm: bool = False  # Batch norm after each hidden dense layer.
@@ -32,6 +46,10 @@ class ModelConfig:
   embed_init_std: float = 0.01  # Std of the normal init of the embedding table.
   interaction_impl: str = "factorized"  # "factorized" (production) or "reference".
   compute_dtype: str = "float32"  # Interaction input dtype ("bfloat16" allowed).
+  attention_factor: int = 3  # AFM: F, hidden width of the attention net (Table 4).
+  cin_maps: int = 100  # xDeepFM: n, feature maps per CIN layer (Table 4).
+  attention_heads: int = 3  # AutoInt: h, heads per self-attention layer (Table 4).
+  attention_head_dim: int = 16  # AutoInt: d, query / key / value size per head (Table 4).
 
   def __post_init__(self):
     if self.arch not in ARCHS:
@@ -44,6 +62,10 @@ class ModelConfig:
       raise ValueError("embed_dim, num_layers and num_subspaces must be >= 1")
     if not 0.0 <= self.mlp_dropout < 1.0:
       raise ValueError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout}")
+    sizes = ("attention_factor", "cin_maps", "attention_heads", "attention_head_dim")
+    for name in sizes:
+      if getattr(self, name) < 1:
+        raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -253,9 +275,73 @@ def override(cfg: Config, assignments: dict[str, str]) -> Config:
       if name not in known:
         raise ValueError(f"unknown config field {section}.{name}; known: {sorted(known)}")
       parsed[name] = _parse(text, hints[name], f"{section}.{name}")
+    if section == "model" and parsed.get("arch", sub.arch) != sub.arch:
+      sub = dataclasses.replace(sub, **ARCH_DEFAULTS.get(parsed["arch"], {}))
     replaced[section] = dataclasses.replace(sub, **parsed)
   # One replace, so that checks across sections see every override at once.
   return dataclasses.replace(cfg, **replaced)
+
+
+def load_file(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
+  """Reads an experiment file (YAML or JSON): `model:`, `data:`, `train:` sections.
+
+  The sections hold the same fields as the `--section.field=value` overrides;
+  top-level `name` and `preset` are allowed too. Every key and value is checked
+  here, so a mistake is reported with the file and key that hold it.
+
+  Args:
+    path: the .yaml / .yml / .json file.
+
+  Returns:
+    ({"section.field": text} assignments for `override`, the preset it names or None).
+  """
+  import yaml  # JSON is YAML too
+
+  with open(path) as f:
+    try:
+      doc = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+      raise ValueError(f"{path}: not valid YAML ({e})") from None
+  if not isinstance(doc, dict):
+    raise ValueError(f"{path}: expected a mapping with model:, data:, train: sections")
+  sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+  assignments, preset_name = {}, None
+  for key, body in doc.items():
+    if key in ("name", "preset"):
+      if not isinstance(body, str):
+        raise ValueError(f"{path}: {key} must be a string, got {body!r}")
+      if key == "name":
+        assignments["name"] = body
+      else:
+        preset_name = body
+      continue
+    if key not in sections:
+      raise ValueError(
+        f"{path}: unknown key {key!r}; expected sections model, data, train (and name, preset)"
+      )
+    if not isinstance(body, dict):
+      raise ValueError(f"{path}: section {key!r} must be a mapping of field: value")
+    hints = typing.get_type_hints(sections[key])
+    for name, value in body.items():
+      if name not in hints:
+        raise ValueError(f"{path}: unknown key {key}.{name}; known: {sorted(hints)}")
+      if isinstance(value, dict):
+        raise ValueError(f"{path}: {key}.{name} must be a value or a list, got a mapping")
+      text = _to_text(value)
+      _parse(text, hints[name], f"{key}.{name} in {path}")
+      assignments[f"{key}.{name}"] = text
+  return assignments, preset_name
+
+
+def _to_text(value) -> str:
+  """A YAML value as the text a command-line override would carry."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if value is None:
+    return "none"
+  if isinstance(value, list | tuple):
+    return ",".join(str(v) for v in value)
+  return str(value)
 
 
 def _parse(text: str, hint, where: str):

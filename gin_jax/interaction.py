@@ -8,7 +8,7 @@ B_{l-1} = `x_bmd`, the output of subspace s is
 that is Z_uv = (u outer v) * W^s fused as P^s = sum_uv alpha_uv Z_uv h^s, with h
 contracting the B_{l-1} index (DCN-M's `x0 * (W x_l)`, the paper's Lemma 3.2).
 
-Three implementations compute the same function:
+Four implementations compute the same function:
 
 - `factorized` (production): contracts alpha over u first (T[b,d,s,v]), then X
   over v, then W h over e. Per sample O(S (f m d + m d^2)) FLOPs and
@@ -17,6 +17,12 @@ Three implementations compute the same function:
   and BARS shapes, written out so that it cannot switch to materialising the
   pair outer product at other shapes (it would for f = m = 1). For its timings
   against the other contraction orders, see benchmarks/README.md.
+- `factorized_ty`: T[b,s,v,d] as above, Y[b,s,v,d] = sum_e W[s,d,e] h[s,e]
+  X[b,v,e], then P = sum_v T * Y (DESIGN.md's order). O(S (f m d + m d^2))
+  FLOPs like `factorized`, but O(S m d) memory per sample instead of
+  O(S d^2): the order for few, wide vectors, e.g. DCN / DCN-M's single
+  concatenated embedding (f = m = 1, d = fields x embedding size) or one pair
+  at a time (gin_jax.baselines).
 - `reference`: materialises every Z_uv literally, as the paper's formula reads.
   For tests and benchmarks only: O(S f m d^2) FLOPs and memory.
 - `fuxictr`: FuxiCTR's PyTorch layout (materialise the batch x pairs x d x d
@@ -28,7 +34,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("factorized", "reference", "fuxictr")
+IMPLEMENTATIONS = ("factorized", "factorized_ty", "reference", "fuxictr")
 
 
 def effective_alpha(alpha_sfm: jax.Array, mask_sfm: jax.Array | None) -> jax.Array:
@@ -62,10 +68,15 @@ def generalized_interaction(
     x_bmd: [b, m, d] B_{l-1}, the previous layer's vectors (v ranges over m;
       m = f at layer 1, m = S after).
     alpha_sfm: [S, f, m] importance of each ordered pair (u, v) per subspace.
-    w_sde: [S, d, e] the interaction weight W^s (d indexes u, e indexes v).
+    w_sde: [S, d, e] the interaction weight W^s (d indexes u, e indexes v). Two
+      structured forms of the paper's Table 1-2 constraints cost O(d), not
+      O(d^2), per vector: [S, 1, e], a W whose rows are all equal (W[s,d,e] =
+      w[s,e], DCN), and [S, d], a diagonal W (W^s = diag(w[s]): FM, PNN, FwFM,
+      AFM, xDeepFM).
     h_se: [S, e] the fusion projection h^s, contracting the B_{l-1} index.
     mask_sfm: optional boolean [S, f, m]; masked pairs contribute exactly 0.
-    impl: "factorized" (default), "reference" or "fuxictr".
+    impl: "factorized" (default), "factorized_ty" (few, wide vectors), "reference" or
+      "fuxictr".
 
   Returns:
     P: [b, S, d] in float32 when inputs are float32 or bfloat16 (bfloat16
@@ -75,7 +86,16 @@ def generalized_interaction(
     raise ValueError(f"unknown impl {impl!r}; choose from {IMPLEMENTATIONS}")
   _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm)
   alpha_sfm = effective_alpha(alpha_sfm, mask_sfm)
-  fn = {"factorized": _factorized, "reference": _reference, "fuxictr": _fuxictr}[impl]
+  if w_sde.ndim == 2:  # diagonal W
+    if impl.startswith("factorized"):
+      return _diagonal(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
+    w_sde = jax.vmap(jnp.diag)(w_sde)
+  fn = {
+    "factorized": _factorized,
+    "factorized_ty": _factorized_ty,
+    "reference": _reference,
+    "fuxictr": _fuxictr,
+  }[impl]
   return fn(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se)
 
 
@@ -102,9 +122,52 @@ def _factorized(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
   # R[b,d,s,e] = sum_v T[b,d,s,v] X[b,v,e]: one d x d map per (sample, subspace),
   # never one per pair.
   r_bdse = einsum_f32acc("bdsm,bme->bdse", t_bdsm.astype(dtype), x_bmd.astype(dtype))
-  # P[b,s,d] = sum_e R[b,d,s,e] W[s,d,e] h[s,e].
+  # P[b,s,d] = sum_e R[b,d,s,e] W[s,d,e] h[s,e] (tied rows broadcast to [S, d, e]).
   wh_sde = w_sde.astype(jnp.float32) * h_se.astype(jnp.float32)[:, None, :]
+  wh_sde = jnp.broadcast_to(wh_sde, (*w_sde.shape[:1], b0_bfd.shape[2], h_se.shape[1]))
   return einsum_f32acc("bdse,sde->bsd", r_bdse, wh_sde)
+
+
+def _factorized_ty(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
+  dtype = b0_bfd.dtype
+  # T[b,s,v,d] = sum_u alpha[s,u,v] E[b,u,d], as in `_factorized`.
+  t_bsmd = einsum_f32acc("sfm,bfd->bsmd", alpha_sfm.astype(dtype), b0_bfd)
+  # Y[b,s,v,d] = sum_e W[s,d,e] h[s,e] X[b,v,e]: a vector per (sample, subspace, v),
+  # never a d x d map per sample (one number, broadcast over d, when W's rows are tied).
+  wh_sde = (w_sde.astype(jnp.float32) * h_se.astype(jnp.float32)[:, None, :]).astype(dtype)
+  y_bsmd = einsum_f32acc("sde,bme->bsmd", wh_sde, x_bmd.astype(dtype))
+  return jnp.sum(t_bsmd * y_bsmd, axis=2)
+
+
+def _diagonal(b0_bfd, x_bmd, alpha_sfm, w_sd, h_sd):
+  """W^s = diag(w[s]): P[b,s,d] = (w h)[s,d] sum_{u,v} alpha[s,u,v] E[b,u,d] X[b,v,d].
+
+  No d x d product exists. With many subspaces (S min(f, m) >= f m, e.g.
+  xDeepFM's CIN) each pair's Hadamard product is formed once and alpha
+  applied as one matrix product; otherwise alpha is first contracted with
+  the side that has more vectors ([b, S, min(f, m), d]).
+  """
+  dtype = b0_bfd.dtype
+  alpha = alpha_sfm.astype(dtype)
+  x_bmd = x_bmd.astype(dtype)
+  s, f, m = alpha_sfm.shape
+  if s * min(f, m) >= f * m:
+    # Z[(b, d), (v, u)] = X[b,v,d] E[b,u,d], then one [b d, m f] x [m f, S] matrix
+    # product (as a 2-D matmul: XLA's CPU einsum of this shape is 1.5x slower).
+    b, _, d = b0_bfd.shape
+    z_bdmf = jnp.swapaxes(x_bmd, 1, 2)[:, :, :, None] * jnp.swapaxes(b0_bfd, 1, 2)[:, :, None, :]
+    alpha_ps = jnp.swapaxes(alpha, 1, 2).reshape(s, m * f).T
+    p_bds = jnp.matmul(
+      z_bdmf.reshape(b * d, m * f), alpha_ps, preferred_element_type=jnp.float32
+    ).reshape(b, d, s)
+    p_bsd = jnp.swapaxes(p_bds, 1, 2)
+  elif m >= f:
+    a_bsfd = einsum_f32acc("sfm,bmd->bsfd", alpha, x_bmd)
+    p_bsd = einsum_f32acc("bsfd,bfd->bsd", a_bsfd.astype(dtype), b0_bfd)
+  else:
+    t_bsmd = einsum_f32acc("sfm,bfd->bsmd", alpha, b0_bfd)
+    p_bsd = einsum_f32acc("bsmd,bmd->bsd", t_bsmd.astype(dtype), x_bmd)
+  return p_bsd * (w_sd.astype(jnp.float32) * h_sd.astype(jnp.float32))[None]
 
 
 def _reference(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se):
@@ -141,8 +204,11 @@ def _check_shapes(b0_bfd, x_bmd, alpha_sfm, w_sde, h_se, mask_sfm):
   s = alpha_sfm.shape[0]
   if alpha_sfm.shape != (s, f, m):
     raise ValueError(f"alpha_sfm must be [S, f={f}, m={m}], got {alpha_sfm.shape}")
-  if w_sde.shape != (s, d, d):
-    raise ValueError(f"w_sde must be [S={s}, d={d}, e={d}], got {w_sde.shape}")
+  if w_sde.shape not in ((s, d, d), (s, 1, d), (s, d)):
+    raise ValueError(
+      f"w_sde must be [S={s}, d={d}, e={d}] (or [S, 1, e]: rows tied; [S, d]: diagonal), "
+      f"got {w_sde.shape}"
+    )
   if h_se.shape != (s, d):
     raise ValueError(f"h_se must be [S={s}, e={d}], got {h_se.shape}")
   if mask_sfm is not None and mask_sfm.shape != alpha_sfm.shape:

@@ -226,6 +226,10 @@ class ModelSpec:
     rngs = nnx.Rngs(params=key)
     if self.cfg.arch == "lr":
       return LogisticRegression(self.num_rows, self.padded_rows, self.cfg.embed_init_std, rngs=rngs)
+    if self.cfg.arch != "gin":
+      from gin_jax import baselines  # imports this module
+
+      return baselines.build(self.cfg, self.num_fields, self.num_rows, self.padded_rows, rngs=rngs)
     return GIN(self.cfg, self.num_fields, self.num_rows, self.padded_rows, rngs=rngs)
 
 

@@ -45,3 +45,53 @@ def test_cluster_launchers_are_detected_from_their_environment():
   assert detect_cluster({"OMPI_COMM_WORLD_SIZE": "2"}) == "Open MPI"
   assert detect_cluster({"TPU_WORKER_HOSTNAMES": "a,b"}) == "Cloud TPU pod"
   assert detect_cluster({"PATH": "/bin"}) is None
+
+
+def _args(**kw):
+  import argparse
+
+  from train.main import build_parser
+
+  args = build_parser().parse_args([])
+  return argparse.Namespace(**{**vars(args), **kw})
+
+
+def test_config_file_sections_then_flags_then_overrides(tmp_path):
+  from gin_jax import cli
+
+  path = tmp_path / "dcnv2.yaml"
+  path.write_text(
+    "preset: tiny\n"
+    "name: study_dcnv2\n"
+    "model: {arch: dcnv2, mlp_hidden: [32, 16], mlp_batch_norm: yes}\n"
+    "train: {stages: gin, epochs: 4, learning_rate: 0.01}\n"
+    "data: {synthetic_rows: 3000}\n"
+  )
+  cfg = cli.build_config(_args(config=str(path)), {"train.epochs": "2"})
+  assert cfg.name == "study_dcnv2" and cfg.data.format == "synthetic"
+  assert cfg.model.arch == "dcnv2" and cfg.model.num_layers == 2  # Table 4 default
+  assert cfg.model.mlp_hidden == (32, 16) and cfg.model.mlp_batch_norm
+  assert cfg.train.epochs == 2 and cfg.train.learning_rate == 0.01  # the override wins
+  assert cfg.data.synthetic_rows == 3000
+  # A training file in the file makes the default preset the real-data one.
+  path.write_text("data: {train: clicks.tsv}\ntrain: {stages: gin}\n")
+  cfg = cli.build_config(_args(config=str(path)), {})
+  assert cfg.name == "criteo_paper" and cfg.data.format == "criteo"
+
+
+@pytest.mark.parametrize(
+  "text, message",
+  [
+    ("model: {embed_dims: 8}\n", r"bad\.yaml: unknown key model\.embed_dims"),
+    ("optimizer: {lr: 1}\n", r"bad\.yaml: unknown key 'optimizer'"),
+    ("train: {epochs: many}\n", r"bad value 'many' for train\.epochs in .*bad\.yaml"),
+    ("train: [1, 2]\n", r"bad\.yaml: section 'train' must be a mapping"),
+    ("model: {mlp_hidden: {a: 1}}\n", r"bad\.yaml: model\.mlp_hidden must be a value or a list"),
+    ("model: {arch: [\n", r"bad\.yaml: not valid YAML"),
+  ],
+)
+def test_config_file_errors_name_the_file_and_key(tmp_path, text, message):
+  path = tmp_path / "bad.yaml"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=message):
+    config_lib.load_file(path)

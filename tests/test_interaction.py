@@ -43,10 +43,33 @@ def _close(a, b, rtol=1e-5):
 SHAPES = [(3, 5, 5, 4, 2), (2, 7, 3, 6, 3), (4, 1, 1, 8, 1), (2, 39, 39, 4, 3), (2, 39, 3, 16, 3)]
 
 
-@pytest.mark.parametrize("impl", ["factorized", "reference", "fuxictr"])
+@pytest.mark.parametrize("impl", ["factorized", "factorized_ty", "reference", "fuxictr"])
 def test_matches_brute_force_formula(impl):
   args = _inputs(2, 4, 3, 5, 2)
   _close(gi(*args, impl=impl), _brute_force(*args))
+
+
+@pytest.mark.parametrize("impl", ["factorized", "factorized_ty", "reference", "fuxictr"])
+def test_tied_rows_w_equals_its_broadcast(impl):
+  """W given as [S, 1, e] (all rows equal, DCN's constraint) is W broadcast to [S, d, e]."""
+  e, x, alpha, w, h = _inputs(2, 4, 3, 5, 2)
+  tied = w[:, :1, :]
+  _close(gi(e, x, alpha, tied, h, impl=impl), _brute_force(e, x, alpha, jnp.repeat(tied, 5, 1), h))
+
+
+@pytest.mark.parametrize("impl", ["factorized", "factorized_ty", "reference", "fuxictr"])
+@pytest.mark.parametrize("fms", [(4, 3, 2), (3, 5, 2), (3, 4, 6)])
+def test_diagonal_w_equals_its_matrix(impl, fms):
+  """W given as [S, d] is diag(w[s]) (FM, PNN, FwFM, AFM, xDeepFM); all three contractions."""
+  e, x, alpha, w, h = _inputs(2, fms[0], fms[1], 5, fms[2])
+  diag = w[:, 0, :]
+  full = jax.vmap(jnp.diag)(diag)
+  _close(gi(e, x, alpha, diag, h, impl=impl), _brute_force(e, x, alpha, full, h))
+  g = jax.grad(lambda a, dg: jnp.sum(gi(e, x, a, dg, h, impl=impl) ** 2), argnums=(0, 1))
+  g_full = jax.grad(lambda a, wf: jnp.sum(gi(e, x, a, wf, h, impl="reference") ** 2), (0, 1))
+  (ga, gw), (ga_ref, gw_ref) = g(alpha, diag), g_full(alpha, full)
+  _close(ga, ga_ref)
+  _close(gw, jax.vmap(jnp.diag)(gw_ref))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -57,6 +80,7 @@ def test_factorized_equals_reference(shape, masked):
   mask = jax.random.bernoulli(jax.random.key(7), 0.3, (s, f, m)) if masked else None
   ref = gi(*args, mask_sfm=mask, impl="reference")
   _close(gi(*args, mask_sfm=mask, impl="factorized"), ref)
+  _close(gi(*args, mask_sfm=mask, impl="factorized_ty"), ref)
   _close(gi(*args, mask_sfm=mask, impl="fuxictr"), ref)
 
 
@@ -71,9 +95,10 @@ def test_gradients_agree(shape):
     return lambda *a: jnp.sum(probe * gi(*a, mask_sfm=mask, impl=impl))
 
   g_ref = jax.grad(loss("reference"), argnums=(0, 1, 2, 3, 4))(*args)
-  g_fac = jax.jit(jax.grad(loss("factorized"), argnums=(0, 1, 2, 3, 4)))(*args)
-  for gf, gr in zip(g_fac, g_ref):
-    _close(gf, gr)
+  for impl in ("factorized", "factorized_ty"):
+    g_fac = jax.jit(jax.grad(loss(impl), argnums=(0, 1, 2, 3, 4)))(*args)
+    for gf, gr in zip(g_fac, g_ref):
+      _close(gf, gr)
 
 
 def test_vmap_and_jit():

@@ -3,6 +3,7 @@
 python -m train                       # the embedded demo (synthetic data)
 python -m train --train day_0.gz --format criteo --preset criteo_paper
 python -m train --preset tiny --model.num_subspaces=4 --train.epochs=1
+python -m train --config study/dcnv2.yaml --train.seed=1
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
     "--preset",
     help="demo (default without --train), default (with --train), frappe_x1, criteo_x1, "
     "criteo_paper, criteo_bars, tiny",
+  )
+  p.add_argument(
+    "--config",
+    help="experiment file (YAML or JSON) with model:, data:, train: sections of config "
+    "fields (and optional name:, preset:); flags and --section.field=value override it",
   )
   p.add_argument("--workdir", help="output directory (default runs/<preset>)")
   p.add_argument("--stages", choices=["aoanet", "gin"], help="aoanet: search+retrain; gin: one")
