@@ -122,9 +122,12 @@ def _finished_report(workdir: Path, cfg) -> dict | None:
   """The report.json of a finished run of exactly `cfg` in workdir, else None."""
   try:
     report = json.loads((workdir / "report.json").read_text())
+    asked = json.loads((workdir / "config.json").read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return None
-  return report if report.get("config") == cfg.to_dict() else None
+  # config.json holds the config as asked for (the report's has the data-dependent
+  # settings decided).
+  return report if asked == cfg.to_dict() else None
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -44,6 +44,7 @@ class ModelConfig:
   readout: str = "last"  # "last": Q = P_L; "all": concat P_1..P_L.
   init_perturbation: float = 0.0  # Std of noise added to W=I, alpha=1, h=1.
   embed_init_std: float = 0.01  # Std of the normal init of the embedding table.
+  first_order: bool = False  # GIN: add sum_f w[id_f] (one weight per category) to the logit.
   interaction_impl: str = "factorized"  # "factorized" (production) or "reference".
   compute_dtype: str = "float32"  # Interaction input dtype ("bfloat16" allowed).
   attention_factor: int = 3  # AFM: F, hidden width of the attention net (Table 4).
@@ -356,12 +357,13 @@ def _parse(text: str, hint, where: str):
       if text.lower() in ("0", "false", "no"):
         return False
       raise ValueError(text)
-    if hint is int:
+    if "None" in spec and text.lower() in ("none", "auto", ""):
+      return None  # an optional field: None (for batch_size and embedding_l2: auto)
+    base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if base[0] is int:
       return int(text)
-    if hint is float:
+    if base[0] is float:
       return float(text)
-    if "None" in spec and text.lower() in ("none", ""):
-      return None
     return text
   except ValueError:
     raise ValueError(f"bad value {text!r} for {where} ({spec})") from None

@@ -136,9 +136,8 @@ class GIN(nnx.Module):
     d, s = cfg.embed_dim, cfg.num_subspaces
     self.cfg = cfg
     self.num_fields = num_fields
-    self.projection = FieldProjection(
-      num_rows, padded_rows, {"table": d}, cfg.embed_init_std, rngs=rngs
-    )
+    widths = {"table": d, **({"linear": 1} if cfg.first_order else {})}
+    self.projection = FieldProjection(num_rows, padded_rows, widths, cfg.embed_init_std, rngs=rngs)
     for layer in range(cfg.num_layers):
       num_inputs = num_fields if layer == 0 else s  # m = f at layer 1, S after.
       setattr(
@@ -176,7 +175,10 @@ class GIN(nnx.Module):
       features.append(
         self.mlp(e_bfd.reshape(e_bfd.shape[0], -1), train=train, dropout_key=dropout_key)
       )
-    return self.output(jnp.concatenate(features, axis=-1))[:, 0]
+    logits = self.output(jnp.concatenate(features, axis=-1))[:, 0]
+    if self.cfg.first_order:  # the linear part of Wide & Deep / DeepFM, not in eq. 16
+      logits = logits + jnp.sum(emb["linear"][..., 0], axis=-1)
+    return logits
 
 
 class LogisticRegression(nnx.Module):

@@ -95,3 +95,23 @@ def test_config_file_errors_name_the_file_and_key(tmp_path, text, message):
   path.write_text(text)
   with pytest.raises(ValueError, match=message):
     config_lib.load_file(path)
+
+
+def test_optional_numbers_parse_as_numbers_and_auto_as_none():
+  cfg = config_lib.override(
+    config_lib.tiny(), {"train.embedding_l2": "0.1", "train.batch_size": "512"}
+  )
+  assert cfg.train.embedding_l2 == 0.1 and cfg.train.batch_size == 512
+  cfg = config_lib.override(config_lib.tiny(), {"train.embedding_l2": "auto"})
+  assert cfg.train.embedding_l2 is None
+  auto = config_lib.resolve_auto(cfg, train_rows=50_000, num_devices=8)
+  assert auto.train.embedding_l2 == pytest.approx(config_lib.L2_PRIOR / 50_000)
+  with pytest.raises(ValueError, match="bad value 'x' for train.batch_size"):
+    config_lib.override(config_lib.tiny(), {"train.batch_size": "x"})
+
+
+def test_auto_batch_size_is_a_power_of_two_in_range_and_fits_the_devices():
+  assert config_lib.auto_batch_size(46_000) == 1024
+  assert config_lib.auto_batch_size(6_500) == 256
+  assert config_lib.auto_batch_size(40_000_000) == 4096
+  assert config_lib.auto_batch_size(46_000, num_devices=6) % 6 == 0
