@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -68,15 +69,20 @@ def _env_int(name):
 def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_lib.Config:
   """The preset, then the --config file, then data flags, then overrides (later wins).
 
-  The preset is --preset, else the file's `preset:`, else criteo_paper with a
-  training file and demo without one.
+  The preset is --preset, else the file's `preset:`, else `default` (the
+  recipe for real data, config.default) with a training file and `demo` without
+  one. A run on a training file without a named preset is named after the file
+  (its workdir defaults to runs/<name>).
   """
   from_file, file_preset = {}, None
   if getattr(args, "config", None):
     from_file, file_preset = config_lib.load_file(args.config)
   has_train = bool(args.train or from_file.get("data.train"))
-  name = args.preset or file_preset or ("criteo_paper" if has_train else "demo")
+  name = args.preset or file_preset or ("default" if has_train else "demo")
   cfg = config_lib.preset(name)
+  if has_train and not (args.preset or file_preset) and "name" not in from_file:
+    train = args.train or from_file["data.train"]
+    cfg = dataclasses.replace(cfg, name=os.path.basename(train).split(".")[0] or name)
   data = {}
   for key in ("train", "valid", "test", "format", "schema", "split", "bad_rows"):
     value = getattr(args, key, None)

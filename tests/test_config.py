@@ -73,10 +73,12 @@ def test_config_file_sections_then_flags_then_overrides(tmp_path):
   assert cfg.model.mlp_hidden == (32, 16) and cfg.model.mlp_batch_norm
   assert cfg.train.epochs == 2 and cfg.train.learning_rate == 0.01  # the override wins
   assert cfg.data.synthetic_rows == 3000
-  # A training file in the file makes the default preset the real-data one.
+  # A training file in the file makes the default preset the real-data one, and the
+  # run is named after the file.
   path.write_text("data: {train: clicks.tsv}\ntrain: {stages: gin}\n")
   cfg = cli.build_config(_args(config=str(path)), {})
-  assert cfg.name == "criteo_paper" and cfg.data.format == "criteo"
+  assert cfg.name == "clicks" and cfg.data.format == "criteo"
+  assert cfg.train.batch_size is None and cfg.train.embedding_l2 is None  # data-dependent
 
 
 @pytest.mark.parametrize(
