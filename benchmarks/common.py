@@ -247,3 +247,34 @@ def fmt(value: float | None, digits: int = 3) -> str:
   if value is None:
     return "-"
   return f"{value:.{digits}g}"
+
+
+CRITEO_FIELDS = 39  # 13 numeric + 26 categorical
+
+
+def criteo_batch(mesh, batch_size: int, rows: int, seed: int = 0) -> dict:
+  """A Criteo-shaped batch of ids drawn uniformly over `rows`, placed on the mesh."""
+  from gin_jax import partitioning
+
+  rng = np.random.default_rng(seed)
+  local = {
+    "ids": rng.integers(0, rows, (batch_size, CRITEO_FIELDS)).astype(np.int32),
+    "values": np.ones((batch_size, CRITEO_FIELDS), np.float32),
+    "labels": rng.integers(0, 2, batch_size).astype(np.float32),
+  }
+  return partitioning.shard_batch(mesh, local)
+
+
+def loss_flops(fns, state, batch) -> float | None:
+  """XLA's FLOPs for forward + backward of the loss alone (no optimizer update)."""
+  from gin_jax import model as model_lib
+
+  def loss(params):
+    logits, _ = model_lib.apply_model(
+      fns.graphdef, params, state["batch_stats"], batch["ids"], batch["values"], state["masks"],
+      train=True, dropout_key=jax.random.key(0),
+    )  # fmt: skip
+    return jnp.mean(jax.nn.softplus(logits) - batch["labels"] * logits)
+
+  _, stats = compile_with_stats(jax.jit(jax.grad(loss)), state["params"])
+  return stats["flops"]

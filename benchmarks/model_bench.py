@@ -18,7 +18,6 @@ import argparse
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
@@ -27,34 +26,10 @@ from gin_jax import config as config_lib
 from gin_jax import model as model_lib
 from gin_jax import partitioning, training
 
-FIELDS = 39  # Criteo: 13 numeric + 26 categorical
+FIELDS = common.CRITEO_FIELDS
 MODELS = (
   "gin", "lr", "fm", "deepfm", "ipnn", "opnn", "fwfm", "afm", "dcn", "dcnv2", "xdeepfm", "autoint",
 )  # fmt: skip
-
-
-def _batch(mesh, batch_size: int, rows: int, seed: int) -> dict:
-  rng = np.random.default_rng(seed)
-  local = {
-    "ids": rng.integers(0, rows, (batch_size, FIELDS)).astype(np.int32),
-    "values": np.ones((batch_size, FIELDS), np.float32),
-    "labels": rng.integers(0, 2, batch_size).astype(np.float32),
-  }
-  return partitioning.shard_batch(mesh, local)
-
-
-def _loss_flops(fns: training.StepFns, state, batch) -> float | None:
-  """XLA's FLOPs for forward + backward of the loss (no optimizer update)."""
-
-  def loss(params):
-    logits, _ = model_lib.apply_model(
-      fns.graphdef, params, state["batch_stats"], batch["ids"], batch["values"], state["masks"],
-      train=True, dropout_key=jax.random.key(0),
-    )  # fmt: skip
-    return jnp.mean(jax.nn.softplus(logits) - batch["labels"] * logits)
-
-  _, stats = common.compile_with_stats(jax.jit(jax.grad(loss)), state["params"])
-  return stats["flops"]
 
 
 class _Runner:
@@ -66,11 +41,11 @@ class _Runner:
     )
     self.fns = training.build(spec, cfg.train, mesh)
     self.state = self.fns.init(jax.random.key(0))
-    self.batches = [_batch(mesh, batch_size, rows, seed) for seed in range(4)]
+    self.batches = [common.criteo_batch(mesh, batch_size, rows, seed) for seed in range(4)]
     self.step = 0
     params = self.fns.abstract_state["params"]
     self.dense_params = model_lib.count_params(model_lib.dense_params(params))
-    self.flops = _loss_flops(self.fns, self.state, self.batches[0])
+    self.flops = common.loss_flops(self.fns, self.state, self.batches[0])
 
   def train(self):
     self.state, metrics = self.fns.train_step(self.state, self.batches[self.step % 4])

@@ -27,40 +27,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
 from gin_jax import config as config_lib
 from gin_jax import model as model_lib
 from gin_jax import partitioning, training
 
-FIELDS = 39
-
-
-def _batch(mesh, batch_size: int, rows: int, seed: int = 0) -> dict:
-  rng = np.random.default_rng(seed)
-  local = {
-    "ids": rng.integers(0, rows, (batch_size, FIELDS)).astype(np.int32),
-    "values": np.ones((batch_size, FIELDS), np.float32),
-    "labels": rng.integers(0, 2, batch_size).astype(np.float32),
-    "weights": np.ones(batch_size, np.float32),
-  }
-  return partitioning.shard_batch(mesh, local)
-
-
-def _model_flops(fns: training.StepFns, state, batch) -> float | None:
-  """XLA's FLOPs for forward + backward of the loss alone (no optimizer update)."""
-
-  def loss(params):
-    logits, _ = model_lib.apply_model(
-      fns.graphdef, params, state["batch_stats"], batch["ids"], batch["values"], state["masks"],
-      train=True, dropout_key=jax.random.key(0),
-    )  # fmt: skip
-    return jnp.mean(jax.nn.softplus(logits) - batch["labels"] * logits)
-
-  _, stats = common.compile_with_stats(jax.jit(jax.grad(loss)), state["params"])
-  return stats["flops"]
+FIELDS = common.CRITEO_FIELDS
 
 
 def bench_one(
@@ -75,9 +48,9 @@ def bench_one(
   )
   fns = training.build(spec, cfg.train, mesh)
   state = fns.init(jax.random.key(0))
-  batches = [_batch(mesh, batch_size, rows, seed) for seed in range(4)]
+  batches = [common.criteo_batch(mesh, batch_size, rows, seed) for seed in range(4)]
   _, step_stats = common.compile_with_stats(fns.train_step, state, batches[0])
-  model_flops = _model_flops(fns, state, batches[0])
+  model_flops = common.loss_flops(fns, state, batches[0])
   for i in range(3):  # compile + warm up
     state, metrics = fns.train_step(state, batches[i % 4])
   common.block(metrics)

@@ -78,3 +78,15 @@ def test_einsum_bench_bfloat16_inputs(tmp_path):
   assert payload["dtype"] == "bfloat16"
   errors = [r["max_rel_err_vs_factorized"] for r in payload["records"] if r["mode"] == "fwd"]
   assert len(errors) == 2 and max(errors) < 3e-2
+
+
+def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path):
+  out = tmp_path / "tb.json"
+  from benchmarks import train_bench
+
+  train_bench.main(["--quick", "--json", str(out), "--optimizers", "rowwise_adagrad"])
+  payload = json.loads(out.read_text())
+  assert payload["results"] and payload["results"][0]["step_ms"] > 0
+  scale = {(r["optimizer"], r["table_rows"]): r for r in payload["scale"]}
+  assert set(scale) == {("rowwise_adagrad", n) for n in (10_000, 100_000)}
+  assert all(r["peak_rss_gib"] > 0 for r in scale.values())
