@@ -438,7 +438,7 @@ def default() -> Config:
       mlp_dropout=0.3,
       embed_init_std=1e-4,
     ),
-    data=DataConfig(format="criteo", split=(0.8, 0.1, 0.1), min_count=2),
+    data=DataConfig(format="criteo", split=(0.8, 0.1, 0.1), min_count=2, numeric="scale"),
     train=TrainConfig(
       stages="aoanet",
       batch_size=None,
