@@ -147,23 +147,94 @@ class LoadedCheckpoint:
   description: str
 
 
-def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCheckpoint:
-  """Restores a training checkpoint onto `devices` (see Scorer.from_checkpoint)."""
+def load_checkpoint(
+  workdir, *, step=None, best=False, devices=None, report=None
+) -> LoadedCheckpoint:
+  """Restores a usable training checkpoint onto `devices` (see Scorer.from_checkpoint).
+
+  Usable means sealed, every file matching its seal and every parameter finite
+  (gin_jax.checkpointing). An explicit `step` that is unusable is refused.
+  Without one, the newest usable checkpoint is used, and each newer one that
+  is skipped is reported. With `best`, the final stage's best checkpoint; if
+  it is unusable, the newest usable regular checkpoint of that stage (or of
+  the finished run, which holds the restored best weights), saying so.
+
+  Args:
+    workdir: a `python -m train` workdir.
+    step: a specific checkpoint step (default: the newest usable).
+    best: the best checkpoint of the last stage instead.
+    devices: devices to restore onto (default: all local devices).
+    report: called with each warning (default: printed to stderr).
+
+  Returns:
+    The LoadedCheckpoint. Raises ScoringError naming what is missing or wrong.
+  """
   layout = Workdir(workdir)
+  report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
   if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
-  directory = layout.checkpoints
+  regular = [(layout.checkpoints, s) for s in checkpointing.all_steps(layout.checkpoints)]
+  stages_wanted = None
   if best:
-    cfg = Config.from_dict(json.loads(layout.config.read_text()))
-    directory = layout.best(stages.final(cfg.train.stages))
-  if checkpointing.latest_step(directory) is None:
-    raise ScoringError(f"{directory} holds no checkpoint")
-  mngr = checkpointing.manager(directory, None)
-  step = mngr.latest_step() if step is None else step
-  if step not in mngr.all_steps():
-    raise ScoringError(f"no checkpoint step {step} in {directory}; have {mngr.all_steps()}")
+    final = stages.final(_read_config(layout.config).train.stages)
+    directory = layout.best(final)
+    candidates = [(directory, s) for s in checkpointing.all_steps(directory)]
+    if not candidates:
+      raise ScoringError(f"{directory} holds no checkpoint")
+    candidates += regular
+    stages_wanted = {final.name, stages.DONE}
+  elif step is not None:
+    have = [s for _, s in regular]
+    if step not in have:
+      raise ScoringError(f"no checkpoint step {step} in {layout.checkpoints}; have {sorted(have)}")
+    candidates = [(layout.checkpoints, step)]
+  else:
+    candidates = regular
+    if not candidates:
+      raise ScoringError(f"{layout.checkpoints} holds no checkpoint")
+  skipped = []
+  for directory, s in candidates:
+    try:
+      loaded = _restore_checkpoint(directory, s, devices, stages_wanted if skipped else None)
+    except checkpointing.UnusableCheckpoint as e:
+      if step is not None:
+        raise ScoringError(
+          f"{e}; refusing to score with it (omit --step to use the newest usable checkpoint)"
+        ) from None
+      report(f"{e}; trying the previous one")
+      skipped.append(e)
+      continue
+    except checkpointing.CheckpointError as e:
+      raise ScoringError(str(e)) from None
+    if loaded is None:
+      continue  # a regular checkpoint of an earlier stage: not a stand-in for --best
+    if skipped:
+      report(f"using {loaded.description} instead")
+    return dataclasses.replace(
+      loaded, description=loaded.description + (" (best)" if best and not skipped else "")
+    )
+  raise ScoringError(
+    f"no usable checkpoint in {workdir}"
+    + (f" for the {'/'.join(sorted(stages_wanted))} stage" if stages_wanted else "")
+    + f" ({'; '.join(str(e) for e in skipped[:3])})"
+  )
+
+
+def _read_config(path: Path) -> Config:
   try:
-    meta = checkpointing.read_meta(mngr, step)
+    return Config.from_dict(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ScoringError(f"{path}: cannot parse the run's config ({e})") from None
+
+
+def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> LoadedCheckpoint:
+  """Checkpoint `step` of `directory`; None if its stage is not in `stages_wanted`."""
+  mngr = checkpointing.manager(directory, None)
+  checkpointing.verify_seal(checkpointing.step_dir(mngr, step))
+  meta = checkpointing.read_meta(mngr, step, verify=False)
+  try:
+    if stages_wanted is not None and meta["progress"]["stage"] not in stages_wanted:
+      return None
     cfg = Config.from_dict(meta["config"])
     dataset_meta = data.DatasetMeta.from_dict(meta["dataset"])
     rows = meta["model"]
@@ -179,14 +250,8 @@ def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCh
     cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"]
   )
   fns = training.build(spec, cfg.train, mesh)
-  try:
-    state, _ = checkpointing.restore(mngr, step, fns.abstract_state)
-  except Exception as e:  # noqa: BLE001
-    raise ScoringError(
-      f"{directory}/{step}: cannot restore the model ({type(e).__name__}: {str(e)[:300]})"
-    ) from e
-  description = f"{workdir} step {step}{' (best)' if best else ''}"
-  return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, description)
+  state, _ = checkpointing.restore(mngr, step, fns.abstract_state, verify=False)
+  return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, f"{directory}/{step}")
 
 
 def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> Path:
@@ -324,6 +389,12 @@ def main(argv: list[str] | None = None) -> None:
     probs, labels, lines, bad = scorer.predict_file(
       args.data, fmt=args.format, schema=args.schema, bad_rows=args.bad_rows
     )
+    nonfinite = np.flatnonzero(~np.isfinite(probs))
+    if len(nonfinite):
+      raise ScoringError(
+        f"{scorer.description} gave {len(nonfinite)} non-finite probabilities (first at "
+        f"{args.data}:{int(lines[nonfinite[0]])}); nothing written to {args.out}"
+      )
     write_scores(args.out, probs, lines, bad)
     print(f"scored {len(probs)} rows with {scorer.description} -> {args.out}")
     if bad is not None and bad.count:

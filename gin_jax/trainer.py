@@ -134,9 +134,7 @@ def run(
 
   # ------------------------------------------------------------ resume or start
   plan = cfg.train.stages
-  restored = checkpointing.restore_latest_good(
-    ctx.ckpt, lambda _: fns.abstract_state, report=lambda m: _log("WARNING: " + m)
-  )
+  restored = _resume(ctx)
   if restored is None:
     first = stages.plan(plan)[0]
     progress = Progress(stage=first.name, stage_start_time=time.time())
@@ -258,6 +256,30 @@ def _load_data(cfg: Config, workdir: Workdir):
     meta, splits = data.prepare(cfg.data, cache)
   planted = [tuple(p) for p in (meta.planted_pairs or [])]
   return meta, splits, planted
+
+
+def _resume(ctx: _Context):
+  """(step, state, meta) of the newest usable checkpoint, or None to start afresh.
+
+  Unusable checkpoints (unsealed, altered on disk, NaN/Inf inside) are skipped
+  with a warning. If there are checkpoints but none is usable, the run stops
+  rather than silently starting over them, with one exception: a lone unsealed
+  checkpoint is the first save of a run killed before sealing it, and starting
+  afresh is exactly what resuming from nothing would do.
+  """
+  try:
+    return checkpointing.restore_latest_good(
+      ctx.ckpt, lambda step, saved: ctx.fns.abstract_state, report=lambda m: _log("WARNING: " + m)
+    )
+  except checkpointing.NoUsableCheckpoint as e:
+    if len(e.problems) == 1 and e.problems[0].kind == "unsealed":
+      _log(f"WARNING: {e.problems[0]}; starting afresh")
+      return None
+    raise TrainingError(
+      f"{e}; nothing to resume from. Use --overwrite to discard them, or another --workdir"
+    ) from e
+  except checkpointing.CheckpointError as e:
+    raise TrainingError(str(e)) from e
 
 
 def _check_finite(ctx: _Context, state, stage: stages.Stage) -> None:
