@@ -12,7 +12,9 @@ uninterrupted run (tests/test_train.py, the SIGKILL test).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +31,8 @@ from gin_jax import model as model_lib
 from gin_jax.config import Config
 from gin_jax.data import pipeline
 from gin_jax.stages import Workdir
+
+LOCK_FILE = ".lock"  # In the workdir: held (flock) by the run using it.
 
 
 class TrainingError(RuntimeError):
@@ -90,9 +94,20 @@ def run(
 
   Returns:
     The report dict also written to WORKDIR/report.json.
+
+  One run at a time: process 0 holds an exclusive lock on WORKDIR/.lock for
+  the whole run (released when it ends or dies); a second run on the same
+  workdir stops with TrainingError naming the process that holds it.
   """
-  # ------------------------------------------------------------ workdir guard
   workdir = Workdir(workdir)
+  lock = _workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _run(cfg, workdir, overwrite, devices, on_step)
+
+
+def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> dict:
+  """The body of run(), under the workdir lock."""
+  # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
   if lead:
     _prepare_workdir(workdir, cfg, overwrite)
@@ -206,6 +221,34 @@ class _Context:
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Workdir):
+  """Holds an exclusive flock on WORKDIR/.lock, with this process's pid inside.
+
+  flock is released by the kernel when the process dies, however it dies, so a
+  killed run never leaves a stale lock behind; the file itself stays.
+  """
+  path = workdir.root / LOCK_FILE
+  try:
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise TrainingError(
+      f"{e.filename or workdir.root}: cannot write to the workdir ({e.strerror})"
+    ) from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "(unknown pid)"
+      raise TrainingError(f"{workdir.root} is in use by process {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def _prepare_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> None:

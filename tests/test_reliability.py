@@ -151,3 +151,45 @@ def test_a_sealed_checkpoint_with_nan_parameters_is_never_scored(trained, workdi
   assert f"using {workdir}/checkpoints/{newest} instead" in proc.stderr
   probs = [float(x.split(",")[1]) for x in out.read_text().splitlines()[1:]]
   assert len(probs) == 600 and np.isfinite(probs).all()
+
+
+# ------------------------------------------------------------- 4. one run per workdir
+
+# `python -m train --preset tiny` that stops at global step 3 and waits there,
+# holding the workdir (as a long run would), until it is killed.
+_HOLD_SCRIPT = """
+import sys, time
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+def hold(step):
+  if step == 3:
+    print("holding", flush=True)
+    time.sleep(600)
+trainer.run(config.tiny(), sys.argv[1], on_step=hold)
+"""
+
+
+def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
+  wd = tmp_path / "wd"
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLD_SCRIPT, str(wd)],
+    env=_env(),
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
+  try:
+    for line in holder.stdout:  # its log, up to the point where it holds the workdir
+      if line.strip() == "holding":
+        break
+    assert holder.poll() is None
+    proc = train(wd)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {wd} is in use by process {holder.pid}"
+    assert_clean(proc)
+  finally:
+    holder.kill()
+    holder.wait()
+  proc = train(wd)  # the kernel released the dead holder's lock: this run resumes
+  assert proc.returncode == 0, proc.stderr[-3000:]
