@@ -157,8 +157,13 @@ def seal(directory: str | os.PathLike) -> Path:
   return path
 
 
-def verify_seal(directory: str | os.PathLike) -> None:
+def verify_seal(directory: str | os.PathLike, only: str = "") -> None:
   """Checks every file of a checkpoint against its seal.
+
+  Args:
+    directory: the step directory.
+    only: check just the files whose path (relative to it) starts with this,
+      e.g. "meta/" to trust the metadata without hashing the arrays.
 
   Raises:
     UnusableCheckpoint: no seal, an unreadable seal, or a file that is missing,
@@ -177,6 +182,8 @@ def verify_seal(directory: str | os.PathLike) -> None:
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise UnusableCheckpoint(directory, "altered", f"its seal is unreadable ({e})") from None
   present = {str(p.relative_to(directory)): p for p in _files(directory)}
+  present = {k: p for k, p in present.items() if k.startswith(only)}
+  sealed = {k: v for k, v in sealed.items() if k.startswith(only)}
   missing = sorted(set(sealed) - set(present))
   extra = sorted(set(present) - set(sealed))
   if missing or extra:
@@ -302,6 +309,25 @@ class NoUsableCheckpoint(CheckpointError):
     reasons = "; ".join(f"step {p.path.name}: {p.reason}" for p in problems[:3])
     super().__init__(f"no usable checkpoint in {directory} ({reasons})")
     self.problems = problems
+
+
+def newest_meta(directory: str | os.PathLike) -> tuple[int, dict] | None:
+  """(step, meta) of the newest checkpoint whose metadata matches its seal.
+
+  Reads no arrays, so it is cheap enough for a guard before anything else.
+  Call it on every process: orbax synchronises the processes in a restore.
+  """
+  steps = all_steps(directory)
+  if not steps:
+    return None
+  mngr = manager(directory, None)
+  for step in steps:
+    try:
+      verify_seal(step_dir(mngr, step), only="meta/")
+    except UnusableCheckpoint:
+      continue
+    return step, read_meta(mngr, step, verify=False)
+  return None
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:

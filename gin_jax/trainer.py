@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -109,8 +110,9 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
   """The body of run(), under the workdir lock."""
   # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
-  if lead:
-    _prepare_workdir(workdir, cfg, overwrite)
+  discard = _check_workdir(workdir, cfg, overwrite)  # every process reads; all agree
+  if lead and discard:
+    _discard_run(workdir)
   _barrier("workdir")
 
   # ------------------------------------------------------------ data
@@ -149,7 +151,7 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
 
   # ------------------------------------------------------------ resume or start
   plan = cfg.train.stages
-  restored = _resume(ctx)
+  restored = _resume(ctx, overwrite)
   if restored is None:
     first = stages.plan(plan)[0]
     progress = Progress(stage=first.name, stage_start_time=time.time())
@@ -251,24 +253,47 @@ def _workdir_lock(workdir: Workdir):
     os.close(fd)  # releases the lock
 
 
-def _prepare_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> None:
-  """Refuses (or with `overwrite` clears) a workdir that holds another config's run.
+def _check_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
+  """Refuses a workdir that holds another config's run; True: discard it (`overwrite`).
 
-  config.json itself is written only once the data is prepared, so a run that
-  fails on a data or schema error leaves nothing that would refuse its rerun.
+  The run's config is read from config.json AND from the newest checkpoint
+  whose metadata matches its seal (every checkpoint carries its config), so
+  deleting or editing config.json does not let another config resume those
+  checkpoints. config.json itself is written only once the data is prepared,
+  so a run that fails on a data or schema error leaves nothing that would
+  refuse its rerun.
   """
   new = cfg.to_dict()
+  saved = []
   if workdir.config.exists():
-    old = json.loads(workdir.config.read_text())
-    if old != new:
+    try:
+      saved.append((workdir.config, json.loads(workdir.config.read_text())))
+    except (OSError, ValueError) as e:
       if not overwrite:
         raise TrainingError(
-          f"{workdir.root} holds a run with a different config ({_config_diff(old, new)}); "
-          "use another --workdir, or --overwrite to discard it"
-        )
-      for p in [workdir.config, *workdir.run_outputs()]:
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-  workdir.root.mkdir(parents=True, exist_ok=True)
+          f"{workdir.config}: cannot read the run's config ({e}); fix or delete it, "
+          "or use --overwrite to discard the run"
+        ) from None
+      return True
+  newest = checkpointing.newest_meta(workdir.checkpoints)
+  if newest is not None:
+    saved.append((f"{workdir.checkpoints}/{newest[0]}", newest[1].get("config")))
+  for where, old in saved:
+    if old != new:
+      if overwrite:
+        return True
+      raise TrainingError(
+        f"{workdir.root} holds a run with a different config "
+        f"({_config_diff(old if isinstance(old, dict) else {}, new)}; per {where}); "
+        "use another --workdir, or --overwrite to discard it"
+      )
+  return False
+
+
+def _discard_run(workdir: Workdir) -> None:
+  """Deletes config.json and everything a run wrote except the prepared data."""
+  for p in [workdir.config, *workdir.run_outputs()]:
+    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _config_diff(old: dict, new: dict, prefix="") -> str:
@@ -301,28 +326,59 @@ def _load_data(cfg: Config, workdir: Workdir):
   return meta, splits, planted
 
 
-def _resume(ctx: _Context):
+def _resume(ctx: _Context, overwrite: bool):
   """(step, state, meta) of the newest usable checkpoint, or None to start afresh.
 
   Unusable checkpoints (unsealed, altered on disk, NaN/Inf inside) are skipped
-  with a warning. If there are checkpoints but none is usable, the run stops
-  rather than silently starting over them, with one exception: a lone unsealed
-  checkpoint is the first save of a run killed before sealing it, and starting
-  afresh is exactly what resuming from nothing would do.
+  with a warning. Checkpoints that cannot be resumed (none usable, or the
+  newest usable one from another config, dataset or device count) stop the
+  run: it never starts afresh over them unless `overwrite` says to discard
+  them. One exception: a lone unsealed checkpoint is the first save of a run
+  killed before sealing it, and starting afresh is exactly what resuming from
+  nothing would do.
   """
   try:
     return checkpointing.restore_latest_good(
-      ctx.ckpt, lambda step, saved: ctx.fns.abstract_state, report=lambda m: _log("WARNING: " + m)
+      ctx.ckpt, functools.partial(_fits, ctx), report=lambda m: _log("WARNING: " + m)
     )
   except checkpointing.NoUsableCheckpoint as e:
     if len(e.problems) == 1 and e.problems[0].kind == "unsealed":
       _log(f"WARNING: {e.problems[0]}; starting afresh")
       return None
+    problem = f"{e}; nothing to resume from"
+  except (checkpointing.CheckpointError, _Mismatch) as e:
+    problem = str(e)
+  if not overwrite:
     raise TrainingError(
-      f"{e}; nothing to resume from. Use --overwrite to discard them, or another --workdir"
-    ) from e
-  except checkpointing.CheckpointError as e:
-    raise TrainingError(str(e)) from e
+      f"{problem}. Use --overwrite to discard the run and start afresh, or another --workdir"
+    )
+  _log(f"WARNING: {problem}; --overwrite: discarding the run and starting afresh")
+  if jax.process_index() == 0:
+    _discard_run(ctx.workdir)
+    report.write_json(ctx.workdir.config, ctx.cfg.to_dict())
+  _barrier("discarded")
+  ctx.ckpt = checkpointing.manager(ctx.workdir.checkpoints, ctx.cfg.train.keep_checkpoints)
+  return None
+
+
+class _Mismatch(Exception):
+  """An intact checkpoint of another run (config, dataset or device count)."""
+
+
+def _fits(ctx: _Context, step: int, saved: dict):
+  """The abstract state to restore checkpoint `step` into, if it belongs to this run."""
+  where = f"{ctx.workdir.checkpoints}/{step}"
+  new = ctx.cfg.to_dict()
+  if saved.get("config") != new:
+    old = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    raise _Mismatch(f"{where} was trained with another config ({_config_diff(old, new)})")
+  rows = {"num_rows": ctx.spec.num_rows, "padded_rows": ctx.spec.padded_rows}
+  if saved.get("model") != rows:
+    raise _Mismatch(
+      f"{where} holds an embedding table of {saved.get('model')} rows, but this run's data "
+      f"and devices give {rows} (the input files or the number of devices changed)"
+    )
+  return ctx.fns.abstract_state
 
 
 def _check_finite(ctx: _Context, state, stage: stages.Stage) -> None:

@@ -193,3 +193,47 @@ def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
     holder.wait()
   proc = train(wd)  # the kernel released the dead holder's lock: this run resumes
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------- 5. the config guard
+
+
+def test_deleting_config_json_does_not_let_another_config_resume(workdir):
+  before = steps(workdir / "checkpoints")
+  (workdir / "config.json").unlink()
+  proc = train(workdir, "--train.keep_ratio=0.5")
+  assert proc.returncode == 2
+  assert "different config (train.keep_ratio: 0.3 -> 0.5" in proc.stderr
+  assert f"per {workdir}/checkpoints/{before[-1]}" in proc.stderr
+  assert_clean(proc)
+  assert steps(workdir / "checkpoints") == before  # nothing discarded
+
+
+def test_checkpoints_that_do_not_fit_are_never_silently_discarded(workdir):
+  """Same config, but 8 devices pad the table differently than the 1 it was trained on."""
+  before = steps(workdir / "checkpoints")
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir)]
+  proc = subprocess.run(cmd, env=_env(8), capture_output=True, text=True, cwd=REPO)
+  assert proc.returncode == 2
+  assert f"{workdir}/checkpoints/{before[-1]} holds an embedding table of" in proc.stderr
+  assert "--overwrite" in proc.stderr
+  assert_clean(proc)
+  assert steps(workdir / "checkpoints") == before
+  proc = subprocess.run(
+    cmd + ["--overwrite"], env=_env(8), capture_output=True, text=True, cwd=REPO
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "discarding the run and starting afresh" in proc.stdout
+  assert "starting tiny" in proc.stdout
+
+
+def test_an_unparsable_config_json_is_named(workdir):
+  (workdir / "config.json").write_text('{"name": "tiny", ')
+  proc = train(workdir)
+  assert proc.returncode == 2
+  assert (
+    proc.stderr.strip()
+    .splitlines()[-1]
+    .startswith(f"error: {workdir}/config.json: cannot read the run's config (")
+  )
+  assert_clean(proc)
