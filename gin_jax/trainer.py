@@ -501,14 +501,50 @@ def _apply_decay(state, progress: Progress, cfg):
 
 
 def _restore_best(ctx: _Context, stage: stages.Stage, state):
-  """The stage's best weights (by validation AUC), keeping the current step."""
+  """The stage's best weights (by validation AUC), keeping the current step.
+
+  If best_<stage> is unusable (altered on disk, unsealed, NaN/Inf), the stage's
+  usable regular checkpoints are evaluated on the validation split again and
+  the best of them stands in; it is sealed into best_<stage> in its place, so
+  a later rerun or `score --best` finds an intact one.
+  """
   best = ctx.best_manager(stage)
   step = best.latest_step()
   if step is None:
     return state
-  restored, _ = checkpointing.restore(best, step, ctx.fns.abstract_state)
+  try:
+    restored, _ = checkpointing.restore(best, step, ctx.fns.abstract_state)
+  except checkpointing.UnusableCheckpoint as e:
+    _log(f"WARNING: {e}; re-evaluating the {stage.name} stage's checkpoints instead")
+    found = _best_regular_checkpoint(ctx, stage)
+    if found is None:
+      _log(f"WARNING: no usable {stage.name} checkpoint stands in; keeping the last weights")
+      return state
+    step, restored, meta = found
+    for stale in best.all_steps():
+      checkpointing.delete(best, stale)
+    checkpointing.save(best, step, restored, meta)
   _log(f"{stage.name}: restored the best weights (step {step})")
   return {**restored, "step": state["step"]}
+
+
+def _best_regular_checkpoint(ctx: _Context, stage: stages.Stage):
+  """(step, state, meta) of the usable regular checkpoint of `stage` with the best valid AUC."""
+  found, best_auc = None, None
+  for step in sorted(ctx.ckpt.all_steps()):
+    try:
+      meta = checkpointing.read_meta(ctx.ckpt, step)
+      if meta["progress"]["stage"] != stage.name:
+        continue  # another stage's weights (a boundary save holds the next stage's init)
+      state, meta = checkpointing.restore(ctx.ckpt, step, ctx.fns.abstract_state, verify=False)
+    except checkpointing.UnusableCheckpoint as e:
+      _log(f"WARNING: {e}; skipped")
+      continue
+    auc = _evaluate(ctx, state, ctx.splits["valid"])["auc"]
+    _log(f"{stage.name}: checkpoint {step} has valid AUC {auc:.4f}")
+    if best_auc is None or auc > best_auc:
+      found, best_auc = (step, state, meta), auc
+  return found
 
 
 def _select_and_reinit(ctx: _Context, state, progress: Progress):

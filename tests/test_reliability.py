@@ -237,3 +237,48 @@ def test_an_unparsable_config_json_is_named(workdir):
     .startswith(f"error: {workdir}/config.json: cannot read the run's config (")
   )
   assert_clean(proc)
+
+
+# ------------------------------------------------------------- 6. a corrupt best_<stage>
+
+# `python -m train --preset tiny`, SIGKILLed when the search stage ends, after its
+# last epoch-end checkpoint and best_search were written, before the best
+# weights are restored from best_search.
+_KILL_BEFORE_BEST = """
+import os, signal, sys
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+trainer._restore_best = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+trainer.run(config.tiny(), sys.argv[1])
+"""
+
+
+def test_a_corrupt_best_checkpoint_falls_back_to_the_stages_regular_checkpoints(trained, tmp_path):
+  wd = tmp_path / "wd"
+  proc = subprocess.run(
+    [sys.executable, "-c", _KILL_BEFORE_BEST, str(wd)], env=_env(), capture_output=True, cwd=REPO
+  )
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  (best_step,) = steps(wd / "best_search")
+  flip_bytes(wd / "best_search" / str(best_step))
+  proc = train(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"best_search/{best_step} is unusable" in proc.stdout
+  assert f"search: checkpoint {best_step} has valid AUC" in proc.stdout
+  assert_clean(proc)
+  # The search stage's best weights were its last epoch's, which stood in for them.
+  assert metrics_of(report(wd)) == metrics_of(report(trained[0]))
+  checkpointing.verify_seal(wd / "best_search" / str(best_step))  # replaced, sealed
+
+
+def test_score_best_falls_back_and_says_which_checkpoint_it_used(trained, workdir, tmp_path):
+  _, rows = trained
+  (best_step,) = steps(workdir / "best_retrain")
+  flip_bytes(workdir / "best_retrain" / str(best_step))
+  out = tmp_path / "scores.csv"
+  proc = score("--checkpoint", workdir, "--best", "--data", rows, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  newest = steps(workdir / "checkpoints")[-1]
+  assert f"best_retrain/{best_step} is unusable" in proc.stderr
+  assert f"scored 600 rows with {workdir}/checkpoints/{newest} ->" in proc.stdout
+  assert_clean(proc)
