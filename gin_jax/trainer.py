@@ -160,6 +160,7 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
   else:
     step, state, saved = restored
     progress = Progress(**saved["progress"])
+    ctx.log.rewind(saved.get("metrics_bytes"), step)  # the replayed steps log again
     _log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
 
   # ------------------------------------------------------------ stages
@@ -217,6 +218,7 @@ class _Context:
       "dataset": self.meta.to_dict(),
       "planted_pairs": [list(p) for p in self.planted],
       "model": {"num_rows": self.spec.num_rows, "padded_rows": self.spec.padded_rows},
+      "metrics_bytes": self.log.size(),  # metrics.jsonl up to this checkpoint
     }
 
 

@@ -282,3 +282,53 @@ def test_score_best_falls_back_and_says_which_checkpoint_it_used(trained, workdi
   assert f"best_retrain/{best_step} is unusable" in proc.stderr
   assert f"scored 600 rows with {workdir}/checkpoints/{newest} ->" in proc.stdout
   assert_clean(proc)
+
+
+# ------------------------------------------------------------- 8. smaller items
+
+_KILL_AT_STEP = """
+import os, signal, sys
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+def kill_at(step):
+  if step == int(sys.argv[2]):
+    os.kill(os.getpid(), signal.SIGKILL)
+trainer.run(config.tiny(), sys.argv[1], on_step=kill_at)
+"""
+
+
+def _metrics_lines(workdir):
+  """metrics.jsonl without its wall-clock figures."""
+  out = []
+  for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    out.append({k: v for k, v in record.items() if k not in ("samples_per_s", "seconds")})
+  return out
+
+
+def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
+  wd = tmp_path / "wd"
+  # Step 37: 7 steps (and the log line of step 35) after the checkpoint of step 30.
+  cmd = [sys.executable, "-c", _KILL_AT_STEP, str(wd), "37"]
+  assert subprocess.run(cmd, env=_env(), capture_output=True, cwd=REPO).returncode == -9
+  assert any(r.get("step") == 35 for r in _metrics_lines(wd))
+  proc = train(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from step 30" in proc.stdout
+  assert _metrics_lines(wd) == _metrics_lines(trained[0])
+
+
+def test_metrics_log_rewinds_by_size_or_by_step(tmp_path):
+  from gin_jax import report as report_lib
+
+  log = report_lib.MetricsLog(tmp_path / "m.jsonl")
+  for step in (5, 10):
+    log.write(step=step, loss=1.0)
+  size = log.size()
+  for step in (15, 20):
+    log.write(step=step, loss=1.0)
+  log.rewind(size, 10)  # a checkpoint that recorded the log's size
+  assert [json.loads(x)["step"] for x in log.path.read_text().splitlines()] == [5, 10]
+  log.write(step=15, loss=1.0)
+  log.rewind(None, 10)  # one that did not: by step
+  assert [json.loads(x)["step"] for x in log.path.read_text().splitlines()] == [5, 10]
