@@ -37,10 +37,12 @@ incompatible: that raises CheckpointError, which nobody silently skips.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +84,7 @@ def manager(directory: str | os.PathLike, max_to_keep: int | None) -> ocp.Checkp
   Saves are synchronous: the trainer saves rarely, and a save that returns
   is complete, which is what the crash-and-resume guarantee rests on.
   """
+  _hush_orbax()
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
   )
@@ -102,18 +105,68 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     # A stage boundary can share its step with the epoch-end save; the newer
     # state supersedes it (earlier checkpoints remain as a fallback).
     mngr.delete(step)
-  mngr.save(step, args=args, force=True)
-  mngr.wait_until_finished()
+  try:
+    mngr.save(step, args=args, force=True)
+    mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
+    raise _write_error(step_dir(mngr, step), state, e) from None
   _barrier(f"checkpoint-{step}-written")  # every process's array files are complete
   if jax.process_index() == 0:
     seal(step_dir(mngr, step))
   _barrier(f"checkpoint-{step}-sealed")
 
 
-def delete(mngr: ocp.CheckpointManager, step: int) -> None:
-  """Removes checkpoint `step` (an unusable one that is being replaced)."""
-  if step in mngr.all_steps():
-    mngr.delete(step)
+def _write_error(directory: Path, state, e: BaseException) -> CheckpointError:
+  """One line for a failed save; a full disk says so, with the space needed."""
+  chain, x = [], e
+  while x is not None and len(chain) < 10:
+    chain.append(x)
+    x = x.__cause__ or x.__context__
+  if any(
+    getattr(x, "errno", None) == errno.ENOSPC or "No space left on device" in str(x) for x in chain
+  ):
+    nbytes = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+    return CheckpointError(
+      f"no space left on device while writing {directory} (about {nbytes / 2**20:.1f} MB needed)"
+    )
+  return CheckpointError(f"{directory}: cannot write the checkpoint ({_first_line(e)})")
+
+
+# When an orbax write or read fails, its worker threads, abandoned futures and
+# tensorstore callbacks print tracebacks of the very error that reaches the
+# caller (and is reported there in one line), or of the event loop they were
+# bound to having closed ("Event loop is closed", through sys.unraisablehook):
+# harmless, and not for the user's eyes. _hush_orbax drops exactly those.
+_ORBAX_NOISE = (
+  "_SignalingThread.run() raised an exception",  # absl log, re-raised to the caller
+  "exception was never retrieved",  # asyncio log of an abandoned future
+)
+
+
+def _drop_orbax_noise(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return not any(noise in message for noise in _ORBAX_NOISE)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _unraisable(unraisable) -> None:
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return
+  _previous_unraisablehook(unraisable)
+
+
+def _hush_orbax() -> None:
+  """Installs the filters above once per process."""
+  global _previous_unraisablehook
+  if sys.unraisablehook is _unraisable:
+    return
+  _previous_unraisablehook = sys.unraisablehook
+  sys.unraisablehook = _unraisable
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_drop_orbax_noise)
 
 
 def _barrier(name: str) -> None:
@@ -149,10 +202,14 @@ def seal(directory: str | os.PathLike) -> Path:
   }
   path = directory / SEAL_FILE
   tmp = path.with_name(f"{SEAL_FILE}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump({"version": SEAL_VERSION, "algorithm": "sha256", "files": files}, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(tmp, "w") as f:
+      json.dump({"version": SEAL_VERSION, "algorithm": "sha256", "files": files}, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from None
   os.replace(tmp, path)
   return path
 

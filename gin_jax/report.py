@@ -20,8 +20,11 @@ class MetricsLog:
   def write(self, **record) -> None:
     if not self.enabled:
       return
-    with self.path.open("a") as f:
-      f.write(json.dumps(_jsonable(record)) + "\n")
+    try:
+      with self.path.open("a") as f:
+        f.write(json.dumps(_jsonable(record)) + "\n")
+    except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
 
   def size(self) -> int | None:
     """Bytes written so far (what a checkpoint records); None where disabled."""
@@ -67,7 +70,11 @@ def write_json(path: str | os.PathLike, obj) -> None:
   """Writes atomically (temp file + rename) so readers never see half a file."""
   path = Path(path)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+  try:
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+  except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from None
   os.replace(tmp, path)
 
 
