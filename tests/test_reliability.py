@@ -43,10 +43,12 @@ def steps(directory):
   return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit())
 
 
-def flip_bytes(step_dir, n=64):
-  """Inverts n bytes in the middle of the largest array file of a checkpoint."""
+def flip_bytes(step_dir, n=64, name=None):
+  """Inverts n bytes in the middle of a file of a checkpoint's state: the largest
+  (array data), or the one called `name` (e.g. the OCDBT manifest, which makes
+  orbax itself fail with DATA_LOSS)."""
   files = [p for p in (Path(step_dir) / "state").rglob("*") if p.is_file()]
-  target = max(files, key=lambda p: p.stat().st_size)
+  target = max(files, key=lambda p: p.stat().st_size if name is None else p.name == name)
   data = bytearray(target.read_bytes())
   mid = len(data) // 2
   data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
@@ -107,12 +109,13 @@ def test_trainer_falls_back_past_flipped_bytes_and_finishes_identically(trained,
   assert again["kept_pairs"] == original["kept_pairs"]
 
 
+@pytest.mark.parametrize("name", [None, "manifest.ocdbt"])
 def test_scorer_refuses_a_flipped_checkpoint_and_falls_back_when_asked_for_the_latest(
-  trained, workdir, tmp_path
+  trained, workdir, tmp_path, name
 ):
   _, rows = trained
   newest = steps(workdir / "checkpoints")[-1]
-  flip_bytes(workdir / "checkpoints" / str(newest))
+  flip_bytes(workdir / "checkpoints" / str(newest), name=name)
   out = tmp_path / "scores.csv"
   proc = score("--checkpoint", workdir, "--step", newest, "--data", rows, "--out", out)
   assert proc.returncode == 2
@@ -332,3 +335,128 @@ def test_metrics_log_rewinds_by_size_or_by_step(tmp_path):
   log.write(step=15, loss=1.0)
   log.rewind(None, 10)  # one that did not: by step
   assert [json.loads(x)["step"] for x in log.path.read_text().splitlines()] == [5, 10]
+
+
+# ------------------------------------------------------------- 7. one-line errors
+
+
+@pytest.fixture
+def read_only(tmp_path):
+  """(source dir, read-only view of it): a read-only bind mount (root only), else skip."""
+  src, view = tmp_path / "src", tmp_path / "ro"
+  src.mkdir()
+  view.mkdir()
+  try:
+    for cmd in (["mount", "--bind", src, view], ["mount", "-o", "remount,bind,ro", view]):
+      subprocess.run(list(map(str, cmd)), check=True, capture_output=True)
+  except (OSError, subprocess.CalledProcessError) as e:
+    subprocess.run(["umount", str(view)], check=False, capture_output=True)
+    pytest.skip(f"cannot mount read-only here ({e}); test_cannot_write_* cover the paths")
+  try:
+    yield src, view
+  finally:
+    subprocess.run(["umount", str(view)], check=False)
+
+
+def last_line(proc):
+  return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_read_only_workdir_of_a_finished_run_is_one_line(trained, read_only):
+  src, view = read_only
+  shutil.copytree(trained[0], src / "wd")
+  proc = train(view / "wd")
+  assert proc.returncode == 2
+  assert last_line(proc) == (
+    f"error: {view}/wd/.lock: cannot write to the workdir (Read-only file system)"
+  )
+  assert_clean(proc)
+
+
+def test_scores_and_exports_onto_a_read_only_path_are_one_line(trained, read_only):
+  wd, rows = trained
+  _, view = read_only
+  proc = score("--checkpoint", wd, "--data", rows, "--out", view / "s.csv")
+  assert proc.returncode == 2
+  assert last_line(proc) == f"error: {view}/s.csv: cannot write the scores (Read-only file system)"
+  assert_clean(proc)
+  proc = score("--checkpoint", wd, "--export", view / "export")
+  assert proc.returncode == 2
+  assert last_line(proc) == (
+    f"error: {view}/export: cannot write the export (Read-only file system)"
+  )
+  assert_clean(proc)
+
+
+def test_cannot_write_here_is_one_line_without_a_mount(trained, tmp_path):
+  """The same paths where no read-only mount is possible: a file stands where a
+  directory should be."""
+  from gin_jax import score as score_lib
+  from gin_jax import trainer
+
+  wd, rows = trained
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(trainer.TrainingError, match=r"file/wd: cannot write to the workdir \("):
+    trainer.run(__import__("gin_jax").tiny(), blocker / "wd", devices=jax.devices()[:1])
+  scorer = score_lib.Scorer.from_checkpoint(wd, devices=jax.devices()[:1])
+  with pytest.raises(score_lib.ScoringError, match=r"file/s\.csv: cannot write the scores \("):
+    score_lib.score_file(scorer, rows, blocker / "s.csv")
+  with pytest.raises(score_lib.ScoringError, match=r"file/export: cannot write the export \("):
+    score_lib.export(wd, blocker / "export")
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+  from gin_jax import score as score_lib
+
+  return score_lib.export(trained[0], tmp_path_factory.mktemp("export") / "export")
+
+
+def _broken_export(exported, tmp_path, fault):
+  d = tmp_path / "export"
+  shutil.copytree(exported, d)
+  info = json.loads((d / "export.json").read_text())
+  meta = json.loads((d / "dataset.json").read_text())
+  if fault.startswith("batch_size="):
+    info["batch_size"] = json.loads(fault.split("=", 1)[1])
+  elif fault == "extra array":
+    with np.load(d / "params.npz") as z:
+      arrays = dict(z)
+    np.savez(d / "params.npz", **arrays, bonus=np.zeros(3))
+  elif fault == "unknown key":
+    meta["surprise"] = 1
+  elif fault == "offsets":
+    meta["fields"][20]["offset"] += 5000  # C8's rows now lie outside the table
+  (d / "export.json").write_text(json.dumps(info))
+  (d / "dataset.json").write_text(json.dumps(meta))
+  return d
+
+
+@pytest.mark.parametrize(
+  "fault, message",
+  [
+    ("batch_size=0", r"export\.json: batch_size must be a positive integer, got 0$"),
+    ('batch_size="512"', r"export\.json: batch_size must be a positive integer, got '512'$"),
+    ("batch_size=-1", r"export\.json: batch_size must be a positive integer, got -1$"),
+    ("extra array", r"params\.npz: the exported function takes exactly leaf_0\.\.leaf_\d+; "),
+    ("unknown key", r"dataset\.json: dataset metadata: unknown key\(s\) \['surprise'\]$"),
+    ("offsets", r"dataset\.json: field 'C8': rows \[\d+, \d+\) of the table, expected "),
+  ],
+)
+def test_a_bad_export_file_is_named_with_its_problem(exported, tmp_path, fault, message):
+  from gin_jax import score as score_lib
+
+  d = _broken_export(exported, tmp_path, fault)
+  with pytest.raises(score_lib.ScoringError, match=message):
+    score_lib.Scorer.from_export(d)
+
+
+def test_a_bad_export_is_one_line_on_the_command_line(trained, exported, tmp_path):
+  _, rows = trained
+  d = _broken_export(exported, tmp_path, "offsets")
+  out = tmp_path / "s.csv"
+  proc = score("--exported", d, "--data", rows, "--out", out)  # was: every row NaN, exit 0
+  assert proc.returncode == 2 and not out.exists()
+  assert last_line(proc).startswith(f"error: {d}/dataset.json: field 'C8': rows [")
+  assert_clean(proc)
