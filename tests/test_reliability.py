@@ -460,3 +460,17 @@ def test_a_bad_export_is_one_line_on_the_command_line(trained, exported, tmp_pat
   assert proc.returncode == 2 and not out.exists()
   assert last_line(proc).startswith(f"error: {d}/dataset.json: field 'C8': rows [")
   assert_clean(proc)
+
+
+def test_scoring_a_file_whose_every_row_is_skipped_exits_2(trained, tmp_path):
+  wd, _ = trained
+  rows = tmp_path / "all_bad.tsv"
+  rows.write_text("1\tnot\tenough\n0\tfields\n1\there\n")
+  out = tmp_path / "s.csv"
+  proc = score("--checkpoint", wd, "--data", rows, "--out", out, "--bad-rows", "skip")
+  assert proc.returncode == 2  # was 0, with a file of skipped rows only
+  assert last_line(proc).startswith(
+    f"error: no row of {rows} could be scored (3 bad row(s) skipped; first: ['{rows}:1: expected"
+  )
+  assert not out.exists()
+  assert_clean(proc)
