@@ -169,6 +169,12 @@ def _hush_orbax() -> None:
     logging.getLogger(name).addFilter(_drop_orbax_noise)
 
 
+def delete(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Removes checkpoint `step` (an unusable one that is being replaced)."""
+  if step in mngr.all_steps():
+    mngr.delete(step)
+
+
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
