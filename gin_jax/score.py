@@ -4,10 +4,13 @@
   python -m gin_jax.score --checkpoint WORKDIR --export DIR
   python -m gin_jax.score --exported DIR --data FILE --out FILE
 
-Loading reads orbax arrays and JSON only: no pickle, no eval. An exported
-directory holds the StableHLO of the scoring function (`jax.export`), its
-parameters as a plain .npz (read with allow_pickle=False) and the dataset
-metadata; running it needs jax and numpy, not the model code.
+Loading reads orbax arrays and JSON only: no pickle, no eval, and only from a
+checkpoint that matches its seal and holds finite values (gin_jax/checkpointing.py).
+An exported directory holds the StableHLO of the scoring function (`jax.export`),
+its parameters as a plain .npz (read with allow_pickle=False) and the dataset
+metadata; running it needs jax and numpy, not the model code. The command line
+streams .csv and .npy output chunk by chunk (`score_file`), so its memory does
+not grow with the file.
 """
 
 from __future__ import annotations

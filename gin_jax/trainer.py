@@ -1,13 +1,16 @@
 """The two-stage AOANet trainer: search -> select -> retrain -> test.
 
-`run(cfg, workdir)` is the one orchestration function of the project; it is
-long on purpose and reads top to bottom in marked sections (STYLE.md rule 9).
-Everything it calls is a short, tested library function.
+`run(cfg, workdir)` takes the workdir's lock and calls `_run`, the one
+orchestration function of the project; it is long on purpose and reads top to
+bottom in marked sections (STYLE.md rule 9). Everything it calls is a short,
+tested library function.
 
 Resuming: re-running the same command on the same workdir restores the
-newest readable checkpoint (train state + grain iterator state + stage
-progress) and continues; on one device the result is bit-identical to an
-uninterrupted run (tests/test_train.py, the SIGKILL test).
+newest usable checkpoint (sealed, intact and finite: gin_jax/checkpointing.py;
+train state + grain iterator state + stage progress) and continues; on one
+device the result is bit-identical to an uninterrupted run (tests/test_train.py,
+the SIGKILL test). Checkpoints of another config, dataset or device count are
+never resumed nor silently discarded (tests/test_reliability.py).
 """
 
 from __future__ import annotations
