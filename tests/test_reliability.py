@@ -194,8 +194,9 @@ def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
   finally:
     holder.kill()
     holder.wait()
-  proc = train(wd)  # the kernel released the dead holder's lock: this run resumes
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  # That the kernel releases a killed holder's lock is shown by every resume
+  # after a SIGKILL (test_metrics_jsonl_holds_each_step_once_after_a_resume,
+  # test_train.py::test_sigkill_mid_stage_then_resume_gives_identical_metrics).
 
 
 # ------------------------------------------------------------- 5. the config guard
