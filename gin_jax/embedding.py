@@ -122,6 +122,7 @@ class RowOptimizer:
     v_hat = v / (1 - self.b2**count).astype(v.dtype)
     return w - lr * (m_hat / (jnp.sqrt(v_hat) + self.eps)), {"m": m, "v": v}
 
+
   def _replay(self, w, m, v, last_u, idle, lr):
     b1, b2, eps, l2 = self.b1, self.b2, self.eps, self.l2
     first = (last_u + 1).astype(w.dtype).reshape(idle.shape)
