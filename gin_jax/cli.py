@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 
@@ -97,7 +98,7 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
 
 
 def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
-  from gin_jax import trainer
+  from gin_jax import checkpointing, trainer
   from gin_jax.data import DataError
 
   try:
@@ -105,6 +106,32 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     cfg = build_config(args, overrides)
     workdir = args.workdir or os.path.join("runs", cfg.name)
     trainer.run(cfg, workdir, overwrite=args.overwrite)
-  except (trainer.TrainingError, DataError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  except (
+    trainer.TrainingError,
+    checkpointing.CheckpointError,
+    DataError,
+    ValueError,
+    OSError,
+  ) as e:
+    fail(e)
+
+
+def fail(e: BaseException) -> None:
+  """Prints `error: <what>` as one line and exits 2 (bad input or environment, not a bug).
+
+  An OSError reads `<file>: <problem>` (e.g. a read-only disk), or `no space left
+  on device while writing <file>`.
+  """
+  if isinstance(e, OSError) and e.strerror:
+    where = e.filename if e.filename is not None else ""
+    message = f"{where}: {e.strerror}" if where else e.strerror
+    if e.errno == errno.ENOSPC and where:
+      message = f"no space left on device while writing {where}"
+  else:
+    message = str(e)
+  from tqdm.auto import tqdm
+
+  for bar in list(getattr(tqdm, "_instances", ())):  # a run stopped mid-epoch leaves one open
+    bar.close()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)

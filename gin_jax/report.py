@@ -20,8 +20,38 @@ class MetricsLog:
   def write(self, **record) -> None:
     if not self.enabled:
       return
-    with self.path.open("a") as f:
-      f.write(json.dumps(_jsonable(record)) + "\n")
+    try:
+      with self.path.open("a") as f:
+        f.write(json.dumps(_jsonable(record)) + "\n")
+    except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
+
+  def size(self) -> int | None:
+    """Bytes written so far (what a checkpoint records); None where disabled."""
+    if not self.enabled:
+      return None
+    return self.path.stat().st_size if self.path.exists() else 0
+
+  def rewind(self, size: int | None, step: int) -> None:
+    """Forgets the lines written after a checkpoint, which a resumed run replays.
+
+    Args:
+      size: the log's size when the checkpoint was saved (`size()`), or None for
+        a checkpoint that did not record it: then every line after global step
+        `step` goes.
+      step: the checkpoint's global step.
+    """
+    if not self.enabled or not self.path.exists():
+      return
+    if size is not None:
+      if self.path.stat().st_size > size:
+        with self.path.open("r+b") as f:
+          f.truncate(size)
+      return
+    lines = self.path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(keep) < len(lines):
+      self.path.write_text("".join(keep))
 
 
 def _jsonable(x):
@@ -40,7 +70,11 @@ def write_json(path: str | os.PathLike, obj) -> None:
   """Writes atomically (temp file + rename) so readers never see half a file."""
   path = Path(path)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+  try:
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+  except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from None
   os.replace(tmp, path)
 
 

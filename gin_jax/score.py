@@ -4,20 +4,29 @@
   python -m gin_jax.score --checkpoint WORKDIR --export DIR
   python -m gin_jax.score --exported DIR --data FILE --out FILE
 
-Loading reads orbax arrays and JSON only: no pickle, no eval. An exported
-directory holds the StableHLO of the scoring function (`jax.export`), its
-parameters as a plain .npz (read with allow_pickle=False) and the dataset
-metadata; running it needs jax and numpy, not the model code.
+Loading reads orbax arrays and JSON only: no pickle, no eval, and only from a
+checkpoint that matches its seal and holds finite values (gin_jax/checkpointing.py).
+An exported directory holds the StableHLO of the scoring function (`jax.export`),
+its parameters as a plain .npz (read with allow_pickle=False) and the dataset
+metadata; running it needs jax and numpy, not the model code. The command line
+streams .csv and .npy output chunk by chunk (`score_file`), so its memory does
+not grow with the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import csv
+import ctypes
 import dataclasses
+import functools
+import itertools
 import json
 import os
+import struct
 import sys
+import zipfile
 from pathlib import Path
 
 import jax
@@ -29,6 +38,7 @@ from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
 from gin_jax.data import pipeline
+from gin_jax.data.encode import concat_splits
 from gin_jax.stages import Workdir
 
 EXPORT_FILES = ("score.stablehlo", "params.npz", "dataset.json", "export.json")
@@ -87,17 +97,38 @@ class Scorer:
 
   @classmethod
   def from_export(cls, directory) -> Scorer:
-    """Loads an exported scorer (see `export`) without the model code."""
+    """Loads an exported scorer (see `export`) without the model code.
+
+    Every file is checked against the others before anything is scored: a bad
+    one raises ScoringError naming it and the problem.
+    """
     directory = Path(directory)
     missing = [f for f in EXPORT_FILES if not (directory / f).exists()]
     if missing:
       raise ScoringError(f"{directory} is not an export directory: missing {missing}")
-    exported = jax.export.deserialize(bytearray((directory / "score.stablehlo").read_bytes()))
-    with np.load(directory / "params.npz", allow_pickle=False) as z:
-      leaves = [z[f"leaf_{i}"] for i in range(len(z.files))]
-    info = json.loads((directory / "export.json").read_text())
-    dataset_meta = data.DatasetMeta.from_json((directory / "dataset.json").read_text())
-    weights = [jnp.asarray(x) for x in leaves]
+    info = _export_info(directory / "export.json")
+    path = directory / "score.stablehlo"
+    try:
+      exported = jax.export.deserialize(bytearray(path.read_bytes()))
+    except Exception as e:  # noqa: BLE001 - any undecodable artifact is reported the same way
+      raise ScoringError(f"{path}: not a serialized jax.export function ({e})") from None
+    weights = [jnp.asarray(x) for x in _export_params(directory / "params.npz", exported)]
+    path = directory / "dataset.json"
+    try:
+      dataset_meta = data.DatasetMeta.from_json(path.read_text())
+    except data.DataError as e:
+      raise ScoringError(f"{path}: {e}") from None
+    ids_aval = exported.in_avals[len(weights)]
+    if dataset_meta.num_fields != ids_aval.shape[1]:
+      raise ScoringError(
+        f"{path}: {dataset_meta.num_fields} fields, but the exported function takes "
+        f"{ids_aval.shape[1]}"
+      )
+    if info.get("num_table_rows", dataset_meta.num_table_rows) != dataset_meta.num_table_rows:
+      raise ScoringError(
+        f"{path}: num_table_rows={dataset_meta.num_table_rows}, but the exported table "
+        f"has {info['num_table_rows']} (export.json)"
+      )
 
     def score(ids, values):
       return np.asarray(exported.call(weights, jnp.asarray(ids), jnp.asarray(values)))
@@ -137,6 +168,46 @@ class Scorer:
     return cat(probs, np.float32), cat(labels, np.float32), cat(lines, np.int64), bad
 
 
+def _export_info(path: Path) -> dict:
+  """export.json, checked: an object whose batch_size is a positive integer."""
+  try:
+    info = json.loads(path.read_text())
+  except ValueError as e:
+    raise ScoringError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(info, dict):
+    raise ScoringError(f"{path}: must be a JSON object")
+  size = info.get("batch_size")
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ScoringError(f"{path}: batch_size must be a positive integer, got {size!r}")
+  return info
+
+
+def _export_params(path: Path, exported) -> list[np.ndarray]:
+  """params.npz, checked: exactly the arrays leaf_0.. the exported function takes, finite."""
+  avals = exported.in_avals[:-2]  # then ids and values
+  names = [f"leaf_{i}" for i in range(len(avals))]
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      extra, absent = sorted(set(z.files) - set(names)), sorted(set(names) - set(z.files))
+      if extra or absent:
+        raise ScoringError(
+          f"{path}: the exported function takes exactly {names[0]}..{names[-1]}; "
+          + (f"unexpected {extra}" if extra else f"missing {absent}")
+        )
+      leaves = [z[name] for name in names]
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ScoringError(f"{path}: unreadable ({e})") from None
+  for name, x, aval in zip(names, leaves, avals):
+    if x.shape != aval.shape or x.dtype != aval.dtype:
+      raise ScoringError(
+        f"{path}: {name} is {x.dtype}{list(x.shape)}, the exported function takes "
+        f"{aval.dtype}{list(aval.shape)}"
+      )
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+      raise ScoringError(f"{path}: {name} holds NaN or Inf")
+  return leaves
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedCheckpoint:
   cfg: Config
@@ -147,24 +218,95 @@ class LoadedCheckpoint:
   description: str
 
 
-def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCheckpoint:
-  """Restores a training checkpoint onto `devices` (see Scorer.from_checkpoint)."""
+def load_checkpoint(
+  workdir, *, step=None, best=False, devices=None, report=None
+) -> LoadedCheckpoint:
+  """Restores a usable training checkpoint onto `devices` (see Scorer.from_checkpoint).
+
+  Usable means sealed, every file matching its seal and every parameter finite
+  (gin_jax.checkpointing). An explicit `step` that is unusable is refused.
+  Without one, the newest usable checkpoint is used, and each newer one that
+  is skipped is reported. With `best`, the final stage's best checkpoint; if
+  it is unusable, the newest usable regular checkpoint of that stage (or of
+  the finished run, which holds the restored best weights), saying so.
+
+  Args:
+    workdir: a `python -m train` workdir.
+    step: a specific checkpoint step (default: the newest usable).
+    best: the best checkpoint of the last stage instead.
+    devices: devices to restore onto (default: all local devices).
+    report: called with each warning (default: printed to stderr).
+
+  Returns:
+    The LoadedCheckpoint. Raises ScoringError naming what is missing or wrong.
+  """
   layout = Workdir(workdir)
+  report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
   if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
-  directory = layout.checkpoints
+  regular = [(layout.checkpoints, s) for s in checkpointing.all_steps(layout.checkpoints)]
+  stages_wanted = None
   if best:
-    cfg = Config.from_dict(json.loads(layout.config.read_text()))
-    directory = layout.best(stages.final(cfg.train.stages))
-  if checkpointing.latest_step(directory) is None:
-    raise ScoringError(f"{directory} holds no checkpoint")
-  mngr = checkpointing.manager(directory, None)
-  step = mngr.latest_step() if step is None else step
-  if step not in mngr.all_steps():
-    raise ScoringError(f"no checkpoint step {step} in {directory}; have {mngr.all_steps()}")
+    final = stages.final(_read_config(layout.config).train.stages)
+    directory = layout.best(final)
+    candidates = [(directory, s) for s in checkpointing.all_steps(directory)]
+    if not candidates:
+      raise ScoringError(f"{directory} holds no checkpoint")
+    candidates += regular
+    stages_wanted = {final.name, stages.DONE}
+  elif step is not None:
+    have = [s for _, s in regular]
+    if step not in have:
+      raise ScoringError(f"no checkpoint step {step} in {layout.checkpoints}; have {sorted(have)}")
+    candidates = [(layout.checkpoints, step)]
+  else:
+    candidates = regular
+    if not candidates:
+      raise ScoringError(f"{layout.checkpoints} holds no checkpoint")
+  skipped = []
+  for directory, s in candidates:
+    try:
+      loaded = _restore_checkpoint(directory, s, devices, stages_wanted if skipped else None)
+    except checkpointing.UnusableCheckpoint as e:
+      if step is not None:
+        raise ScoringError(
+          f"{e}; refusing to score with it (omit --step to use the newest usable checkpoint)"
+        ) from None
+      report(f"{e}; trying the previous one")
+      skipped.append(e)
+      continue
+    except checkpointing.CheckpointError as e:
+      raise ScoringError(str(e)) from None
+    if loaded is None:
+      continue  # a regular checkpoint of an earlier stage: not a stand-in for --best
+    if skipped:
+      report(f"using {loaded.description} instead")
+    return dataclasses.replace(
+      loaded, description=loaded.description + (" (best)" if best and not skipped else "")
+    )
+  raise ScoringError(
+    f"no usable checkpoint in {workdir}"
+    + (f" for the {'/'.join(sorted(stages_wanted))} stage" if stages_wanted else "")
+    + f" ({'; '.join(str(e) for e in skipped[:3])})"
+  )
+
+
+def _read_config(path: Path) -> Config:
   try:
-    meta = checkpointing.read_meta(mngr, step)
-    cfg = Config.from_dict(meta["config"])
+    return Config.from_dict(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ScoringError(f"{path}: cannot parse the run's config ({e})") from None
+
+
+def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> LoadedCheckpoint:
+  """Checkpoint `step` of `directory`; None if its stage is not in `stages_wanted`."""
+  mngr = checkpointing.manager(directory, None)
+  checkpointing.verify_seal(checkpointing.step_dir(mngr, step))
+  meta = checkpointing.read_meta(mngr, step, verify=False)
+  try:
+    if stages_wanted is not None and meta["progress"]["stage"] not in stages_wanted:
+      return None
+    cfg = Config.from_dict(meta.get("effective_config") or meta["config"])
     dataset_meta = data.DatasetMeta.from_dict(meta["dataset"])
     rows = meta["model"]
   except Exception as e:  # noqa: BLE001 - report any malformed metadata the same way
@@ -179,14 +321,8 @@ def load_checkpoint(workdir, *, step=None, best=False, devices=None) -> LoadedCh
     cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"]
   )
   fns = training.build(spec, cfg.train, mesh)
-  try:
-    state, _ = checkpointing.restore(mngr, step, fns.abstract_state)
-  except Exception as e:  # noqa: BLE001
-    raise ScoringError(
-      f"{directory}/{step}: cannot restore the model ({type(e).__name__}: {str(e)[:300]})"
-    ) from e
-  description = f"{workdir} step {step}{' (best)' if best else ''}"
-  return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, description)
+  state, _ = checkpointing.restore(mngr, step, fns.abstract_state, verify=False)
+  return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, f"{directory}/{step}")
 
 
 def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> Path:
@@ -216,22 +352,325 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
     jax.ShapeDtypeStruct((b, f), jnp.float32),
   )
   exported = jax.export.export(jax.jit(score), platforms=("cpu", "cuda"))(*args)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "score.stablehlo").write_bytes(exported.serialize())
-  np.savez(out_dir / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-  (out_dir / "dataset.json").write_text(loaded.dataset_meta.to_json())
   info = {
     "batch_size": loaded.cfg.train.eval_batch_size,
     "num_fields": f,
+    "num_table_rows": loaded.dataset_meta.num_table_rows,
     "field_names": loaded.dataset_meta.field_names,
     "source": loaded.description,
     "platforms": list(exported.platforms),
   }
-  (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "score.stablehlo").write_bytes(exported.serialize())
+    np.savez(out_dir / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
+    (out_dir / "dataset.json").write_text(loaded.dataset_meta.to_json())
+    (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+  except OSError as e:
+    raise ScoringError(f"{e.filename or out_dir}: cannot write the export ({e.strerror})") from None
   return out_dir
 
 
 # ---------------------------------------------------------------------- output
+
+
+@dataclasses.dataclass
+class ScoreSummary:
+  """What score_file did: rows scored, rows skipped, and metrics when labelled."""
+
+  rows: int
+  bad: object  # data.BadRowReport (count and first examples; line numbers dropped)
+  metrics: dict | None  # {"auc", "logloss", "n"} when every scored row had a label
+
+
+# Text per chunk when scoring a file. Smaller than preparation's 8 MiB: the
+# parse of a chunk needs ~4 KB per Criteo row for a moment, and at 1 MiB
+# (~4k rows) that transient stays a few percent of the process's memory, so the
+# peak does not drift with the file's length (benchmarks/score_memory.py).
+SCORE_CHUNK_BYTES = 1 << 20
+
+
+def score_file(
+  scorer: Scorer, path, out, *, fmt=None, schema=None, bad_rows: str = "error"
+) -> ScoreSummary:
+  """Scores a raw file into `out` (.csv or .npy) chunk by chunk, in bounded memory.
+
+  The input is read, encoded and scored in small chunks, regrouped into whole
+  batches, and each group is appended to the output in input order (skipped
+  rows interleaved) before more is read; AUC and log loss need 8 bytes per
+  labelled row (see _StreamingMetrics). The output appears under its name only
+  when complete (temp file + rename).
+
+  Returns:
+    A ScoreSummary.
+
+  Raises:
+    ScoringError: a non-finite probability (nothing is written), or no row
+      could be scored.
+  """
+  bad = data.BadRowReport()
+  metrics = _StreamingMetrics()
+  rows = 0
+  parts = data.iter_encode_file(
+    scorer.meta, path, fmt, schema, bad_rows, report=bad, chunk_bytes=SCORE_CHUNK_BYTES
+  )
+  with _open_writer(out) as writer:
+    for i, (part, skipped) in enumerate(_whole_batches(parts, scorer.batch_size, bad)):
+      probs = _batched(part, scorer.batch_size, scorer._score)
+      lines = np.asarray(part.line_numbers, np.int64)
+      nonfinite = np.flatnonzero(~np.isfinite(probs))
+      if len(nonfinite):
+        raise ScoringError(
+          f"{scorer.description} gave a non-finite probability for {path}:"
+          f"{int(lines[nonfinite[0]])}; nothing written to {out}"
+        )
+      writer.write(lines, probs, skipped)
+      metrics.add(np.asarray(part.labels, np.float32), probs)
+      rows += len(probs)
+      del part, probs, lines
+      if i % 8 == 7:  # every ~8 MiB of input
+        _release_freed_memory()
+    if rows == 0:
+      raise ScoringError(
+        f"no row of {path} could be scored ({bad.count} bad row(s) skipped; first: "
+        f"{bad.examples[:3]}); nothing written to {out}"
+      )
+  return ScoreSummary(rows, bad, metrics.result())
+
+
+@functools.cache
+def _malloc_trim():
+  try:
+    return ctypes.CDLL(None).malloc_trim  # glibc
+  except (AttributeError, OSError):
+    return None
+
+
+def _release_freed_memory() -> None:
+  """Returns the heap memory freed by the last chunk to the OS (glibc; else a no-op).
+
+  Every chunk allocates and frees some MB of numpy temporaries. glibc serves
+  them from its heap once its adaptive mmap threshold has risen, keeps what
+  was freed, and the heap's fragmentation lets the resident size creep up
+  with the length of the file (~10% from 50k to 500k rows, measured).
+  malloc_trim every few chunks keeps the peak flat (benchmarks/score_memory.py);
+  after every chunk it would cost ~20% of the time (it walks the whole heap).
+  """
+  trim = _malloc_trim()
+  if trim is not None:
+    trim(0)
+
+
+def _whole_batches(parts, batch_size: int, bad):
+  """Regroups encoded chunks into runs of whole batches (the last may be partial).
+
+  Yields (rows, skipped (line, reason) among and just before them), in input
+  order, so that no chunk boundary costs a padded batch. Takes the skipped
+  rows' line numbers out of `bad` as it goes (it keeps the count and examples).
+  """
+  held, skipped = [], []
+  for part in parts:
+    skipped += _skipped(bad)
+    bad.line_numbers.clear()
+    held.append(part)
+    n = sum(len(p) for p in held)
+    if n < batch_size:
+      continue
+    rows = concat_splits(held, part.ids.shape[1])
+    cut = n - n % batch_size
+    rest = _rows(rows, slice(cut, n))
+    held = [rest]
+    before = int(rest.line_numbers[0]) if len(rest) else float("inf")
+    yield _rows(rows, slice(0, cut)), [s for s in skipped if s[0] < before]
+    skipped = [s for s in skipped if s[0] >= before]
+  if held and (sum(len(p) for p in held) or skipped):
+    yield concat_splits(held, held[0].ids.shape[1]), skipped
+
+
+def _rows(split, rows: slice):
+  return data.Split(
+    split.ids[rows], split.values[rows], split.labels[rows], split.line_numbers[rows]
+  )
+
+
+class _StreamingMetrics:
+  """Exact AUC and log loss over a stream of (labels, probabilities) in 8 bytes a row.
+
+  Each row is kept as one uint64 key, (float32 bits of p) << 1 | label: for
+  p >= 0 the bits order like the values, so sorting the keys in place sorts
+  by probability with ties kept together, and tied groups give average ranks
+  exactly as metrics.auc does. Log loss is summed on the way. A row without
+  a label (NaN) turns the metrics off.
+  """
+
+  def __init__(self):
+    self._keys = array.array("Q")
+    self._logloss = 0.0
+    self.labelled = True
+
+  def add(self, labels: np.ndarray, probs: np.ndarray) -> None:
+    if not self.labelled or not len(labels):
+      return
+    if np.isnan(labels).any():
+      self.labelled, self._keys = False, array.array("Q")
+      return
+    bits = np.asarray(probs, np.float32).view(np.uint32).astype(np.uint64)
+    self._keys.frombytes(((bits << np.uint64(1)) | labels.astype(np.uint64)).tobytes())
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)  # as metrics.log_loss
+    y = labels.astype(np.float64)
+    self._logloss -= float(np.sum(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+  def result(self) -> dict | None:
+    n = len(self._keys)
+    if not self.labelled or not n:
+      return None
+    keys = np.frombuffer(self._keys, np.uint64)
+    keys.sort()  # in place, in the array's own buffer
+    n_pos = int(np.count_nonzero(keys & np.uint64(1)))
+    n_neg = n - n_pos
+    rank_sum, a = 0.0, 0
+    while a < n:  # blocks of whole tie groups bound the temporaries
+      end = min(a + (1 << 18), n)
+      if end < n:
+        value = keys[end - 1] >> np.uint64(1)
+        end = int(np.searchsorted(keys, (value + np.uint64(1)) << np.uint64(1)))
+      block = keys[a:end]
+      value = block >> np.uint64(1)
+      starts = np.flatnonzero(np.r_[True, value[1:] != value[:-1]])
+      ends = np.r_[starts[1:], len(block)]
+      positives = np.add.reduceat((block & np.uint64(1)).astype(np.float64), starts)
+      rank_sum += float(positives @ (a + (starts + ends + 1) / 2.0))
+      a = end
+    auc = (
+      (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) if n_pos and n_neg else float("nan")
+    )
+    return {"auc": auc, "logloss": self._logloss / n, "n": n}
+
+
+class _ScoreWriter:
+  """One probability per input row, in input order, appended chunk by chunk.
+
+  Written to a temporary file beside `path`, renamed over it by close(); on an
+  error the temporary file is removed and `path` is left as it was.
+  """
+
+  suffixes: tuple[str, ...] = ()
+
+  def __init__(self, path):
+    self.path = Path(path)
+    self._tmp = {}  # final path -> temporary path
+    self.rows = 0
+
+  def _open(self, path: Path, mode: str):
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+      f = open(tmp, mode)  # noqa: SIM115 - closed in close()/abort()
+    except OSError as e:
+      raise ScoringError(f"{path}: cannot write the scores ({e.strerror})") from None
+    self._tmp[path] = tmp
+    return f
+
+  def write(self, lines: np.ndarray, probs: np.ndarray, skipped: list[tuple[int, str]]) -> None:
+    """Rows `lines` scored `probs`, and the skipped (line, reason) pairs among them."""
+    all_lines = np.concatenate([lines, np.array([n for n, _ in skipped], np.int64)])
+    order = np.argsort(all_lines, kind="stable")
+    reasons = [None] * len(lines) + [r for _, r in skipped]
+    self._write_rows(
+      all_lines[order],
+      np.concatenate([probs, np.full(len(skipped), np.nan, np.float32)])[order],
+      [reasons[i] for i in order] if skipped else None,
+    )
+    self.rows += len(order)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, *_):
+    if kind is None:
+      self.close()
+    else:
+      self.abort()
+
+  def close(self) -> None:
+    self._finish()
+    for path, tmp in self._tmp.items():
+      os.replace(tmp, path)
+
+  def abort(self) -> None:
+    self._finish()
+    for tmp in self._tmp.values():
+      tmp.unlink(missing_ok=True)
+
+
+class _CsvWriter(_ScoreWriter):
+  """`line,probability,status`; a skipped row has no probability and says why."""
+
+  def __init__(self, path):
+    super().__init__(path)
+    self._f = self._open(self.path, "w")
+    self._csv = csv.writer(self._f)
+    self._csv.writerow(["line", "probability", "status"])
+
+  def _write_rows(self, lines, probs, reasons) -> None:
+    text = [f"{p:.8f}" for p in probs.tolist()]
+    if reasons is None:
+      self._csv.writerows(zip(lines.tolist(), text, itertools.repeat("ok")))
+      return
+    self._csv.writerows(
+      (n, "", "skipped: " + r) if r is not None else (n, t, "ok")
+      for n, t, r in zip(lines.tolist(), text, reasons)
+    )
+
+  def _finish(self) -> None:
+    self._f.close()
+
+
+class _NpyWriter(_ScoreWriter):
+  """float32 .npy, NaN at skipped rows; PATH.skipped.json lists those rows.
+
+  The .npy header is written first with room to spare and rewritten with the
+  real row count at the end (same length), so the rows stream straight out.
+  """
+
+  HEADER_BYTES = 128  # magic, version, length and the padded dict; keeps data 64-aligned
+
+  def __init__(self, path):
+    super().__init__(path)
+    self._f = self._open(self.path, "wb")
+    self._f.write(self._header(0))
+    self._skipped = self._open(Path(f"{self.path}.skipped.json"), "w")
+    self._skipped.write("[")
+    self._first = True
+
+  @classmethod
+  def _header(cls, n: int) -> bytes:
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}"
+    body = text.ljust(cls.HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
+
+  def _write_rows(self, lines, probs, reasons) -> None:
+    self._f.write(np.asarray(probs, "<f4").tobytes())
+    for n, r in zip(lines.tolist(), reasons or ()):
+      if r is not None:
+        self._skipped.write(("\n" if self._first else ",\n") + json.dumps({"line": n, "reason": r}))
+        self._first = False
+
+  def _finish(self) -> None:
+    if not self._f.closed:
+      self._f.seek(0)
+      self._f.write(self._header(self.rows))
+      self._f.close()
+    if not self._skipped.closed:
+      self._skipped.write("\n]\n")
+      self._skipped.close()
+
+
+def _open_writer(path) -> _ScoreWriter:
+  if Path(path).suffix == ".npy":
+    return _NpyWriter(path)
+  if Path(path).suffix == ".parquet":
+    raise ScoringError(f"{path}: .parquet is written by write_scores, not streamed")
+  return _CsvWriter(path)
 
 
 def write_scores(path, probs: np.ndarray, line_numbers, bad) -> None:
@@ -239,46 +678,36 @@ def write_scores(path, probs: np.ndarray, line_numbers, bad) -> None:
 
   .csv: `line,probability,status` with a row for every input line (skipped
   ones carry an empty probability and the reason). .npy: float32 with NaN at
-  skipped rows, plus PATH.skipped.json listing them.
+  skipped rows, plus PATH.skipped.json listing them. .csv and .npy go through
+  the same writers as the streaming `score_file`.
   """
   path = Path(path)
   line_numbers = np.arange(1, len(probs) + 1) if line_numbers is None else line_numbers
+  if path.suffix != ".parquet":
+    with _open_writer(path) as writer:
+      writer.write(np.asarray(line_numbers, np.int64), np.asarray(probs, np.float32), _skipped(bad))
+    return
   skipped = dict(_skipped(bad))
   order = sorted(
     [(int(n), float(p)) for n, p in zip(line_numbers, probs)] + [(n, None) for n in skipped]
   )
-  if path.suffix == ".npy":
-    np.save(path, np.array([np.nan if p is None else p for _, p in order], np.float32))
-    Path(str(path) + ".skipped.json").write_text(
-      json.dumps([{"line": n, "reason": r} for n, r in sorted(skipped.items())], indent=1)
-    )
-    return
-  if path.suffix == ".parquet":
-    try:
-      import pyarrow as pa
-      import pyarrow.parquet as pq
-    except ImportError:
-      raise ScoringError(
-        "writing .parquet needs pyarrow (pip install pyarrow); or use .csv / .npy"
-      ) from None
-    pq.write_table(
-      pa.table(
-        {
-          "line": [n for n, _ in order],
-          "probability": [p for _, p in order],
-          "status": ["ok" if p is not None else "skipped: " + skipped[n] for n, p in order],
-        }
-      ),
-      path,
-    )
-    return
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["line", "probability", "status"])
-    for n, p in order:
-      w.writerow(
-        [n, "" if p is None else f"{p:.8f}", "ok" if p is not None else "skipped: " + skipped[n]]
-      )
+  try:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+  except ImportError:
+    raise ScoringError(
+      "writing .parquet needs pyarrow (pip install pyarrow); or use .csv / .npy"
+    ) from None
+  pq.write_table(
+    pa.table(
+      {
+        "line": [n for n, _ in order],
+        "probability": [p for _, p in order],
+        "status": ["ok" if p is not None else "skipped: " + skipped[n] for n, p in order],
+      }
+    ),
+    path,
+  )
 
 
 def _skipped(bad):
@@ -304,7 +733,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--out", help="output .csv, .npy or .parquet")
   p.add_argument("--export", help="write a jax.export directory here (with --checkpoint)")
   args = p.parse_args(argv)
-  from gin_jax.cli import init_runtime
+  from gin_jax.cli import fail, init_runtime
 
   init_runtime()
   try:
@@ -321,19 +750,41 @@ def main(argv: list[str] | None = None) -> None:
       scorer = Scorer.from_checkpoint(args.checkpoint, step=args.step, best=args.best)
     else:
       scorer = Scorer.from_export(args.exported)
-    probs, labels, lines, bad = scorer.predict_file(
-      args.data, fmt=args.format, schema=args.schema, bad_rows=args.bad_rows
-    )
-    write_scores(args.out, probs, lines, bad)
-    print(f"scored {len(probs)} rows with {scorer.description} -> {args.out}")
-    if bad is not None and bad.count:
-      print(f"skipped {bad.count} bad rows (listed in {args.out}); first: {bad.examples[:3]}")
-    if len(labels) and not np.isnan(labels).any():
-      m = metrics_lib.evaluate(labels, probs)
+    options = {"fmt": args.format, "schema": args.schema, "bad_rows": args.bad_rows}
+    if Path(args.out).suffix == ".parquet":
+      summary = _score_to_parquet(scorer, args.data, args.out, **options)
+    else:
+      summary = score_file(scorer, args.data, args.out, **options)
+    print(f"scored {summary.rows} rows with {scorer.description} -> {args.out}")
+    if summary.bad.count:
+      print(
+        f"skipped {summary.bad.count} bad rows (listed in {args.out}); "
+        f"first: {summary.bad.examples[:3]}"
+      )
+    if summary.metrics is not None:
+      m = summary.metrics
       print(f"AUC {m['auc']:.6f}  logloss {m['logloss']:.6f}  (n={m['n']})")
-  except (ScoringError, data.DataError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (ScoringError, checkpointing.CheckpointError, data.DataError, ValueError, OSError) as e:
+    fail(e)
+
+
+def _score_to_parquet(scorer: Scorer, path, out, **options) -> ScoreSummary:
+  """.parquet output: scored in memory as a whole, then written by write_scores."""
+  probs, labels, lines, bad = scorer.predict_file(path, **options)
+  nonfinite = np.flatnonzero(~np.isfinite(probs))
+  if len(nonfinite):
+    raise ScoringError(
+      f"{scorer.description} gave {len(nonfinite)} non-finite probabilities (first at "
+      f"{path}:{int(lines[nonfinite[0]])}); nothing written to {out}"
+    )
+  if not len(probs):
+    raise ScoringError(
+      f"no row of {path} could be scored ({bad.count} bad row(s) skipped; first: "
+      f"{bad.examples[:3]}); nothing written to {out}"
+    )
+  write_scores(out, probs, lines, bad)
+  labelled = len(labels) and not np.isnan(labels).any()
+  return ScoreSummary(len(probs), bad, metrics_lib.evaluate(labels, probs) if labelled else None)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
 """The two-stage AOANet trainer: search -> select -> retrain -> test.
 
-`run(cfg, workdir)` is the one orchestration function of the project; it is
-long on purpose and reads top to bottom in marked sections (STYLE.md rule 9).
-Everything it calls is a short, tested library function.
+`run(cfg, workdir)` takes the workdir's lock and calls `_run`, the one
+orchestration function of the project; it is long on purpose and reads top to
+bottom in marked sections (STYLE.md rule 9). Everything it calls is a short,
+tested library function.
 
 Resuming: re-running the same command on the same workdir restores the
-newest readable checkpoint (train state + grain iterator state + stage
-progress) and continues; on one device the result is bit-identical to an
-uninterrupted run (tests/test_train.py, the SIGKILL test).
+newest usable checkpoint (sealed, intact and finite: gin_jax/checkpointing.py;
+train state + grain iterator state + stage progress) and continues; on one
+device the result is bit-identical to an uninterrupted run (tests/test_train.py,
+the SIGKILL test). Checkpoints of another config, dataset or device count are
+never resumed nor silently discarded (tests/test_reliability.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import functools
 import json
 import os
 import shutil
@@ -39,6 +45,8 @@ from gin_jax import model as model_lib
 from gin_jax.config import Config
 from gin_jax.data import pipeline
 from gin_jax.stages import Workdir
+
+LOCK_FILE = ".lock"  # In the workdir: held (flock) by the run using it.
 
 
 class TrainingError(RuntimeError):
@@ -100,12 +108,24 @@ def run(
 
   Returns:
     The report dict also written to WORKDIR/report.json.
+
+  One run at a time: process 0 holds an exclusive lock on WORKDIR/.lock for
+  the whole run (released when it ends or dies); a second run on the same
+  workdir stops with TrainingError naming the process that holds it.
   """
-  # ------------------------------------------------------------ workdir guard
   workdir = Workdir(workdir)
+  lock = _workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _run(cfg, workdir, overwrite, devices, on_step)
+
+
+def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> dict:
+  """The body of run(), under the workdir lock."""
+  # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
-  if lead:
-    _prepare_workdir(workdir, cfg, overwrite)
+  discard = _check_workdir(workdir, cfg, overwrite)  # every process reads; all agree
+  if lead and discard:
+    _discard_run(workdir)
   _barrier("workdir")
 
   # ------------------------------------------------------------ data
@@ -147,7 +167,7 @@ def run(
   mode = device_input.choose_mode(
     cfg.data.device_resident, splits["train"], mesh, cfg.data.device_fraction
   )
-  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode)
+  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode, asked=asked)
   _log(
     f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
     f"{model_lib.count_params(fns.abstract_state['params']):,} parameters; "
@@ -156,9 +176,7 @@ def run(
 
   # ------------------------------------------------------------ resume or start
   plan = cfg.train.stages
-  restored = checkpointing.restore_latest_good(
-    ctx.ckpt, lambda _: fns.abstract_state, report=lambda m: _log("WARNING: " + m)
-  )
+  restored = _resume(ctx, overwrite)
   if restored is None:
     first = stages.plan(plan)[0]
     progress = Progress(stage=first.name, stage_start_time=time.time())
@@ -167,6 +185,7 @@ def run(
   else:
     step, state, saved = restored
     progress = Progress(**saved["progress"])
+    ctx.log.rewind(saved.get("metrics_bytes"), step)  # the replayed steps log again
     _log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
 
   # ------------------------------------------------------------ stages
@@ -211,6 +230,7 @@ class _Context:
   on_step: Callable[[int], None] | None = None
   input_mode: str = "off"  # device_input mode of the training split
   resident: object = None  # device_input.ResidentSplit, built on first use
+  asked: Config | None = None  # the config as asked for; cfg has its auto settings decided
 
   def __post_init__(self):
     self.ckpt = checkpointing.manager(self.workdir.checkpoints, self.cfg.train.keep_checkpoints)
@@ -222,10 +242,12 @@ class _Context:
   def meta_dict(self, progress: Progress) -> dict:
     return {
       "progress": progress.to_dict(),
-      "config": self.cfg.to_dict(),
+      "config": (self.asked or self.cfg).to_dict(),  # what the workdir guard compares
+      "effective_config": self.cfg.to_dict(),  # data-dependent settings decided
       "dataset": self.meta.to_dict(),
       "planted_pairs": [list(p) for p in self.planted],
       "model": {"num_rows": self.spec.num_rows, "padded_rows": self.spec.padded_rows},
+      "metrics_bytes": self.log.size(),  # metrics.jsonl up to this checkpoint
     }
 
 
@@ -234,24 +256,75 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _prepare_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> None:
-  """Refuses (or with `overwrite` clears) a workdir that holds another config's run.
+@contextlib.contextmanager
+def _workdir_lock(workdir: Workdir):
+  """Holds an exclusive flock on WORKDIR/.lock, with this process's pid inside.
 
-  config.json itself is written only once the data is prepared, so a run that
-  fails on a data or schema error leaves nothing that would refuse its rerun.
+  flock is released by the kernel when the process dies, however it dies, so a
+  killed run never leaves a stale lock behind; the file itself stays.
+  """
+  path = workdir.root / LOCK_FILE
+  try:
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise TrainingError(
+      f"{e.filename or workdir.root}: cannot write to the workdir ({e.strerror})"
+    ) from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "(unknown pid)"
+      raise TrainingError(f"{workdir.root} is in use by process {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def _check_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
+  """Refuses a workdir that holds another config's run; True: discard it (`overwrite`).
+
+  The run's config is read from config.json AND from the newest checkpoint
+  whose metadata matches its seal (every checkpoint carries its config), so
+  deleting or editing config.json does not let another config resume those
+  checkpoints. config.json itself is written only once the data is prepared,
+  so a run that fails on a data or schema error leaves nothing that would
+  refuse its rerun.
   """
   new = cfg.to_dict()
+  saved = []
   if workdir.config.exists():
-    old = json.loads(workdir.config.read_text())
-    if old != new:
+    try:
+      saved.append((workdir.config, json.loads(workdir.config.read_text())))
+    except (OSError, ValueError) as e:
       if not overwrite:
         raise TrainingError(
-          f"{workdir.root} holds a run with a different config ({_config_diff(old, new)}); "
-          "use another --workdir, or --overwrite to discard it"
-        )
-      for p in [workdir.config, *workdir.run_outputs()]:
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-  workdir.root.mkdir(parents=True, exist_ok=True)
+          f"{workdir.config}: cannot read the run's config ({e}); fix or delete it, "
+          "or use --overwrite to discard the run"
+        ) from None
+      return True
+  newest = checkpointing.newest_meta(workdir.checkpoints)
+  if newest is not None:
+    saved.append((f"{workdir.checkpoints}/{newest[0]}", newest[1].get("config")))
+  for where, old in saved:
+    if old != new:
+      if overwrite:
+        return True
+      raise TrainingError(
+        f"{workdir.root} holds a run with a different config "
+        f"({_config_diff(old if isinstance(old, dict) else {}, new)}; per {where}); "
+        "use another --workdir, or --overwrite to discard it"
+      )
+  return False
+
+
+def _discard_run(workdir: Workdir) -> None:
+  """Deletes config.json and everything a run wrote except the prepared data."""
+  for p in [workdir.config, *workdir.run_outputs()]:
+    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _config_diff(old: dict, new: dict, prefix="") -> str:
@@ -282,6 +355,61 @@ def _load_data(cfg: Config, workdir: Workdir):
     meta, splits = data.prepare(cfg.data, cache)
   planted = [tuple(p) for p in (meta.planted_pairs or [])]
   return meta, splits, planted
+
+
+def _resume(ctx: _Context, overwrite: bool):
+  """(step, state, meta) of the newest usable checkpoint, or None to start afresh.
+
+  Unusable checkpoints (unsealed, altered on disk, NaN/Inf inside) are skipped
+  with a warning. Checkpoints that cannot be resumed (none usable, or the
+  newest usable one from another config, dataset or device count) stop the
+  run: it never starts afresh over them unless `overwrite` says to discard
+  them. One exception: a lone unsealed checkpoint is the first save of a run
+  killed before sealing it, and starting afresh is exactly what resuming from
+  nothing would do.
+  """
+  try:
+    return checkpointing.restore_latest_good(
+      ctx.ckpt, functools.partial(_fits, ctx), report=lambda m: _log("WARNING: " + m)
+    )
+  except checkpointing.NoUsableCheckpoint as e:
+    if len(e.problems) == 1 and e.problems[0].kind == "unsealed":
+      _log(f"WARNING: {e.problems[0]}; starting afresh")
+      return None
+    problem = f"{e}; nothing to resume from"
+  except (checkpointing.CheckpointError, _Mismatch) as e:
+    problem = str(e)
+  if not overwrite:
+    raise TrainingError(
+      f"{problem}. Use --overwrite to discard the run and start afresh, or another --workdir"
+    )
+  _log(f"WARNING: {problem}; --overwrite: discarding the run and starting afresh")
+  if jax.process_index() == 0:
+    _discard_run(ctx.workdir)
+    report.write_json(ctx.workdir.config, ctx.cfg.to_dict())
+  _barrier("discarded")
+  ctx.ckpt = checkpointing.manager(ctx.workdir.checkpoints, ctx.cfg.train.keep_checkpoints)
+  return None
+
+
+class _Mismatch(Exception):
+  """An intact checkpoint of another run (config, dataset or device count)."""
+
+
+def _fits(ctx: _Context, step: int, saved: dict):
+  """The abstract state to restore checkpoint `step` into, if it belongs to this run."""
+  where = f"{ctx.workdir.checkpoints}/{step}"
+  new = (ctx.asked or ctx.cfg).to_dict()
+  if saved.get("config") != new:
+    old = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    raise _Mismatch(f"{where} was trained with another config ({_config_diff(old, new)})")
+  rows = {"num_rows": ctx.spec.num_rows, "padded_rows": ctx.spec.padded_rows}
+  if saved.get("model") != rows:
+    raise _Mismatch(
+      f"{where} holds an embedding table of {saved.get('model')} rows, but this run's data "
+      f"and devices give {rows} (the input files or the number of devices changed)"
+    )
+  return ctx.fns.abstract_state
 
 
 def _check_finite(ctx: _Context, state, stage: stages.Stage) -> None:
@@ -446,14 +574,50 @@ def _apply_decay(state, progress: Progress, cfg):
 
 
 def _restore_best(ctx: _Context, stage: stages.Stage, state):
-  """The stage's best weights (by validation AUC), keeping the current step."""
+  """The stage's best weights (by validation AUC), keeping the current step.
+
+  If best_<stage> is unusable (altered on disk, unsealed, NaN/Inf), the stage's
+  usable regular checkpoints are evaluated on the validation split again and
+  the best of them stands in; it is sealed into best_<stage> in its place, so
+  a later rerun or `score --best` finds an intact one.
+  """
   best = ctx.best_manager(stage)
   step = best.latest_step()
   if step is None:
     return state
-  restored, _ = checkpointing.restore(best, step, ctx.fns.abstract_state)
+  try:
+    restored, _ = checkpointing.restore(best, step, ctx.fns.abstract_state)
+  except checkpointing.UnusableCheckpoint as e:
+    _log(f"WARNING: {e}; re-evaluating the {stage.name} stage's checkpoints instead")
+    found = _best_regular_checkpoint(ctx, stage)
+    if found is None:
+      _log(f"WARNING: no usable {stage.name} checkpoint stands in; keeping the last weights")
+      return state
+    step, restored, meta = found
+    for stale in best.all_steps():
+      checkpointing.delete(best, stale)
+    checkpointing.save(best, step, restored, meta)
   _log(f"{stage.name}: restored the best weights (step {step})")
   return {**restored, "step": state["step"]}
+
+
+def _best_regular_checkpoint(ctx: _Context, stage: stages.Stage):
+  """(step, state, meta) of the usable regular checkpoint of `stage` with the best valid AUC."""
+  found, best_auc = None, None
+  for step in sorted(ctx.ckpt.all_steps()):
+    try:
+      meta = checkpointing.read_meta(ctx.ckpt, step)
+      if meta["progress"]["stage"] != stage.name:
+        continue  # another stage's weights (a boundary save holds the next stage's init)
+      state, meta = checkpointing.restore(ctx.ckpt, step, ctx.fns.abstract_state, verify=False)
+    except checkpointing.UnusableCheckpoint as e:
+      _log(f"WARNING: {e}; skipped")
+      continue
+    auc = _evaluate(ctx, state, ctx.splits["valid"])["auc"]
+    _log(f"{stage.name}: checkpoint {step} has valid AUC {auc:.4f}")
+    if best_auc is None or auc > best_auc:
+      found, best_auc = (step, state, meta), auc
+  return found
 
 
 def _select_and_reinit(ctx: _Context, state, progress: Progress):

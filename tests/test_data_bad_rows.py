@@ -127,6 +127,37 @@ CASES = {
   ),
   "libfm_bad_value": ("libfm", FRAPPE, FRAPPE[0].replace(b"451:1", b"451:x"), 4, "f0: value 'x'"),
   "libfm_empty_line": ("libfm", FRAPPE, b"\n", 3, "empty line"),
+  # Issue 11: an index must be an integer in [0, 2^31 - 1), not any token.
+  "libfm_negative_index": (
+    "libfm",
+    FRAPPE,
+    FRAPPE[0].replace(b"451:1", b"-451:1"),
+    2,
+    "f0: index '-451' is not in [0, 2147483647)",
+  ),
+  "libfm_non_integer_index": (
+    "libfm",
+    FRAPPE,
+    FRAPPE[0].replace(b"4149:1", b"41.5:1"),
+    3,
+    "f1: index '41.5' is not an integer",
+  ),
+  "libfm_huge_index": (
+    "libfm",
+    FRAPPE,
+    FRAPPE[0].replace(b"451:1", b"99999999999999999999:1"),
+    4,
+    "f0: index '99999999999999999999' is not in [0, 2147483647)",
+  ),
+  # Issue 11: a 10 MB category would enter the vocabulary and every checkpoint.
+  "criteo_category_over_1_kib": (
+    "criteo",
+    CRITEO,
+    _criteo_line(cats=[b"68fd1e64"] * 7 + [b"x" * (10 << 20)] + [b"68fd1e64"] * 18),
+    2,
+    "C8: a category of 10485760 bytes (the limit is 1024)",
+  ),
+  "csv_category_over_1_kib": ("csv", CSV, b"1,u1," + b"i" * 1025 + b",books,1,3,\n", 3, "item: a"),
   "csv_wrong_field_count": ("csv", CSV, b"1,u1,i10,books\n", 3, "expected 7 comma-separated"),
   "csv_non_numeric": ("csv", CSV, b"1,u1,i10,books,cheap,3,\n", 4, "price: 'cheap' is not a"),
   "csv_label": ("csv", CSV, b"yes,u1,i10,books,1,3,\n", 2, "label 'yes' not in {0, 1}"),

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
+from gin_jax import checkpointing, data, score, trainer
 from gin_jax import config as config_lib
-from gin_jax import data, score, trainer
 from gin_jax import metrics as metrics_lib
 
 pytestmark = pytest.mark.slow
@@ -139,9 +139,10 @@ def test_error_cases_name_what_is_wrong(trained, tmp_path):
   for f in (latest / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 16:
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-  with pytest.raises(score.ScoringError, match="cannot restore"):
-    score.Scorer.from_checkpoint(broken)
-  # Metadata from a different model: the config says 8-dim embeddings.
+  with pytest.raises(score.ScoringError, match="does not match its seal"):
+    score.Scorer.from_checkpoint(broken, step=int(latest.name))
+  # Metadata from a different model (the config says 8-dim embeddings), sealed
+  # as if a save had written it: intact by its seal, but it does not fit.
   other = tmp_path / "other"
   shutil.copytree(wd, other)
   latest = max((other / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
@@ -149,6 +150,7 @@ def test_error_cases_name_what_is_wrong(trained, tmp_path):
   meta = json.loads(meta_file.read_text())
   meta["config"]["model"]["embed_dim"] = 8
   meta_file.write_text(json.dumps(meta))
+  checkpointing.seal(latest)
   with pytest.raises(score.ScoringError, match="cannot restore"):
     score.Scorer.from_checkpoint(other)
   proc = _run("--checkpoint", tmp_path / "nowhere", "--data", test_file, "--out", tmp_path / "x")

@@ -118,7 +118,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(one_device_run, tmp_
     if f.is_file():
       f.write_bytes(b"garbage")
   again = trainer.run(tiny(), tmp_path / "wd", devices=jax.devices()[:1])
-  assert "unreadable" in capsys.readouterr().out
+  assert f"{ckpts[-1]} is unusable" in capsys.readouterr().out
   assert again["stages"]["retrain"]["test_auc"] == pytest.approx(
     rep["stages"]["retrain"]["test_auc"], abs=1e-6
   )

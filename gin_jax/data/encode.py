@@ -183,10 +183,12 @@ def iter_encode_file(
   bad_rows: str = "error",
   has_labels: bool | None = None,
   report: BadRowReport | None = None,
+  chunk_bytes: int | None = None,
 ) -> Iterator[Split]:
   """Streaming encode_file: yields one Split per chunk (~30k rows), in file order.
 
-  Args: as encode_file; `report` (if given) collects the rows skipped.
+  Args: as encode_file; `report` (if given) collects the rows skipped;
+    `chunk_bytes`: text per chunk (default text.CHUNK_BYTES, 8 MiB).
 
   Returns:
     An iterator of in-memory Splits with line_numbers filled.
@@ -197,7 +199,7 @@ def iter_encode_file(
   if report is not None:
     policy.report = report
   encoder = meta.encoder
-  for chunk in text.iter_chunks(path, skip_lines=layout.header_lines):
+  for chunk in text.iter_chunks(path, skip_lines=layout.header_lines, chunk_bytes=chunk_bytes):
     raw, bad = formats.parse_chunk(chunk, layout)
     policy.handle(bad)
     ids, values = encoder.encode(raw)

@@ -12,6 +12,14 @@ class DataError(ValueError):
   """Bad input data. The message reads `path:line: reason` (or `path: reason`)."""
 
 
+def no_space(path, nbytes: int, at_least: bool = False) -> DataError:
+  """The error for a full disk while writing `path`, which needs `nbytes` (or more)."""
+  mb = f"{nbytes / 2**20:.1f}"
+  return DataError(
+    f"no space left on device while writing {path} ({'over ' if at_least else ''}{mb} MB needed)"
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class BadRow:
   """One bad row: its file, its 1-based line and why it is bad."""

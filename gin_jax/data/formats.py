@@ -13,8 +13,9 @@ or numbers, per-row source lines) plus the list of bad rows with their reasons.
   schema lists it under `ignore` (nothing is dropped silently).
 - libfm/libsvm: `label idx:val idx:val ...` separated by single spaces (trailing
   spaces are stripped, like CR); field k is the k-th pair of the row, `idx` its
-  category, `val` its value multiplier. Labels 0/1 or -1/+1 (-1 means 0). A file
-  whose first token has a ':' has no labels.
+  category (an integer in [0, 2^31 - 1)), `val` its value multiplier. Labels 0/1
+  or -1/+1 (-1 means 0). A file whose first token has a ':' has no labels.
+- Any format: a category longer than 1 KiB makes its row bad.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from gin_jax.data import text
 from gin_jax.data.errors import DataError
 
 FORMATS = ("criteo", "csv", "libfm")
+# A category longer than this is a bad row: it would enter the vocabulary, and with
+# it every checkpoint and scoring artifact (a 10 MB token is a broken file, not data).
+MAX_CATEGORY_BYTES = 1024
+# libfm indices are categories too, but must read as integers in [0, this limit).
+LIBFM_INDEX_LIMIT = 2**31 - 1
 CRITEO_NUMERIC = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
 
@@ -451,6 +457,7 @@ def parse_chunk(chunk: text.Chunk, layout: Layout) -> tuple[RawChunk, list[tuple
     numbers=_numbers(tokens, layout, numeric, row_bad),
     values=_values(tokens, categorical, row_bad) if layout.format == "libfm" else None,
   )
+  _check_categories(tokens, layout, categorical, row_bad)
   if categorical:
     raw.keys, longs = text.short_keys(tokens, [c.token for c in categorical])
     raw.long_tokens = {(r, j): tokens.token(r, categorical[j].token) for r, j in longs}
@@ -484,6 +491,31 @@ def _numbers(tokens, layout: Layout, numeric: list[Column], row_bad) -> np.ndarr
   for r, j, tok in bad:
     row_bad.setdefault(r, f"{numeric[j].name}: {_show(tok)} is not {kind}")
   return numbers
+
+
+def _check_categories(tokens, layout: Layout, categorical: list[Column], row_bad) -> None:
+  """Over-long categories, and libfm indices that are not integers in range, make rows bad."""
+  if not categorical:
+    return
+  cols = [c.token for c in categorical]
+  lens = text.select_columns(tokens.lens, cols)
+  for r, j in zip(*np.nonzero(lens > MAX_CATEGORY_BYTES)):
+    row_bad.setdefault(
+      int(r),
+      f"{categorical[j].name}: a category of {int(lens[r, j])} bytes "
+      f"(the limit is {MAX_CATEGORY_BYTES})",
+    )
+  if layout.format != "libfm":
+    return
+  index, bad = text.parse_numbers(tokens, cols, integers_only=True)
+  for r, j, tok in bad:
+    row_bad.setdefault(r, f"{categorical[j].name}: index {_show(tok)} is not an integer")
+  out = np.signbit(index) | (index >= LIBFM_INDEX_LIMIT)  # NaN (empty) compares False
+  for r, j in zip(*np.nonzero(out)):
+    tok = _show(tokens.token(r, cols[j]))
+    row_bad.setdefault(
+      int(r), f"{categorical[j].name}: index {tok} is not in [0, {LIBFM_INDEX_LIMIT})"
+    )
 
 
 def _values(tokens, categorical: list[Column], row_bad) -> np.ndarray:

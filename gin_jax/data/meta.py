@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gin_jax.data.errors import DataError
+
 if TYPE_CHECKING:
   from gin_jax.data.encode import Encoder
 
@@ -87,13 +89,61 @@ class DatasetMeta:
 
   @classmethod
   def from_dict(cls, d: dict) -> DatasetMeta:
+    """Metadata from plain data, checked (see `check`); raises DataError naming the problem."""
+    if not isinstance(d, dict):
+      raise DataError(f"dataset metadata must be a JSON object, got {type(d).__name__}")
     if d.get("version") != META_VERSION:
-      raise ValueError(f"unsupported dataset metadata version {d.get('version')}")
-    return cls(**{**d, "fields": [FieldSpec(**f) for f in d["fields"]]})
+      raise DataError(f"unsupported dataset metadata version {d.get('version')!r}")
+    _check_keys(cls, d, "dataset metadata")
+    fields = d["fields"]
+    if not isinstance(fields, list) or not all(isinstance(f, dict) for f in fields):
+      raise DataError("dataset metadata: 'fields' must be a list of objects")
+    for f in fields:
+      _check_keys(FieldSpec, f, f"field {f.get('name')!r}")
+    meta = cls(**{**d, "fields": [FieldSpec(**f) for f in fields]})
+    meta.check()
+    return meta
+
+  def check(self) -> None:
+    """Raises DataError unless the field blocks tile the table exactly.
+
+    Every field's block must start where the previous one ends, have the size
+    its transform and vocabulary imply, and the blocks must add up to
+    num_table_rows: otherwise encoded ids would point outside the table (or
+    into another field's rows) and score as garbage or NaN.
+    """
+    offset = 0
+    hash_buckets = int(self.options.get("hash_buckets", 0) or 0)
+    for f in self.fields:
+      if f.transform in ("vocab", "bucketize"):
+        if not isinstance(self.vocab.get(f.name), list):
+          raise DataError(f"field {f.name!r}: no vocabulary")
+        size = 2 + len(self.vocab[f.name])
+      elif f.transform == "hash":
+        size = 2 + hash_buckets
+      elif f.transform == "scale":
+        size = 2
+      else:
+        raise DataError(f"field {f.name!r}: unknown transform {f.transform!r}")
+      if f.offset != offset or f.size != size:
+        raise DataError(
+          f"field {f.name!r}: rows [{f.offset}, {f.offset + f.size}) of the table, "
+          f"expected [{offset}, {offset + size}) from the fields before it and its "
+          f"{f.transform} transform"
+        )
+      offset += size
+    if offset != self.num_table_rows:
+      raise DataError(
+        f"the fields cover {offset} table rows, not num_table_rows={self.num_table_rows}"
+      )
 
   @classmethod
   def from_json(cls, s: str) -> DatasetMeta:
-    return cls.from_dict(json.loads(s))
+    try:
+      d = json.loads(s)
+    except ValueError as e:
+      raise DataError(f"dataset metadata is not valid JSON ({e})") from None
+    return cls.from_dict(d)
 
   def save(self, directory: str | os.PathLike) -> str:
     """Writes directory/meta.json; returns its path."""
@@ -106,8 +156,13 @@ class DatasetMeta:
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> DatasetMeta:
-    with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
-      return cls.from_json(f.read())
+    path = os.path.join(directory, META_FILE)
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    try:
+      return cls.from_json(text)
+    except DataError as e:
+      raise DataError(f"{path}: {e}") from None
 
   @functools.cached_property
   def encoder(self) -> Encoder:
@@ -115,6 +170,20 @@ class DatasetMeta:
     from gin_jax.data.encode import Encoder  # Local: encode imports this module.
 
     return Encoder(self)
+
+
+def _check_keys(cls, d: dict, what: str) -> None:
+  known = {f.name for f in dataclasses.fields(cls)}
+  required = {
+    f.name
+    for f in dataclasses.fields(cls)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+  }
+  unknown, missing = sorted(set(d) - known), sorted(required - set(d))
+  if unknown:
+    raise DataError(f"{what}: unknown key(s) {unknown}")
+  if missing:
+    raise DataError(f"{what}: missing key(s) {missing}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from tqdm import tqdm
 
 from gin_jax.config import DataConfig
 from gin_jax.data import formats, hashing, synthetic, text, vocab
-from gin_jax.data.errors import BadRowPolicy, DataError
+from gin_jax.data.errors import BadRowPolicy, DataError, no_space
 from gin_jax.data.formats import CsvSchema, Layout, RawChunk
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
@@ -121,6 +122,7 @@ def prepare(
   ).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, f"{cfg.format}-{key}")
   if not os.path.exists(os.path.join(out_dir, "meta.json")):
+    remove_stale_temporaries(cache_dir)
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
@@ -128,7 +130,7 @@ def prepare(
         cfg, schema, options, inputs, progress, workers or default_workers(), spill_memory
       )
       meta = builder.build(tmp_dir)
-      meta.save(tmp_dir)
+      _save_meta(meta, tmp_dir)
       try:
         os.replace(tmp_dir, out_dir)
       except OSError:  # Another process finished the same dataset first: use theirs.
@@ -137,6 +139,51 @@ def prepare(
     finally:
       shutil.rmtree(tmp_dir, ignore_errors=True)
   return open_prepared(out_dir)
+
+
+def remove_stale_temporaries(cache_dir: str | os.PathLike) -> list[str]:
+  """Deletes `<name>.tmp-<pid>` build directories whose process is gone.
+
+  A preparation that was killed (or died of a full disk) leaves its
+  temporary directory behind; the next preparation in the same cache removes
+  it. Directories of live processes (another run building now) are kept.
+
+  Returns:
+    The directories removed.
+  """
+  removed = []
+  if not os.path.isdir(cache_dir):
+    return removed
+  for name in os.listdir(cache_dir):
+    head, sep, pid = name.rpartition(".tmp-")
+    if not sep or not head or not pid.isdigit() or _alive(int(pid)):
+      continue
+    path = os.path.join(cache_dir, name)
+    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    _log.warning("removed %s, left behind by process %s (killed during preparation?)", path, pid)
+    removed.append(path)
+  return removed
+
+
+def _alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process: alive.
+    return True
+  return True
+
+
+def _save_meta(meta: DatasetMeta, directory: str) -> None:
+  try:
+    meta.save(directory)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    raise no_space(os.path.join(directory, "meta.json"), len(meta.to_json())) from None
 
 
 def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, Split]]:
@@ -372,8 +419,15 @@ class _Builder:
     )
 
   def _allocate(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray):
-    arrays = []
+    """The splits' .npy memory maps, with their disk space reserved up front.
+
+    The maps are filled by storing into pages; on a full disk (a tmpfs above
+    all) that is SIGBUS, a crash without a message. So every file's blocks are
+    allocated (posix_fallocate) before any page is touched, and a full disk is
+    a DataError naming the file and the space needed.
+    """
     nf = meta.num_fields
+    files = []
     for name, n in zip(SPLITS, rows):
       d = os.path.join(out_dir, name)
       os.makedirs(d, exist_ok=True)
@@ -385,13 +439,42 @@ class _Builder:
       }
       if meta.has_values:
         spec["values"] = (np.float32, (n, nf))
-      arrays.append(
-        {
-          k: open_memmap(os.path.join(d, k + ".npy"), mode="w+", dtype=dt, shape=shape)
-          for k, (dt, shape) in spec.items()
-        }
-      )
+      files.append({k: (os.path.join(d, k + ".npy"), dt, shape) for k, (dt, shape) in spec.items()})
+    needed = sum(
+      np.dtype(dt).itemsize * int(np.prod(shape)) + 128
+      for split in files
+      for _, dt, shape in split.values()
+    )
+    first = files[0]["ids"][0]
+    if shutil.disk_usage(out_dir).free < needed:
+      raise no_space(first, needed)
+    arrays = []
+    for split in files:
+      out = {}
+      for k, (path, dt, shape) in split.items():
+        try:
+          out[k] = open_memmap(path, mode="w+", dtype=dt, shape=shape)
+          _reserve(path, out[k].offset + out[k].nbytes)
+        except OSError as e:
+          if e.errno != errno.ENOSPC:
+            raise
+          raise no_space(path, needed) from None
+      arrays.append(out)
     return arrays
+
+
+def _reserve(path: str, size: int) -> None:
+  """Allocates the blocks of path's first `size` bytes (ENOSPC now, not SIGBUS later)."""
+  if size == 0:
+    return
+  fd = os.open(path, os.O_RDWR)
+  try:
+    os.posix_fallocate(fd, 0, size)
+  except OSError as e:
+    if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+      raise  # Above all ENOSPC. The others: a filesystem without fallocate.
+  finally:
+    os.close(fd)
 
 
 def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memory):
@@ -407,10 +490,18 @@ def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memo
   pairs_path = path + ".pairs.json"
   if not os.path.exists(pairs_path):
     os.makedirs(cache_dir, exist_ok=True)
-    pairs = synthetic.write_criteo_tsv(path, spec)
-    with open(pairs_path + ".tmp", "w") as f:
-      json.dump(pairs, f)
-    os.replace(pairs_path + ".tmp", pairs_path)
+    try:
+      pairs = synthetic.write_criteo_tsv(path, spec)
+      with open(pairs_path + ".tmp", "w") as f:
+        json.dump(pairs, f)
+      os.replace(pairs_path + ".tmp", pairs_path)
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      written = os.path.getsize(path) if os.path.exists(path) else 0
+      if os.path.exists(path):
+        os.remove(path)  # A partial file: give the space back.
+      raise no_space(path, written, at_least=True) from None
   with open(pairs_path) as f:
     pairs = [list(p) for p in json.load(f)]
   real = dataclasses.replace(cfg, format="criteo", train=path, valid=None, test=None)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from gin_jax.data.errors import DataError
+from gin_jax.data.errors import DataError, no_space
 from gin_jax.data.formats import RawChunk
 
 
@@ -41,6 +42,7 @@ class Spill:
     self.path, self.budget = path, memory_budget
     self._memory: list[tuple[RawChunk, np.ndarray]] = []
     self._bytes = 0
+    self._spilled = 0  # Bytes (about) written to the file.
     self._file = None
 
   def append(self, raw: RawChunk, split: np.ndarray) -> None:
@@ -51,7 +53,13 @@ class Spill:
       return
     if self._file is None:
       self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
-    _write_chunk(self._file, raw, split)
+    try:
+      _write_chunk(self._file, raw, split)
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      raise no_space(self.path, self._spilled + size, at_least=True) from None
+    self._spilled += size
 
   def chunks(self, cat: tuple[str, ...], num: tuple[str, ...]):
     """Yields the (raw chunk, split) pairs in the order they were appended, once."""

@@ -126,18 +126,23 @@ def iter_chunks(
       size += len(block)
       if size < chunk_bytes:
         continue
-      data = b"".join(pending)
-      cut = data.rfind(b"\n") + 1
-      if cut == 0:  # One line longer than a chunk: keep reading (up to a limit).
-        if len(data) > MAX_LINE_BYTES:
-          raise DataError(f"{path}:{line}: line longer than {MAX_LINE_BYTES >> 20} MiB")
-        pending, size = [data], len(data)
-        continue
-      pending, size = [data[cut:]], len(data) - cut
-      chunk, skip_lines = _make_chunk(data[:cut], line, skip_lines)
-      line += data.count(b"\n", 0, cut)
-      if chunk is not None:
-        yield chunk
+      # Cut the text read so far into chunks of at most chunk_bytes (a block read
+      # or decompressed at once can be several), each ending at a line end.
+      data, start = b"".join(pending), 0
+      while len(data) - start >= chunk_bytes:
+        cut = data.rfind(b"\n", start, start + chunk_bytes) + 1
+        if cut <= start:  # One line longer than a chunk: up to its end, if read.
+          cut = data.find(b"\n", start + chunk_bytes) + 1
+          if cut == 0:
+            if len(data) - start > MAX_LINE_BYTES:
+              raise DataError(f"{path}:{line}: line longer than {MAX_LINE_BYTES >> 20} MiB")
+            break  # Keep reading (up to a limit).
+        piece, start = data[start:cut], cut
+        chunk, skip_lines = _make_chunk(piece, line, skip_lines)
+        line += piece.count(b"\n")
+        if chunk is not None:
+          yield chunk
+      pending, size = [data[start:]], len(data) - start
   except _Truncated:
     at = line + b"".join(pending).count(b"\n")
     raise DataError(f"{path}:{at}: gzip data ends early (truncated file?)") from None

@@ -1,0 +1,167 @@
+"""Issue 11 item 2: a full disk is a one-line error (exit 2), never SIGBUS, and the
+temporary directory of a killed or failed preparation is cleaned up.
+
+The real thing needs a small tmpfs (mounting needs root; skipped otherwise); the
+same paths are also driven by a simulated ENOSPC so that CI always covers them.
+"""
+
+import errno
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gin_jax import checkpointing
+from gin_jax.config import DataConfig
+from gin_jax.data import DataError, SyntheticSpec, prepare, write_criteo_tsv
+from gin_jax.data import spill as spill_lib
+
+REPO = Path(__file__).resolve().parents[1]
+prepare_lib = importlib.import_module("gin_jax.data.prepare")  # the module, not the function
+
+
+@pytest.fixture(scope="module")
+def tsv(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data") / "train.tsv"
+  write_criteo_tsv(path, SyntheticSpec(num_rows=3000, max_vocab=50, seed=3))
+  return path
+
+
+def _cfg(path):
+  return DataConfig(format="criteo", train=str(path))
+
+
+def _leftovers(cache):
+  return sorted(p.name for p in Path(cache).glob("*.tmp-*"))
+
+
+def _enospc(*args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# ------------------------------------------------------------- simulated ENOSPC
+
+
+def test_reserving_the_memory_maps_fails_cleanly(tsv, tmp_path, monkeypatch):
+  monkeypatch.setattr(os, "posix_fallocate", _enospc)
+  with pytest.raises(DataError) as e:
+    prepare(_cfg(tsv), tmp_path, progress=False)
+  assert re.fullmatch(
+    r"no space left on device while writing \S+\.tmp-\d+/train/ids\.npy \(\d+\.\d MB needed\)",
+    str(e.value),
+  )
+  assert _leftovers(tmp_path) == []
+
+
+def test_too_little_free_space_is_refused_before_writing(tsv, tmp_path, monkeypatch):
+  real = prepare_lib.shutil.disk_usage
+  monkeypatch.setattr(prepare_lib.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+  with pytest.raises(DataError, match=r"no space left on device while writing .*ids\.npy"):
+    prepare(_cfg(tsv), tmp_path, progress=False)
+  assert _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_while_spilling_fails_cleanly(tsv, tmp_path, monkeypatch):
+  monkeypatch.setattr(spill_lib, "_write_chunk", _enospc)
+  with pytest.raises(DataError, match=r"no space left on device while writing .*spill\.bin \(over"):
+    prepare(_cfg(tsv), tmp_path, progress=False, spill_memory=0)
+  assert _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_while_writing_the_demo_data_fails_cleanly(tmp_path, monkeypatch):
+  def half_then_full(path, spec):
+    Path(path).write_bytes(b"x" * 1000)
+    _enospc()
+
+  monkeypatch.setattr(prepare_lib.synthetic, "write_criteo_tsv", half_then_full)
+  cfg = DataConfig(format="synthetic", synthetic_rows=100)
+  with pytest.raises(DataError, match=r"while writing \S+synthetic-\w+\.tsv \(over 0\.0 MB"):
+    prepare(cfg, tmp_path, progress=False)
+  assert list(tmp_path.glob("*.tsv")) == []  # the partial file gave its space back
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+  import jax.numpy as jnp
+
+  mngr = checkpointing.manager(tmp_path, None)
+  monkeypatch.setattr(type(mngr), "save", _enospc)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    checkpointing.save(mngr, 3, {"w": jnp.zeros((256, 256))}, {})
+  assert str(e.value) == (
+    f"no space left on device while writing {tmp_path}/3 (about 0.2 MB needed)"
+  )
+
+
+# ------------------------------------------------------------- stale temporaries
+
+
+def test_stale_temporary_directories_are_removed_on_the_next_run(tsv, tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  stale = tmp_path / f"criteo-0123456789abcdef.tmp-{dead.pid}"
+  (stale / "train").mkdir(parents=True)
+  (stale / "train" / "ids.npy").write_bytes(b"\0" * 100)
+  busy = tmp_path / f"criteo-fedcba9876543210.tmp-{os.getppid()}"  # a live process's
+  busy.mkdir()
+  prepare(_cfg(tsv), tmp_path, progress=False)
+  assert not stale.exists() and busy.exists()
+
+
+# ------------------------------------------------------------- a real full disk
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path, request):
+  """A tmpfs of request.param bytes; 1300k (what the issue used): the tiny preset's
+  data fits, its arrays do not; 2600k: they do, its checkpoints do not."""
+  mnt = tmp_path / "mnt"
+  mnt.mkdir()
+  try:
+    subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(mnt)],
+      check=True,
+      capture_output=True,
+    )
+  except (OSError, subprocess.CalledProcessError) as e:
+    pytest.skip(f"cannot mount a tmpfs here ({e}); the simulated ENOSPC tests cover the path")
+  try:
+    yield mnt
+  finally:
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _train(workdir):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir)]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+  assert proc.returncode == 2, proc.stderr[-3000:]  # was 135 (SIGBUS) or a traceback
+  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+  return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("small_tmpfs", ["1300k"], indirect=True)
+def test_train_on_a_full_tmpfs_exits_2_with_the_path_and_size(small_tmpfs):
+  wd = small_tmpfs / "wd"
+  last = _train(wd)
+  assert re.fullmatch(
+    r"error: no space left on device while writing \S+/train/ids\.npy \(\d+\.\d MB needed\)", last
+  ), last
+  assert _leftovers(wd / "data" / "cache") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("small_tmpfs", ["2600k"], indirect=True)
+def test_no_room_for_a_checkpoint_is_one_line_too(small_tmpfs):
+  last = _train(small_tmpfs / "wd")
+  # Mostly a checkpoint hits the limit; sometimes the metrics log or a seal first.
+  assert re.fullmatch(
+    r"error: no space left on device while writing \S+"
+    r"(/checkpoints/\d+ \(about \d+\.\d MB needed\)|/metrics\.jsonl|/seal\.json)",
+    last,
+  ), last

@@ -1,0 +1,477 @@
+"""Issue 11: faults a hostile user can cause, each reproduced and handled.
+
+Every test here failed before its fix. The trained workdirs come from the real
+command line (`python -m train --preset tiny`), copied before each fault.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from gin_jax import checkpointing
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(devices=1):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = str(REPO)
+  return env
+
+
+def train(workdir, *extra):
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir), *extra]
+  return subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=REPO)
+
+
+def score(*args):
+  cmd = [sys.executable, "-m", "gin_jax.score", *map(str, args)]
+  return subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=REPO)
+
+
+def steps(directory):
+  return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit())
+
+
+def flip_bytes(step_dir, n=64, name=None):
+  """Inverts n bytes in the middle of a file of a checkpoint's state: the largest
+  (array data), or the one called `name` (e.g. the OCDBT manifest, which makes
+  orbax itself fail with DATA_LOSS)."""
+  files = [p for p in (Path(step_dir) / "state").rglob("*") if p.is_file()]
+  target = max(files, key=lambda p: p.stat().st_size if name is None else p.name == name)
+  data = bytearray(target.read_bytes())
+  mid = len(data) // 2
+  data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
+  target.write_bytes(bytes(data))
+  return target
+
+
+def assert_clean(proc):
+  """One-line errors and warnings only: no traceback, no asyncio noise."""
+  for stream in (proc.stdout, proc.stderr):
+    assert "Traceback" not in stream, stream[-3000:]
+    assert "Event loop is closed" not in stream, stream[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A finished tiny run (via the CLI) and a file of 600 of its rows to score."""
+  wd = tmp_path_factory.mktemp("trained") / "wd"
+  proc = train(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  source = next((wd / "data" / "cache").glob("synthetic-*.tsv"))
+  rows = wd.parent / "rows.tsv"
+  rows.write_text("".join(source.read_text().splitlines(keepends=True)[:600]))
+  return wd, rows
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  wd, _ = trained
+  shutil.copytree(wd, tmp_path / "wd")
+  return tmp_path / "wd"
+
+
+def report(workdir):
+  return json.loads((Path(workdir) / "report.json").read_text())
+
+
+def metrics_of(rep):
+  """Per-stage results without the wall-clock seconds."""
+  return {k: {m: v for m, v in r.items() if m != "seconds"} for k, r in rep["stages"].items()}
+
+
+# ------------------------------------------------------------- 1. sealed checkpoints
+
+
+def test_trainer_falls_back_past_flipped_bytes_and_finishes_identically(trained, workdir):
+  original = report(trained[0])
+  newest = steps(workdir / "checkpoints")[-1]
+  flip_bytes(workdir / "checkpoints" / str(newest))
+  (workdir / "report.json").unlink()
+  proc = train(workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"checkpoints/{newest} is unusable" in proc.stdout
+  assert "does not match its seal" in proc.stdout
+  assert_clean(proc)
+  again = report(workdir)
+  assert metrics_of(again) == metrics_of(original)
+  assert again["kept_pairs"] == original["kept_pairs"]
+
+
+@pytest.mark.parametrize("name", [None, "manifest.ocdbt"])
+def test_scorer_refuses_a_flipped_checkpoint_and_falls_back_when_asked_for_the_latest(
+  trained, workdir, tmp_path, name
+):
+  _, rows = trained
+  newest = steps(workdir / "checkpoints")[-1]
+  flip_bytes(workdir / "checkpoints" / str(newest), name=name)
+  out = tmp_path / "scores.csv"
+  proc = score("--checkpoint", workdir, "--step", newest, "--data", rows, "--out", out)
+  assert proc.returncode == 2
+  assert f"checkpoints/{newest} is unusable" in proc.stderr and "seal" in proc.stderr
+  assert not out.exists()
+  assert_clean(proc)
+  proc = score("--checkpoint", workdir, "--data", rows, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  previous = steps(workdir / "checkpoints")[-2]
+  assert f"checkpoints/{newest} is unusable" in proc.stderr
+  assert f"using {workdir}/checkpoints/{previous} instead" in proc.stderr
+  assert_clean(proc)
+  lines = out.read_text().splitlines()[1:]
+  assert len(lines) == 600 and all(line.endswith(",ok") for line in lines)
+  assert all(np.isfinite(float(line.split(",")[1])) for line in lines)
+
+
+def test_a_sealed_checkpoint_with_nan_parameters_is_never_scored(trained, workdir, tmp_path):
+  from gin_jax import score as score_lib
+
+  _, rows = trained
+  loaded = score_lib.load_checkpoint(workdir, devices=jax.devices()[:1])
+  mngr = checkpointing.manager(workdir / "checkpoints", None)
+  newest = steps(workdir / "checkpoints")[-1]
+  meta = checkpointing.read_meta(mngr, newest)
+  params = jax.tree.map(np.array, loaded.state["params"])
+  params["projection"]["table"][3, 1] = np.nan
+  bad = newest + 1000
+  checkpointing.save(mngr, bad, {**loaded.state, "params": params}, meta)
+  out = tmp_path / "scores.csv"
+  proc = score("--checkpoint", workdir, "--step", bad, "--data", rows, "--out", out)
+  assert proc.returncode == 2 and "NaN or Inf" in proc.stderr, proc.stderr
+  assert not out.exists()
+  proc = score("--checkpoint", workdir, "--data", rows, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  assert f"using {workdir}/checkpoints/{newest} instead" in proc.stderr
+  probs = [float(x.split(",")[1]) for x in out.read_text().splitlines()[1:]]
+  assert len(probs) == 600 and np.isfinite(probs).all()
+
+
+# ------------------------------------------------------------- 4. one run per workdir
+
+# `python -m train --preset tiny` that stops at global step 3 and waits there,
+# holding the workdir (as a long run would), until it is killed.
+_HOLD_SCRIPT = """
+import sys, time
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+def hold(step):
+  if step == 3:
+    print("holding", flush=True)
+    time.sleep(600)
+trainer.run(config.tiny(), sys.argv[1], on_step=hold)
+"""
+
+
+def test_a_second_run_on_a_busy_workdir_exits_2_naming_the_holder(tmp_path):
+  wd = tmp_path / "wd"
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLD_SCRIPT, str(wd)],
+    env=_env(),
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
+  try:
+    for line in holder.stdout:  # its log, up to the point where it holds the workdir
+      if line.strip() == "holding":
+        break
+    assert holder.poll() is None
+    proc = train(wd)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {wd} is in use by process {holder.pid}"
+    assert_clean(proc)
+  finally:
+    holder.kill()
+    holder.wait()
+  # That the kernel releases a killed holder's lock is shown by every resume
+  # after a SIGKILL (test_metrics_jsonl_holds_each_step_once_after_a_resume,
+  # test_train.py::test_sigkill_mid_stage_then_resume_gives_identical_metrics).
+
+
+# ------------------------------------------------------------- 5. the config guard
+
+
+def test_deleting_config_json_does_not_let_another_config_resume(workdir):
+  before = steps(workdir / "checkpoints")
+  (workdir / "config.json").unlink()
+  proc = train(workdir, "--train.keep_ratio=0.5")
+  assert proc.returncode == 2
+  assert "different config (train.keep_ratio: 0.3 -> 0.5" in proc.stderr
+  assert f"per {workdir}/checkpoints/{before[-1]}" in proc.stderr
+  assert_clean(proc)
+  assert steps(workdir / "checkpoints") == before  # nothing discarded
+
+
+def test_checkpoints_that_do_not_fit_are_never_silently_discarded(workdir):
+  """Same config, but 8 devices pad the table differently than the 1 it was trained on."""
+  before = steps(workdir / "checkpoints")
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir)]
+  proc = subprocess.run(cmd, env=_env(8), capture_output=True, text=True, cwd=REPO)
+  assert proc.returncode == 2
+  assert f"{workdir}/checkpoints/{before[-1]} holds an embedding table of" in proc.stderr
+  assert "--overwrite" in proc.stderr
+  assert_clean(proc)
+  assert steps(workdir / "checkpoints") == before
+  proc = subprocess.run(
+    cmd + ["--overwrite"], env=_env(8), capture_output=True, text=True, cwd=REPO
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "discarding the run and starting afresh" in proc.stdout
+  assert "starting tiny" in proc.stdout
+
+
+def test_an_unparsable_config_json_is_named(workdir):
+  (workdir / "config.json").write_text('{"name": "tiny", ')
+  proc = train(workdir)
+  assert proc.returncode == 2
+  assert (
+    proc.stderr.strip()
+    .splitlines()[-1]
+    .startswith(f"error: {workdir}/config.json: cannot read the run's config (")
+  )
+  assert_clean(proc)
+
+
+# ------------------------------------------------------------- 6. a corrupt best_<stage>
+
+# `python -m train --preset tiny`, SIGKILLed when the search stage ends, after its
+# last epoch-end checkpoint and best_search were written, before the best
+# weights are restored from best_search.
+_KILL_BEFORE_BEST = """
+import os, signal, sys
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+trainer._restore_best = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+trainer.run(config.tiny(), sys.argv[1])
+"""
+
+
+def test_a_corrupt_best_checkpoint_falls_back_to_the_stages_regular_checkpoints(trained, tmp_path):
+  wd = tmp_path / "wd"
+  proc = subprocess.run(
+    [sys.executable, "-c", _KILL_BEFORE_BEST, str(wd)], env=_env(), capture_output=True, cwd=REPO
+  )
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  (best_step,) = steps(wd / "best_search")
+  flip_bytes(wd / "best_search" / str(best_step))
+  proc = train(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"best_search/{best_step} is unusable" in proc.stdout
+  assert f"search: checkpoint {best_step} has valid AUC" in proc.stdout
+  assert_clean(proc)
+  # The search stage's best weights were its last epoch's, which stood in for them.
+  assert metrics_of(report(wd)) == metrics_of(report(trained[0]))
+  checkpointing.verify_seal(wd / "best_search" / str(best_step))  # replaced, sealed
+
+
+def test_score_best_falls_back_and_says_which_checkpoint_it_used(trained, workdir, tmp_path):
+  _, rows = trained
+  (best_step,) = steps(workdir / "best_retrain")
+  flip_bytes(workdir / "best_retrain" / str(best_step))
+  out = tmp_path / "scores.csv"
+  proc = score("--checkpoint", workdir, "--best", "--data", rows, "--out", out)
+  assert proc.returncode == 0, proc.stderr
+  newest = steps(workdir / "checkpoints")[-1]
+  assert f"best_retrain/{best_step} is unusable" in proc.stderr
+  assert f"scored 600 rows with {workdir}/checkpoints/{newest} ->" in proc.stdout
+  assert_clean(proc)
+
+
+# ------------------------------------------------------------- 8. smaller items
+
+_KILL_AT_STEP = """
+import os, signal, sys
+from gin_jax import cli, config, trainer
+cli.init_runtime()
+def kill_at(step):
+  if step == int(sys.argv[2]):
+    os.kill(os.getpid(), signal.SIGKILL)
+trainer.run(config.tiny(), sys.argv[1], on_step=kill_at)
+"""
+
+
+def _metrics_lines(workdir):
+  """metrics.jsonl without its wall-clock figures."""
+  out = []
+  for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    out.append({k: v for k, v in record.items() if k not in ("samples_per_s", "seconds")})
+  return out
+
+
+def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
+  wd = tmp_path / "wd"
+  # Step 37: 7 steps (and the log line of step 35) after the checkpoint of step 30.
+  cmd = [sys.executable, "-c", _KILL_AT_STEP, str(wd), "37"]
+  assert subprocess.run(cmd, env=_env(), capture_output=True, cwd=REPO).returncode == -9
+  assert any(r.get("step") == 35 for r in _metrics_lines(wd))
+  proc = train(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from step 30" in proc.stdout
+  assert _metrics_lines(wd) == _metrics_lines(trained[0])
+
+
+def test_metrics_log_rewinds_by_size_or_by_step(tmp_path):
+  from gin_jax import report as report_lib
+
+  log = report_lib.MetricsLog(tmp_path / "m.jsonl")
+  for step in (5, 10):
+    log.write(step=step, loss=1.0)
+  size = log.size()
+  for step in (15, 20):
+    log.write(step=step, loss=1.0)
+  log.rewind(size, 10)  # a checkpoint that recorded the log's size
+  assert [json.loads(x)["step"] for x in log.path.read_text().splitlines()] == [5, 10]
+  log.write(step=15, loss=1.0)
+  log.rewind(None, 10)  # one that did not: by step
+  assert [json.loads(x)["step"] for x in log.path.read_text().splitlines()] == [5, 10]
+
+
+# ------------------------------------------------------------- 7. one-line errors
+
+
+@pytest.fixture
+def read_only(tmp_path):
+  """(source dir, read-only view of it): a read-only bind mount (root only), else skip."""
+  src, view = tmp_path / "src", tmp_path / "ro"
+  src.mkdir()
+  view.mkdir()
+  try:
+    for cmd in (["mount", "--bind", src, view], ["mount", "-o", "remount,bind,ro", view]):
+      subprocess.run(list(map(str, cmd)), check=True, capture_output=True)
+  except (OSError, subprocess.CalledProcessError) as e:
+    subprocess.run(["umount", str(view)], check=False, capture_output=True)
+    pytest.skip(f"cannot mount read-only here ({e}); test_cannot_write_* cover the paths")
+  try:
+    yield src, view
+  finally:
+    subprocess.run(["umount", str(view)], check=False)
+
+
+def last_line(proc):
+  return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_read_only_workdir_of_a_finished_run_is_one_line(trained, read_only):
+  src, view = read_only
+  shutil.copytree(trained[0], src / "wd")
+  proc = train(view / "wd")
+  assert proc.returncode == 2
+  assert last_line(proc) == (
+    f"error: {view}/wd/.lock: cannot write to the workdir (Read-only file system)"
+  )
+  assert_clean(proc)
+
+
+def test_scores_and_exports_onto_a_read_only_path_are_one_line(trained, read_only):
+  wd, rows = trained
+  _, view = read_only
+  proc = score("--checkpoint", wd, "--data", rows, "--out", view / "s.csv")
+  assert proc.returncode == 2
+  assert last_line(proc) == f"error: {view}/s.csv: cannot write the scores (Read-only file system)"
+  assert_clean(proc)
+  proc = score("--checkpoint", wd, "--export", view / "export")
+  assert proc.returncode == 2
+  assert last_line(proc) == (
+    f"error: {view}/export: cannot write the export (Read-only file system)"
+  )
+  assert_clean(proc)
+
+
+def test_cannot_write_here_is_one_line_without_a_mount(trained, tmp_path):
+  """The same paths where no read-only mount is possible: a file stands where a
+  directory should be."""
+  from gin_jax import score as score_lib
+  from gin_jax import trainer
+
+  wd, rows = trained
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(trainer.TrainingError, match=r"file/wd: cannot write to the workdir \("):
+    trainer.run(__import__("gin_jax").tiny(), blocker / "wd", devices=jax.devices()[:1])
+  scorer = score_lib.Scorer.from_checkpoint(wd, devices=jax.devices()[:1])
+  with pytest.raises(score_lib.ScoringError, match=r"file/s\.csv: cannot write the scores \("):
+    score_lib.score_file(scorer, rows, blocker / "s.csv")
+  with pytest.raises(score_lib.ScoringError, match=r"file/export: cannot write the export \("):
+    score_lib.export(wd, blocker / "export")
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+  from gin_jax import score as score_lib
+
+  return score_lib.export(trained[0], tmp_path_factory.mktemp("export") / "export")
+
+
+def _broken_export(exported, tmp_path, fault):
+  d = tmp_path / "export"
+  shutil.copytree(exported, d)
+  info = json.loads((d / "export.json").read_text())
+  meta = json.loads((d / "dataset.json").read_text())
+  if fault.startswith("batch_size="):
+    info["batch_size"] = json.loads(fault.split("=", 1)[1])
+  elif fault == "extra array":
+    with np.load(d / "params.npz") as z:
+      arrays = dict(z)
+    np.savez(d / "params.npz", **arrays, bonus=np.zeros(3))
+  elif fault == "unknown key":
+    meta["surprise"] = 1
+  elif fault == "offsets":
+    meta["fields"][20]["offset"] += 5000  # C8's rows now lie outside the table
+  (d / "export.json").write_text(json.dumps(info))
+  (d / "dataset.json").write_text(json.dumps(meta))
+  return d
+
+
+@pytest.mark.parametrize(
+  "fault, message",
+  [
+    ("batch_size=0", r"export\.json: batch_size must be a positive integer, got 0$"),
+    ('batch_size="512"', r"export\.json: batch_size must be a positive integer, got '512'$"),
+    ("batch_size=-1", r"export\.json: batch_size must be a positive integer, got -1$"),
+    ("extra array", r"params\.npz: the exported function takes exactly leaf_0\.\.leaf_\d+; "),
+    ("unknown key", r"dataset\.json: dataset metadata: unknown key\(s\) \['surprise'\]$"),
+    ("offsets", r"dataset\.json: field 'C8': rows \[\d+, \d+\) of the table, expected "),
+  ],
+)
+def test_a_bad_export_file_is_named_with_its_problem(exported, tmp_path, fault, message):
+  from gin_jax import score as score_lib
+
+  d = _broken_export(exported, tmp_path, fault)
+  with pytest.raises(score_lib.ScoringError, match=message):
+    score_lib.Scorer.from_export(d)
+
+
+def test_a_bad_export_is_one_line_on_the_command_line(trained, exported, tmp_path):
+  _, rows = trained
+  d = _broken_export(exported, tmp_path, "offsets")
+  out = tmp_path / "s.csv"
+  proc = score("--exported", d, "--data", rows, "--out", out)  # was: every row NaN, exit 0
+  assert proc.returncode == 2 and not out.exists()
+  assert last_line(proc).startswith(f"error: {d}/dataset.json: field 'C8': rows [")
+  assert_clean(proc)
+
+
+def test_scoring_a_file_whose_every_row_is_skipped_exits_2(trained, tmp_path):
+  wd, _ = trained
+  rows = tmp_path / "all_bad.tsv"
+  rows.write_text("1\tnot\tenough\n0\tfields\n1\there\n")
+  out = tmp_path / "s.csv"
+  proc = score("--checkpoint", wd, "--data", rows, "--out", out, "--bad-rows", "skip")
+  assert proc.returncode == 2  # was 0, with a file of skipped rows only
+  assert last_line(proc).startswith(
+    f"error: no row of {rows} could be scored (3 bad row(s) skipped; first: ['{rows}:1: expected"
+  )
+  assert not out.exists()
+  assert_clean(proc)

@@ -1,0 +1,67 @@
+"""Issue 11 item 3: scoring memory does not grow with the number of rows.
+
+Peak RSS of `python -m gin_jax.score` (a fresh process each) at 500k rows must
+stay within 1.1x of the peak at 50k rows, for .csv and .npy outputs. Before the
+streaming writer the 500k run needed ~2x (all probabilities, then a sorted list
+of (line, probability) tuples, were held at once). benchmarks/score_memory.py
+runs the issue's own sizes (200k and 2M rows).
+"""
+
+import numpy as np
+import pytest
+
+from benchmarks import score_memory
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+  """A directory holding a finished tiny run (`workdir`), as score_memory.run uses it."""
+  path = tmp_path_factory.mktemp("score_memory")
+  score_memory.train_tiny(path / "workdir")
+  return path
+
+
+def test_peak_rss_does_not_grow_with_rows(scratch):
+  result = score_memory.run([50_000, 500_000], ["csv", "npy"], scratch)
+  peaks = {(r["rows"], r["output"]): r["peak_rss_mib"] for r in result["records"]}
+  for goal in result["goals"]:
+    assert goal["pass"], (goal, peaks)
+  # The outputs are complete: every row scored, AUC printed from the labels.
+  big = [r for r in result["records"] if r["rows"] == 500_000]
+  assert all("scored 500000 rows" in r["stdout"] and "AUC" in r["stdout"] for r in big)
+
+
+def test_streamed_outputs_equal_the_in_memory_writer(scratch, tmp_path):
+  """score_file (chunk by chunk, regrouped batches) writes what write_scores writes."""
+  import jax
+
+  from gin_jax import metrics as metrics_lib
+  from gin_jax import score
+
+  workdir = scratch / "workdir"
+  rows = score_memory.criteo_file(tmp_path / "rows.tsv", 12_345).read_text().splitlines(True)
+  rows[100] = "1\tbad row\n"
+  rows[9000] = "0\tanother\n"
+  path = tmp_path / "with_bad.tsv"
+  path.write_text("".join(rows))
+  scorer = score.Scorer.from_checkpoint(workdir, devices=jax.devices()[:1])
+  probs, labels, lines, bad = scorer.predict_file(path, bad_rows="skip")
+  for suffix in (".csv", ".npy"):
+    whole, streamed = tmp_path / f"whole{suffix}", tmp_path / f"streamed{suffix}"
+    score.write_scores(whole, probs, lines, bad)
+    summary = score.score_file(scorer, path, streamed, bad_rows="skip")
+    assert summary.rows == len(probs) == 12_343 and summary.bad.count == 2
+    if suffix == ".csv":
+      assert streamed.read_text() == whole.read_text()
+    else:
+      np.testing.assert_array_equal(np.load(streamed), np.load(whole))
+      assert np.isnan(np.load(streamed)[[100, 9000]]).all()
+      assert (tmp_path / "streamed.npy.skipped.json").read_text() == (
+        tmp_path / "whole.npy.skipped.json"
+      ).read_text()
+  expected = metrics_lib.evaluate(labels, probs)
+  assert summary.metrics["n"] == expected["n"]
+  assert summary.metrics["auc"] == pytest.approx(expected["auc"], abs=1e-12)
+  assert summary.metrics["logloss"] == pytest.approx(expected["logloss"], rel=1e-12)
