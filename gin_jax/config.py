@@ -447,6 +447,7 @@ def default() -> Config:
       learning_rate=1e-3,
       patience=3,
       keep_ratio=0.3,
+      warm_start=True,
     ),
   )
 
