@@ -133,6 +133,7 @@ class TrainConfig:
   warm_start: bool = False  # Retrain from the search weights, not from scratch.
   seed: int = 0  # Seed of parameter init, shuffling and dropout.
   log_every: int = 50  # Steps between metrics.jsonl lines.
+  tensorboard: bool = True  # Also write the metrics as TensorBoard scalars (WORKDIR/tensorboard/).
   checkpoint_every: int = 500  # Steps between checkpoints (also at epoch ends).
   keep_checkpoints: int = 3  # Most recent checkpoints kept (the best is kept too).
   eval_every_epoch: bool = True  # Evaluate on valid after each epoch.

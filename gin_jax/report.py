@@ -11,17 +11,23 @@ import numpy as np
 
 
 class MetricsLog:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only).
 
-  def __init__(self, path: str | os.PathLike, enabled: bool = True):
+  `scalars`, if given, also gets every record (tensorboard.ScalarWriter).
+  """
+
+  def __init__(self, path: str | os.PathLike, enabled: bool = True, scalars=None):
     self.path = Path(path)
     self.enabled = enabled
+    self.scalars = scalars
 
   def write(self, **record) -> None:
     if not self.enabled:
       return
     with self.path.open("a") as f:
       f.write(json.dumps(_jsonable(record)) + "\n")
+    if self.scalars is not None:
+      self.scalars(record)
 
 
 def _jsonable(x):
