@@ -229,8 +229,10 @@ BAD_ROWS = {
 }
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 300], ids=["row_chunks", "group_chunks"])
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
-def test_bad_row_error_and_skip(tmp_path, case):
+def test_bad_row_error_and_skip(tmp_path, monkeypatch, case, chunk_rows):
+  monkeypatch.setattr(parquet, "CHUNK_ROWS", chunk_rows)  # 1: the row is not a chunk's first.
   cols, reason = BAD_ROWS[case]
   table = _table(**{**GOOD, **cols})
   path = tmp_path / "bad.parquet"
