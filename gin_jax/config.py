@@ -73,12 +73,12 @@ class ModelConfig:
 class DataConfig:
   """Where examples come from and how raw files are turned into arrays."""
 
-  format: str = "synthetic"  # "criteo", "csv", "libfm" or "synthetic" (demo).
-  train: str | None = None  # Training file (may be .gz).
+  format: str = "synthetic"  # "criteo", "csv", "libfm", "parquet" or "synthetic" (demo).
+  train: str | None = None  # Training file (may be .gz); parquet: file, directory or glob.
   valid: str | None = None  # Optional validation file; else split from train.
   test: str | None = None  # Optional test file; else split from train.
   split: tuple[float, ...] = (0.8, 0.1, 0.1)  # train/valid/test ratios of --train.
-  schema: str | None = None  # CSV schema file (JSON or YAML).
+  schema: str | None = None  # CSV / Parquet schema file (JSON or YAML).
   bad_rows: str = "error"  # "error": stop at file:line; "skip": count and skip.
   numeric: str = "bucketize"  # Numeric fields: "bucketize" (ids) or "scale".
   min_count: int = 2  # Categories seen fewer times in train map to OOV.
@@ -93,7 +93,7 @@ class DataConfig:
   synthetic_noise: float = 0.5  # Std of the logit noise in synthetic labels.
 
   def __post_init__(self):
-    if self.format not in ("criteo", "csv", "libfm", "synthetic"):
+    if self.format not in ("criteo", "csv", "libfm", "parquet", "synthetic"):
       raise ValueError(f"unknown data format {self.format!r}")
     if self.bad_rows not in ("error", "skip"):
       raise ValueError(f"bad_rows must be 'error' or 'skip', got {self.bad_rows!r}")
@@ -133,6 +133,7 @@ class TrainConfig:
   warm_start: bool = False  # Retrain from the search weights, not from scratch.
   seed: int = 0  # Seed of parameter init, shuffling and dropout.
   log_every: int = 50  # Steps between metrics.jsonl lines.
+  tensorboard: bool = True  # Also write the metrics as TensorBoard scalars (WORKDIR/tensorboard/).
   checkpoint_every: int = 500  # Steps between checkpoints (also at epoch ends).
   keep_checkpoints: int = 3  # Most recent checkpoints kept (the best is kept too).
   eval_every_epoch: bool = True  # Evaluate on valid after each epoch.

@@ -11,11 +11,15 @@ import numpy as np
 
 
 class MetricsLog:
-  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+  """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only).
 
-  def __init__(self, path: str | os.PathLike, enabled: bool = True):
+  `scalars`, if given, also gets every record (tensorboard.ScalarWriter).
+  """
+
+  def __init__(self, path: str | os.PathLike, enabled: bool = True, scalars=None):
     self.path = Path(path)
     self.enabled = enabled
+    self.scalars = scalars
 
   def write(self, **record) -> None:
     if not self.enabled:
@@ -25,6 +29,8 @@ class MetricsLog:
         f.write(json.dumps(_jsonable(record)) + "\n")
     except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
       raise OSError(e.errno, e.strerror, str(self.path)) from None
+    if self.scalars is not None:
+      self.scalars(record)
 
   def size(self) -> int | None:
     """Bytes written so far (what a checkpoint records); None where disabled."""

@@ -108,6 +108,10 @@ class Workdir:
     return self.root / "report.json"
 
   @property
+  def tensorboard(self) -> Path:
+    return self.root / "tensorboard"
+
+  @property
   def heatmap(self) -> Path:
     return self.root / "alpha_heatmap.png"
 
@@ -117,4 +121,11 @@ class Workdir:
 
   def run_outputs(self) -> list[Path]:
     """Everything a run writes except the prepared data (what --overwrite discards)."""
-    return [self.checkpoints, self.metrics, self.report, self.heatmap, *self.root.glob("best_*")]
+    return [
+      self.checkpoints,
+      self.metrics,
+      self.report,
+      self.heatmap,
+      self.tensorboard,
+      *self.root.glob("best_*"),
+    ]

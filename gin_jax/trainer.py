@@ -37,6 +37,7 @@ from gin_jax import (
   pruning,
   report,
   stages,
+  tensorboard,
   training,
 )
 from gin_jax import config as config_lib
@@ -234,7 +235,9 @@ class _Context:
 
   def __post_init__(self):
     self.ckpt = checkpointing.manager(self.workdir.checkpoints, self.cfg.train.keep_checkpoints)
-    self.log = report.MetricsLog(self.workdir.metrics, jax.process_index() == 0)
+    lead, tb = jax.process_index() == 0, self.cfg.train.tensorboard
+    scalars = tensorboard.ScalarWriter(self.workdir.tensorboard) if lead and tb else None
+    self.log = report.MetricsLog(self.workdir.metrics, lead, scalars)
 
   def best_manager(self, stage: stages.Stage):
     return checkpointing.manager(self.workdir.best(stage), 1)
@@ -459,7 +462,13 @@ def _train_stage(ctx: _Context, stage: stages.Stage, state, progress: Progress):
         t0, since = time.time(), 0
         lr = training.get_learning_rate(state["opt_state"])
         ctx.log.write(
-          stage=stage.name, step=step, epoch=epoch, loss=loss, samples_per_s=rate, lr=lr
+          stage=stage.name,
+          step=step,
+          epoch=epoch,
+          loss=loss,
+          samples_per_s=rate,
+          lr=lr,
+          grad_norm=float(step_metrics["grad_norm"]),
         )
         if bar is not None:
           bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:,.0f}")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import data_bench
 
 
@@ -17,3 +19,13 @@ def test_data_bench_runs_and_writes_json(tmp_path, capsys):
   assert set(payload["goals"]) == {"prepare_rows_per_s", "loader_samples_per_s"}
   table = capsys.readouterr().out
   assert "| prepare" in table and "| loader" in table
+
+
+def test_data_bench_arrow_and_parquet(tmp_path, capsys):
+  pytest.importorskip("pyarrow")
+  payload = data_bench.main(
+    ["--rows", "3000", "--batches", "2", "--batch", "256", "--arrow", "--parquet", "--repeats", "1"]
+  )
+  assert [r["config"] for r in payload["prepare"]][-1] == "parquet input"
+  assert len(payload["parsers"]) == 4 and all(r["rows_per_s"] > 0 for r in payload["parsers"])
+  assert "| pass-1 parsing" in capsys.readouterr().out

@@ -283,7 +283,7 @@ def test_constant_column_is_reported(tmp_path, caplog):
   path = tmp_path / "c.csv"
   path.write_text("click\tuser\tconst\n" + "".join(rows))
   schema = tmp_path / "s.yaml"
-  schema.write_text("label: click\ncategorical: [user, const]\nseparator: \"\\t\"\n")
+  schema.write_text('label: click\ncategorical: [user, const]\nseparator: "\\t"\n')
   meta, _ = prepare(_csv_cfg(tmp_path, path, schema=schema), tmp_path / "c", progress=False)
   assert meta.constant_fields == ["const"]
   assert "['const'] hold the same value in every training row" in caplog.text

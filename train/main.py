@@ -21,15 +21,17 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
     epilog="Any config field can be set as --section.field=value "
     "(e.g. --model.embed_dim=10 --train.keep_ratio=0.2).",
   )
-  p.add_argument("--train", help="training file (Criteo TSV, CSV or libfm; may be .gz)")
+  p.add_argument(
+    "--train", help="training file (Criteo TSV, CSV or libfm; may be .gz), or Parquet dataset"
+  )
   p.add_argument("--valid", help="validation file (else split from --train)")
   p.add_argument("--test", help="test file (else split from --train)")
   p.add_argument(
     "--split",
     help="ratios of --train: train,valid,test (e.g. 0.8,0.1,0.1), or train,valid with --test",
   )
-  p.add_argument("--format", choices=["criteo", "csv", "libfm"], help="input format")
-  p.add_argument("--schema", help="schema file for --format=csv (JSON or YAML)")
+  p.add_argument("--format", choices=["criteo", "csv", "libfm", "parquet"], help="input format")
+  p.add_argument("--schema", help="schema file for --format=csv/parquet (JSON or YAML)")
   p.add_argument("--bad-rows", choices=["error", "skip"], help="on a bad input row")
   p.add_argument(
     "--preset",

@@ -199,7 +199,7 @@ def iter_encode_file(
   if report is not None:
     policy.report = report
   encoder = meta.encoder
-  for chunk in text.iter_chunks(path, skip_lines=layout.header_lines, chunk_bytes=chunk_bytes):
+  for chunk in formats.read_chunks(path, layout, chunk_bytes=chunk_bytes):
     raw, bad = formats.parse_chunk(chunk, layout)
     policy.handle(bad)
     ids, values = encoder.encode(raw)
@@ -258,6 +258,8 @@ def encode_rows(
   Returns:
     A Split whose line_numbers are 1-based indices into `rows`.
   """
+  if meta.format == "parquet":
+    raise DataError("<rows>: rows of a Parquet dataset are scored from files (encode_file)")
   lines = [r[:-1] if r.endswith("\n") else r for r in rows]
   if any("\n" in r for r in lines):
     raise DataError("<rows>: a row contains a line break")

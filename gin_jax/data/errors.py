@@ -9,7 +9,8 @@ MAX_EXAMPLES = 5
 
 
 class DataError(ValueError):
-  """Bad input data. The message reads `path:line: reason` (or `path: reason`)."""
+  """Bad input data. The message reads `path:line: reason` (or `path: reason`; Parquet:
+  `file:row-group:row: reason`)."""
 
 
 def no_space(path, nbytes: int, at_least: bool = False) -> DataError:
@@ -25,11 +26,12 @@ class BadRow:
   """One bad row: its file, its 1-based line and why it is bad."""
 
   path: str
-  line: int
+  line: int  # Parquet: the row's 1-based number in the dataset.
   reason: str
+  where: str | None = None  # Where to look, when not path:line (Parquet: file:row-group:row).
 
   def __str__(self) -> str:
-    return f"{self.path}:{self.line}: {self.reason}"
+    return f"{self.where or f'{self.path}:{self.line}'}: {self.reason}"
 
 
 @dataclasses.dataclass
@@ -51,11 +53,11 @@ class BadRowReport:
     """The first MAX_EXAMPLES skipped rows as "file:line: reason"."""
     return [str(row) for row in self.rows]
 
-  def add(self, path: str, line: int, reason: str) -> None:
+  def add(self, path: str, line: int, reason: str, where: str | None = None) -> None:
     self.count += 1
     self.line_numbers.append(line)
     if len(self.rows) < MAX_EXAMPLES:
-      self.rows.append(BadRow(path, line, reason))
+      self.rows.append(BadRow(path, line, reason, where))
 
   def summary(self) -> str:
     """One human-readable paragraph: the count and the first examples."""
@@ -79,13 +81,16 @@ class BadRowPolicy:
     self.path = path
     self.report = BadRowReport()
 
-  def handle(self, bad: list[tuple[int, str]]) -> None:
-    """Raises DataError for the first of `bad` (line, reason) or records them all."""
+  def handle(self, bad: list[tuple]) -> None:
+    """Raises DataError for the first of `bad` or records them all.
+
+    Args:
+      bad: (line, reason) or (line, reason, where) tuples (see BadRow).
+    """
     if not bad:
       return
     bad = sorted(bad)
     if self.mode == "error":
-      line, reason = bad[0]
-      raise DataError(str(BadRow(self.path, line, reason)))
-    for line, reason in bad:
-      self.report.add(self.path, line, reason)
+      raise DataError(str(BadRow(self.path, *bad[0])))
+    for row in bad:
+      self.report.add(self.path, *row)

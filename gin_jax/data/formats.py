@@ -1,4 +1,4 @@
-"""The three input formats, described as layouts of tokens, and chunk parsing.
+"""The input formats, described as layouts of tokens, and chunk parsing.
 
 A Layout says which token of a row is the label and which tokens are which feature
 columns. parse_chunk turns a chunk of lines into a RawChunk (labels, per-column keys
@@ -15,6 +15,8 @@ or numbers, per-row source lines) plus the list of bad rows with their reasons.
   spaces are stripped, like CR); field k is the k-th pair of the row, `idx` its
   category (an integer in [0, 2^31 - 1)), `val` its value multiplier. Labels 0/1
   or -1/+1 (-1 means 0). A file whose first token has a ':' has no labels.
+- parquet: columns named by a schema as for csv; read by module `parquet` (optional
+  pyarrow) into the same RawChunks. read_chunks and parse_chunk dispatch to it.
 - Any format: a category longer than 1 KiB makes its row bad.
 """
 
@@ -24,7 +26,7 @@ import collections
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import yaml
@@ -32,7 +34,7 @@ import yaml
 from gin_jax.data import text
 from gin_jax.data.errors import DataError
 
-FORMATS = ("criteo", "csv", "libfm")
+FORMATS = ("criteo", "csv", "libfm", "parquet")
 # A category longer than this is a bad row: it would enter the vocabulary, and with
 # it every checkpoint and scoring artifact (a 10 MB token is a broken file, not data).
 MAX_CATEGORY_BYTES = 1024
@@ -183,22 +185,58 @@ def csv_layout(
       "Add that header line, or list the columns in the schema ('columns:') to read "
       "header-less files"
     )
+  columns, label_token = schema_columns(schema, names, f"{path}:1", has_labels)
+  sep = ord(schema.separator)
+  return Layout(
+    "csv",
+    schema.separator.encode() + b'"',
+    (sep,) * (len(names) - 1) + (10,),
+    label_token,
+    columns,
+    header_lines=header_lines,
+    header=tuple(names),
+  )
+
+
+def schema_columns(
+  schema: CsvSchema,
+  names: Sequence[str],
+  where: str,
+  has_labels: bool | None = None,
+  header: str = "header",
+) -> tuple[tuple[Column, ...], int | None]:
+  """Checks a file's column names against a schema (CSV header, Parquet columns).
+
+  Every column must be named by the schema (as label, feature or ignored): nothing is
+  dropped silently.
+
+  Args:
+    schema: the schema.
+    names: the file's columns, in order.
+    where: names the file (and line) in errors.
+    has_labels: None: the rows have labels when `names` has the label column.
+    header: what errors call the list of names.
+
+  Returns:
+    (the feature columns, Column.token = index in names; the label's index in names,
+    None when the rows have no label). Raises DataError naming `where`.
+  """
   dup = sorted({c for c in names if names.count(c) > 1})
   if dup:
-    raise DataError(f"{path}:1: duplicate header column(s) {dup}")
+    raise DataError(f"{where}: duplicate {header} column(s) {dup}")
   features = set(schema.categorical) | set(schema.numeric)
   missing = [c for c in (*schema.categorical, *schema.numeric) if c not in names]
   if missing:
-    raise DataError(f"{path}:1: schema column(s) {missing} not in the header {names}")
+    raise DataError(f"{where}: schema column(s) {missing} not in the {header} {names}")
   if has_labels is None:
     has_labels = schema.label in names
   if has_labels and schema.label not in names:
-    raise DataError(f"{path}:1: label column {schema.label!r} not in the header {names}")
+    raise DataError(f"{where}: label column {schema.label!r} not in the {header} {names}")
   known = features | set(schema.ignore) | {schema.label}
   unknown = [c for c in names if c not in known]
   if unknown:
     raise DataError(
-      f"{path}:1: column(s) {unknown} not named in the schema "
+      f"{where}: column(s) {unknown} not named in the schema "
       "(list them under 'ignore' to skip them)"
     )
   columns = tuple(
@@ -206,16 +244,8 @@ def csv_layout(
     for i, c in enumerate(names)
     if c in features
   )
-  sep = ord(schema.separator)
-  return Layout(
-    "csv",
-    schema.separator.encode() + b'"',
-    (sep,) * (len(names) - 1) + (10,),
-    names.index(schema.label) if has_labels else None,
-    columns,
-    header_lines=header_lines,
-    header=tuple(names),
-  )
+  label_token = names.index(schema.label) if has_labels else None
+  return columns, label_token
 
 
 def libfm_layout(num_fields: int, has_labels: bool = True) -> Layout:
@@ -242,9 +272,9 @@ def detect_layout(
   """Builds the layout of a file from its first lines.
 
   Args:
-    fmt: "criteo", "csv" or "libfm".
-    path: the file (plain or gzip).
-    schema: required for csv.
+    fmt: "criteo", "csv", "libfm" or "parquet".
+    path: the file (plain or gzip); parquet: a file, a directory or a glob of parts.
+    schema: required for csv and parquet.
     has_labels: None: decide from the first line (see layout_from_first_line).
     num_fields: libfm: the expected number of fields (None: the most common count in
       the first lines).
@@ -254,6 +284,10 @@ def detect_layout(
   Returns:
     The Layout. Raises DataError if the first line fits no layout.
   """
+  if fmt == "parquet":
+    from gin_jax.data import parquet  # Local: pyarrow is optional.
+
+    return parquet.detect_layout(path, schema, has_labels)
   head = text.read_head(path)
   if fmt == "csv":
     return layout_from_first_line(
@@ -396,7 +430,8 @@ class RawChunk:
     )
 
 
-def _show(tok: bytes) -> str:
+def show_token(tok: bytes) -> str:
+  """A token for an error message: its repr as text, shortened past 40 characters."""
   s = tok.decode("utf-8", "backslashreplace")
   return repr(s if len(s) <= 40 else s[:37] + "...")
 
@@ -427,16 +462,44 @@ def _describe(layout: Layout):
   return describe
 
 
-def parse_chunk(chunk: text.Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int, str]]]:
-  """Tokenises and validates a chunk of lines.
+def read_chunks(
+  path: str | os.PathLike,
+  layout: Layout,
+  on_progress: Callable[[int], None] | None = None,
+  chunk_bytes: int | None = None,
+) -> Iterator:
+  """The chunks of an input, in order: text.Chunks, or parquet.Chunks for parquet.
 
   Args:
-    chunk: whole lines of the file.
+    path: the input (see detect_layout).
+    layout: its layout.
+    on_progress: called with the number of (on-disk) bytes consumed.
+    chunk_bytes: text inputs: decompressed bytes per chunk (default text.CHUNK_BYTES).
+  """
+  if layout.format == "parquet":
+    from gin_jax.data import parquet
+
+    return parquet.iter_chunks(path, layout, on_progress=on_progress)
+  return text.iter_chunks(
+    path, skip_lines=layout.header_lines, on_progress=on_progress, chunk_bytes=chunk_bytes
+  )
+
+
+def parse_chunk(chunk, layout: Layout) -> tuple[RawChunk, list[tuple]]:
+  """Tokenises and validates a chunk of lines (or, for parquet, a parquet.Chunk).
+
+  Args:
+    chunk: whole lines of the file (a text.Chunk), or a parquet.Chunk.
     layout: the file's layout.
 
   Returns:
-    (the good rows, [(line, reason)] for every bad row). Never drops a row silently.
+    (the good rows, [(line, reason)] for every bad row; parquet: (line, reason, where)
+    with where = "file:row-group:row"). Never drops a row silently.
   """
+  if layout.format == "parquet":
+    from gin_jax.data import parquet
+
+    return parquet.parse_chunk(chunk, layout)
   if layout.format == "libfm" and b" \n" in chunk.data:
     data = chunk.data
     while b" \n" in data:
@@ -477,7 +540,7 @@ def _labels(tokens: text.Tokens, layout: Layout, row_bad: dict[int, str]) -> np.
   labels, bad_rows = parse(tokens, layout.label_token)
   allowed = "{0, 1} or {-1, +1}" if libfm else "{0, 1}"
   for r in bad_rows:
-    tok = _show(tokens.token(r, layout.label_token))
+    tok = show_token(tokens.token(r, layout.label_token))
     row_bad.setdefault(int(r), f"label {tok} not in {allowed}")
   return labels
 
@@ -489,7 +552,7 @@ def _numbers(tokens, layout: Layout, numeric: list[Column], row_bad) -> np.ndarr
   numbers, bad = text.parse_numbers(tokens, [c.token for c in numeric], integers_only=criteo)
   kind = "an integer" if criteo else "a number"
   for r, j, tok in bad:
-    row_bad.setdefault(r, f"{numeric[j].name}: {_show(tok)} is not {kind}")
+    row_bad.setdefault(r, f"{numeric[j].name}: {show_token(tok)} is not {kind}")
   return numbers
 
 
@@ -509,10 +572,10 @@ def _check_categories(tokens, layout: Layout, categorical: list[Column], row_bad
     return
   index, bad = text.parse_numbers(tokens, cols, integers_only=True)
   for r, j, tok in bad:
-    row_bad.setdefault(r, f"{categorical[j].name}: index {_show(tok)} is not an integer")
+    row_bad.setdefault(r, f"{categorical[j].name}: index {show_token(tok)} is not an integer")
   out = np.signbit(index) | (index >= LIBFM_INDEX_LIMIT)  # NaN (empty) compares False
   for r, j in zip(*np.nonzero(out)):
-    tok = _show(tokens.token(r, cols[j]))
+    tok = show_token(tokens.token(r, cols[j]))
     row_bad.setdefault(
       int(r), f"{categorical[j].name}: index {tok} is not in [0, {LIBFM_INDEX_LIMIT})"
     )
@@ -526,5 +589,5 @@ def _values(tokens, categorical: list[Column], row_bad) -> np.ndarray:
   for r, j in zip(*np.nonzero(np.isnan(values))):
     row_bad.setdefault(int(r), f"{categorical[j].name}: empty value")
   for r, j, tok in bad:
-    row_bad.setdefault(r, f"{categorical[j].name}: value {_show(tok)} is not a number")
+    row_bad.setdefault(r, f"{categorical[j].name}: value {show_token(tok)} is not a number")
   return values.astype(np.float32)

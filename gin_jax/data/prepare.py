@@ -100,22 +100,16 @@ def prepare(
     if path
   ]
   for _, path in sources:
-    if not os.path.isfile(path):
+    if cfg.format != "parquet" and not os.path.isfile(path):
       raise DataError(f"{path}: no such file")
   schema = None
-  if cfg.format == "csv":
+  if cfg.format in ("csv", "parquet"):
     if not cfg.schema:
-      raise DataError("csv input needs a schema file (DataConfig.schema / --schema)")
+      raise DataError(f"{cfg.format} input needs a schema file (DataConfig.schema / --schema)")
     schema = CsvSchema.load(cfg.schema)
   options = _options(cfg, schema)
   inputs = [
-    {
-      "role": role,
-      "path": path,
-      "size": os.stat(path).st_size,
-      "mtime_ns": os.stat(path).st_mtime_ns,
-    }
-    for role, path in sources
+    {"role": role, "path": path, **_fingerprint(cfg.format, path)} for role, path in sources
   ]
   key = hashlib.sha256(
     json.dumps([PREPARE_VERSION, options, inputs], sort_keys=True).encode()
@@ -184,6 +178,16 @@ def _save_meta(meta: DatasetMeta, directory: str) -> None:
     if e.errno != errno.ENOSPC:
       raise
     raise no_space(os.path.join(directory, "meta.json"), len(meta.to_json())) from None
+
+
+def _fingerprint(fmt: str, path: str) -> dict:
+  """What the cache key hashes of an input: size and mtime (parquet: of every part)."""
+  if fmt == "parquet":
+    from gin_jax.data import parquet  # Local: pyarrow is optional.
+
+    return parquet.fingerprint(path)
+  st = os.stat(path)
+  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, Split]]:
@@ -358,7 +362,7 @@ class _Builder:
 
     name = os.path.basename(inp["path"])
     with self._bar(inp["size"], f"pass 1/2 parsing {name}", "B") as bar:
-      chunks = text.iter_chunks(inp["path"], skip_lines=layout.header_lines, on_progress=bar.update)
+      chunks = formats.read_chunks(inp["path"], layout, on_progress=bar.update)
       yield from ordered_map(work, chunks, self.workers)
 
   def _count(self, raw: RawChunk, split: np.ndarray):

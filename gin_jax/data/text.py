@@ -258,6 +258,30 @@ def tokenize(
   return tokens, bad
 
 
+def column_tokens(
+  data: bytes, offsets: np.ndarray, lines: np.ndarray, valid: np.ndarray | None = None
+) -> Tokens:
+  """The Tokens of one column of values stored end to end (Arrow's string layout).
+
+  Lets columnar input (Parquet) reuse the key and number parsers of this module.
+
+  Args:
+    data: the values' bytes: value i is data[offsets[i] : offsets[i + 1]].
+    offsets: [n + 1] non-decreasing offsets, the first one 0.
+    lines: int64 [n] source line (row number) of each value.
+    valid: bool [n]: False where the value is null (it becomes the empty token).
+
+  Returns:
+    Tokens with one token column.
+  """
+  data = b"".join((data, b"\n"))  # As in a chunk: every token, even empty, starts in data.
+  offsets = np.asarray(offsets, np.int64)
+  starts, lens = offsets[:-1], np.diff(offsets)
+  if valid is not None:
+    lens = np.where(valid, lens, 0)
+  return Tokens(data, _heads(data, starts)[:, None], starts[:, None], lens[:, None], lines)
+
+
 def _special_positions(data: bytes, separators: bytes) -> tuple[np.ndarray, np.ndarray]:
   """The chunk as uint8, and the offsets of its separators, line ends and control bytes."""
   arr = np.frombuffer(data, np.uint8)
