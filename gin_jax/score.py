@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from gin_jax import checkpointing, data, partitioning, stages, training
-from gin_jax import metrics as metrics_lib
 from gin_jax import model as model_lib
 from gin_jax.config import Config
 from gin_jax.data import pipeline
@@ -665,11 +664,41 @@ class _NpyWriter(_ScoreWriter):
       self._skipped.close()
 
 
+class _ParquetWriter(_ScoreWriter):
+  """Columns `line`, `probability` (null at skipped rows) and `status`, as the csv;
+  one row group per chunk (data.ParquetScoreWriter; needs the [parquet] extra)."""
+
+  def __init__(self, path):
+    super().__init__(path)
+    from gin_jax.data import ParquetScoreWriter
+
+    tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+    try:
+      self._w = ParquetScoreWriter(tmp)
+    except OSError as e:
+      raise ScoringError(f"{self.path}: cannot write the scores ({e.strerror})") from None
+    self._tmp[self.path] = tmp
+    self._open_file = True
+
+  def _write_rows(self, lines, probs, reasons) -> None:
+    if reasons is None:
+      status = ["ok"] * len(lines)
+    else:
+      status = ["ok" if r is None else "skipped: " + r for r in reasons]
+    self._w.write(lines, probs, status)
+
+  def _finish(self) -> None:
+    if self._open_file:
+      self._w.close()
+      self._open_file = False
+
+
 def _open_writer(path) -> _ScoreWriter:
-  if Path(path).suffix == ".npy":
+  suffix = Path(path).suffix
+  if suffix == ".npy":
     return _NpyWriter(path)
-  if Path(path).suffix == ".parquet":
-    raise ScoringError(f"{path}: .parquet is written by write_scores, not streamed")
+  if suffix == ".parquet":
+    return _ParquetWriter(path)
   return _CsvWriter(path)
 
 
@@ -678,36 +707,13 @@ def write_scores(path, probs: np.ndarray, line_numbers, bad) -> None:
 
   .csv: `line,probability,status` with a row for every input line (skipped
   ones carry an empty probability and the reason). .npy: float32 with NaN at
-  skipped rows, plus PATH.skipped.json listing them. .csv and .npy go through
-  the same writers as the streaming `score_file`.
+  skipped rows, plus PATH.skipped.json listing them. .parquet: the csv's
+  columns, the probability null at skipped rows. The same writers as the
+  streaming `score_file`.
   """
-  path = Path(path)
   line_numbers = np.arange(1, len(probs) + 1) if line_numbers is None else line_numbers
-  if path.suffix != ".parquet":
-    with _open_writer(path) as writer:
-      writer.write(np.asarray(line_numbers, np.int64), np.asarray(probs, np.float32), _skipped(bad))
-    return
-  skipped = dict(_skipped(bad))
-  order = sorted(
-    [(int(n), float(p)) for n, p in zip(line_numbers, probs)] + [(n, None) for n in skipped]
-  )
-  try:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-  except ImportError:
-    raise ScoringError(
-      "writing .parquet needs pyarrow (pip install pyarrow); or use .csv / .npy"
-    ) from None
-  pq.write_table(
-    pa.table(
-      {
-        "line": [n for n, _ in order],
-        "probability": [p for _, p in order],
-        "status": ["ok" if p is not None else "skipped: " + skipped[n] for n, p in order],
-      }
-    ),
-    path,
-  )
+  with _open_writer(path) as writer:
+    writer.write(np.asarray(line_numbers, np.int64), np.asarray(probs, np.float32), _skipped(bad))
 
 
 def _skipped(bad):
@@ -727,7 +733,9 @@ def main(argv: list[str] | None = None) -> None:
   which.add_argument("--step", type=int, help="checkpoint step (default: newest)")
   which.add_argument("--best", action="store_true", help="best checkpoint of the last stage")
   p.add_argument("--data", help="file to score (any supported format, may be .gz)")
-  p.add_argument("--format", choices=["criteo", "csv", "libfm"], help="default: training's")
+  p.add_argument(
+    "--format", choices=["criteo", "csv", "libfm", "parquet"], help="default: training's"
+  )
   p.add_argument("--schema", help="CSV schema (default: training's)")
   p.add_argument("--bad-rows", choices=["error", "skip"], default="error")
   p.add_argument("--out", help="output .csv, .npy or .parquet")
@@ -751,10 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
       scorer = Scorer.from_export(args.exported)
     options = {"fmt": args.format, "schema": args.schema, "bad_rows": args.bad_rows}
-    if Path(args.out).suffix == ".parquet":
-      summary = _score_to_parquet(scorer, args.data, args.out, **options)
-    else:
-      summary = score_file(scorer, args.data, args.out, **options)
+    summary = score_file(scorer, args.data, args.out, **options)
     print(f"scored {summary.rows} rows with {scorer.description} -> {args.out}")
     if summary.bad.count:
       print(
@@ -766,25 +771,6 @@ def main(argv: list[str] | None = None) -> None:
       print(f"AUC {m['auc']:.6f}  logloss {m['logloss']:.6f}  (n={m['n']})")
   except (ScoringError, checkpointing.CheckpointError, data.DataError, ValueError, OSError) as e:
     fail(e)
-
-
-def _score_to_parquet(scorer: Scorer, path, out, **options) -> ScoreSummary:
-  """.parquet output: scored in memory as a whole, then written by write_scores."""
-  probs, labels, lines, bad = scorer.predict_file(path, **options)
-  nonfinite = np.flatnonzero(~np.isfinite(probs))
-  if len(nonfinite):
-    raise ScoringError(
-      f"{scorer.description} gave {len(nonfinite)} non-finite probabilities (first at "
-      f"{path}:{int(lines[nonfinite[0]])}); nothing written to {out}"
-    )
-  if not len(probs):
-    raise ScoringError(
-      f"no row of {path} could be scored ({bad.count} bad row(s) skipped; first: "
-      f"{bad.examples[:3]}); nothing written to {out}"
-    )
-  write_scores(out, probs, lines, bad)
-  labelled = len(labels) and not np.isnan(labels).any()
-  return ScoreSummary(len(probs), bad, metrics_lib.evaluate(labels, probs) if labelled else None)
 
 
 if __name__ == "__main__":

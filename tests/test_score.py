@@ -76,6 +76,30 @@ def test_cli_equals_api_equals_export(trained, tmp_path):
   np.testing.assert_allclose(np.load(out_npy), api, rtol=1e-5, atol=1e-6)
 
 
+def test_parquet_scores_stream_like_the_csv_with_skipped_rows(trained, tmp_path):
+  pq = pytest.importorskip("pyarrow.parquet")
+  wd, _, test_file, _ = trained
+  lines = test_file.read_text().splitlines(keepends=True)
+  data_file = tmp_path / "with_bad.tsv"
+  data_file.write_text("".join(lines[:2] + ["not a row\n"] + lines[2:40]))
+  outs = {}
+  for suffix in ("csv", "parquet"):
+    outs[suffix] = tmp_path / f"scores.{suffix}"
+    proc = _run(
+      "--checkpoint", wd, "--data", data_file, "--bad-rows", "skip", "--out", outs[suffix]
+    )
+    assert proc.returncode == 0, proc.stderr
+  table = pq.read_table(outs["parquet"]).to_pydict()
+  rows = _read_csv(outs["csv"])
+  assert table["line"] == [int(r["line"]) for r in rows] == list(range(1, 42))
+  assert table["status"] == [r["status"] for r in rows] and table["status"][2].startswith("skipped")
+  assert table["probability"][2] is None
+  ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+  np.testing.assert_allclose(
+    [table["probability"][i] for i in ok], [float(rows[i]["probability"]) for i in ok], atol=1e-8
+  )
+
+
 def test_export_runs_without_model_code(trained, tmp_path):
   """A fresh interpreter that imports only jax and numpy runs the artifact."""
   wd, _, _, _ = trained
@@ -148,7 +172,8 @@ def test_error_cases_name_what_is_wrong(trained, tmp_path):
   latest = max((other / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
   meta_file = next((latest / "meta").glob("*"))
   meta = json.loads(meta_file.read_text())
-  meta["config"]["model"]["embed_dim"] = 8
+  for key in ("config", "effective_config"):
+    meta[key]["model"]["embed_dim"] = 8
   meta_file.write_text(json.dumps(meta))
   checkpointing.seal(latest)
   with pytest.raises(score.ScoringError, match="cannot restore"):
