@@ -42,15 +42,50 @@ class FieldProjection(nnx.Module):
     self, num_rows: int, padded_rows: int, widths: dict, init_std: float, *, rngs: nnx.Rngs
   ):
     for name, width in widths.items():
-      # Only the real rows are drawn, so the values do not depend on how far the
-      # table is padded for the device count; padding rows stay zero (no id
-      # points at them, so they never receive a gradient).
-      real = init_std * jax.random.normal(rngs.params(), (num_rows, width))
-      setattr(self, name, nnx.Param(jnp.pad(real, ((0, padded_rows - num_rows), (0, 0)))))
+      table = _normal_rows(rngs.params(), num_rows, padded_rows, width, init_std)
+      setattr(self, name, nnx.Param(table))
     self.names = tuple(widths)
 
   def __call__(self, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
     return embed_rows({n: getattr(self, n)[...] for n in self.names}, ids_bf, values_bf)
+
+
+INIT_BLOCK_ROWS = 1 << 22  # Rows drawn at once when a table is initialised.
+
+
+def _normal_rows(key, num_rows: int, padded_rows: int, width: int, std: float) -> jax.Array:
+  """std * N(0, 1) for the real rows, zeros for the padding rows, [padded_rows, width].
+
+  Drawn block by block (INIT_BLOCK_ROWS rows; block 0 with `key`, block b with
+  fold_in(key, b)) into one buffer: jax's threefry needs ~3x its output in
+  temporaries, so a 100M-row table drawn at once would need ~4x the table.
+  jax's (partitionable) threefry draws element i from counter i, so a row's
+  values depend on its index alone, never on how far the table is padded for
+  the device count; padding rows stay zero (no id points at them: no gradient).
+  """
+  block = INIT_BLOCK_ROWS
+
+  def draw(k, first, rows):
+    values = std * jax.random.normal(k, (rows, width))
+    real = (first + jnp.arange(rows) < num_rows)[:, None]
+    return jnp.where(real, values, 0.0)
+
+  if padded_rows <= block:
+    return draw(key, 0, padded_rows)
+  full, rest = divmod(padded_rows, block)
+  out = jnp.zeros((padded_rows, width), jnp.float32)
+  out = jax.lax.dynamic_update_slice(out, draw(key, 0, block), (0, 0))
+
+  def body(b, out):
+    return jax.lax.dynamic_update_slice(out, draw(jax.random.fold_in(key, b), b * block, block),
+                                        (b * block, 0))  # fmt: skip
+
+  out = jax.lax.fori_loop(1, full, body, out)
+  if rest:
+    out = jax.lax.dynamic_update_slice(
+      out, draw(jax.random.fold_in(key, full), full * block, rest), (full * block, 0)
+    )
+  return out
 
 
 def embed_rows(tables: dict, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
