@@ -14,7 +14,7 @@ its Table 4 defaults, see gin_jax.config.ARCH_DEFAULTS), with
 train.stages=gin for every model but AOANet. `aoanet` gives two rows: GIN is
 its search stage (the same model, seed and batches as a one-stage GIN run)
 and AOANet its retrained, pruned model. LR takes the quality benchmark's
-floor settings (benchmarks.quality.FLOOR_OVERRIDES). `--per-model DIR` applies
+floor settings (gin_jax.config.linear_floor). `--per-model DIR` applies
 DIR/<model>.yaml (same format as --config) to that model alone, e.g. the
 settings BARS published for it.
 
@@ -110,9 +110,9 @@ def model_config(base_args, overrides: dict, model: str, per_model: str | None):
     extra = {"model.arch": "gin", "train.stages": "aoanet"}
   else:
     extra = {"model.arch": model, "train.stages": "gin"}
-    if model == "lr":
-      extra = {**extra, **quality.FLOOR_OVERRIDES}
   cfg = cli.build_config(base_args, {**overrides, **extra})
+  if model == "lr":
+    cfg = config_lib.linear_floor(cfg)
   path = Path(per_model or "") / f"{model}.yaml"
   if per_model and path.exists():
     assignments, _ = config_lib.load_file(path)

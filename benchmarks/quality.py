@@ -8,8 +8,9 @@
 The data and model flags are exactly `python -m train`'s (same preset defaults,
 same `--section.field=value` overrides), so a figure here is what that command
 gives. Every seed trains on the same rows (data.seed stays fixed; train.seed
-varies). The floor is `model.arch=lr` (one weight per category, the same
-table, trainer and regulariser) trained on the same rows by the same tool.
+varies). The floor is `gin_jax.config.linear_floor` of the config:
+`model.arch=lr` (one weight per category, the same table and trainer, Adam
+1e-2, no L2) trained on the same rows by the same tool.
 
 Each run keeps its workdir under --workdir-root (keyed by its config): a rerun
 reuses finished runs, so an interrupted study resumes. The data is prepared
@@ -34,15 +35,6 @@ from benchmarks import common
 from train.main import build_parser, split_overrides
 
 METRICS = ("valid_auc", "valid_logloss", "test_auc", "test_logloss")
-
-# The linear floor: one weight per category, Adam. Its learning rate and L2 were
-# chosen on the validation split of the quality issue's two data sets.
-FLOOR_OVERRIDES = {
-  "model.arch": "lr",
-  "train.stages": "gin",
-  "train.learning_rate": "0.01",
-  "train.embedding_l2": "0",
-}
 
 
 def parse(argv):
@@ -159,6 +151,7 @@ def table(summary: list[dict], hide_test: bool) -> str:
 def main(argv=None) -> dict:
   args, overrides = parse(sys.argv[1:] if argv is None else argv)
   from gin_jax import cli
+  from gin_jax import config as config_lib
 
   cli.init_runtime()
   import jax
@@ -171,7 +164,7 @@ def main(argv=None) -> dict:
   cache = root / "data_cache"  # every run reads the same prepared data
   rows = run_seeds(cfg, "gin_jax", args.seeds, root, cache)
   if not args.no_floor:
-    floor = cli.build_config(args, {**overrides, **FLOOR_OVERRIDES})
+    floor = config_lib.linear_floor(cfg)
     rows += run_seeds(floor, "logistic_regression", args.seeds, root, cache)
   if args.hide_test:
     rows = [{k: v for k, v in r.items() if not k.startswith("test")} for r in rows]
@@ -181,7 +174,7 @@ def main(argv=None) -> dict:
     "name": args.name,
     "command": "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv),
     "config": cfg.to_dict(),
-    "floor_overrides": None if args.no_floor else FLOOR_OVERRIDES,
+    "floor_config": None if args.no_floor else floor.to_dict(),
     "summary": summary,
     "runs": rows,
     "backend": common.backend_info(),

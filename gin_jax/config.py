@@ -126,6 +126,8 @@ class TrainConfig:
   lr_decay: float = 0.1  # Learning-rate factor on a validation plateau.
   patience: int = 2  # Epochs without improvement before early stopping.
   embedding_l2: float | None = 0.0  # lambda/2 ||table||^2 per step (None: auto_embedding_l2).
+  linear_l2: float | None = None  # lambda of the first-order weights (None: embedding_l2).
+  linear_start: bool = False  # GIN + model.first_order: fit the linear part alone first.
   embedding_catch_up: int = 64  # lazy_adam: idle steps a touched row replays exactly.
   embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
@@ -149,6 +151,8 @@ class TrainConfig:
       raise ValueError(f"embedding_catch_up must be >= 0, got {self.embedding_catch_up}")
     if self.embedding_l2 is not None and self.embedding_l2 < 0:
       raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+    if self.linear_l2 is not None and self.linear_l2 < 0:
+      raise ValueError(f"linear_l2 must be >= 0, got {self.linear_l2}")
     if self.prune_scope not in ("subspace", "layer", "global"):
       raise ValueError(f"unknown prune_scope {self.prune_scope!r}")
     if (self.batch_size is not None and self.batch_size < 1) or self.eval_batch_size < 1:
@@ -170,6 +174,11 @@ class Config:
         f"model.arch={self.model.arch!r} has no alpha to prune: use --stages gin "
         "(one training stage)"
       )
+    if self.train.linear_start and not (self.model.arch == "gin" and self.model.first_order):
+      raise ValueError(
+        "train.linear_start starts GIN's first-order part from a fitted logistic regression: "
+        "it needs model.arch=gin and model.first_order=true"
+      )
 
   def to_dict(self) -> dict:
     """Plain JSON-ready dict (tuples as lists): what config.json and checkpoints hold."""
@@ -186,6 +195,22 @@ class Config:
       data=_from_dict(DataConfig, d["data"]),
       train=_from_dict(TrainConfig, d["train"]),
     )
+
+
+def linear_floor(cfg: Config) -> Config:
+  """The logistic regression on cfg's data: the quality floor and train.linear_start's fit.
+
+  One weight per category (model.arch lr, one stage), Adam 1e-2, no L2, the
+  rest of cfg's training settings (batch, epochs, early stopping) kept.
+  """
+  return dataclasses.replace(
+    cfg,
+    model=dataclasses.replace(cfg.model, arch="lr", first_order=False),
+    train=dataclasses.replace(
+      cfg.train, stages="gin", learning_rate=1e-2, embedding_l2=0.0, linear_l2=None,
+      linear_start=False,
+    ),
+  )  # fmt: skip
 
 
 # ------------------------------------------------------------ data-dependent defaults

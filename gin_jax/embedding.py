@@ -64,6 +64,7 @@ class RowOptimizer:
 
   kind: str  # "rowwise_adagrad" or "lazy_adam".
   l2: float = 0.0  # lambda: L2 strength per row per step.
+  l2_tables: tuple = ()  # ((table name, lambda), ...): tables with their own strength.
   catch_up_steps: int = 64  # lazy_adam: idle steps replayed exactly per touched row.
   b1: float = 0.9  # lazy_adam: first-moment decay (optax's default).
   b2: float = 0.999  # lazy_adam: second-moment decay.
@@ -91,6 +92,10 @@ class RowOptimizer:
     last = jnp.zeros((rows,), jnp.int32)
     return {"count": jnp.zeros((), jnp.int32), "last": last, "slots": slots}
 
+  def l2_of(self, name: str) -> float:
+    """The L2 strength of table `name`."""
+    return dict(self.l2_tables).get(name, self.l2)
+
   # ------------------------------------------------------------------ catch-up
 
   def catch_up(self, rows, slots, last_u, valid_u, count, lr):
@@ -111,19 +116,23 @@ class RowOptimizer:
     out_rows, out_slots = {}, {}
     for name, w in rows.items():
       if self.kind == "rowwise_adagrad":
-        out_rows[name], out_slots[name] = self._adagrad_idle(w, slots[name], idle, lr)
+        out_rows[name], out_slots[name] = self._adagrad_idle(
+          w, slots[name], idle, lr, self.l2_of(name)
+        )
       else:
-        out_rows[name], out_slots[name] = self._adam_idle(w, slots[name], last_u, idle, lr)
+        out_rows[name], out_slots[name] = self._adam_idle(
+          w, slots[name], last_u, idle, lr, self.l2_of(name)
+        )
     return out_rows, out_slots
 
-  def _adagrad_idle(self, w, slot, idle, lr):
-    if not self.l2:
+  def _adagrad_idle(self, w, slot, idle, lr, l2):
+    if not l2:
       return w, slot
-    rate = lr * self.l2 / (jnp.sqrt(slot["acc"]) + self.eps)
+    rate = lr * l2 / (jnp.sqrt(slot["acc"]) + self.eps)
     shrink = jnp.power(jnp.clip(1.0 - rate, 0.0, 1.0), idle.astype(w.dtype))
     return w * shrink[:, None], slot
 
-  def _adam_idle(self, w, slot, last_u, idle, lr):
+  def _adam_idle(self, w, slot, last_u, idle, lr, l2):
     m, v = slot["m"], slot["v"]
     b1, b2 = self.b1, self.b2
     short = idle <= self.catch_up_steps
@@ -133,7 +142,7 @@ class RowOptimizer:
       n = max(1, w.shape[0] // REPLAY_FRACTION)
       top = jnp.argsort(-jnp.where(short, idle, 0), stable=True)[:n]
       steps = jnp.where(short[top], idle[top], 0)
-      ws, ms, vs = self._replay(w[top], m[top], v[top], last_u[top], steps, lr)
+      ws, ms, vs = self._replay(w[top], m[top], v[top], last_u[top], steps, lr, l2)
       w, m, v = w.at[top].set(ws), m.at[top].set(ms), v.at[top].set(vs)
       idle = idle.at[top].add(-steps)
     # Closed form for the remaining idle steps (all of a long gap's): the momentum
@@ -151,13 +160,13 @@ class RowOptimizer:
     drift = lr * (m / bc1) / (jnp.sqrt(v / bc2) + self.eps) * s0
     w = w - jnp.where(k > 0, drift, 0.0)
     v_mid = v * b2 ** (k / 2) / jnp.maximum(bc2, 1e-12)
-    rate = lr * self.l2 / (jnp.sqrt(v_mid) + self.eps)
+    rate = lr * l2 / (jnp.sqrt(v_mid) + self.eps)
     w = w * jnp.power(jnp.clip(1.0 - rate, 0.0, 1.0), k)
     return w, {"m": m * b1**k, "v": v * b2**k}
 
-  def _replay(self, w, m, v, last_u, steps, lr):
+  def _replay(self, w, m, v, last_u, steps, lr, l2):
     """Exact dense-Adam idle steps (g = lambda w), `steps` [n] of them per row."""
-    b1, b2, eps, l2 = self.b1, self.b2, self.eps, self.l2
+    b1, b2, eps = self.b1, self.b2, self.eps
     first = (last_u + 1)[:, None]
     steps = steps[:, None]
 

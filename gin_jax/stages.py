@@ -116,6 +116,11 @@ class Workdir:
     return self.root / "alpha_heatmap.png"
 
   @property
+  def linear(self) -> Path:
+    """The logistic regression run that `train.linear_start` starts from."""
+    return self.root / "linear"
+
+  @property
   def data_cache(self) -> Path:
     return self.root / "data" / "cache"
 
@@ -127,5 +132,6 @@ class Workdir:
       self.report,
       self.heatmap,
       self.tensorboard,
+      self.linear,
       *self.root.glob("best_*"),
     ]

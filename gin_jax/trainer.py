@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -117,11 +118,11 @@ def run(
   workdir = Workdir(workdir)
   lock = _workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with lock:
-    return _run(cfg, workdir, overwrite, devices, on_step)
+    return _run(cfg, workdir, overwrite, devices, on_step)[0]
 
 
-def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> dict:
-  """The body of run(), under the workdir lock."""
+def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step):
+  """The body of run(), under the workdir lock: (report, final state)."""
   # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
   discard = _check_workdir(workdir, cfg, overwrite)  # every process reads; all agree
@@ -168,7 +169,10 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
   mode = device_input.choose_mode(
     cfg.data.device_resident, splits["train"], mesh, cfg.data.device_fraction
   )
-  ctx = _Context(cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode, asked=asked)
+  ctx = _Context(
+    cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode, asked=asked,
+    devices=devices,
+  )  # fmt: skip
   _log(
     f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
     f"{model_lib.count_params(fns.abstract_state['params']):,} parameters; "
@@ -183,6 +187,8 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
     progress = Progress(stage=first.name, stage_start_time=time.time())
     state = fns.init(stages.init_key(cfg.train.seed, first))
     _log(f"starting {cfg.name} in {workdir.root}")
+    if cfg.train.linear_start:
+      state = _start_from_linear(ctx, state)
   else:
     step, state, saved = restored
     progress = Progress(**saved["progress"])
@@ -192,6 +198,12 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
   # ------------------------------------------------------------ stages
   while progress.stage != stages.DONE:
     stage = stages.by_name(plan, progress.stage)
+    # With train.linear_start every stage begins from fitted weights (the
+    # regression, or the search stage's best): that start is evaluated and may
+    # stand as the stage's best. (Other runs are left as measured.)
+    at_start = progress.epoch == 0 and progress.iterator_state is None
+    if cfg.train.linear_start and at_start and progress.best_auc is None:
+      _evaluate_start(ctx, stage, state, progress)
     state = _train_stage(ctx, stage, state, progress)
     state = _restore_best(ctx, stage, state)
     result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
@@ -212,7 +224,7 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step) -> di
   if lead:
     report.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
-  return out
+  return out, state
 
 
 # ---------------------------------------------------------------------- helpers
@@ -232,6 +244,7 @@ class _Context:
   input_mode: str = "off"  # device_input mode of the training split
   resident: object = None  # device_input.ResidentSplit, built on first use
   asked: Config | None = None  # the config as asked for; cfg has its auto settings decided
+  devices: list | None = None  # the mesh's devices as run() was given them (None: all)
 
   def __post_init__(self):
     self.ckpt = checkpointing.manager(self.workdir.checkpoints, self.cfg.train.keep_checkpoints)
@@ -629,6 +642,56 @@ def _best_regular_checkpoint(ctx: _Context, stage: stages.Stage):
   return found
 
 
+def _start_from_linear(ctx: _Context, state):
+  """GIN's first-order part and output bias set to a fitted logistic regression.
+
+  The regression is trained first as a run of its own in WORKDIR/linear (the
+  same prepared data, its own checkpoints, so it resumes too), with
+  config.linear_floor's settings. The rest of the model keeps its fresh
+  initialisation: with embeddings drawn at model.embed_init_std (1e-4 in the
+  default recipe) the interaction and deep features are ~0 at evaluation, so
+  the stage starts where the regression ended (its valid AUC to 4 digits on
+  Frappe and the Criteo sample), and `_evaluate_start` keeps that start as the
+  stage's best unless an epoch beats it on validation. (A zero output kernel
+  would make the start exact, but the deep part then learns slowly, out of a
+  saddle: 0.004 lower valid AUC on Frappe.)
+  """
+  lin_cfg = config_lib.linear_floor(ctx.asked)
+  sub = ctx.workdir.linear
+  if jax.process_index() == 0:
+    (sub / "data").mkdir(parents=True, exist_ok=True)
+    link = Workdir(sub).data_cache
+    if not link.exists():
+      link.symlink_to(ctx.workdir.data_cache.resolve(), target_is_directory=True)
+  _barrier("linear-workdir")
+  _log(f"linear start: fitting the logistic regression in {sub}")
+  lock = _workdir_lock(Workdir(sub)) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    _, lin = _run(lin_cfg, Workdir(sub), False, ctx.devices, None)
+  params = state["params"]
+  w = lin["params"]["projection"]["table"]
+  out = params["output"]
+  bias = jnp.reshape(lin["params"]["bias"], out["bias"].shape)
+  output = {"kernel": out["kernel"], "bias": jax.device_put(bias, out["bias"].sharding)}
+  linear = w.astype(params["projection"]["linear"].dtype)
+  params = {**params, "projection": {**params["projection"], "linear": linear}, "output": output}
+  return {**state, "params": params}
+
+
+def _evaluate_start(ctx: _Context, stage: stages.Stage, state, progress: Progress) -> None:
+  """The stage's starting point evaluated and kept as its best so far (epoch 0)."""
+  if not len(ctx.splits["valid"]):
+    return
+  m = _evaluate(ctx, state, ctx.splits["valid"])
+  ctx.log.write(
+    stage=stage.name, event="eval", split="valid", step=int(state["step"]), epoch=0,
+    auc=m["auc"], logloss=m["logloss"],
+  )  # fmt: skip
+  _log(f"{stage.name} start: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  progress.best_auc = m["auc"]
+  checkpointing.save(ctx.best_manager(stage), int(state["step"]), state, ctx.meta_dict(progress))
+
+
 def _select_and_reinit(ctx: _Context, state, progress: Progress):
   """The select step: masks from |alpha| of the search weights, then the next stage's model.
 
@@ -649,6 +712,8 @@ def _select_and_reinit(ctx: _Context, state, progress: Progress):
       state["params"], pruning.apply(model_lib.alpha_tree(state["params"]), masks)
     )
     fresh = {**fresh, "params": params, "batch_stats": state["batch_stats"]}
+  elif cfg.linear_start:
+    fresh = _start_from_linear(ctx, fresh)
   progress.search_alpha = {k: np.asarray(v).tolist() for k, v in alphas.items()}
   return {**fresh, "step": state["step"]}
 

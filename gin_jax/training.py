@@ -72,8 +72,23 @@ def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
   if cfg.embedding_optimizer == "adam":
     return None
   return embedding.RowOptimizer(
-    cfg.embedding_optimizer, l2=cfg.embedding_l2, catch_up_steps=cfg.embedding_catch_up
+    cfg.embedding_optimizer,
+    l2=cfg.embedding_l2,
+    l2_tables=(("linear", table_l2(cfg, "linear")),),
+    catch_up_steps=cfg.embedding_catch_up,
   )
+
+
+def table_l2(cfg: TrainConfig, name: str) -> float:
+  """lambda of row table `name`: train.linear_l2 for the first-order weights, else embedding_l2."""
+  if name == "linear" and cfg.linear_l2 is not None:
+    return cfg.linear_l2
+  return cfg.embedding_l2
+
+
+def _l2_penalty(cfg: TrainConfig, tables: dict):
+  """sum over row tables of lambda_t / 2 ||t||^2 (tables or their gathered rows)."""
+  return sum(0.5 * table_l2(cfg, k) * jnp.sum(jnp.square(t)) for k, t in tables.items())
 
 
 def _init_state(spec, tx, row_opt, key, masks):
@@ -200,8 +215,7 @@ def _dense_train_step(graphdef, tx, cfg: TrainConfig, state, batch):
       dropout_key=_dropout_key(state),
     )
     loss = _log_loss(logits, batch["labels"])
-    tables = model_lib.row_tables(params)
-    reg = 0.5 * cfg.embedding_l2 * sum(jnp.sum(jnp.square(t)) for t in tables.values())
+    reg = _l2_penalty(cfg, model_lib.row_tables(params))
     return loss + reg, (loss, batch_stats)
 
   (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -241,7 +255,7 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
     )  # fmt: skip
     loss = _log_loss(logits, batch["labels"])
     # Padding entries read zero rows, so they add nothing.
-    reg = 0.5 * cfg.embedding_l2 * sum(jnp.sum(jnp.square(r)) for r in rows.values())
+    reg = _l2_penalty(cfg, rows)
     return loss + reg, (loss, batch_stats)
 
   dense = model_lib.dense_params(params)

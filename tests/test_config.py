@@ -19,6 +19,17 @@ def test_overrides_across_sections_are_checked_together():
     config_lib.override(config_lib.tiny(), {"model.arch": "lr"})
 
 
+def test_linear_start_needs_gin_with_first_order_weights():
+  with pytest.raises(ValueError, match="needs model.arch=gin and model.first_order=true"):
+    config_lib.override(config_lib.tiny(), {"train.linear_start": "true"})
+  cfg = config_lib.override(
+    config_lib.tiny(), {"train.linear_start": "true", "model.first_order": "true"}
+  )
+  floor = config_lib.linear_floor(cfg)
+  assert (floor.model.arch, floor.train.stages, floor.train.linear_start) == ("lr", "gin", False)
+  assert (floor.train.learning_rate, floor.train.embedding_l2) == (1e-2, 0.0)
+
+
 def test_unknown_fields_and_bad_values_are_named():
   with pytest.raises(ValueError, match="unknown config field train.epoch"):
     config_lib.override(config_lib.tiny(), {"train.epoch": "3"})

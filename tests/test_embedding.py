@@ -1,5 +1,6 @@
 """Row-sparse embedding training (gin_jax.embedding) against dense and numpy references."""
 
+import dataclasses
 import re
 
 import jax
@@ -16,11 +17,11 @@ ROWS = FIELDS * PER_FIELD
 MODEL = ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(8,))
 
 
-def _fns(optimizer, l2=0.1, devices=1, rows=ROWS, clip=10.0, lr=1e-2):
+def _fns(optimizer, l2=0.1, devices=1, rows=ROWS, clip=10.0, lr=1e-2, model=MODEL, **train):
   mesh = partitioning.make_mesh(jax.devices()[:devices])
-  spec = model_lib.ModelSpec(MODEL, FIELDS, rows, model_lib.padded_table_rows(rows, devices))
+  spec = model_lib.ModelSpec(model, FIELDS, rows, model_lib.padded_table_rows(rows, devices))
   cfg = TrainConfig(
-    learning_rate=lr, embedding_optimizer=optimizer, embedding_l2=l2, clip_norm=clip
+    learning_rate=lr, embedding_optimizer=optimizer, embedding_l2=l2, clip_norm=clip, **train
   )
   return mesh, training.build(spec, cfg, mesh)
 
@@ -60,6 +61,21 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched_every_step():
   _, plain = _run("lazy_adam", l2=0.0)
   table = lambda s: s["params"]["projection"]["table"]
   assert np.abs(table(plain) - table(lazy)).max() > 1e-3
+
+
+def test_first_order_weights_take_their_own_l2_sparse_as_dense():
+  """train.linear_l2 sets the `linear` table's lambda; the row-sparse step agrees with dense."""
+  wide = dataclasses.replace(MODEL, first_order=True)
+  runs = {opt: _run(opt, model=wide, linear_l2=0.0, steps=8) for opt in ("adam", "lazy_adam")}
+  (dense_losses, dense), (lazy_losses, lazy) = runs["adam"], runs["lazy_adam"]
+  np.testing.assert_allclose(lazy_losses, dense_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(lazy["params"]), jax.tree.leaves(dense["params"])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  # The strength really is per table: with linear_l2 unset (= embedding_l2) the
+  # linear weights end elsewhere.
+  _, shared = _run("lazy_adam", model=wide, steps=8)
+  linear = lambda s: s["params"]["projection"]["linear"]
+  assert np.abs(linear(shared) - linear(lazy)).max() > 1e-4
 
 
 def _data_grads(fns, state, batch):

@@ -294,3 +294,49 @@ def test_failed_preparation_leaves_no_config_and_real_data_reports_no_planted_pa
   rep = trainer.run(fixed, wd, devices=jax.devices()[:1])
   assert rep["kept_pairs"] and rep["planted_pair_recall"] is None
   assert "planted_pair_chance" not in rep and "planted_pair_ranks" not in rep
+
+
+def _linear_start(**train):
+  cfg = tiny(**train)
+  return config_lib.dataclasses.replace(
+    cfg,
+    model=config_lib.dataclasses.replace(cfg.model, first_order=True, embed_init_std=1e-4),
+    train=config_lib.dataclasses.replace(cfg.train, linear_start=True),
+  )
+
+
+def _evals(workdir, stage):
+  lines = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in lines if r.get("event") == "eval" and r["stage"] == stage]
+
+
+def test_linear_start_begins_as_the_fitted_regression_and_never_ends_below_it(tmp_path):
+  rep = trainer.run(_linear_start(), tmp_path, devices=jax.devices()[:1])
+  lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["gin"]
+  start = _evals(tmp_path, "search")[0]
+  # Evaluated before the first step: the regression (the deep part adds ~0 to
+  # the logits while the embeddings are at their 1e-4 init).
+  assert start["epoch"] == 0
+  assert start["auc"] == pytest.approx(lin["valid_auc"], abs=1e-3)
+  assert start["logloss"] == pytest.approx(lin["valid_logloss"], rel=1e-3)
+  for stage in ("search", "retrain"):  # the best weights by valid AUC, the start included
+    assert rep["stages"][stage]["valid_auc"] >= start["auc"] - 1e-9
+    assert _evals(tmp_path, stage)[0]["epoch"] == 0
+
+
+def test_linear_start_resumes_after_an_interruption_with_the_same_results(tmp_path):
+  class Stop(Exception):
+    pass
+
+  def stop_at_15(step):
+    if step == 15:
+      raise Stop
+
+  full = trainer.run(_linear_start(), tmp_path / "full", devices=jax.devices()[:1])
+  with pytest.raises(Stop):
+    trainer.run(_linear_start(), tmp_path / "cut", devices=jax.devices()[:1], on_step=stop_at_15)
+  again = trainer.run(_linear_start(), tmp_path / "cut", devices=jax.devices()[:1])
+  for stage in ("search", "retrain"):
+    for key in ("valid_auc", "test_auc", "test_logloss", "epochs"):
+      assert again["stages"][stage][key] == full["stages"][stage][key]
+  assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
