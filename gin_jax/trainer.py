@@ -326,6 +326,7 @@ def _check_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
   if newest is not None:
     saved.append((f"{workdir.checkpoints}/{newest[0]}", newest[1].get("config")))
   for where, old in saved:
+    old = _with_defaults(old)
     if old != new:
       if overwrite:
         return True
@@ -335,6 +336,20 @@ def _check_workdir(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
         "use another --workdir, or --overwrite to discard it"
       )
   return False
+
+
+def _with_defaults(saved):
+  """A saved config with the fields added since it was written at their defaults.
+
+  A run started by an older gin_jax resumes as long as every field it knew is
+  unchanged; anything that does not parse as a config is compared as it is.
+  """
+  if not isinstance(saved, dict):
+    return saved
+  try:
+    return Config.from_dict(saved).to_dict()
+  except (KeyError, TypeError, ValueError):
+    return saved
 
 
 def _discard_run(workdir: Workdir) -> None:

@@ -87,6 +87,21 @@ def test_rerun_on_finished_workdir_resumes_without_training(one_device_run, caps
   assert (wd / "metrics.jsonl").read_text() == before
 
 
+def test_a_run_of_an_older_version_resumes_when_only_new_fields_are_missing(one_device_run):
+  """config.json written before train.linear_start/linear_l2 existed: at their defaults."""
+  wd, rep = one_device_run
+  saved = json.loads((wd / "config.json").read_text())
+  for key in ("linear_start", "linear_l2"):
+    del saved["train"][key]
+  (wd / "config.json").write_text(json.dumps(saved))
+  assert trainer.run(tiny(), wd, devices=jax.devices()[:1])["stages"] == rep["stages"]
+  saved["train"]["epochs"] = 7  # a field it knew, changed: still refused
+  (wd / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(trainer.TrainingError, match=r"train.epochs: 7 -> 2"):
+    trainer.run(tiny(), wd, devices=jax.devices()[:1])
+  (wd / "config.json").write_text(json.dumps(tiny().to_dict()))
+
+
 def test_different_config_is_refused_unless_overwrite(one_device_run, tmp_path):
   wd, _ = one_device_run
   with pytest.raises(trainer.TrainingError, match=r"different config.*train.keep_ratio"):
