@@ -442,6 +442,19 @@ def criteo_bars() -> Config:
   )
 
 
+def _bars_frappe_model() -> ModelConfig:
+  """BARS's AOANet_frappe_x1 model: d=10, L=1, S=2, MLP 400x3 + BN, dropout 0.3, init 1e-4."""
+  return ModelConfig(
+    embed_dim=10,
+    num_layers=1,
+    num_subspaces=2,
+    mlp_hidden=(400, 400, 400),
+    mlp_batch_norm=True,
+    mlp_dropout=0.3,
+    embed_init_std=1e-4,
+  )
+
+
 def default() -> Config:
   """The recipe for real click logs (`python -m train --train FILE` without --preset).
 
@@ -455,15 +468,7 @@ def default() -> Config:
   """
   return Config(
     name="default",
-    model=ModelConfig(
-      embed_dim=10,
-      num_layers=1,
-      num_subspaces=2,
-      mlp_hidden=(400, 400, 400),
-      mlp_batch_norm=True,
-      mlp_dropout=0.3,
-      embed_init_std=1e-4,
-    ),
+    model=_bars_frappe_model(),
     data=DataConfig(format="criteo", split=(0.8, 0.1, 0.1), min_count=2, numeric="scale"),
     train=TrainConfig(
       stages="aoanet",
@@ -492,15 +497,7 @@ def frappe_x1() -> Config:
   """
   return Config(
     name="frappe_x1",
-    model=ModelConfig(
-      embed_dim=10,
-      num_layers=1,
-      num_subspaces=2,
-      mlp_hidden=(400, 400, 400),
-      mlp_batch_norm=True,
-      mlp_dropout=0.3,
-      embed_init_std=1e-4,
-    ),
+    model=_bars_frappe_model(),
     data=DataConfig(format="libfm", min_count=1),
     train=TrainConfig(
       stages="gin",

@@ -5,7 +5,6 @@ command line (`python -m train --preset tiny`), copied before each fault.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,19 +13,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from test_train import _KILL_SCRIPT, _env  # the SIGKILL script; a subprocess environment
 
 from gin_jax import checkpointing
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(devices=1):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = str(REPO)
-  return env
 
 
 def train(workdir, *extra):
@@ -290,16 +282,6 @@ def test_score_best_falls_back_and_says_which_checkpoint_it_used(trained, workdi
 
 # ------------------------------------------------------------- 8. smaller items
 
-_KILL_AT_STEP = """
-import os, signal, sys
-from gin_jax import cli, config, trainer
-cli.init_runtime()
-def kill_at(step):
-  if step == int(sys.argv[2]):
-    os.kill(os.getpid(), signal.SIGKILL)
-trainer.run(config.tiny(), sys.argv[1], on_step=kill_at)
-"""
-
 
 def _metrics_lines(workdir):
   """metrics.jsonl without its wall-clock figures."""
@@ -313,7 +295,7 @@ def _metrics_lines(workdir):
 def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
   wd = tmp_path / "wd"
   # Step 37: 7 steps (and the log line of step 35) after the checkpoint of step 30.
-  cmd = [sys.executable, "-c", _KILL_AT_STEP, str(wd), "37"]
+  cmd = [sys.executable, "-c", _KILL_SCRIPT, str(wd), "37"]
   assert subprocess.run(cmd, env=_env(), capture_output=True, cwd=REPO).returncode == -9
   assert any(r.get("step") == 35 for r in _metrics_lines(wd))
   proc = train(wd)
