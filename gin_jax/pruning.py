@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gin_jax.interaction import effective_alpha
 from gin_jax.model import layer_name, layer_names
 
 SCOPES = ("subspace", "layer", "global")
@@ -28,8 +29,8 @@ def all_true(alphas) -> dict:
 
 
 def apply(alphas, masks):
-  """alpha with pruned entries set to exactly 0 (also used on alpha's updates)."""
-  return jax.tree.map(lambda a, m: jnp.where(m, a, jnp.zeros((), a.dtype)), alphas, masks)
+  """alpha with pruned entries set to exactly 0 (also used on alpha's updates), per layer."""
+  return jax.tree.map(effective_alpha, alphas, masks)
 
 
 def _top_k_mask(scores: np.ndarray, keep_ratio: float) -> np.ndarray:
