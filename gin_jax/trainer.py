@@ -581,24 +581,29 @@ def _end_of_epoch(ctx: _Context, stage: stages.Stage, state, progress: Progress)
   progress.iterator_state = None
   if not len(ctx.splits["valid"]):
     return  # no validation data: keep the last weights, never stop early
-  m = _evaluate(ctx, state, ctx.splits["valid"])
-  ctx.log.write(
-    stage=stage.name,
-    event="eval",
-    split="valid",
-    step=int(state["step"]),
-    epoch=progress.epoch,
-    auc=m["auc"],
-    logloss=m["logloss"],
-  )
-  _log(f"{stage.name} epoch {progress.epoch}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  m = _validate(ctx, stage, state, progress.epoch, f"epoch {progress.epoch}")
   if progress.best_auc is None or m["auc"] > progress.best_auc:
-    progress.best_auc = m["auc"]
     progress.bad_epochs = 0
-    best = ctx.best_manager(stage)
-    checkpointing.save(best, int(state["step"]), state, ctx.meta_dict(progress))
+    _keep_as_best(ctx, stage, state, progress, m["auc"])
   else:
     progress.bad_epochs += 1
+
+
+def _validate(ctx: _Context, stage: stages.Stage, state, epoch: int, when: str) -> dict:
+  """Evaluates on the validation split, logs it (metrics.jsonl and stdout); the metrics."""
+  m = _evaluate(ctx, state, ctx.splits["valid"])
+  ctx.log.write(
+    stage=stage.name, event="eval", split="valid", step=int(state["step"]), epoch=epoch,
+    auc=m["auc"], logloss=m["logloss"],
+  )  # fmt: skip
+  _log(f"{stage.name} {when}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  return m
+
+
+def _keep_as_best(ctx: _Context, stage: stages.Stage, state, progress: Progress, auc) -> None:
+  """Records `auc` as the stage's best and saves `state` as best_<stage>."""
+  progress.best_auc = auc
+  checkpointing.save(ctx.best_manager(stage), int(state["step"]), state, ctx.meta_dict(progress))
 
 
 def _apply_decay(state, progress: Progress, cfg):
@@ -697,14 +702,8 @@ def _evaluate_start(ctx: _Context, stage: stages.Stage, state, progress: Progres
   """The stage's starting point evaluated and kept as its best so far (epoch 0)."""
   if not len(ctx.splits["valid"]):
     return
-  m = _evaluate(ctx, state, ctx.splits["valid"])
-  ctx.log.write(
-    stage=stage.name, event="eval", split="valid", step=int(state["step"]), epoch=0,
-    auc=m["auc"], logloss=m["logloss"],
-  )  # fmt: skip
-  _log(f"{stage.name} start: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
-  progress.best_auc = m["auc"]
-  checkpointing.save(ctx.best_manager(stage), int(state["step"]), state, ctx.meta_dict(progress))
+  m = _validate(ctx, stage, state, 0, "start")
+  _keep_as_best(ctx, stage, state, progress, m["auc"])
 
 
 def _select_and_reinit(ctx: _Context, state, progress: Progress):
