@@ -429,30 +429,19 @@ def criteo_bars() -> Config:
   """BARS-tuned GIN on Criteo_x1: d=10, L=1, S=8, MLP 400x3 + BN, dropout 0.1."""
   return Config(
     name="criteo_bars",
-    model=ModelConfig(
-      embed_dim=10,
-      num_layers=1,
-      num_subspaces=8,
-      mlp_hidden=(400, 400, 400),
-      mlp_batch_norm=True,
-      mlp_dropout=0.1,
-    ),
+    model=_bars_model(num_subspaces=8, dropout=0.1, embed_init_std=ModelConfig.embed_init_std),
     data=DataConfig(format="criteo", split=(0.72, 0.18, 0.1), min_count=10),
     train=TrainConfig(batch_size=4096, epochs=100, learning_rate=1e-3, patience=2, keep_ratio=0.3),
   )
 
 
-def _bars_frappe_model() -> ModelConfig:
-  """BARS's AOANet_frappe_x1 model: d=10, L=1, S=2, MLP 400x3 + BN, dropout 0.3, init 1e-4."""
-  return ModelConfig(
-    embed_dim=10,
-    num_layers=1,
-    num_subspaces=2,
-    mlp_hidden=(400, 400, 400),
-    mlp_batch_norm=True,
-    mlp_dropout=0.3,
-    embed_init_std=1e-4,
-  )
+def _bars_model(num_subspaces: int, dropout: float, **fields) -> ModelConfig:
+  """BARS's tuned GIN body: d=10, L=1, MLP 400x3 + BN, FuxiCTR's init 1e-4 (unless given)."""
+  return ModelConfig(**{
+    "embed_dim": 10, "num_layers": 1, "num_subspaces": num_subspaces,
+    "mlp_hidden": (400, 400, 400), "mlp_batch_norm": True, "mlp_dropout": dropout,
+    "embed_init_std": 1e-4, **fields,
+  })  # fmt: skip
 
 
 def default() -> Config:
@@ -468,7 +457,7 @@ def default() -> Config:
   """
   return Config(
     name="default",
-    model=_bars_frappe_model(),
+    model=_bars_model(num_subspaces=2, dropout=0.3),
     data=DataConfig(format="criteo", split=(0.8, 0.1, 0.1), min_count=2, numeric="scale"),
     train=TrainConfig(
       stages="aoanet",
@@ -497,7 +486,7 @@ def frappe_x1() -> Config:
   """
   return Config(
     name="frappe_x1",
-    model=_bars_frappe_model(),
+    model=_bars_model(num_subspaces=2, dropout=0.3),
     data=DataConfig(format="libfm", min_count=1),
     train=TrainConfig(
       stages="gin",
@@ -521,15 +510,7 @@ def criteo_x1() -> Config:
   """
   return Config(
     name="criteo_x1",
-    model=ModelConfig(
-      embed_dim=10,
-      num_layers=1,
-      num_subspaces=8,
-      mlp_hidden=(400, 400, 400),
-      mlp_batch_norm=True,
-      mlp_dropout=0.1,
-      embed_init_std=1e-4,
-    ),
+    model=_bars_model(num_subspaces=8, dropout=0.1),
     data=DataConfig(format="criteo", min_count=1, numeric="scale"),
     train=TrainConfig(
       stages="gin",
