@@ -69,10 +69,17 @@ class RowOptimizer:
   b1: float = 0.9  # lazy_adam: first-moment decay (optax's default).
   b2: float = 0.999  # lazy_adam: second-moment decay.
   eps: float = 1e-8  # Added to the denominator (optax's default).
+  # lazy_adam's replay: "loop" runs as many iterations as the longest gap (a while
+  # loop); "unrolled" always runs catch_up_steps masked iterations as straight-line
+  # code, with no loop for the device to return to the host for
+  # (benchmarks/row_optimizer_bench.py compares them).
+  replay: str = "loop"
 
   def __post_init__(self):
     if self.kind not in ("rowwise_adagrad", "lazy_adam"):
       raise ValueError(f"unknown row optimizer {self.kind!r}")
+    if self.replay not in ("loop", "unrolled"):
+      raise ValueError(f"replay must be 'loop' or 'unrolled', got {self.replay!r}")
     if self.catch_up_steps < 0:
       raise ValueError(f"catch_up_steps must be >= 0, got {self.catch_up_steps}")
 
@@ -180,6 +187,8 @@ class RowOptimizer:
       active = j < steps
       return jnp.where(active, w - upd, w), jnp.where(active, m2, m), jnp.where(active, v2, v)
 
+    if self.replay == "unrolled":
+      return jax.lax.fori_loop(0, self.catch_up_steps, body, (w, m, v), unroll=True)
     # As many iterations as the longest gap among these rows (often a few).
     return jax.lax.fori_loop(0, jnp.max(steps, initial=0), body, (w, m, v))
 

@@ -25,7 +25,8 @@ def _host_epoch(split, batch, seed, epoch):
 
 @pytest.mark.parametrize("ones", [False, True])
 @pytest.mark.parametrize("mode", ["resident", "streamed"])
-def test_device_batches_equal_the_grain_pipelines(mode, ones):
+def test_device_batches_equal_the_grain_pipelines(mode, ones, monkeypatch):
+  monkeypatch.setattr(device_input, "INDEX_CHUNK", 4)  # 6 batches: one full chunk, one part
   split, batch = _split(ones=ones), 32
   mesh = partitioning.make_mesh()  # 8 fake devices
   if mode == "resident":
@@ -42,7 +43,8 @@ def test_device_batches_equal_the_grain_pipelines(mode, ones):
 
 
 @pytest.mark.parametrize("mode", ["resident", "streamed"])
-def test_device_iterators_resume_from_their_state(mode):
+def test_device_iterators_resume_from_their_state(mode, monkeypatch):
+  monkeypatch.setattr(device_input, "INDEX_CHUNK", 3)  # resume inside the second chunk
   split, batch, mesh = _split(), 16, partitioning.make_mesh()
   make = {
     "resident": lambda: device_input.ResidentSplit(split, mesh).epoch(batch, 1, 0),

@@ -211,3 +211,32 @@ def test_unique_rows_pad_with_an_out_of_range_id_and_invert():
   np.testing.assert_array_equal(embedding.gather({"t": table}, uids)["t"][:, 0], [2, 5, 9, 0])
   new = embedding.scatter({"t": table}, uids, {"t": -jnp.ones((4, 1))})["t"][:, 0]
   np.testing.assert_array_equal(new, [0, 1, -1, 3, 4, -1, 6, 7, 8, -1])
+
+
+def test_unrolled_replay_equals_the_loop():
+  """lazy_adam's two replay forms (a while loop, straight-line code) agree on gaps
+  within and beyond the horizon, and both equal numpy dense Adam within it."""
+  rng = np.random.default_rng(3)
+  u, horizon, count, lr, l2 = 40, 6, 50, 1e-2, 0.3
+  w = rng.normal(0, 0.05, (u, 3)).astype(np.float32)
+  m = rng.normal(0, 1e-3, (u, 3)).astype(np.float32)
+  v = rng.uniform(1e-7, 1e-5, (u, 3)).astype(np.float32)
+  gaps = rng.integers(0, 2 * horizon, u)
+  last = jnp.asarray(count - 1 - gaps, jnp.int32)
+  valid = jnp.asarray(rng.uniform(size=u) < 0.9)
+  slots = {"t": {"m": jnp.asarray(m), "v": jnp.asarray(v)}}
+  out = {}
+  for replay in ("loop", "unrolled"):
+    # REPLAY_FRACTION caps the replay at u/8 rows; a horizon-wide budget needs u/8 >= rows.
+    opt = embedding.RowOptimizer("lazy_adam", l2=l2, catch_up_steps=horizon, replay=replay)
+    out[replay] = opt.catch_up({"t": jnp.asarray(w)}, slots, last, valid, count, lr)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), *out.values())
+  rows = np.asarray(out["loop"][0]["t"])
+  replayed = [i for i in range(u) if valid[i] and gaps[i] <= horizon]
+  n = max(1, u // embedding.REPLAY_FRACTION)
+  longest = sorted(replayed, key=lambda i: -gaps[i])[:n]  # the ones the budget replays
+  for i in longest:
+    dense = _dense_idle(w[i : i + 1], m[i : i + 1], v[i : i + 1], count - 1 - gaps[i], gaps[i],
+                        l2, lr)  # fmt: skip
+    np.testing.assert_allclose(rows[i : i + 1], dense, rtol=1e-4, atol=1e-7)
+  assert not valid.all() and any(g > horizon for g in gaps)  # both paths exercised

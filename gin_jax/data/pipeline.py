@@ -81,9 +81,17 @@ class ShuffledBatches(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    k = index % len(self)
-    pos = np.arange(k * self._batch_size, (k + 1) * self._batch_size, dtype=np.int64)
-    return feistel_permute(pos, self._num_rows, self._keys)
+    return self.batches(index % len(self), 1)[0]
+
+  def batches(self, first: int, count: int) -> np.ndarray:
+    """Rows of batches first .. first+count-1 (clipped to the epoch): int64 [count, B].
+
+    One vectorised permutation for all of them, equal to stacking `self[k]`.
+    """
+    count = max(0, min(count, len(self) - first))
+    b = self._batch_size
+    pos = np.arange(first * b, (first + count) * b, dtype=np.int64)
+    return feistel_permute(pos, self._num_rows, self._keys).reshape(count, b)
 
 
 class Gather:

@@ -1,0 +1,39 @@
+#!/bin/bash
+# The prepared run for a lent GPU (the `device` tool's `run`, one call): the
+# GPU-marked test, the row-optimizer microbenchmark and whole epochs at the BARS
+# preset (issue 10's ">= 5M samples/s end to end" goal), then one real
+# `python -m train` epoch on the same data. Logs and JSON go to $OUT.
+#   run: bash benchmarks/gpu_run.sh   (carry .whl: grain and its two missing deps)
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+if ! python3 -c "import grain" 2>/dev/null && [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+fi
+nvidia-smi -L
+python3 -c "import jax, flax, optax, grain, orbax.checkpoint as o; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" || exit 1
+
+JAX_PLATFORMS=cuda timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_interaction.py -k gpu 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3
+
+timeout 60 python3 -m benchmarks.row_optimizer_bench --json "$OUT/row_optimizer_bench_gpu.json" 2>&1 | tee "$OUT/row_optimizer_bench_gpu.log"
+
+timeout 300 python3 -m benchmarks.epoch_bench --preset criteo_bars --rows ${ROWS:-4000000} --workdir /tmp/eb \
+  --modes "step only,host pipeline,resident,resident input only,streamed" \
+  --variant train.embedding_optimizer=lazy_adam \
+  --variant train.embedding_optimizer=rowwise_adagrad \
+  --variant train.embedding_optimizer=lazy_adam,train.embedding_catch_up=0 \
+  --variant train.embedding_optimizer=adam \
+  --json "$OUT/epoch_bench_gpu.json" 2>&1 | tee "$OUT/epoch_bench_gpu.log"
+
+# The trainer itself on the same rows: one epoch of the GIN stage, its logged samples/s.
+timeout 100 python3 -m train --train /tmp/eb/criteo_${ROWS:-4000000}.tsv --format criteo \
+  --preset criteo_bars --stages gin --split 0.95,0.05,0 --workdir /tmp/run --data.min_count=1 \
+  --train.epochs=1 --train.log_every=100 2>&1 | tail -20 | tee "$OUT/train_gpu.log"
+cp /tmp/run/metrics.jsonl "$OUT/train_gpu_metrics.jsonl" 2>/dev/null
+python3 - <<'PY' 2>&1 | tee -a "$OUT/train_gpu.log"
+import json
+rates = [json.loads(x)["samples_per_s"] for x in open("/tmp/run/metrics.jsonl") if "samples_per_s" in x]
+print("python -m train logged samples/s (after the first log):", [round(r) for r in rates[1:]])
+PY
