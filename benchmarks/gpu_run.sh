@@ -1,12 +1,14 @@
 #!/bin/bash
 # The prepared run for a lent GPU (the `device` tool's `run`, one call): the
-# GPU-marked test, the row-optimizer microbenchmark and whole epochs at the BARS
-# preset (issue 10's ">= 5M samples/s end to end" goal), then one real
+# GPU-marked test, where a train step's time goes (step_bench, also with XLA's
+# command buffers widened), the row-optimizer microbenchmark, whole epochs at the
+# BARS preset (issue 10's ">= 5M samples/s end to end" goal), then one real
 # `python -m train` epoch on the same data. Logs and JSON go to $OUT.
 #   run: bash benchmarks/gpu_run.sh   (carry .whl: grain and its two missing deps)
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
+ROWS=${ROWS:-4000000}
 mkdir -p "$OUT"
 if ! python3 -c "import grain" 2>/dev/null && [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -17,20 +19,24 @@ python3 -c "import jax, flax, optax, grain, orbax.checkpoint as o; print('jax', 
 
 JAX_PLATFORMS=cuda timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_interaction.py -k gpu 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3
 
-timeout 60 python3 -m benchmarks.row_optimizer_bench --json "$OUT/row_optimizer_bench_gpu.json" 2>&1 | tee "$OUT/row_optimizer_bench_gpu.log"
+timeout 150 python3 -m benchmarks.step_bench --optimizers rowwise_adagrad,lazy_adam --k 8 \
+  --json "$OUT/step_bench_gpu.json" 2>&1 | tee "$OUT/step_bench_gpu.log"
+XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL --xla_gpu_graph_min_graph_size=1" \
+  timeout 60 python3 -m benchmarks.step_bench --optimizers rowwise_adagrad,lazy_adam --k "" \
+  --json "$OUT/step_bench_gpu_cmdbuf.json" 2>&1 | tail -6 | tee "$OUT/step_bench_gpu_cmdbuf.log"
 
-timeout 300 python3 -m benchmarks.epoch_bench --preset criteo_bars --rows ${ROWS:-4000000} --workdir /tmp/eb \
-  --modes "step only,host pipeline,resident,resident input only,streamed" \
+timeout 45 python3 -m benchmarks.row_optimizer_bench --json "$OUT/row_optimizer_bench_gpu.json" 2>&1 | tee "$OUT/row_optimizer_bench_gpu.log"
+
+timeout 200 python3 -m benchmarks.epoch_bench --preset criteo_bars --rows $ROWS --workdir /tmp/eb \
+  --modes "step only,host pipeline,resident,resident input only" \
   --variant train.embedding_optimizer=lazy_adam \
   --variant train.embedding_optimizer=rowwise_adagrad \
-  --variant train.embedding_optimizer=lazy_adam,train.embedding_catch_up=0 \
-  --variant train.embedding_optimizer=adam \
   --json "$OUT/epoch_bench_gpu.json" 2>&1 | tee "$OUT/epoch_bench_gpu.log"
 
 # The trainer itself on the same rows: one epoch of the GIN stage, its logged samples/s.
-timeout 100 python3 -m train --train /tmp/eb/criteo_${ROWS:-4000000}.tsv --format criteo \
+timeout 100 python3 -m train --train /tmp/eb/criteo_$ROWS.tsv --format criteo \
   --preset criteo_bars --stages gin --split 0.95,0.05,0 --workdir /tmp/run --data.min_count=1 \
-  --train.epochs=1 --train.log_every=100 2>&1 | tail -20 | tee "$OUT/train_gpu.log"
+  --train.epochs=1 --train.log_every=100 --train.tensorboard=false --overwrite 2>&1 | tail -4 | tee "$OUT/train_gpu.log"
 cp /tmp/run/metrics.jsonl "$OUT/train_gpu_metrics.jsonl" 2>/dev/null
 python3 - <<'PY' 2>&1 | tee -a "$OUT/train_gpu.log"
 import json

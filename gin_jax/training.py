@@ -76,7 +76,18 @@ def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
     l2=cfg.embedding_l2,
     l2_tables=(("linear", table_l2(cfg, "linear")),),
     catch_up_steps=cfg.embedding_catch_up,
+    replay=replay_form(jax.default_backend()),
   )
+
+
+def replay_form(backend: str) -> str:
+  """lazy_adam's replay form for a backend (benchmarks/results/row_optimizer_bench_*.json).
+
+  Same numbers either way (tests/test_embedding.py). On a CPU the while loop is
+  2.4x faster than straight-line code (it stops at the longest gap); on an H200
+  the loop costs 8.8x more: each iteration goes back to the host for its condition.
+  """
+  return "loop" if backend == "cpu" else "unrolled"
 
 
 def table_l2(cfg: TrainConfig, name: str) -> float:
