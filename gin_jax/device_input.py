@@ -9,10 +9,13 @@ results and resumption are unchanged:
 
 - resident: the encoded split lives on the devices once for the whole run,
   rows sharded over the mesh. The row indices of `INDEX_CHUNK` batches are
-  computed on the host in one vectorised call and copied in one transfer; each
-  step then makes one call that gathers its batch on the devices (a step's host
-  work is a dispatch, not a permutation and a copy: on a GPU the step is under
-  a millisecond).
+  computed on the host in one vectorised call and copied in one transfer. The
+  epoch yields `ResidentBatch(arrays, index chunk, j)` references, and the
+  train step gathers batch j inside its own jitted call
+  (`training.StepFns.step`): a step's host work is one dispatch. On an H200
+  the BARS step takes under a millisecond of host time, so a second call per
+  step (a separate gather) cost a quarter of the throughput
+  (benchmarks/results/epoch_bench_gpu*.json).
 - streamed: for splits larger than the device budget, the host gathers the
   rows of `chunk` consecutive batches at once and copies them in one transfer,
   laid out [chunk, B, f] with the batch axis sharded, so each step slices its
@@ -27,6 +30,7 @@ pipeline on CPU), "resident", "streamed" or "off".
 from __future__ import annotations
 
 import concurrent.futures
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +93,14 @@ class _Batches:
     raise NotImplementedError
 
 
+class ResidentBatch(NamedTuple):
+  """Batch j of a chunk of a resident split: its rows are arrays[index[j]]."""
+
+  arrays: dict  # the split's ids, labels (and values), rows sharded over the mesh
+  index: jax.Array  # int32 [chunk, B] row indices, replicated
+  j: np.int32  # which batch of the chunk
+
+
 class ResidentSplit:
   """A split held on the devices for the whole run, rows sharded over the mesh."""
 
@@ -110,7 +122,7 @@ class ResidentSplit:
     if not split.values_are_ones:
       self.arrays["values"] = put(split.values)
     self._replicated = partitioning.replicated(mesh)
-    self._gather = jax.jit(_gather_rows, out_shardings=partitioning.batch_sharding(mesh))
+    self._gather = jax.jit(gather_batch, out_shardings=partitioning.batch_sharding(mesh))
 
   def epoch(self, batch_size: int, seed: int, epoch: int) -> _Batches:
     resident = self
@@ -124,15 +136,20 @@ class ResidentSplit:
           idx = self._rows.batches(first, INDEX_CHUNK).astype(np.int32)
           idx = jax.make_array_from_process_local_data(resident._replicated, idx)
           self._chunk = (first, idx)
-        return resident._gather(resident.arrays, self._chunk[1], np.int32(k - first))
+        return ResidentBatch(resident.arrays, self._chunk[1], np.int32(k - first))
 
     return Epoch(len(self.split), batch_size, seed, epoch)
+
+  def materialize(self, batch: ResidentBatch) -> dict:
+    """The batch dict a ResidentBatch stands for, gathered on the devices."""
+    return self._gather(batch.arrays, batch.index, batch.j)
 
 
 INDEX_CHUNK = 64  # resident mode: batches whose row indices travel in one copy
 
 
-def _gather_rows(arrays: dict, idx_chunk, j):
+def gather_batch(arrays: dict, idx_chunk, j) -> dict:
+  """Batch j of a chunk from the resident arrays (inside jit); all-1.0 values made here."""
   idx = jax.lax.dynamic_index_in_dim(idx_chunk, j, keepdims=False)
   out = {k: jnp.take(v, idx, axis=0) for k, v in arrays.items()}
   if "values" not in out:

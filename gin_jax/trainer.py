@@ -480,7 +480,7 @@ def _train_stage(ctx: _Context, stage: stages.Stage, state, progress: Progress):
     )
     t0, since = time.time(), 0
     for batch in it:
-      state, step_metrics = ctx.fns.train_step(state, batch)
+      state, step_metrics = ctx.fns.step(state, batch)
       since += 1
       step += 1
       if step % cfg.log_every == 0:

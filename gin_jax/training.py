@@ -14,7 +14,10 @@ The train state is a plain dict pytree:
   nonfinite             int32 count of steps whose loss was NaN/Inf
 
 `train_step(state, batch) -> (state, metrics)` is jitted once per Trainer
-with explicit in/out shardings and the state donated.
+with explicit in/out shardings and the state donated. `train_step_resident`
+is the same step on a batch it first gathers from a device-resident split
+(gin_jax.device_input): one call per step, so a step's host work is one
+dispatch. `StepFns.step(state, batch)` takes either kind of batch.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gin_jax import embedding, partitioning, pruning
+from gin_jax import device_input, embedding, partitioning, pruning
 from gin_jax import model as model_lib
 from gin_jax.config import TrainConfig
 
@@ -62,10 +65,17 @@ class StepFns:
 
   init: callable  # (key, masks|None) -> state
   train_step: callable  # (state, batch) -> (state, metrics)
+  train_step_resident: callable  # (state, arrays, index chunk, j) -> (state, metrics)
   eval_step: callable  # (params, batch_stats, masks, batch) -> probs [B]
   state_shardings: dict
   abstract_state: dict
   graphdef: object
+
+  def step(self, state, batch):
+    """One train step on a batch dict or a device_input.ResidentBatch."""
+    if isinstance(batch, device_input.ResidentBatch):
+      return self.train_step_resident(state, batch.arrays, batch.index, batch.j)
+    return self.train_step(state, batch)
 
 
 def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
@@ -159,6 +169,12 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
       out_shardings=(shardings, rep),
       donate_argnums=(0,),
     ),
+    train_step_resident=jax.jit(
+      functools.partial(_resident_step, step_fn, batch_sh),
+      in_shardings=(shardings, batch_sh, rep, rep),
+      out_shardings=(shardings, rep),
+      donate_argnums=(0,),
+    ),
     eval_step=jax.jit(
       functools.partial(_eval_step, graphdef),
       in_shardings=(shardings["params"], shardings["batch_stats"], shardings["masks"], batch_sh),
@@ -168,6 +184,12 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
     abstract_state=partitioning.with_shardings(shapes, shardings),
     graphdef=graphdef,
   )
+
+
+def _resident_step(step_fn, batch_sh, state, arrays, index, j):
+  """step_fn on batch j of a chunk, gathered from the resident split's rows."""
+  batch = jax.lax.with_sharding_constraint(device_input.gather_batch(arrays, index, j), batch_sh)
+  return step_fn(state, batch)
 
 
 def _log_loss(logits, labels):

@@ -30,11 +30,11 @@ def test_device_batches_equal_the_grain_pipelines(mode, ones, monkeypatch):
   split, batch = _split(ones=ones), 32
   mesh = partitioning.make_mesh()  # 8 fake devices
   if mode == "resident":
-    it = device_input.ResidentSplit(split, mesh).epoch(batch, seed=7, epoch=2)
+    resident = device_input.ResidentSplit(split, mesh)
+    got = [resident.materialize(b) for b in resident.epoch(batch, seed=7, epoch=2)]
   else:
-    it = device_input.StreamedBatches(split, mesh, batch, seed=7, epoch=2, chunk=3)
+    got = list(device_input.StreamedBatches(split, mesh, batch, seed=7, epoch=2, chunk=3))
   host = _host_epoch(split, batch, 7, 2)
-  got = list(it)
   assert len(got) == len(host) == len(split) // batch
   for a, b in zip(got, host):
     for key in ("ids", "values", "labels"):
@@ -46,18 +46,20 @@ def test_device_batches_equal_the_grain_pipelines(mode, ones, monkeypatch):
 def test_device_iterators_resume_from_their_state(mode, monkeypatch):
   monkeypatch.setattr(device_input, "INDEX_CHUNK", 3)  # resume inside the second chunk
   split, batch, mesh = _split(), 16, partitioning.make_mesh()
+  resident = device_input.ResidentSplit(split, mesh)
   make = {
-    "resident": lambda: device_input.ResidentSplit(split, mesh).epoch(batch, 1, 0),
+    "resident": lambda: resident.epoch(batch, 1, 0),
     "streamed": lambda: device_input.StreamedBatches(split, mesh, batch, 1, 0, chunk=4),
   }[mode]
-  full = [np.asarray(b["ids"]) for b in make()]
+  ids = lambda b: np.asarray((resident.materialize(b) if mode == "resident" else b)["ids"])
+  full = [ids(b) for b in make()]
   it = make()
   for _ in range(5):
     next(it)
   state = it.get_state()
   again = make()
   again.set_state(state)
-  rest = [np.asarray(b["ids"]) for b in again]
+  rest = [ids(b) for b in again]
   assert len(rest) == len(full) - 5
   for a, b in zip(rest, full[5:]):
     np.testing.assert_array_equal(a, b)
@@ -71,13 +73,15 @@ def test_auto_mode_uses_the_host_pipeline_on_cpu_and_checks_names():
 
 
 @pytest.mark.slow
-def test_training_with_a_resident_split_gives_identical_losses(tmp_path):
+@pytest.mark.parametrize("devices", [1, 8])
+def test_training_with_a_resident_split_gives_identical_losses(tmp_path, devices):
+  """The fused gather-and-step (resident) trains exactly as host batches do."""
   losses, reports = {}, {}
   for mode in ("off", "resident"):
     cfg = config_lib.override(
       config_lib.tiny(), {"data.device_resident": mode, "train.epochs": "1"}
     )
-    reports[mode] = trainer.run(cfg, tmp_path / mode, devices=jax.devices()[:1])
+    reports[mode] = trainer.run(cfg, tmp_path / mode, devices=jax.devices()[:devices])
     lines = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
     losses[mode] = [json.loads(x)["loss"] for x in lines if '"loss"' in x]
   assert losses["off"] and losses["off"] == losses["resident"]
