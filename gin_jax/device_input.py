@@ -134,6 +134,9 @@ class ResidentSplit:
         first = k - k % INDEX_CHUNK
         if self._chunk is None or self._chunk[0] != first:
           idx = self._rows.batches(first, INDEX_CHUNK).astype(np.int32)
+          # The epoch's last chunk is padded to the full shape (never read), so
+          # the step compiles once: a new shape recompiled it at every epoch end.
+          idx = np.pad(idx, [(0, INDEX_CHUNK - len(idx)), (0, 0)])
           idx = jax.make_array_from_process_local_data(resident._replicated, idx)
           self._chunk = (first, idx)
         return ResidentBatch(resident.arrays, self._chunk[1], np.int32(k - first))

@@ -90,3 +90,11 @@ def test_training_with_a_resident_split_gives_identical_losses(tmp_path, devices
       reports["off"]["stages"][stage]["test_auc"]
       == reports["resident"]["stages"][stage]["test_auc"]
     )
+
+
+def test_resident_index_chunks_have_one_shape(monkeypatch):
+  """A shorter last chunk would recompile the fused step at every epoch's end."""
+  monkeypatch.setattr(device_input, "INDEX_CHUNK", 4)
+  split, mesh = _split(), partitioning.make_mesh()
+  refs = list(device_input.ResidentSplit(split, mesh).epoch(32, seed=0, epoch=0))
+  assert len(refs) == 6 and {r.index.shape for r in refs} == {(4, 32)}
