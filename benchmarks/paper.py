@@ -106,10 +106,11 @@ def model_config(base_args, overrides: dict, model: str, per_model: str | None):
   from gin_jax import cli
   from gin_jax import config as config_lib
 
+  # One protocol: no model gets the default recipe's regression check (train.beat_linear).
   if model == "aoanet":
-    extra = {"model.arch": "gin", "train.stages": "aoanet"}
+    extra = {"model.arch": "gin", "train.stages": "aoanet", "train.beat_linear": "false"}
   else:
-    extra = {"model.arch": model, "train.stages": "gin"}
+    extra = {"model.arch": model, "train.stages": "gin", "train.beat_linear": "false"}
   cfg = cli.build_config(base_args, {**overrides, **extra})
   if model == "lr":
     cfg = config_lib.linear_floor(cfg)

@@ -128,6 +128,10 @@ class TrainConfig:
   embedding_l2: float | None = 0.0  # lambda/2 ||table||^2 per step (None: auto_embedding_l2).
   linear_l2: float | None = None  # lambda of the first-order weights (None: embedding_l2).
   linear_start: bool = False  # GIN + model.first_order: fit the linear part alone first.
+  # GIN only: after the run, fit the logistic regression (WORKDIR/linear); if the
+  # model validates below it, train GIN from it (linear_start) in
+  # WORKDIR/from_linear and deliver whichever validates better.
+  beat_linear: bool = False
   embedding_catch_up: int = 64  # lazy_adam: idle steps a touched row replays exactly.
   embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
@@ -208,7 +212,7 @@ def linear_floor(cfg: Config) -> Config:
     model=dataclasses.replace(cfg.model, arch="lr", first_order=False),
     train=dataclasses.replace(
       cfg.train, stages="gin", learning_rate=1e-2, embedding_l2=0.0, linear_l2=None,
-      linear_start=False,
+      linear_start=False, beat_linear=False,
     ),
   )  # fmt: skip
 
@@ -468,7 +472,17 @@ def default() -> Config:
       patience=3,
       keep_ratio=0.3,
       warm_start=True,
+      beat_linear=True,
     ),
+  )
+
+
+def from_linear(cfg: Config) -> Config:
+  """train.beat_linear's second candidate: cfg's GIN started from the fitted regression."""
+  return dataclasses.replace(
+    cfg,
+    model=dataclasses.replace(cfg.model, first_order=True),
+    train=dataclasses.replace(cfg.train, linear_start=True, beat_linear=False),
   )
 
 

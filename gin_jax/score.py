@@ -241,6 +241,10 @@ def load_checkpoint(
   """
   layout = Workdir(workdir)
   report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+  if step is None and layout.delivered() != layout:  # train.beat_linear chose a second model
+    layout = layout.delivered()
+    report(f"{workdir}: the run delivered the model in {layout.root} (delivered.json); using it")
+    workdir = layout.root
   if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
   regular = [(layout.checkpoints, s) for s in checkpointing.all_steps(layout.checkpoints)]

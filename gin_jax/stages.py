@@ -14,6 +14,7 @@ and which stage comes next. `train.stages` in the config names a plan:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -121,6 +122,24 @@ class Workdir:
     return self.root / "linear"
 
   @property
+  def from_linear(self) -> Path:
+    """train.beat_linear's second candidate: GIN started from the regression."""
+    return self.root / "from_linear"
+
+  @property
+  def delivered_file(self) -> Path:
+    """Which workdir holds the delivered model (train.beat_linear): "." or a subfolder."""
+    return self.root / "delivered.json"
+
+  def delivered(self) -> Workdir:
+    """The workdir of the model this run delivers (itself unless delivered.json says else)."""
+    try:
+      name = json.loads(self.delivered_file.read_text())["workdir"]
+    except (OSError, ValueError, KeyError, TypeError):
+      return self
+    return self if name == "." else Workdir(self.root / name)
+
+  @property
   def data_cache(self) -> Path:
     return self.root / "data" / "cache"
 
@@ -133,5 +152,7 @@ class Workdir:
       self.heatmap,
       self.tensorboard,
       self.linear,
+      self.from_linear,
+      self.delivered_file,
       *self.root.glob("best_*"),
     ]

@@ -355,3 +355,37 @@ def test_linear_start_resumes_after_an_interruption_with_the_same_results(tmp_pa
     for key in ("valid_auc", "test_auc", "test_logloss", "epochs"):
       assert again["stages"][stage][key] == full["stages"][stage][key]
   assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+
+
+def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_validates_better(
+  tmp_path,
+):
+  """A GIN that cannot learn (lr 1e-6) validates below the regression: the run trains
+  GIN from the regression and delivers it, for the report, scoring and reruns alike."""
+  from gin_jax import score
+
+  cfg = tiny(learning_rate=1e-6, beat_linear=True)
+  rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  check = rep["beat_linear"]
+  lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["gin"]
+  assert check["linear_valid_auc"] == lin["valid_auc"]
+  assert check["model_valid_auc"] < check["linear_valid_auc"]
+  assert check["from_linear_valid_auc"] >= check["linear_valid_auc"] - 1e-3
+  assert check["delivered"] == "from_linear"
+  assert json.loads((tmp_path / "delivered.json").read_text()) == {"workdir": "from_linear"}
+  second = json.loads((tmp_path / "from_linear" / "report.json").read_text())
+  assert rep["stages"] == second["stages"] and rep["first_candidate"]["stages"]
+  assert (tmp_path / "from_linear" / "linear").resolve() == (tmp_path / "linear").resolve()
+  loaded = score.load_checkpoint(tmp_path, best=True, report=lambda m: None)
+  assert loaded.cfg.model.first_order and loaded.cfg.train.linear_start
+  again = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
+  assert again["stages"] == rep["stages"] and again["beat_linear"] == check
+
+
+def test_beat_linear_keeps_a_model_that_validates_above_the_regression(tmp_path):
+  cfg = tiny(beat_linear=True, epochs=3)
+  rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  check = rep["beat_linear"]
+  assert check["model_valid_auc"] >= check["linear_valid_auc"]
+  assert check["delivered"] == "." and not (tmp_path / "from_linear").exists()
+  assert json.loads((tmp_path / "delivered.json").read_text()) == {"workdir": "."}
