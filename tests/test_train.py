@@ -364,7 +364,7 @@ def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_vali
   GIN from the regression and delivers it, for the report, scoring and reruns alike."""
   from gin_jax import score
 
-  cfg = tiny(learning_rate=1e-6, beat_linear=True)
+  cfg = tiny(learning_rate=1e-6, beat_linear=True, stages="gin")
   rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
   check = rep["beat_linear"]
   lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["gin"]
@@ -383,7 +383,7 @@ def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_vali
 
 
 def test_beat_linear_keeps_a_model_that_validates_above_the_regression(tmp_path):
-  cfg = tiny(beat_linear=True, epochs=3)
+  cfg = tiny(beat_linear=True, epochs=3, stages="gin")
   rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
   check = rep["beat_linear"]
   assert check["model_valid_auc"] >= check["linear_valid_auc"]
