@@ -236,6 +236,14 @@ def write_json(path: str, payload: Any) -> None:
     out.write("\n")
 
 
+def write_result(payload: Any, bench: str, path: str | None = None) -> str:
+  """Writes a benchmark's JSON (default benchmarks/results/<bench>_<backend>.json); says where."""
+  out = path or f"benchmarks/results/{bench}_{jax.default_backend()}.json"
+  write_json(out, payload)
+  print(f"wrote {out}")
+  return out
+
+
 def _json_default(value: Any) -> Any:
   if isinstance(value, np.generic):
     return value.item()

@@ -187,9 +187,7 @@ def main(argv=None) -> dict:
     "epoch_seconds": first["epoch_seconds"], "samples_per_s": first["samples_per_s"],
     "variants": variants,
   }  # fmt: skip
-  out = args.json or f"benchmarks/results/epoch_bench_{backend}.json"
-  common.write_json(out, payload)
-  print(f"wrote {out}")
+  common.write_result(payload, "epoch_bench", args.json)
   if tmp is not None:
     tmp.cleanup()
   return payload

@@ -68,9 +68,7 @@ def main(argv=None) -> dict:
   print(f"U={u:,} rows of {d}; gaps 0..{args.max_gap} ({within:.0%} within 64 steps)")
   print(common.markdown_table(["row optimizer", "ms", "x rowwise_adagrad"], table))
   payload = {"backend": common.backend_info(), "args": vars(args), "seconds": results}
-  out = args.json or f"benchmarks/results/row_optimizer_bench_{jax.default_backend()}.json"
-  common.write_json(out, payload)
-  print(f"wrote {out}")
+  common.write_result(payload, "row_optimizer_bench", args.json)
   return payload
 
 

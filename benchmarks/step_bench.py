@@ -107,9 +107,7 @@ def main(argv=None) -> dict:
      for r in results],
   ))  # fmt: skip
   payload = {"backend": common.backend_info(), "args": vars(args), "results": results}
-  out = args.json or f"benchmarks/results/step_bench_{jax.default_backend()}.json"
-  common.write_json(out, payload)
-  print(f"wrote {out}")
+  common.write_result(payload, "step_bench", args.json)
   return payload
 
 

@@ -457,6 +457,10 @@ def default() -> Config:
   data-size-aware strength (auto_embedding_l2), about 50 steps an epoch
   (auto_batch_size), lr x0.1 on a validation plateau, early stopping on
   validation AUC with the best weights restored, and the row-sparse lazy Adam.
+  Then `train.beat_linear`: the logistic regression is fitted on the same rows,
+  and if the model validates below it, GIN is trained again from the regression
+  and whichever validates better is delivered (on the Criteo sample GIN alone
+  validates below the regression, 0.742 vs 0.755; from it, 0.761).
   See README "Model quality" for the figures.
   """
   return Config(

@@ -90,3 +90,21 @@ def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path):
   scale = {(r["optimizer"], r["table_rows"]): r for r in payload["scale"]}
   assert set(scale) == {("rowwise_adagrad", n) for n in (10_000, 100_000)}
   assert all(r["peak_rss_gib"] > 0 for r in scale.values())
+
+
+def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
+  from benchmarks import epoch_bench
+
+  out = epoch_bench.main([
+    "--rows", "3000", "--max-vocab", "500", "--batch", "256", "--preset", "tiny",
+    "--workdir", str(tmp_path), "--json", str(tmp_path / "e.json"),
+    "--modes", "step only,host pipeline,resident,resident input only,streamed",
+    "--variant", "train.embedding_optimizer=lazy_adam,train.embedding_catch_up=0",
+  ])  # fmt: skip
+  saved = json.loads((tmp_path / "e.json").read_text())
+  assert saved["steps_per_epoch"] == 3000 // 256 and len(saved["variants"]) == 1
+  for v in out["variants"]:
+    assert (
+      set(v["samples_per_s"]) == set(epoch_bench.MODES) and min(v["samples_per_s"].values()) > 0
+    )
+  assert saved["variants"][0]["overrides"]["train.embedding_catch_up"] == "0"
