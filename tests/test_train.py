@@ -364,13 +364,13 @@ def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_vali
   GIN from the regression and delivers it, for the report, scoring and reruns alike."""
   from gin_jax import score
 
-  cfg = tiny(learning_rate=1e-6, beat_linear=True, stages="gin")
+  cfg = tiny(learning_rate=1e-6, beat_linear=True, stages="gin", epochs=1)
   rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
   check = rep["beat_linear"]
   lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["gin"]
   assert check["linear_valid_auc"] == lin["valid_auc"]
   assert check["model_valid_auc"] < check["linear_valid_auc"]
-  assert check["from_linear_valid_auc"] >= check["linear_valid_auc"] - 1e-3
+  assert check["from_linear_valid_auc"] > check["model_valid_auc"]  # the rule that delivers it
   assert check["delivered"] == "from_linear"
   assert json.loads((tmp_path / "delivered.json").read_text()) == {"workdir": "from_linear"}
   second = json.loads((tmp_path / "from_linear" / "report.json").read_text())
