@@ -11,6 +11,13 @@
 4. With --arrow: pass 1's parsing (labels checked, numbers, token keys: what prepare
    needs of the text) by this package's tokenizer and by Arrow's streaming,
    multi-threaded CSV reader (pyarrow.csv.open_csv), interleaved in one run.
+5. With --stages: where one thread's prepare() spends its CPU (cProfile, cumulative
+   time of each stage's functions), and the rows/s two cores could reach if that
+   work split perfectly, with each stage removed in turn.
+6. With --compiled: the tokenizer's fast path against the same loop compiled by numba
+   (one pass over the bytes: separators checked against the layout, token starts,
+   lengths and keys), interleaved on the same chunks. numba is not a dependency of
+   this package; the option says so when it is missing.
 
 Goals on the 2-core development machine: preprocessing >= 1M rows/s (issue 14; it was
 200k); the loader at least 3x the training step's sample rate (--step-samples-per-s,
@@ -21,8 +28,10 @@ with the numbers, and CPU seconds are reported next to wall seconds.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gzip
 import os
+import pstats
 import shutil
 import tempfile
 import time
@@ -211,6 +220,125 @@ def bench_parsers(path: str, rows: int, workers: int, repeats: int) -> list[dict
   return results
 
 
+# Stages of prepare() for --stages: the functions whose cumulative CPU time is the stage.
+_STAGES = {
+  "read + split into line chunks (gzip, CRLF)": [("text.py", "iter_chunks")],
+  "tokenize (separators, layout check, token keys' bytes)": [("text.py", "tokenize")],
+  "numbers and labels (parse, bucketize)": [
+    ("formats.py", "_numbers"), ("formats.py", "_labels"), ("vocab.py", "bucketize"),
+  ],
+  "category keys (short_keys, checks)": [("formats.py", "_check_categories")],
+  "count categories (pass 1)": [("prepare.py", "_count")],
+  "encode (vocabulary lookup, pass 2)": [("encode.py", "encode")],
+}  # fmt: skip
+
+
+def bench_stages(path: str, workdir: str) -> dict:
+  """One-thread prepare() under cProfile: CPU seconds per stage (see _STAGES)."""
+  cache = os.path.join(workdir, "cache-stages")
+  shutil.rmtree(cache, ignore_errors=True)
+  cfg = DataConfig(format="criteo", train=path, split=(0.8, 0.1, 0.1), min_count=2)
+  profile = cProfile.Profile(time.process_time)
+  profile.enable()
+  meta, _ = prepare(cfg, cache, progress=False, workers=1)
+  profile.disable()
+  rows = sum(meta.split_rows.values())
+  stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+  total = sum(tt for _, _, tt, _, _ in stats.values())
+  stages = {}
+  for stage, funcs in _STAGES.items():
+    stages[stage] = sum(
+      ct
+      for (file, _, name), (_, _, _, ct, _) in stats.items()
+      if any(file.endswith(os.sep + f) and name == n for f, n in funcs)
+    )
+  stages["the rest (pass 2's writes into the splits, bookkeeping)"] = total - sum(stages.values())
+  return {
+    "rows": rows,
+    "cpu_s": total,
+    "stages": [
+      {
+        "stage": k,
+        "cpu_s": v,
+        "share": v / total,
+        "two_core_rows_per_s_without_it": rows / max((total - v) / 2, 1e-9),
+      }
+      for k, v in stages.items()
+    ],
+    "two_core_rows_per_s": rows / (total / 2),
+  }
+
+
+def _numba_scan():
+  """The tokenizer's fast path as one compiled loop over the bytes (--compiled)."""
+  import numba
+
+  @numba.njit(nogil=True, cache=False)
+  def scan(arr, special, row_kinds, starts, lens, keys):
+    ntok, t, j, start = len(row_kinds), 0, 0, 0
+    key, shift = np.uint64(0), np.uint64(0)
+    for i in range(len(arr)):
+      b = arr[i]
+      if special[b]:
+        if b != row_kinds[j] or t >= len(starts):
+          return -1  # A malformed row: the caller takes the slow path.
+        starts[t], lens[t], keys[t] = start, i - start, key
+        t, j, start = t + 1, (j + 1) % ntok, i + 1
+        key, shift = np.uint64(0), np.uint64(0)
+      elif shift < 64:
+        key |= np.uint64(b) << shift
+        shift += np.uint64(8)
+    return t if j == 0 else -1
+
+  return scan
+
+
+def bench_compiled(path: str, repeats: int, max_chunks: int = 8) -> list[dict] | str:
+  """text.tokenize vs the numba loop on the first chunks of `path`, interleaved."""
+  try:
+    scan = _numba_scan()
+  except ImportError:
+    return "numba is not installed (pip install numba): --compiled skipped"
+  layout = formats.criteo_layout(True)
+  row_kinds = np.array(layout.row_kinds, np.uint8)
+  special = np.zeros(256, np.bool_)
+  special[:32] = True
+  chunks = [c for _, c in zip(range(max_chunks), text.iter_chunks(path))]
+  rows = sum(c.data.count(b"\n") for c in chunks)
+
+  def compiled(chunk):
+    size = chunk.data.count(b"\n") * len(row_kinds)
+    starts, lens = np.empty(size, np.int64), np.empty(size, np.int64)
+    keys = np.empty(size, np.uint64)
+    n = scan(np.frombuffer(chunk.data, np.uint8), special, row_kinds, starts, lens, keys)
+    assert n == size
+    return keys
+
+  def numpy_path(chunk):
+    tokens, _ = text.tokenize(chunk, layout.separators, row_kinds, str)
+    return text.short_keys(tokens, list(range(len(row_kinds))))[0]
+
+  assert np.array_equal(compiled(chunks[0]), numpy_path(chunks[0]).ravel())  # Also compiles.
+  variants = {"numpy tokenizer (tokenize + keys)": numpy_path, "numba loop": compiled}
+  times = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name, fn in variants.items():
+      _, wall, cpu = _timed(lambda: [fn(c) for c in chunks])  # noqa: B023
+      times[name].append(cpu)
+  base = float(np.median(times["numpy tokenizer (tokenize + keys)"]))
+  return [
+    {
+      "tokenizer": name,
+      "chunks": len(chunks),
+      "rows": rows,
+      "cpu_s": float(np.median(t)),
+      "rows_per_cpu_s": rows / float(np.median(t)),
+      "speed_vs_numpy": base / float(np.median(t)),
+    }
+    for name, t in times.items()
+  ]
+
+
 def main(argv: list[str] | None = None) -> dict:
   """Runs the benchmark; prints a markdown table; returns (and optionally saves) JSON."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -227,6 +355,12 @@ def main(argv: list[str] | None = None) -> dict:
   )
   parser.add_argument("--repeats", type=int, default=3, help="--arrow: interleaved repeats")
   parser.add_argument("--parquet", action="store_true", help="also time a Parquet copy")
+  parser.add_argument(
+    "--stages", action="store_true", help="also profile one thread's prepare by stage"
+  )
+  parser.add_argument(
+    "--compiled", action="store_true", help="also time the tokenizer against a numba loop"
+  )
   args = parser.parse_args(argv)
   flags.FLAGS.mark_as_parsed()
   workdir = args.workdir or tempfile.mkdtemp(prefix="data_bench_")
@@ -256,6 +390,8 @@ def main(argv: list[str] | None = None) -> dict:
       prep += bench_prepare(pq_path, args.rows, workdir, configs, "parquet", schema)[0]
     loader = bench_loader(splits["train"], args.batch, args.batches, args.loader_workers)
     parsers = bench_parsers(path, args.rows, workers, args.repeats) if args.arrow else None
+    stages = bench_stages(path, workdir) if args.stages else None
+    compiled = bench_compiled(path, args.repeats) if args.compiled else None
   finally:
     if args.workdir is None:
       shutil.rmtree(workdir, ignore_errors=True)
@@ -283,6 +419,10 @@ def main(argv: list[str] | None = None) -> dict:
   }
   if parsers is not None:
     payload["parsers"] = parsers
+  if stages is not None:
+    payload["stages"] = stages
+  if compiled is not None:
+    payload["compiled"] = compiled
   _print(payload, args)
   if args.json:
     common.write_json(args.json, payload)
@@ -336,6 +476,41 @@ def _print(p: dict, args) -> None:
     ]
     headers = ["pass-1 parsing (median, interleaved)", "wall s", "cpu s", "rows/s", "x default"]
     print(common.markdown_table(headers, rows))
+    print()
+  if "stages" in p:
+    st = p["stages"]
+    rows = [
+      [
+        r["stage"],
+        f"{r['cpu_s']:.2f}",
+        f"{r['share']:.0%}",
+        f"{r['two_core_rows_per_s_without_it']:,.0f}",
+      ]
+      for r in st["stages"]
+    ]
+    rows.append(
+      ["total (1 thread)", f"{st['cpu_s']:.2f}", "100%", f"{st['two_core_rows_per_s']:,.0f}"]
+    )
+    headers = ["prepare stage (1 thread, cProfile)", "cpu s", "share", "2-core rows/s without it"]
+    print(common.markdown_table(headers, rows))
+    print()
+  if isinstance(p.get("compiled"), str):
+    print(p["compiled"], "\n")
+  elif "compiled" in p:
+    rows = [
+      [
+        r["tokenizer"],
+        f"{r['cpu_s']:.3f}",
+        f"{r['rows_per_cpu_s']:,.0f}",
+        f"{r['speed_vs_numpy']:.2f}",
+      ]
+      for r in p["compiled"]
+    ]
+    print(
+      common.markdown_table(
+        ["tokenizer (median, interleaved)", "cpu s", "rows/cpu-s", "x numpy"], rows
+      )
+    )
     print()
   for name, g in p["goals"].items():
     verdict = "met" if g["met"] else "NOT met"
