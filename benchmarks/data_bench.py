@@ -35,6 +35,7 @@ import pstats
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 from absl import flags
@@ -429,6 +430,22 @@ def main(argv: list[str] | None = None) -> dict:
   return payload
 
 
+def _table(records: list[dict], columns: dict[str, str | Callable[[dict], str]]) -> None:
+  """Prints records as a markdown table: header -> a format spec of the field of the
+  same position in `columns` (e.g. "wall_s:.2f") or a function of the record."""
+
+  def cell(r, spec):
+    if callable(spec):
+      return spec(r)
+    key, _, fmt = spec.partition(":")
+    return format(r[key], fmt)
+
+  print(
+    common.markdown_table(list(columns), [[cell(r, c) for c in columns.values()] for r in records])
+  )
+  print()
+
+
 def _print(p: dict, args) -> None:
   mb = p["tsv_bytes"] / 2**20
   print(
@@ -436,82 +453,37 @@ def _print(p: dict, args) -> None:
     f"{p['load_average_at_start'][0]:.2f} at start; generate {p['generate_s']:.1f} s, "
     f"write TSV {p['write_tsv_s']:.1f} s\n"
   )
-  rows = [
-    [
-      r["config"],
-      str(r.get("workers", p["default_prepare_threads"])),
-      "memory" if r.get("spill_memory", 1) else "disk",
-      f"{r['wall_s']:.2f}",
-      f"{r['cpu_s']:.2f}",
-      f"{r['rows_per_s']:,.0f}",
-      f"{r['rows_per_cpu_s']:,.0f}",
-    ]
-    for r in p["prepare"]
-  ]
-  headers = ["prepare", "threads", "spill", "wall s", "cpu s", "rows/s", "rows/cpu-s"]
-  print(common.markdown_table(headers, rows))
-  print()
-  rows = [
-    [
-      r["loader"],
-      str(args.batch),
-      f"{r['startup_s']:.2f}",
-      f"{r['batches_per_s']:,.0f}",
-      f"{r['samples_per_s']:,.0f}",
-    ]
-    for r in p["loader"]
-  ]
-  print(common.markdown_table(["loader", "batch", "startup s", "batches/s", "samples/s"], rows))
-  print()
+  _table(p["prepare"], {
+    "prepare": "config:", "threads": lambda r: str(r.get("workers", p["default_prepare_threads"])),
+    "spill": lambda r: "memory" if r.get("spill_memory", 1) else "disk",
+    "wall s": "wall_s:.2f", "cpu s": "cpu_s:.2f", "rows/s": "rows_per_s:,.0f",
+    "rows/cpu-s": "rows_per_cpu_s:,.0f",
+  })  # fmt: skip
+  _table(p["loader"], {
+    "loader": "loader:", "batch": lambda r: str(args.batch), "startup s": "startup_s:.2f",
+    "batches/s": "batches_per_s:,.0f", "samples/s": "samples_per_s:,.0f",
+  })  # fmt: skip
   if "parsers" in p:
-    rows = [
-      [
-        r["parser"],
-        f"{r['wall_s']:.2f}",
-        f"{r['cpu_s']:.2f}",
-        f"{r['rows_per_s']:,.0f}",
-        f"{r['speed_vs_tokenizer_default']:.2f}",
-      ]
-      for r in p["parsers"]
-    ]
-    headers = ["pass-1 parsing (median, interleaved)", "wall s", "cpu s", "rows/s", "x default"]
-    print(common.markdown_table(headers, rows))
-    print()
+    _table(p["parsers"], {
+      "pass-1 parsing (median, interleaved)": "parser:", "wall s": "wall_s:.2f",
+      "cpu s": "cpu_s:.2f", "rows/s": "rows_per_s:,.0f",
+      "x default": "speed_vs_tokenizer_default:.2f",
+    })  # fmt: skip
   if "stages" in p:
     st = p["stages"]
-    rows = [
-      [
-        r["stage"],
-        f"{r['cpu_s']:.2f}",
-        f"{r['share']:.0%}",
-        f"{r['two_core_rows_per_s_without_it']:,.0f}",
-      ]
-      for r in st["stages"]
-    ]
-    rows.append(
-      ["total (1 thread)", f"{st['cpu_s']:.2f}", "100%", f"{st['two_core_rows_per_s']:,.0f}"]
-    )
-    headers = ["prepare stage (1 thread, cProfile)", "cpu s", "share", "2-core rows/s without it"]
-    print(common.markdown_table(headers, rows))
-    print()
+    total = {"stage": "total (1 thread)", "cpu_s": st["cpu_s"], "share": 1.0,
+             "two_core_rows_per_s_without_it": st["two_core_rows_per_s"]}  # fmt: skip
+    _table([*st["stages"], total], {
+      "prepare stage (1 thread, cProfile)": "stage:", "cpu s": "cpu_s:.2f", "share": "share:.0%",
+      "2-core rows/s (total: with it; stages: without it)": "two_core_rows_per_s_without_it:,.0f",
+    })  # fmt: skip
   if isinstance(p.get("compiled"), str):
     print(p["compiled"], "\n")
   elif "compiled" in p:
-    rows = [
-      [
-        r["tokenizer"],
-        f"{r['cpu_s']:.3f}",
-        f"{r['rows_per_cpu_s']:,.0f}",
-        f"{r['speed_vs_numpy']:.2f}",
-      ]
-      for r in p["compiled"]
-    ]
-    print(
-      common.markdown_table(
-        ["tokenizer (median, interleaved)", "cpu s", "rows/cpu-s", "x numpy"], rows
-      )
-    )
-    print()
+    _table(p["compiled"], {
+      "tokenizer (median, interleaved)": "tokenizer:", "cpu s": "cpu_s:.3f",
+      "rows/cpu-s": "rows_per_cpu_s:,.0f", "x numpy": "speed_vs_numpy:.2f",
+    })  # fmt: skip
   for name, g in p["goals"].items():
     verdict = "met" if g["met"] else "NOT met"
     print(f"goal {name}: {g['measured']:,.0f} vs {g['goal']:,.0f} -> {verdict}")
