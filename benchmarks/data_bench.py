@@ -42,8 +42,18 @@ from absl import flags
 
 from benchmarks import common
 from gin_jax.config import DataConfig
-from gin_jax.data import SyntheticSpec, eval_batches, formats, pipeline, prepare, synthetic, text
-from gin_jax.data.prepare import default_workers
+from gin_jax.data import (
+  SyntheticSpec,
+  encode,
+  eval_batches,
+  formats,
+  pipeline,
+  prepare,
+  synthetic,
+  text,
+  vocab,
+)
+from gin_jax.data.prepare import _Builder, default_workers
 from gin_jax.data.spill import ordered_map
 
 
@@ -221,17 +231,16 @@ def bench_parsers(path: str, rows: int, workers: int, repeats: int) -> list[dict
   return results
 
 
-# Stages of prepare() for --stages: the functions whose cumulative CPU time is the stage.
+# Stages of prepare() for --stages: the functions whose cumulative CPU time is the stage
+# (none of them calls another of them).
 _STAGES = {
-  "read + split into line chunks (gzip, CRLF)": [("text.py", "iter_chunks")],
-  "tokenize (separators, layout check, token keys' bytes)": [("text.py", "tokenize")],
-  "numbers and labels (parse, bucketize)": [
-    ("formats.py", "_numbers"), ("formats.py", "_labels"), ("vocab.py", "bucketize"),
-  ],
-  "category keys (short_keys, checks)": [("formats.py", "_check_categories")],
-  "count categories (pass 1)": [("prepare.py", "_count")],
-  "encode (vocabulary lookup, pass 2)": [("encode.py", "encode")],
-}  # fmt: skip
+  "read + split into line chunks (gzip, CRLF)": [text.iter_chunks],
+  "tokenize (separators, layout check, token keys' bytes)": [text.tokenize],
+  "numbers and labels (parse, bucketize)": [formats._numbers, formats._labels, vocab.bucketize],
+  "category keys (short_keys, checks)": [formats._check_categories],
+  "count categories (pass 1)": [_Builder._count],
+  "encode (vocabulary lookup, pass 2)": [encode.Encoder.encode],
+}
 
 
 def bench_stages(path: str, workdir: str) -> dict:
@@ -246,13 +255,11 @@ def bench_stages(path: str, workdir: str) -> dict:
   rows = sum(meta.split_rows.values())
   stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
   total = sum(tt for _, _, tt, _, _ in stats.values())
-  stages = {}
-  for stage, funcs in _STAGES.items():
-    stages[stage] = sum(
-      ct
-      for (file, _, name), (_, _, _, ct, _) in stats.items()
-      if any(file.endswith(os.sep + f) and name == n for f, n in funcs)
-    )
+  code = lambda f: (f.__code__.co_filename, f.__code__.co_firstlineno, f.__code__.co_name)
+  stages = {
+    stage: sum(stats[code(f)][3] for f in funcs if code(f) in stats)
+    for stage, funcs in _STAGES.items()
+  }
   stages["the rest (pass 2's writes into the splits, bookkeeping)"] = total - sum(stages.values())
   return {
     "rows": rows,
