@@ -517,6 +517,27 @@ def frappe_x1() -> Config:
   )
 
 
+def frappe() -> Config:
+  """The default recipe tuned for Frappe-sized logs (tens of thousands of rows, 10 fields).
+
+  Tuned on the validation split of the public Frappe rows (`frappe.validation.libfm`
+  split 90/10: 52k training rows), mean of 3 seeds, in a coordinate search over
+  embed_dim, embedding L2, dropout, batch, learning rate, subspaces, layers, the MLP,
+  min count, patience and init (README "Model quality" lists the search): two
+  interaction layers with d = 32 and a smaller deep part (200 x 2) gave valid AUC
+  0.9597 +- 0.0018 against the default's 0.9574 +- 0.0005. Everything else is the
+  default's (batch norm, dropout 0.3, auto embedding L2 and batch, plateau decay,
+  early stopping, beat_linear).
+  """
+  cfg = default()
+  return dataclasses.replace(
+    cfg,
+    name="frappe",
+    model=dataclasses.replace(cfg.model, embed_dim=32, num_layers=2, mlp_hidden=(200, 200)),
+    data=dataclasses.replace(cfg.data, format="libfm"),
+  )
+
+
 def criteo_x1() -> Config:
   """BARS's best AOANet run on Criteo_x1 (AOANet_criteo_x1_005, test AUC 0.8141).
 
@@ -564,6 +585,7 @@ PRESETS = {
   "default": default,
   "criteo_paper": criteo_paper,
   "criteo_bars": criteo_bars,
+  "frappe": frappe,
   "frappe_x1": frappe_x1,
   "criteo_x1": criteo_x1,
   "tiny": tiny,

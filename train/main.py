@@ -35,8 +35,8 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
   p.add_argument("--bad-rows", choices=["error", "skip"], help="on a bad input row")
   p.add_argument(
     "--preset",
-    help="demo (default without --train), default (with --train), frappe_x1, criteo_x1, "
-    "criteo_paper, criteo_bars, tiny",
+    help="demo (default without --train), default (with --train), frappe, frappe_x1, "
+    "criteo_x1, criteo_paper, criteo_bars, tiny",
   )
   p.add_argument(
     "--config",
