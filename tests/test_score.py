@@ -54,6 +54,21 @@ def test_python_api_auc_equals_trainers_test_auc(trained):
   assert np.all(np.diff(lines) > 0)  # input order
 
 
+def test_seed_ensemble_scores_each_runs_split_as_the_trainer_did(trained, tmp_path):
+  from benchmarks import seed_ensemble
+
+  wd, rep, _, n_test = trained
+  out = seed_ensemble.main(
+    [str(wd), str(wd), "--split", "test", "--json", str(tmp_path / "e.json")]
+  )
+  assert out["rows"] == n_test and len(out["runs"]) == 2
+  for r in out["runs"]:  # each run's model on its own prepared test split: the trainer's AUC
+    assert r["auc"] == pytest.approx(rep["stages"]["retrain"]["test_auc"], abs=1e-6)
+  # The same model twice: the averaged probabilities are that model's.
+  assert out["ensemble"]["auc"] == pytest.approx(out["runs"][0]["auc"], abs=1e-9)
+  assert json.loads((tmp_path / "e.json").read_text())["ensemble"] == out["ensemble"]
+
+
 def test_cli_equals_api_equals_export(trained, tmp_path):
   wd, _, test_file, _ = trained
   api, _, _, _ = score.Scorer.from_checkpoint(wd).predict_file(test_file)
