@@ -331,7 +331,7 @@ def bench_compiled(path: str, repeats: int, max_chunks: int = 8) -> list[dict] |
   times = {name: [] for name in variants}
   for _ in range(repeats):
     for name, fn in variants.items():
-      _, wall, cpu = _timed(lambda: [fn(c) for c in chunks])  # noqa: B023
+      _, _, cpu = _timed(lambda: [fn(c) for c in chunks])  # noqa: B023
       times[name].append(cpu)
   base = float(np.median(times["numpy tokenizer (tokenize + keys)"]))
   return [

@@ -33,16 +33,6 @@ def split_of(workdir: str, name: str) -> data.Split:
   return splits[name]
 
 
-def predict(scorer: Scorer, split: data.Split) -> np.ndarray:
-  """The model's probabilities for every row of the split, in order."""
-  n, b = len(split.labels), scorer.batch_size
-  ids = np.asarray(split.ids)
-  values = np.asarray(split.values) if split.values is not None else np.ones_like(ids, np.float32)
-  return np.concatenate(
-    [scorer.predict_batch(ids[i : i + b], values[i : i + b]) for i in range(0, n, b)]
-  )
-
-
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("workdirs", nargs="*", help="finished runs on the same data")
@@ -67,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
       labels, lines = y, np.asarray(split.line_numbers)
     elif not (np.array_equal(y, labels) and np.array_equal(split.line_numbers, lines)):
       raise SystemExit(f"{w}: its {args.split} split holds other rows than {workdirs[0]}'s")
-    p = predict(Scorer.from_checkpoint(w), split)
+    p = Scorer.from_checkpoint(w).predict_split(split)
     probs.append(p)
     runs.append({"workdir": w, **metrics.evaluate(labels, p)})
   ensemble = metrics.evaluate(labels, np.mean(probs, axis=0))

@@ -145,6 +145,10 @@ class Scorer:
     )
     return _batched(split, self.batch_size, self._score)
 
+  def predict_split(self, split: data.Split) -> np.ndarray:
+    """Probabilities for every row of a prepared split (from data.prepare), in order."""
+    return _batched(split, self.batch_size, self._score)
+
   def predict_rows(self, rows: list[str], **kwargs) -> np.ndarray:
     """Probabilities for raw text rows of the training format (see data.encode_rows)."""
     split = data.encode_rows(self.meta, rows, **kwargs)
