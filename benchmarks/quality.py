@@ -121,8 +121,11 @@ def _finished_report(workdir: Path, cfg) -> dict | None:
   # settings decided).
   if asked != cfg.to_dict():
     return None
-  # A beat_linear run writes report.json once before its regression check.
-  return report if "beat_linear" in report or not cfg.train.beat_linear else None
+  # A beat_linear run writes report.json once before its regression check, an
+  # ensemble once per member before the average.
+  if cfg.train.beat_linear and "beat_linear" not in report:
+    return None
+  return report if cfg.train.ensemble == 1 or "ensemble" in report else None
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -132,6 +132,10 @@ class TrainConfig:
   # model validates below it, train GIN from it (linear_start) in
   # WORKDIR/from_linear and deliver whichever validates better.
   beat_linear: bool = False
+  # Seed ensemble: train this many models (the run itself, then WORKDIR/ensemble/
+  # member_<i> with train.seed + 1000 i) and deliver the average of their
+  # probabilities; report, scoring and export use the average. K times the cost.
+  ensemble: int = 1
   embedding_catch_up: int = 64  # lazy_adam: idle steps a touched row replays exactly.
   embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
@@ -151,6 +155,8 @@ class TrainConfig:
       raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
     if self.embedding_optimizer not in ("lazy_adam", "rowwise_adagrad", "adam"):
       raise ValueError(f"unknown embedding_optimizer {self.embedding_optimizer!r}")
+    if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
+      raise ValueError(f"ensemble must be an integer >= 1 (models averaged), got {self.ensemble!r}")
     if self.embedding_catch_up < 0:
       raise ValueError(f"embedding_catch_up must be >= 0, got {self.embedding_catch_up}")
     if self.embedding_l2 is not None and self.embedding_l2 < 0:
@@ -204,15 +210,16 @@ class Config:
 def linear_floor(cfg: Config) -> Config:
   """The logistic regression on cfg's data: the quality floor and train.linear_start's fit.
 
-  One weight per category (model.arch lr, one stage), Adam 1e-2, no L2, the
-  rest of cfg's training settings (batch, epochs, early stopping) kept.
+  One weight per category (model.arch lr, one stage), Adam 1e-2, no L2, one
+  model (no ensemble), the rest of cfg's training settings (batch, epochs, early
+  stopping) kept.
   """
   return dataclasses.replace(
     cfg,
     model=dataclasses.replace(cfg.model, arch="lr", first_order=False),
     train=dataclasses.replace(
       cfg.train, stages="gin", learning_rate=1e-2, embedding_l2=0.0, linear_l2=None,
-      linear_start=False, beat_linear=False,
+      linear_start=False, beat_linear=False, ensemble=1,
     ),
   )  # fmt: skip
 
@@ -481,12 +488,28 @@ def default() -> Config:
   )
 
 
+MEMBER_SEED_STRIDE = 1000  # ensemble member i trains with train.seed + 1000 i.
+
+
+def ensemble_member(cfg: Config, i: int) -> Config:
+  """Member i (>= 1) of cfg's seed ensemble: one model of the recipe with its own seed.
+
+  Its seed is train.seed + 1000 i, so the members of runs with seeds 0, 1, 2
+  (benchmarks.quality's) never share a seed: their ensembles are independent.
+  Member 0 is the run itself.
+  """
+  train = dataclasses.replace(
+    cfg.train, seed=cfg.train.seed + MEMBER_SEED_STRIDE * i, ensemble=1
+  )
+  return dataclasses.replace(cfg, train=train)
+
+
 def from_linear(cfg: Config) -> Config:
   """train.beat_linear's second candidate: cfg's GIN started from the fitted regression."""
   return dataclasses.replace(
     cfg,
     model=dataclasses.replace(cfg.model, first_order=True),
-    train=dataclasses.replace(cfg.train, linear_start=True, beat_linear=False),
+    train=dataclasses.replace(cfg.train, linear_start=True, beat_linear=False, ensemble=1),
   )
 
 

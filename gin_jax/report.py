@@ -149,6 +149,16 @@ def summary_table(report: dict) -> str:
       f"{fmt(r.get('test_auc'))} | {fmt(r.get('test_logloss'))} | {r.get('epochs', '-')} | "
       f"{r.get('seconds', 0):.0f} |"
     )
+  if report.get("ensemble"):
+    members = report["ensemble"]
+    final = list(report["stages"])[-1]
+    aucs = [m["stages"][final].get("valid_auc") for m in members]
+    lines.append("")
+    lines.append(
+      f"the average of {len(members)} models (train.seed "
+      f"{', '.join(str(m['seed']) for m in members)}); their own {final} valid AUC: "
+      + ", ".join(fmt(a) for a in aucs)
+    )
   if report.get("kept_pairs") is not None:
     lines.append("")
     lines.append(

@@ -84,15 +84,16 @@ class Scorer:
     Returns:
       A Scorer. Raises ScoringError naming what is missing or wrong.
     """
-    loaded = load_checkpoint(workdir, step=step, best=best, devices=devices)
-    fns, state, mesh = loaded.fns, loaded.state, loaded.mesh
-    params, stats, masks = state["params"], state["batch_stats"], state["masks"]
+    models = load_models(workdir, step=step, best=best, devices=devices)
+    scores = [_checkpoint_score_fn(m) for m in models]
 
     def score(ids, values):
-      batch = partitioning.shard_batch(mesh, {"ids": ids, "values": values})
-      return np.asarray(fns.eval_step(params, stats, masks, batch))
+      if len(scores) == 1:
+        return scores[0](ids, values)
+      return np.mean([f(ids, values) for f in scores], axis=0, dtype=np.float64).astype(np.float32)
 
-    return cls(loaded.dataset_meta, score, loaded.cfg.train.eval_batch_size, loaded.description)
+    first = models[0]
+    return cls(first.dataset_meta, score, first.cfg.train.eval_batch_size, _describe(models))
 
   @classmethod
   def from_export(cls, directory) -> Scorer:
@@ -211,6 +212,23 @@ def _export_params(path: Path, exported) -> list[np.ndarray]:
   return leaves
 
 
+def _checkpoint_score_fn(loaded):
+  fns, state, mesh = loaded.fns, loaded.state, loaded.mesh
+  params, stats, masks = state["params"], state["batch_stats"], state["masks"]
+
+  def score(ids, values):
+    batch = partitioning.shard_batch(mesh, {"ids": ids, "values": values})
+    return np.asarray(fns.eval_step(params, stats, masks, batch))
+
+  return score
+
+
+def _describe(models) -> str:
+  if len(models) == 1:
+    return models[0].description
+  return f"the average of {len(models)} models ({', '.join(m.description for m in models)})"
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedCheckpoint:
   cfg: Config
@@ -298,6 +316,34 @@ def load_checkpoint(
   )
 
 
+def load_models(workdir, *, step=None, best=False, devices=None, report=None):
+  """The models a workdir delivers: [LoadedCheckpoint], several for train.ensemble.
+
+  Without `step`, each model that delivered.json lists (load_checkpoint of
+  each; `best` applies to each). With `step`, that checkpoint of the workdir
+  alone, saying so when the run delivers an ensemble. All members must share
+  the dataset (its vocabulary and fields), else ScoringError.
+  """
+  layout = Workdir(workdir)
+  report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+  members = layout.ensemble()
+  if step is not None or len(members) == 1:
+    if step is not None and len(members) > 1:
+      report(f"{workdir} delivers the average of {len(members)} models; --step {step} "
+             "scores this run's own checkpoint alone")  # fmt: skip
+    return [load_checkpoint(workdir, step=step, best=best, devices=devices, report=report)]
+  models = [load_checkpoint(m.root, best=best, devices=devices, report=report) for m in members]
+  first = models[0].dataset_meta
+  for m in models[1:]:
+    meta = m.dataset_meta
+    if (meta.fields, meta.vocab, meta.options) != (first.fields, first.vocab, first.options):
+      raise ScoringError(
+        f"{m.description}: an ensemble member encodes its input unlike "
+        f"{models[0].description} (other fields or vocabulary)"
+      )
+  return models
+
+
 def _read_config(path: Path) -> Config:
   try:
     return Config.from_dict(json.loads(path.read_text()))
@@ -339,17 +385,24 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
   float32)` with a symbolic batch size b, and is lowered for CPU and CUDA.
   """
   out_dir = Path(out_dir)
-  loaded = load_checkpoint(workdir, step=step, best=best, devices=jax.local_devices()[:1])
-  state, graphdef = loaded.state, loaded.fns.graphdef
-  weights = jax.tree.map(
-    lambda x: np.asarray(jax.device_get(x)), (state["params"], state["batch_stats"], state["masks"])
-  )
+  models = load_models(workdir, step=step, best=best, devices=jax.local_devices()[:1])
+  loaded = models[0]
+  weights = [
+    jax.tree.map(
+      lambda x: np.asarray(jax.device_get(x)),
+      (m.state["params"], m.state["batch_stats"], m.state["masks"]),
+    )
+    for m in models
+  ]
+  graphdefs = [m.fns.graphdef for m in models]
   leaves, treedef = jax.tree.flatten(weights)
 
   def score(leaves_, ids, values):
-    p, s, m = jax.tree.unflatten(treedef, leaves_)
-    logits, _ = model_lib.apply_model(graphdef, p, s, ids, values, m, train=False)
-    return jax.nn.sigmoid(logits)
+    probs = []
+    for graphdef, (p, s, m) in zip(graphdefs, jax.tree.unflatten(treedef, leaves_)):
+      logits, _ = model_lib.apply_model(graphdef, p, s, ids, values, m, train=False)
+      probs.append(jax.nn.sigmoid(logits))
+    return sum(probs) / len(probs)  # an ensemble's average of probabilities
 
   b = jax.export.symbolic_shape("b")[0]
   f = loaded.dataset_meta.num_fields
@@ -364,7 +417,8 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
     "num_fields": f,
     "num_table_rows": loaded.dataset_meta.num_table_rows,
     "field_names": loaded.dataset_meta.field_names,
-    "source": loaded.description,
+    "source": _describe(models),
+    "models": len(models),
     "platforms": list(exported.platforms),
   }
   try:

@@ -139,6 +139,34 @@ class Workdir:
       return self
     return self if name == "." else Workdir(self.root / name)
 
+  def ensemble(self) -> list[Workdir]:
+    """The workdirs of the models whose averaged probabilities the run delivers.
+
+    One (`delivered()`) unless train.ensemble > 1 wrote their list into
+    delivered.json (paths relative to the root).
+    """
+    try:
+      names = json.loads(self.delivered_file.read_text())["ensemble"]
+    except (OSError, ValueError, KeyError, TypeError):
+      return [self.delivered()]
+    return [self if name == "." else Workdir(self.root / name) for name in names]
+
+  @property
+  def members(self) -> Path:
+    """Where train.ensemble's members 1 .. K-1 run (member 0 is this run)."""
+    return self.root / "ensemble"
+
+  def member(self, i: int) -> Workdir:
+    return Workdir(self.members / f"member_{i}")
+
+  @property
+  def predictions(self) -> Path:
+    """Each stage's probabilities on the valid and test splits (`<stage>_<split>.npz`)."""
+    return self.root / "predictions"
+
+  def stage_predictions(self, stage: Stage, split: str) -> Path:
+    return self.predictions / f"{stage.name}_{split}.npz"
+
   @property
   def data_cache(self) -> Path:
     return self.root / "data" / "cache"
@@ -154,5 +182,7 @@ class Workdir:
       self.linear,
       self.from_linear,
       self.delivered_file,
+      self.members,
+      self.predictions,
       *self.root.glob("best_*"),
     ]

@@ -121,6 +121,8 @@ def run(
     out = _run(cfg, workdir, overwrite, devices, on_step)[0]
     if cfg.train.beat_linear:
       out = _beat_linear(cfg, workdir, out, devices)
+    if cfg.train.ensemble > 1:
+      out = _ensemble(cfg, workdir, out, devices)
     return out
 
 
@@ -212,7 +214,10 @@ def _run(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step):
     result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
     for split in ("valid", "test"):
       if len(splits[split]):
-        m = _evaluate(ctx, state, splits[split])
+        labels, probs = _predict(ctx, state, splits[split])
+        if lead:  # kept for train.ensemble's average (and for the user)
+          _write_predictions(workdir.stage_predictions(stage, split), labels, probs)
+        m = metrics_lib.evaluate(labels, probs)
         result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
     result["seconds"] = time.time() - progress.stage_start_time
     progress.results[stage.name] = result
@@ -434,7 +439,7 @@ def _fits(ctx: _Context, step: int, saved: dict):
   """The abstract state to restore checkpoint `step` into, if it belongs to this run."""
   where = f"{ctx.workdir.checkpoints}/{step}"
   new = (ctx.asked or ctx.cfg).to_dict()
-  if saved.get("config") != new:
+  if _with_defaults(saved.get("config")) != new:
     old = saved.get("config") if isinstance(saved.get("config"), dict) else {}
     raise _Mismatch(f"{where} was trained with another config ({_config_diff(old, new)})")
   rows = {"num_rows": ctx.spec.num_rows, "padded_rows": ctx.spec.padded_rows}
@@ -737,6 +742,84 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   return out
 
 
+def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
+  """train.ensemble = K: K models of the recipe, delivered as their averaged probabilities.
+
+  Member 0 is the run itself; members 1 .. K-1 are runs of their own in
+  WORKDIR/ensemble/member_<i> (config.ensemble_member: train.seed + 1000 i, the
+  same prepared data), each with its own beat_linear check when the recipe has
+  one. Every stage's valid and test probabilities (WORKDIR/predictions/, saved
+  at each stage's end) are averaged over the members' delivered models, and
+  the report's "stages" become the ensemble's metrics; each member's own
+  stages are under "ensemble". delivered.json lists the members, so that
+  scoring and export average the same models. Like any run, an interrupted
+  ensemble resumes: finished members are read back, the others resume.
+  Seed averaging gave +0.003 to +0.006 valid AUC over single models on Frappe
+  and +0.004 on the Criteo sample (README, Model quality).
+  """
+  k = cfg.train.ensemble
+  delivered = [workdir.delivered()]
+  reports = [out]
+  for i in range(1, k):
+    member_cfg, sub = config_lib.ensemble_member(cfg, i), workdir.member(i)
+    _log(f"ensemble: member {i + 1}/{k} (train.seed={member_cfg.train.seed}) in {sub.root}")
+    member, _ = _nested_run(member_cfg, workdir, sub, devices)
+    if member_cfg.train.beat_linear:
+      member = _beat_linear(member_cfg, sub, member, devices)
+    delivered.append(sub.delivered())
+    reports.append(member)
+  _barrier("ensemble")  # every member's predictions are on disk
+  results = {}
+  for stage in stages.plan(cfg.train.stages):
+    result = {}
+    member_results = [r["stages"][stage.name] for r in reports]
+    for split in ("valid", "test"):
+      if f"{split}_auc" not in member_results[0]:
+        continue  # an empty split
+      labels, probs = _average_predictions([m.stage_predictions(stage, split) for m in delivered])
+      m = metrics_lib.evaluate(labels, probs)
+      result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
+    result["epochs"] = float(np.mean([r["epochs"] for r in member_results]))
+    result["seconds"] = float(sum(r["seconds"] for r in member_results))
+    result["models"] = k
+    results[stage.name] = result
+  names = [os.path.relpath(m.root, workdir.root) for m in delivered]
+  seeds = [cfg.train.seed + config_lib.MEMBER_SEED_STRIDE * i for i in range(k)]
+  members = [
+    {"workdir": n, "seed": s, "stages": r["stages"]} for n, s, r in zip(names, seeds, reports)
+  ]
+  out = {**out, "stages": results, "summary": _summary(results), "ensemble": members}
+  if jax.process_index() == 0:
+    report.write_json(workdir.delivered_file, {"workdir": names[0], "ensemble": names})
+    report.write_json(workdir.report, out)
+    print(report.summary_table(out), flush=True)
+  return out
+
+
+def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, mean probabilities) of the members' saved predictions of one split."""
+  labels, total = None, None
+  for path in paths:
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        y, p = z["labels"], z["probs"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as e:
+      raise TrainingError(
+        f"{path}: a member's predictions are missing or unreadable ({e}); its run "
+        "predates train.ensemble or was altered: rerun with --overwrite"
+      ) from None
+    if labels is None:
+      labels, total = y, p
+    elif y.shape != labels.shape or not np.array_equal(y, labels):
+      raise TrainingError(
+        f"{path}: the ensemble's members were evaluated on different rows ({len(y)} vs "
+        f"{len(labels)}); they must share the run's prepared data"
+      )
+    else:
+      total = total + p
+  return labels, total / len(paths)
+
+
 def _start_from_linear(ctx: _Context, state):
   """GIN's first-order part and output bias set to a fitted logistic regression.
 
@@ -801,6 +884,11 @@ def _select_and_reinit(ctx: _Context, state, progress: Progress):
 
 def _evaluate(ctx: _Context, state, split) -> dict:
   """Exact AUC / logloss over a whole split; predictions gathered from all processes."""
+  return metrics_lib.evaluate(*_predict(ctx, state, split))
+
+
+def _predict(ctx: _Context, state, split) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, probabilities) of every row of `split`, gathered from all processes."""
   probs, labels, weights = [], [], []
   for batch in pipeline.eval_batches(
     split,
@@ -814,7 +902,16 @@ def _evaluate(ctx: _Context, state, split) -> dict:
     labels.append(partitioning.to_host(sharded["labels"]))
     weights.append(partitioning.to_host(sharded["weights"]))
   keep = np.concatenate(weights) > 0
-  return metrics_lib.evaluate(np.concatenate(labels)[keep], np.concatenate(probs)[keep])
+  return np.concatenate(labels)[keep], np.concatenate(probs)[keep]
+
+
+def _write_predictions(path, labels: np.ndarray, probs: np.ndarray) -> None:
+  """labels and probs [n] as an .npz (temp file + rename: never half a file)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    np.savez(f, labels=labels.astype(np.float32), probs=probs.astype(np.float32))
+  os.replace(tmp, path)
 
 
 def _final_report(ctx: _Context, state, progress: Progress) -> dict:
@@ -845,8 +942,11 @@ def _final_report(ctx: _Context, state, progress: Progress) -> dict:
       )
     if jax.process_index() == 0:
       report.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
-  out["summary"] = {
-    stage: {k: r.get(k) for k in ("valid_auc", "test_auc", "test_logloss")}
-    for stage, r in out["stages"].items()
-  }
+  out["summary"] = _summary(out["stages"])
   return out
+
+
+def _summary(results: dict) -> dict:
+  """The report's "summary": each stage's valid AUC and test metrics."""
+  keys = ("valid_auc", "test_auc", "test_logloss")
+  return {stage: {k: r.get(k) for k in keys} for stage, r in results.items()}

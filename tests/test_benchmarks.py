@@ -108,3 +108,20 @@ def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
       set(v["samples_per_s"]) == set(epoch_bench.MODES) and min(v["samples_per_s"].values()) > 0
     )
   assert saved["variants"][0]["overrides"]["train.embedding_catch_up"] == "0"
+
+
+def test_quality_reuses_a_run_only_once_its_checks_and_ensemble_have_finished(tmp_path):
+  """report.json is written before beat_linear's check and before each ensemble
+  member: benchmarks.quality must not read those as finished runs."""
+  from benchmarks import quality
+  from gin_jax import config as config_lib
+
+  cfg = config_lib.override(config_lib.default(), {"train.ensemble": "2"})
+  (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+  steps = [({"stages": {}}, None), ({"stages": {}, "beat_linear": {}}, None),
+           ({"stages": {}, "beat_linear": {}, "ensemble": []}, "done")]  # fmt: skip
+  for report, expected in steps:
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert (quality._finished_report(tmp_path, cfg) is not None) == (expected == "done")
+  other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=3))
+  assert quality._finished_report(tmp_path, other) is None  # another config

@@ -128,3 +128,17 @@ def test_auto_batch_size_is_a_power_of_two_in_range_and_fits_the_devices():
   assert config_lib.auto_batch_size(6_500) == 256
   assert config_lib.auto_batch_size(40_000_000) == 4096
   assert config_lib.auto_batch_size(46_000, num_devices=6) % 6 == 0
+
+
+def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
+  cfg = config_lib.override(config_lib.default(), {"train.ensemble": "3", "train.seed": "2"})
+  assert cfg.train.ensemble == 3
+  members = [config_lib.ensemble_member(cfg, i) for i in (1, 2)]
+  assert [m.train.seed for m in members] == [1002, 2002]
+  assert all(m.train.ensemble == 1 for m in members)
+  assert members[0].model == cfg.model and members[0].data == cfg.data
+  assert config_lib.linear_floor(cfg).train.ensemble == 1
+  assert config_lib.from_linear(cfg).train.ensemble == 1
+  for bad in ("0", "-1"):
+    with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
+      config_lib.override(cfg, {"train.ensemble": bad})

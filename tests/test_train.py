@@ -88,10 +88,10 @@ def test_rerun_on_finished_workdir_resumes_without_training(one_device_run, caps
 
 
 def test_a_run_of_an_older_version_resumes_when_only_new_fields_are_missing(one_device_run):
-  """config.json written before train.linear_start/linear_l2 existed: at their defaults."""
+  """config.json written before train.linear_start/linear_l2/ensemble existed: at their defaults."""
   wd, rep = one_device_run
   saved = json.loads((wd / "config.json").read_text())
-  for key in ("linear_start", "linear_l2"):
+  for key in ("linear_start", "linear_l2", "ensemble"):
     del saved["train"][key]
   (wd / "config.json").write_text(json.dumps(saved))
   assert trainer.run(tiny(), wd, devices=jax.devices()[:1])["stages"] == rep["stages"]
@@ -380,6 +380,49 @@ def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_vali
   assert loaded.cfg.model.first_order and loaded.cfg.train.linear_start
   again = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
   assert again["stages"] == rep["stages"] and again["beat_linear"] == check
+
+
+def test_ensemble_delivers_the_average_of_its_members_to_report_scoring_and_export(tmp_path):
+  """train.ensemble=2: a second seed in ensemble/member_1; the report, the scorer and
+  the export all give the average of the two models' probabilities."""
+  from gin_jax import data, metrics
+
+  cfg = tiny(ensemble=2, epochs=1)
+  rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  member = tmp_path / "ensemble" / "member_1"
+  assert json.loads((tmp_path / "delivered.json").read_text()) == {
+    "workdir": ".", "ensemble": [".", "ensemble/member_1"]
+  }  # fmt: skip
+  assert [m["seed"] for m in rep["ensemble"]] == [0, 1000]
+  assert json.loads((member / "config.json").read_text())["train"]["seed"] == 1000
+  # Each stage's metrics are those of the members' averaged probabilities.
+  for stage in ("search", "retrain"):
+    runs = [np.load(wd / "predictions" / f"{stage}_valid.npz") for wd in (tmp_path, member)]
+    for r, own in zip(runs, rep["ensemble"]):
+      assert metrics.evaluate(r["labels"], r["probs"])["auc"] == pytest.approx(
+        own["stages"][stage]["valid_auc"], abs=1e-9
+      )
+    mean = (runs[0]["probs"].astype(np.float64) + runs[1]["probs"]) / 2
+    auc = metrics.evaluate(runs[0]["labels"], mean)["auc"]
+    assert rep["stages"][stage]["valid_auc"] == pytest.approx(auc, abs=1e-9)
+    assert rep["stages"][stage]["models"] == 2
+  # Scoring the workdir averages the two delivered models.
+  _, splits = data.open_prepared(next(p for p in (tmp_path / "data" / "cache").iterdir()
+                                      if p.is_dir()))  # fmt: skip
+  valid = splits["valid"]
+  both = score.Scorer.from_checkpoint(tmp_path).predict_split(valid)
+  alone = score.Scorer.from_checkpoint(tmp_path, step=rep["final_step"]).predict_split(valid)
+  other = score.Scorer.from_checkpoint(member).predict_split(valid)
+  assert np.abs(alone - other).max() > 1e-3  # two seeds, two models
+  np.testing.assert_allclose(both, (alone.astype(np.float64) + other) / 2, atol=1e-6)
+  assert metrics.evaluate(np.asarray(valid.labels), both)["auc"] == pytest.approx(
+    rep["stages"]["retrain"]["valid_auc"], abs=1e-6
+  )
+  exported = score.Scorer.from_export(score.export(tmp_path, tmp_path / "export"))
+  np.testing.assert_allclose(exported.predict_split(valid), both, atol=1e-6)
+  assert json.loads((tmp_path / "export" / "export.json").read_text())["models"] == 2
+  again = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
+  assert again["stages"] == rep["stages"] and again["ensemble"] == rep["ensemble"]
 
 
 def test_beat_linear_keeps_a_model_that_validates_above_the_regression(tmp_path):
