@@ -8,7 +8,9 @@ The workdirs are `python -m train` (or benchmarks.quality) runs on the same data
 usually the same config with other seeds. Each one's delivered model (as scoring
 picks it) scores the split its own config prepares; the splits must hold the same
 rows in the same order, else it stops. Use --split valid while choosing settings
-(the test split is for a finished configuration, once).
+(the test split is for a finished configuration, once). `train.ensemble=K` is the
+trainer's own form of this average: it trains the K models and delivers their mean
+(a workdir of such a run scores here as its ensemble).
 """
 
 from __future__ import annotations
