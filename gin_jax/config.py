@@ -498,9 +498,7 @@ def ensemble_member(cfg: Config, i: int) -> Config:
   (benchmarks.quality's) never share a seed: their ensembles are independent.
   Member 0 is the run itself.
   """
-  train = dataclasses.replace(
-    cfg.train, seed=cfg.train.seed + MEMBER_SEED_STRIDE * i, ensemble=1
-  )
+  train = dataclasses.replace(cfg.train, seed=cfg.train.seed + MEMBER_SEED_STRIDE * i, ensemble=1)
   return dataclasses.replace(cfg, train=train)
 
 
