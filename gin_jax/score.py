@@ -75,6 +75,10 @@ class Scorer:
   ) -> Scorer:
     """Loads params, masks, config and dataset metadata from a training workdir.
 
+    A run of train.ensemble = K scores as the average of its K models'
+    probabilities (the members delivered.json lists), unless `step` picks one
+    checkpoint of the run itself.
+
     Args:
       workdir: a `python -m train` workdir.
       step: a specific checkpoint step (default: the newest).
