@@ -131,13 +131,20 @@ class Workdir:
     """Which workdir holds the delivered model (train.beat_linear): "." or a subfolder."""
     return self.root / "delivered.json"
 
+  def _delivered_entry(self, key: str):
+    """delivered.json's `key` (None when the file or the key is absent or unreadable)."""
+    try:
+      return json.loads(self.delivered_file.read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError):
+      return None
+
+  def _sub(self, name: str) -> Workdir:
+    return self if name == "." else Workdir(self.root / name)
+
   def delivered(self) -> Workdir:
     """The workdir of the model this run delivers (itself unless delivered.json says else)."""
-    try:
-      name = json.loads(self.delivered_file.read_text())["workdir"]
-    except (OSError, ValueError, KeyError, TypeError):
-      return self
-    return self if name == "." else Workdir(self.root / name)
+    name = self._delivered_entry("workdir")
+    return self if name is None else self._sub(name)
 
   def ensemble(self) -> list[Workdir]:
     """The workdirs of the models whose averaged probabilities the run delivers.
@@ -145,11 +152,8 @@ class Workdir:
     One (`delivered()`) unless train.ensemble > 1 wrote their list into
     delivered.json (paths relative to the root).
     """
-    try:
-      names = json.loads(self.delivered_file.read_text())["ensemble"]
-    except (OSError, ValueError, KeyError, TypeError):
-      return [self.delivered()]
-    return [self if name == "." else Workdir(self.root / name) for name in names]
+    names = self._delivered_entry("ensemble")
+    return [self.delivered()] if names is None else [self._sub(n) for n in names]
 
   @property
   def members(self) -> Path:

@@ -758,8 +758,7 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   and +0.004 on the Criteo sample (README, Model quality).
   """
   k = cfg.train.ensemble
-  delivered = [workdir.delivered()]
-  reports = [out]
+  delivered, reports, seeds = [workdir.delivered()], [out], [cfg.train.seed]
   for i in range(1, k):
     member_cfg, sub = config_lib.ensemble_member(cfg, i), workdir.member(i)
     _log(f"ensemble: member {i + 1}/{k} (train.seed={member_cfg.train.seed}) in {sub.root}")
@@ -768,6 +767,7 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
       member = _beat_linear(member_cfg, sub, member, devices)
     delivered.append(sub.delivered())
     reports.append(member)
+    seeds.append(member_cfg.train.seed)
   _barrier("ensemble")  # every member's predictions are on disk
   results = {}
   for stage in stages.plan(cfg.train.stages):
@@ -784,7 +784,6 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
     result["models"] = k
     results[stage.name] = result
   names = [os.path.relpath(m.root, workdir.root) for m in delivered]
-  seeds = [cfg.train.seed + config_lib.MEMBER_SEED_STRIDE * i for i in range(k)]
   members = [
     {"workdir": n, "seed": s, "stages": r["stages"]} for n, s, r in zip(names, seeds, reports)
   ]
