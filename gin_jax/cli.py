@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import logging
 import os
 import sys
 
@@ -134,4 +135,12 @@ def fail(e: BaseException) -> None:
   for bar in list(getattr(tqdm, "_instances", ())):  # a run stopped mid-epoch leaves one open
     bar.close()
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  # Exit now, without the interpreter's teardown: work the error abandoned (an
+  # orbax save's coroutines, say) would be finalized there, and Python would warn
+  # that it was never awaited, after the one line that is the whole message (a
+  # warnings filter does not reach that late). What the exit handlers would do
+  # that matters is done here: leave the multi-host job and flush the logs.
+  jax.distributed.shutdown()
+  logging.shutdown()
+  sys.stdout.flush()
+  os._exit(2)

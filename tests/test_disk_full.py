@@ -96,6 +96,24 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch
   )
 
 
+def test_the_error_line_is_the_last_thing_printed_even_with_work_left_in_flight(tmp_path):
+  # CI once saw "RuntimeWarning: ... never awaited" after the error line: an orbax
+  # save abandoned by the error, finalized as the interpreter tore down.
+  script = tmp_path / "fail.py"
+  script.write_text(
+    "import errno, os\n"
+    "from gin_jax import cli\n"
+    "async def save():\n"
+    "  pass\n"
+    "abandoned = save()\n"
+    "cli.fail(OSError(errno.ENOSPC, 'No space left on device', '/wd/checkpoints/3'))\n"
+  )
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert proc.stderr == "error: no space left on device while writing /wd/checkpoints/3\n"
+
+
 # ------------------------------------------------------------- stale temporaries
 
 
