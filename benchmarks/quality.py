@@ -50,6 +50,9 @@ def parse(argv):
 
 
 def _run_key(cfg) -> str:
+  # Without train.ensemble: the trainer grows or shrinks a run's ensemble in
+  # place, training only the members it lacks.
+  cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
   return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:12]
 
 
@@ -122,10 +125,12 @@ def _finished_report(workdir: Path, cfg) -> dict | None:
   if asked != cfg.to_dict():
     return None
   # A beat_linear run writes report.json once before its regression check, an
-  # ensemble once per member before the average.
+  # ensemble once per member before the average (and a run whose ensemble grows
+  # keeps the smaller one's report until the new members are done).
   if cfg.train.beat_linear and "beat_linear" not in report:
     return None
-  return report if cfg.train.ensemble == 1 or "ensemble" in report else None
+  members = len(report.get("ensemble", [None]))
+  return report if members == cfg.train.ensemble else None
 
 
 def summarise(rows: list[dict]) -> list[dict]:

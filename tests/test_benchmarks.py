@@ -112,16 +112,22 @@ def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
 
 def test_quality_reuses_a_run_only_once_its_checks_and_ensemble_have_finished(tmp_path):
   """report.json is written before beat_linear's check and before each ensemble
-  member: benchmarks.quality must not read those as finished runs."""
+  member: benchmarks.quality must not read those as finished runs. A run whose
+  ensemble grows (the same workdir) is finished once it has all its members."""
   from benchmarks import quality
   from gin_jax import config as config_lib
 
   cfg = config_lib.override(config_lib.default(), {"train.ensemble": "2"})
   (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
   steps = [({"stages": {}}, None), ({"stages": {}, "beat_linear": {}}, None),
-           ({"stages": {}, "beat_linear": {}, "ensemble": []}, "done")]  # fmt: skip
+           ({"stages": {}, "beat_linear": {}, "ensemble": [{}, {}]}, "done")]  # fmt: skip
   for report, expected in steps:
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert (quality._finished_report(tmp_path, cfg) is not None) == (expected == "done")
-  other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=3))
-  assert quality._finished_report(tmp_path, other) is None  # another config
+  more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=3))
+  assert quality._run_key(more) == quality._run_key(cfg)  # grows in the same workdir
+  assert quality._finished_report(tmp_path, more) is None  # config.json still says 2
+  (tmp_path / "config.json").write_text(json.dumps(more.to_dict()))  # member 2 training
+  assert quality._finished_report(tmp_path, more) is None
+  other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=5))
+  assert quality._run_key(other) != quality._run_key(cfg)

@@ -425,6 +425,39 @@ def test_ensemble_delivers_the_average_of_its_members_to_report_scoring_and_expo
   assert again["stages"] == rep["stages"] and again["ensemble"] == rep["ensemble"]
 
 
+def test_changing_train_ensemble_on_a_workdir_trains_only_the_members_it_lacks(tmp_path):
+  """One model, then two (member 0 is not retrained), then one again: the report,
+  delivered.json and the scorer follow train.ensemble each time."""
+  from gin_jax import data
+
+  devices = jax.devices()[:1]
+  one = trainer.run(tiny(epochs=1), tmp_path, devices=devices)
+  logged = (tmp_path / "metrics.jsonl").read_bytes()
+  _, splits = data.open_prepared(next(p for p in (tmp_path / "data" / "cache").iterdir()
+                                      if p.is_dir()))  # fmt: skip
+  alone = score.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"])
+
+  two = trainer.run(tiny(epochs=1, ensemble=2), tmp_path, devices=devices)
+  assert (tmp_path / "metrics.jsonl").read_bytes() == logged  # member 0 read back
+  assert two["ensemble"][0]["stages"] == one["stages"]
+  assert [m["seed"] for m in two["ensemble"]] == [0, 1000]
+  assert two["stages"]["retrain"]["models"] == 2
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["ensemble"] == 2
+  both = score.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"])
+  assert np.abs(both - alone).max() > 1e-4
+
+  again = trainer.run(tiny(epochs=1), tmp_path, devices=devices)
+  assert again["stages"] == one["stages"] and "ensemble" not in again
+  assert json.loads((tmp_path / "delivered.json").read_text()) == {"workdir": "."}
+  assert json.loads((tmp_path / "report.json").read_text())["stages"] == one["stages"]
+  np.testing.assert_array_equal(
+    score.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"]), alone
+  )
+  # Any other field still refuses the workdir.
+  with pytest.raises(trainer.TrainingError, match=r"different config.*train.seed"):
+    trainer.run(tiny(epochs=1, ensemble=2, seed=1), tmp_path, devices=devices)
+
+
 def test_beat_linear_keeps_a_model_that_validates_above_the_regression(tmp_path):
   cfg = tiny(beat_linear=True, epochs=3, stages="gin")
   rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
