@@ -453,9 +453,9 @@ class _Mismatch(Exception):
 def _fits(ctx: _Context, step: int, saved: dict):
   """The abstract state to restore checkpoint `step` into, if it belongs to this run."""
   where = f"{ctx.workdir.checkpoints}/{step}"
-  new = _resumable((ctx.asked or ctx.cfg).to_dict())
-  if _resumable(saved.get("config")) != new:
-    old = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+  new, old = _resumable((ctx.asked or ctx.cfg).to_dict()), _resumable(saved.get("config"))
+  if old != new:
+    old = old if isinstance(old, dict) else {}
     raise _Mismatch(f"{where} was trained with another config ({_config_diff(old, new)})")
   rows = {"num_rows": ctx.spec.num_rows, "padded_rows": ctx.spec.padded_rows}
   if saved.get("model") != rows:
