@@ -159,6 +159,13 @@ def summary_table(report: dict) -> str:
       f"{', '.join(str(m['seed']) for m in members)}); their own {final} valid AUC: "
       + ", ".join(fmt(a) for a in aucs)
     )
+    if report.get("kept_pairs_votes"):
+      votes = report["kept_pairs_votes"]
+      every = [v for v in votes if v["members"] == len(members)]
+      lines.append(
+        f"{len(every)} layer-1 field pairs kept by all {len(members)} models, "
+        f"{len(votes)} by at least one (kept_pairs_votes; kept_pairs are the first model's)"
+      )
   if report.get("kept_pairs") is not None:
     lines.append("")
     lines.append(

@@ -15,6 +15,7 @@ never resumed nor silently discarded (tests/test_reliability.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -803,14 +804,31 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
     results[stage.name] = result
   names = [os.path.relpath(m.root, workdir.root) for m in delivered]
   members = [
-    {"workdir": n, "seed": s, "stages": r["stages"]} for n, s, r in zip(names, seeds, reports)
+    {"workdir": n, "seed": s, "stages": r["stages"], "kept_pairs": r.get("kept_pairs")}
+    for n, s, r in zip(names, seeds, reports)
   ]
   out = {**out, "stages": results, "summary": _summary(results), "ensemble": members}
+  votes = _pair_votes([r.get("kept_pairs") for r in reports])
+  if votes is not None:
+    out["kept_pairs_votes"] = votes
   if jax.process_index() == 0:
     report.write_json(workdir.delivered_file, {"workdir": names[0], "ensemble": names})
     report.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
   return out
+
+
+def _pair_votes(kept: list) -> list[dict] | None:
+  """How many members kept each layer-1 field pair, most first (None without pruning).
+
+  The report's own kept_pairs, kept_pairs_detail and alpha heatmap are member
+  0's; a pair that every member keeps is one the search finds whatever the seed.
+  """
+  if any(k is None for k in kept):
+    return None
+  counts = collections.Counter(tuple(pair) for k in kept for pair in k)
+  ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+  return [{"pair": list(pair), "members": n} for pair, n in ranked]
 
 
 def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray]:

@@ -406,6 +406,14 @@ def test_ensemble_delivers_the_average_of_its_members_to_report_scoring_and_expo
     auc = metrics.evaluate(runs[0]["labels"], mean)["auc"]
     assert rep["stages"][stage]["valid_auc"] == pytest.approx(auc, abs=1e-9)
     assert rep["stages"][stage]["models"] == 2
+  # Each member's pruning is in the report, and how many members kept each pair.
+  own = [json.loads((wd / "report.json").read_text()) for wd in (tmp_path, member)]
+  assert rep["ensemble"][1]["kept_pairs"] == own[1]["kept_pairs"]
+  assert rep["ensemble"][0]["kept_pairs"] == rep["kept_pairs"]
+  kept = [{tuple(p) for p in m["kept_pairs"]} for m in rep["ensemble"]]
+  votes = {tuple(v["pair"]): v["members"] for v in rep["kept_pairs_votes"]}
+  assert votes == {p: (p in kept[0]) + (p in kept[1]) for p in kept[0] | kept[1]}
+  assert [v["members"] for v in rep["kept_pairs_votes"]] == sorted(votes.values(), reverse=True)
   # Scoring the workdir averages the two delivered models.
   _, splits = data.open_prepared(next(p for p in (tmp_path / "data" / "cache").iterdir()
                                       if p.is_dir()))  # fmt: skip
