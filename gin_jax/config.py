@@ -550,9 +550,12 @@ def frappe() -> Config:
   of five such models (train.ensemble = 5, five times the training): valid AUC
   0.9630 +- 0.0001 (0.9628 for its GIN stage). Three models gave 0.9626 +- 0.0004
   (0.9624); three of the default's 0.9623, three with a first-order term 0.9628
-  (3 seeds each; the simpler kept). Everything else is the default's (batch norm,
-  dropout 0.3, auto embedding L2 and batch, plateau decay, early stopping,
-  beat_linear). `--train.ensemble=1` trains one model.
+  (3 seeds each; the simpler kept). Among five-model ensembles, a gentler
+  plateau decay (lr x0.3 instead of x0.1) gave 0.9636 +- 0.0002 (GIN stage
+  0.9632 +- 0.0006; higher on 3 of 3 seeds, and on 2 of 3 for GIN), and
+  readout "all" 0.9634 +- 0.0005 (0.9626): the decay kept. Everything else is
+  the default's (batch norm, dropout 0.3, auto embedding L2 and batch, early
+  stopping, beat_linear). `--train.ensemble=1` trains one model.
   """
   cfg = default()
   return dataclasses.replace(
@@ -560,7 +563,7 @@ def frappe() -> Config:
     name="frappe",
     model=dataclasses.replace(cfg.model, embed_dim=32, num_layers=2, mlp_hidden=(200, 200)),
     data=dataclasses.replace(cfg.data, format="libfm"),
-    train=dataclasses.replace(cfg.train, ensemble=5),
+    train=dataclasses.replace(cfg.train, ensemble=5, lr_decay=0.3),
   )
 
 
