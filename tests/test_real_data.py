@@ -9,15 +9,18 @@ them (README, "Model quality"): the default command, 3 seeds, against the
 logistic-regression floor trained on the same rows.
 """
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import quality
 from gin_jax import data
 from gin_jax.config import DataConfig
 
+REPO = Path(__file__).resolve().parents[1]
 DATA = os.environ.get("GIN_DATA_DIR")
 pytestmark = pytest.mark.skipif(not DATA, reason="GIN_DATA_DIR is not set (no real data here)")
 
@@ -42,6 +45,19 @@ def criteo(tmp_path_factory):
     _file("criteo", "dev.csv").read_bytes() + _file("criteo", "test.csv").read_bytes()
   )
   return _file("criteo", "train.csv"), devtest
+
+
+def _quality(tmp_path, name: str, *args: str) -> dict:
+  """`python -m benchmarks.quality --name NAME ARGS` as a user runs it: a process of
+  its own, without this suite's 8 fake devices and matmul precision (conftest),
+  so that it trains exactly what the README's figures measured. Its JSON."""
+  out = tmp_path / f"{name}.json"
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  cmd = [sys.executable, "-m", "benchmarks.quality", "--name", name, *args,
+         "--workdir-root", str(tmp_path / "runs"), "--json", str(out)]  # fmt: skip
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(out.read_text())
 
 
 def _summary(payload, model, stage):
@@ -71,11 +87,8 @@ def test_the_default_command_meets_the_issues_goals(frappe, criteo, tmp_path):
   the floor (means of 3 seeds, AOANet's delivered stage)."""
   results = {}
   for name, (train, test), fmt in (("frappe", frappe, "libfm"), ("criteo", criteo, "criteo")):
-    results[name] = quality.main([
-      "--name", name, "--train", str(train), "--test", str(test), "--split", "0.9,0.1",
-      "--format", fmt, "--workdir-root", str(tmp_path / "runs"),
-      "--json", str(tmp_path / f"{name}.json"),
-    ])  # fmt: skip
+    args = ("--train", str(train), "--test", str(test), "--split", "0.9,0.1", "--format", fmt)
+    results[name] = _quality(tmp_path, name, *args)
   frappe_gin = _summary(results["frappe"], "gin_jax", "retrain")["test_auc"]
   frappe_floor = _summary(results["frappe"], "logistic_regression", "gin")["test_auc"]
   assert frappe_gin >= 0.955 and frappe_gin > frappe_floor + 0.02
@@ -89,10 +102,9 @@ def test_the_frappe_preset_reaches_0_960_for_gin_and_aoanet(frappe, tmp_path):
   """The tuned preset (five averaged models a run): >= 0.960 test AUC for its GIN
   (search) stage and for AOANet, means of 3 seeds. About 35 minutes on 2 cores."""
   train, test = frappe
-  payload = quality.main([
-    "--name", "frappe_preset", "--preset", "frappe", "--train", str(train), "--test", str(test),
+  payload = _quality(
+    tmp_path, "frappe_preset", "--preset", "frappe", "--train", str(train), "--test", str(test),
     "--split", "0.9,0.1", "--format", "libfm", "--no-floor",
-    "--workdir-root", str(tmp_path / "runs"), "--json", str(tmp_path / "preset.json"),
-  ])  # fmt: skip
+  )  # fmt: skip
   assert _summary(payload, "gin_jax", "search")["test_auc"] >= 0.960
   assert _summary(payload, "gin_jax", "retrain")["test_auc"] >= 0.960
