@@ -100,7 +100,7 @@ def test_the_default_command_meets_the_issues_goals(frappe, criteo, tmp_path):
 @pytest.mark.slow
 def test_the_frappe_preset_reaches_0_960_for_gin_and_aoanet(frappe, tmp_path):
   """The tuned preset (five averaged models a run): >= 0.960 test AUC for its GIN
-  (search) stage and for AOANet, means of 3 seeds. About 35 minutes on 2 cores."""
+  (search) stage and for AOANet, means of 3 seeds. About 27 minutes on 2 cores."""
   train, test = frappe
   payload = _quality(
     tmp_path, "frappe_preset", "--preset", "frappe", "--train", str(train), "--test", str(test),
