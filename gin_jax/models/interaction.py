@@ -22,7 +22,7 @@ Four implementations compute the same function:
   FLOPs like `factorized`, but O(S m d) memory per sample instead of
   O(S d^2): the order for few, wide vectors, e.g. DCN / DCN-M's single
   concatenated embedding (f = m = 1, d = fields x embedding size) or one pair
-  at a time (gin_jax.baselines).
+  at a time (gin_jax.models.baselines).
 - `reference`: materialises every Z_uv literally, as the paper's formula reads.
   For tests and benchmarks only: O(S f m d^2) FLOPs and memory.
 - `fuxictr`: FuxiCTR's PyTorch layout (materialise the batch x pairs x d x d

@@ -1,7 +1,7 @@
 """Architecture adaptation (AOANet, paper section 3.5; DESIGN.md section 2).
 
 Masks are pytrees with alpha's structure (`{layer_name: bool [S, f, m]}`, see
-`gin_jax.model.alpha_tree`), combined with alpha by `jax.tree.map`. A mask
+`gin_jax.models.alpha_tree`), combined with alpha by `jax.tree.map`. A mask
 acts twice during retraining: it multiplies alpha in the forward pass (so a
 pruned pair contributes nothing and gets zero gradient) and it zeroes alpha's
 optimizer updates, so a pruned entry stays exactly 0 whatever the optimizer
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gin_jax.interaction import effective_alpha
-from gin_jax.model import layer_name, layer_names
+from gin_jax.models.gin import layer_name, layer_names
+from gin_jax.models.interaction import effective_alpha
 
 SCOPES = ("subspace", "layer", "global")
 

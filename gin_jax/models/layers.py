@@ -1,0 +1,117 @@
+"""The parts every model shares: the projection (embedding rows) and the deep MLP.
+
+Each example arrives as f (row id, value) pairs into one stacked embedding
+table: categorical fields have value 1, a scaled numeric field is its value
+times that field's learned vector (see `gin_jax.data`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class FieldProjection(nnx.Module):
+  """Projection layer: E[b,f,:] = table[id[b,f]] * value[b,f] (paper eq. 6).
+
+  Holds one or more tables indexed by the same stacked row ids (`widths`: name
+  -> width), e.g. GIN's `table` [R, d], or FM's `table` plus its first-order
+  `linear` [R, 1]. Every one is row-sharded and trained row-sparsely.
+  """
+
+  def __init__(
+    self, num_rows: int, padded_rows: int, widths: dict, init_std: float, *, rngs: nnx.Rngs
+  ):
+    for name, width in widths.items():
+      table = _normal_rows(rngs.params(), num_rows, padded_rows, width, init_std)
+      setattr(self, name, nnx.Param(table))
+    self.names = tuple(widths)
+
+  def __call__(self, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
+    return embed_rows({n: getattr(self, n)[...] for n in self.names}, ids_bf, values_bf)
+
+
+INIT_BLOCK_ROWS = 1 << 22  # Rows drawn at once when a table is initialised.
+
+
+def _normal_rows(key, num_rows: int, padded_rows: int, width: int, std: float) -> jax.Array:
+  """std * N(0, 1) for the real rows, zeros for the padding rows, [padded_rows, width].
+
+  Drawn block by block (INIT_BLOCK_ROWS rows; block 0 with `key`, block b with
+  fold_in(key, b)) into one buffer: jax's threefry needs ~3x its output in
+  temporaries, so a 100M-row table drawn at once would need ~4x the table.
+  jax's (partitionable) threefry draws element i from counter i, so a row's
+  values depend on its index alone, never on how far the table is padded for
+  the device count; padding rows stay zero (no id points at them: no gradient).
+  """
+  block = INIT_BLOCK_ROWS
+
+  def draw(k, first, rows):
+    values = std * jax.random.normal(k, (rows, width))
+    real = (first + jnp.arange(rows) < num_rows)[:, None]
+    return jnp.where(real, values, 0.0)
+
+  if padded_rows <= block:
+    return draw(key, 0, padded_rows)
+  full, rest = divmod(padded_rows, block)
+  out = jnp.zeros((padded_rows, width), jnp.float32)
+  out = jax.lax.dynamic_update_slice(out, draw(key, 0, block), (0, 0))
+
+  def body(b, out):
+    return jax.lax.dynamic_update_slice(out, draw(jax.random.fold_in(key, b), b * block, block),
+                                        (b * block, 0))  # fmt: skip
+
+  out = jax.lax.fori_loop(1, full, body, out)
+  if rest:
+    out = jax.lax.dynamic_update_slice(
+      out, draw(jax.random.fold_in(key, full), full * block, rest), (full * block, 0)
+    )
+  return out
+
+
+def embed_rows(tables: dict, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
+  """{name: tables[name][ids] * values} ([b, f, width] each); `tables` may be whole
+  tables (row ids) or the rows a sparse step gathered (ids into those rows)."""
+  out = {}
+  for name, table in tables.items():
+    e = jnp.take(table, ids_bf, axis=0)
+    out[name] = e * values_bf[..., None].astype(e.dtype)
+  return out
+
+
+class MLP(nnx.Module):
+  """Deep part (eq. 14): dense -> [batch norm] -> ReLU -> [dropout], per hidden layer."""
+
+  def __init__(
+    self,
+    in_features: int,
+    hidden: tuple[int, ...],
+    batch_norm: bool,
+    dropout: float,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.num_hidden = len(hidden)
+    self.dropout = dropout
+    widths = (in_features, *hidden)
+    for i in range(len(hidden)):
+      # No bias before batch norm: BN cancels it, so its gradient is pure
+      # round-off that Adam would normalise into lr-sized random steps.
+      dense = nnx.Linear(widths[i], widths[i + 1], use_bias=not batch_norm, rngs=rngs)
+      setattr(self, f"dense_{i}", dense)
+      if batch_norm:
+        setattr(self, f"norm_{i}", nnx.BatchNorm(widths[i + 1], momentum=0.9, rngs=rngs))
+
+  def __call__(self, x, *, train: bool, dropout_key=None):
+    for i in range(self.num_hidden):
+      x = getattr(self, f"dense_{i}")(x)
+      if hasattr(self, f"norm_{i}"):
+        x = getattr(self, f"norm_{i}")(x, use_running_average=not train)
+      x = jax.nn.relu(x)
+      if train and self.dropout > 0:
+        if dropout_key is None:
+          raise ValueError("training with dropout needs a dropout_key")
+        keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - self.dropout, x.shape)
+        x = jnp.where(keep, x / (1 - self.dropout), 0.0)
+    return x
