@@ -46,13 +46,14 @@ from gin_jax.data import (
   SyntheticSpec,
   encode,
   eval_batches,
-  formats,
   pipeline,
   prepare,
   synthetic,
   text,
   vocab,
 )
+from gin_jax.data.formats import criteo
+from gin_jax.data.formats.delimited import DelimitedText
 from gin_jax.data.prepare import _Builder, default_workers
 from gin_jax.data.spill import ordered_map
 
@@ -136,28 +137,30 @@ def write_parquet(tsv: str, workdir: str) -> tuple[str, str]:
 
   types = {
     "label": pa.int64(),
-    **dict.fromkeys(formats.CRITEO_NUMERIC, pa.int64()),
-    **dict.fromkeys(formats.CRITEO_CATEGORICAL, pa.string()),
+    **dict.fromkeys(criteo.CRITEO_NUMERIC, pa.int64()),
+    **dict.fromkeys(criteo.CRITEO_CATEGORICAL, pa.string()),
   }
   table = _arrow_reader(tsv, types).read_all()
   path, schema = os.path.join(workdir, "criteo.parquet"), os.path.join(workdir, "schema.json")
   pq.write_table(table, path, row_group_size=1 << 17)
-  spec = {"label": "label", "numeric": formats.CRITEO_NUMERIC}
-  common.write_json(schema, {**spec, "categorical": formats.CRITEO_CATEGORICAL})
+  spec = {"label": "label", "numeric": criteo.CRITEO_NUMERIC}
+  common.write_json(schema, {**spec, "categorical": criteo.CRITEO_CATEGORICAL})
   return path, schema
 
 
 def _tokenizer_parse(path: str, workers: int) -> int:
-  """Pass 1's parsing by this package: text chunks -> formats.parse_chunk, in threads."""
-  layout = formats.criteo_layout(True)
-  parsed = ordered_map(lambda c: formats.parse_chunk(c, layout), text.iter_chunks(path), workers)
+  """Pass 1's parsing by this package: text chunks -> criteo.FORMAT.parse_chunk, in threads."""
+  layout = criteo.criteo_layout(True)
+  parsed = ordered_map(
+    lambda c: criteo.FORMAT.parse_chunk(c, layout), text.iter_chunks(path), workers
+  )
   return sum(len(raw) for raw, _ in parsed)
 
 
 def _arrow_reader(path: str, types: dict):
   import pyarrow.csv as pcsv
 
-  names = ["label", *formats.CRITEO_NUMERIC, *formats.CRITEO_CATEGORICAL]
+  names = ["label", *criteo.CRITEO_NUMERIC, *criteo.CRITEO_CATEGORICAL]
   return pcsv.open_csv(
     path,
     read_options=pcsv.ReadOptions(column_names=names, block_size=text.CHUNK_BYTES),
@@ -170,7 +173,7 @@ def _arrow_read_only(path: str) -> int:
   """Arrow's reader alone, every column as raw bytes: the floor of an Arrow route."""
   import pyarrow as pa
 
-  names = ["label", *formats.CRITEO_NUMERIC, *formats.CRITEO_CATEGORICAL]
+  names = ["label", *criteo.CRITEO_NUMERIC, *criteo.CRITEO_CATEGORICAL]
   return sum(b.num_rows for b in _arrow_reader(path, dict.fromkeys(names, pa.binary())))
 
 
@@ -181,12 +184,12 @@ def _arrow_parse(path: str, workers: int) -> int:
   (see benchmarks/README.md), so it is a lower bound of an Arrow route's cost."""
   import pyarrow as pa
 
-  from gin_jax.data import parquet
+  from gin_jax.data.formats import parquet
 
   types = {
     "label": pa.int8(),
-    **dict.fromkeys(formats.CRITEO_NUMERIC, pa.int64()),
-    **dict.fromkeys(formats.CRITEO_CATEGORICAL, pa.binary()),
+    **dict.fromkeys(criteo.CRITEO_NUMERIC, pa.int64()),
+    **dict.fromkeys(criteo.CRITEO_CATEGORICAL, pa.binary()),
   }
 
   def convert(batch):
@@ -236,8 +239,12 @@ def bench_parsers(path: str, rows: int, workers: int, repeats: int) -> list[dict
 _STAGES = {
   "read + split into line chunks (gzip, CRLF)": [text.iter_chunks],
   "tokenize (separators, layout check, token keys' bytes)": [text.tokenize],
-  "numbers and labels (parse, bucketize)": [formats._numbers, formats._labels, vocab.bucketize],
-  "category keys (short_keys, checks)": [formats._check_categories],
+  "numbers and labels (parse, bucketize)": [
+    DelimitedText._numbers,
+    DelimitedText._labels,
+    vocab.bucketize,
+  ],
+  "category keys (short_keys, checks)": [DelimitedText._check_categories],
   "count categories (pass 1)": [_Builder._count],
   "encode (vocabulary lookup, pass 2)": [encode.Encoder.encode],
 }
@@ -307,7 +314,7 @@ def bench_compiled(path: str, repeats: int, max_chunks: int = 8) -> list[dict] |
     scan = _numba_scan()
   except ImportError:
     return "numba is not installed (pip install numba): --compiled skipped"
-  layout = formats.criteo_layout(True)
+  layout = criteo.criteo_layout(True)
   row_kinds = np.array(layout.row_kinds, np.uint8)
   special = np.zeros(256, np.bool_)
   special[:32] = True

@@ -4,17 +4,30 @@ Encoded ids are checked against a plain-Python reference that reads the fixtures
 str.split, so the vectorised parser is compared with the obvious implementation.
 """
 
+import gc
 import gzip
+import inspect
 import math
 import shutil
+import weakref
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gin_jax.config import DataConfig
-from gin_jax.data import encode_file, encode_rows, formats, hashing, prepare, text
+from gin_jax.config import FORMATS, DataConfig
+from gin_jax.data import (
+  DatasetMeta,
+  encode,
+  encode_file,
+  encode_rows,
+  formats,
+  hashing,
+  prepare,
+  text,
+  token_values,
+)
 from gin_jax.data.meta import MISSING, OOV
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -245,7 +258,7 @@ def test_parse_numbers_matches_python():
   )
   toks = [str(int(x)).encode() for x in ints] + [b"00012", b"-007", b""]
   line = b"\t".join(toks) + b"\n"
-  values, bad = text.parse_numbers(_tokens(line, len(toks)), list(range(len(toks))), True)
+  values, bad = token_values.parse_numbers(_tokens(line, len(toks)), list(range(len(toks))), True)
   expected = [float(t) if t else np.nan for t in toks]
   np.testing.assert_array_equal(values[0], expected)
   assert bad == []
@@ -256,7 +269,7 @@ def test_parse_decimals_match_python_float():
   toks = [f"{x:.{d}f}".encode() for x, d in zip(rng.exponential(50, 400), rng.integers(0, 5, 400))]
   toks += [b"-0.25", b".5", b"-.5", b"5.", b"0.1", b"1234567.", b"-123456.7", b"0000.001"]
   line = b"\t".join(toks) + b"\n"
-  values, bad = text.parse_numbers(_tokens(line, len(toks)), list(range(len(toks))), False)
+  values, bad = token_values.parse_numbers(_tokens(line, len(toks)), list(range(len(toks))), False)
   assert bad == []
   np.testing.assert_array_equal(values[0], [float(t) for t in toks])  # Bit for bit.
 
@@ -284,7 +297,7 @@ def test_parse_decimals_match_python_float():
   ],
 )
 def test_parse_numbers_grammar(token, integers_only, ok):
-  values, bad = text.parse_numbers(_tokens(token + b"\t7\n", 2), [0, 1], integers_only)
+  values, bad = token_values.parse_numbers(_tokens(token + b"\t7\n", 2), [0, 1], integers_only)
   assert (bad == []) == ok
   if ok:
     assert values[0, 0] == float(token)
@@ -313,9 +326,9 @@ def test_stable_hash():
 def test_layout_detection(tmp_path):
   p = tmp_path / "x.tsv"
   shutil.copy(FIXTURES / "criteo_unlabeled.tsv", p)
-  assert not formats.detect_layout("criteo", str(p)).has_labels
-  assert formats.detect_layout("criteo", str(FIXTURES / "criteo_small.tsv")).has_labels
-  lay = formats.detect_layout("libfm", str(FIXTURES / "frappe_small.libfm"))
+  assert not formats.get("criteo").detect_layout(str(p)).has_labels
+  assert formats.get("criteo").detect_layout(str(FIXTURES / "criteo_small.tsv")).has_labels
+  lay = formats.get("libfm").detect_layout(str(FIXTURES / "frappe_small.libfm"))
   assert lay.has_labels and len(lay.columns) == 10
 
 
@@ -326,3 +339,43 @@ def test_csv_header_with_utf8_bom(tmp_path):
   _, s1 = _prepare(tmp_path, train=str(FIXTURES / "clicks.csv"), **kwargs)
   _, s2 = _prepare(tmp_path, train=str(bom), **kwargs)
   np.testing.assert_array_equal(s1["train"].ids, s2["train"].ids)
+
+
+# ---------------------------------------------------------------- the format registry
+
+
+def test_format_registry_is_config_formats_and_each_implements_the_interface():
+  assert tuple(formats.FORMATS) == FORMATS  # gin_jax.config holds the one list of names.
+  interface = formats.Format.__abstractmethods__
+  assert interface == {
+    "fingerprint",
+    "detect_layout",
+    "rows_chunk",
+    "rows_layout",
+    "iter_chunks",
+    "parse_chunk",
+  }
+  for name, fmt in formats.FORMATS.items():
+    assert formats.get(name) is fmt and fmt.name == name
+    assert isinstance(fmt, formats.Format) and not type(fmt).__abstractmethods__
+    assert isinstance(fmt.needs_schema, bool)
+    for method in interface:  # Same parameters (names, kinds, defaults) as the interface.
+      want = inspect.signature(getattr(formats.Format, method)).parameters
+      got = inspect.signature(getattr(type(fmt), method)).parameters
+      assert [(p.name, p.kind, p.default) for p in got.values()] == [
+        (p.name, p.kind, p.default) for p in want.values()
+      ], (name, method)
+  with pytest.raises(ValueError, match=r"unknown format 'tsv'; expected one of \('criteo'"):
+    formats.get("tsv")
+
+
+def test_encoder_is_built_once_per_dataset_meta(tmp_path):
+  meta, _ = _prepare(tmp_path, format="criteo", train=str(FIXTURES / "criteo_small.tsv"))
+  encoder = encode.encoder_for(meta)
+  assert encode.encoder_for(meta) is encoder  # Scoring calls share the vocabulary tables.
+  copy = DatasetMeta.from_json(meta.to_json())
+  copy_encoder = weakref.ref(encode.encoder_for(copy))
+  assert copy_encoder() is not encoder
+  del copy
+  gc.collect()
+  assert copy_encoder() is None  # Freed with its metadata.

@@ -14,12 +14,13 @@ pq = pytest.importorskip("pyarrow.parquet")
 from gin_jax.config import DataConfig  # noqa: E402
 from gin_jax.data import (  # noqa: E402
   DataError,
+  ParquetScoreWriter,
   SyntheticSpec,
   encode_file,
-  parquet,
   prepare,
   write_criteo_tsv,
 )
+from gin_jax.data.formats import parquet  # noqa: E402
 
 NUMERIC = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -338,12 +339,12 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, criteo):
   with pytest.raises(DataError, match=r"pip install 'gin-jax\[parquet\]'.*-e '\.\[parquet\]'"):
     prepare(_cfg("parquet", path, schema), tmp_path / "c", progress=False)
   with pytest.raises(DataError, match="optional dependency"):
-    parquet.ParquetScoreWriter(tmp_path / "scores.parquet")
+    ParquetScoreWriter(tmp_path / "scores.parquet")
 
 
 def test_score_writer_one_row_group_per_chunk(tmp_path):
   out = tmp_path / "scores.parquet"
-  with parquet.ParquetScoreWriter(out) as w:
+  with ParquetScoreWriter(out) as w:
     w.write(
       np.array([1, 2, 3]),
       np.array([0.25, np.nan, 0.5], np.float32),
@@ -360,15 +361,15 @@ def test_score_writer_one_row_group_per_chunk(tmp_path):
   assert t.column("status").to_pylist()[:2] == ["ok", "skipped: label 'x' not in {0, 1}"]
   with (
     pytest.raises(ValueError, match="lengths differ"),
-    parquet.ParquetScoreWriter(tmp_path / "x.parquet") as w,
+    ParquetScoreWriter(tmp_path / "x.parquet") as w,
   ):
     w.write([1], [0.5, 0.5], ["ok"])
-  with pytest.raises(RuntimeError), parquet.ParquetScoreWriter(tmp_path / "partial.parquet") as w:
+  with pytest.raises(RuntimeError), ParquetScoreWriter(tmp_path / "partial.parquet") as w:
     w.write([1], [0.5], ["ok"])
     raise RuntimeError("scoring failed half-way")
   assert not (tmp_path / "partial.parquet").exists()  # No partial file that reads as complete.
   empty = tmp_path / "empty.parquet"
-  parquet.ParquetScoreWriter(empty).close()
+  ParquetScoreWriter(empty).close()
   assert pq.read_table(empty).num_rows == 0
 
 
@@ -378,7 +379,7 @@ def test_train_and_score_equal_tsv_route(tmp_path, criteo):
   import jax
 
   from gin_jax import config as config_lib
-  from gin_jax import score, trainer
+  from gin_jax import scoring, training
 
   tsv, path, schema, lines = criteo
   base = config_lib.tiny()
@@ -390,8 +391,8 @@ def test_train_and_score_equal_tsv_route(tmp_path, criteo):
   for name, (data, raw) in inputs.items():
     train = dataclasses.replace(base.train, epochs=1)
     cfg = dataclasses.replace(base, data=data, train=train)
-    reports[name] = trainer.run(cfg, tmp_path / name, devices=jax.devices()[:1])
-    scores[name] = score.Scorer.from_checkpoint(tmp_path / name).predict_file(raw)
+    reports[name] = training.run(cfg, tmp_path / name, devices=jax.devices()[:1])
+    scores[name] = scoring.Scorer.from_checkpoint(tmp_path / name).predict_file(raw)
   for stage, want in reports["tsv"]["stages"].items():
     got = reports["parquet"]["stages"][stage]
     for key in ("valid_auc", "valid_logloss", "test_auc", "test_logloss"):

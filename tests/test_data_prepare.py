@@ -11,6 +11,8 @@ import pytest
 
 from gin_jax.config import DataConfig
 from gin_jax.data import (
+  CsvSchema,
+  DataError,
   DatasetMeta,
   SyntheticSpec,
   encode_file,
@@ -169,8 +171,9 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
   cfg = _cfg(data, min_count=1)
   meta, _ = prepare(cfg, tmp_path / "c", progress=False)
   calls = []
-  real = formats.parse_chunk
-  monkeypatch.setattr(formats, "parse_chunk", lambda *a: calls.append(1) or real(*a))
+  criteo = formats.get("criteo")
+  real = criteo.parse_chunk
+  monkeypatch.setattr(criteo, "parse_chunk", lambda *a: calls.append(1) or real(*a))
   again, _ = prepare(cfg, tmp_path / "c", progress=False)
   assert calls == [] and again == meta
   prepare(_cfg(data, min_count=2), tmp_path / "c", progress=False)  # Other options.
@@ -253,7 +256,7 @@ def test_csv_test_file_without_header_is_named_plainly(tmp_path):
   lines = (FIXTURES / "clicks.csv").read_text().splitlines(keepends=True)
   test = tmp_path / "test.csv"
   test.write_text("".join(lines[1:4]))  # the rows, without the header line
-  with pytest.raises(formats.DataError, match=r"test.csv:1: the file has no header line"):
+  with pytest.raises(DataError, match=r"test.csv:1: the file has no header line"):
     prepare(_csv_cfg(tmp_path, FIXTURES / "clicks.csv", test), tmp_path / "c", progress=False)
 
 
@@ -274,8 +277,8 @@ def test_csv_without_headers_reads_with_schema_columns(tmp_path):
   np.testing.assert_array_equal(splits["test"].line_numbers, [1, 2])
   bad = tmp_path / "bad.yaml"
   bad.write_text((FIXTURES / "clicks_schema.yaml").read_text() + "columns: [click, user]\n")
-  with pytest.raises(formats.DataError, match="'columns' must list every column"):
-    formats.CsvSchema.load(bad)
+  with pytest.raises(DataError, match="'columns' must list every column"):
+    CsvSchema.load(bad)
 
 
 def test_constant_column_is_reported(tmp_path, caplog):

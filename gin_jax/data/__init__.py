@@ -3,15 +3,16 @@
 `prepare` turns files into a cached on-disk dataset (two streaming passes), the
 `pipeline` module serves it as grain batches, `encode_file`/`encode_rows` (module
 `encode`) encode new files with a prepared dataset's vocabularies for scoring, and
-`synthetic` makes Criteo-shaped data with planted interactions. Module `parquet`
-(optional pyarrow, imported only when used) reads Parquet datasets and writes scores.
+`synthetic` makes Criteo-shaped data with planted interactions. Package `formats` has
+one module per input format behind one interface (Parquet: optional pyarrow, imported
+only when used); ParquetScoreWriter writes scores.
 """
 
 from gin_jax.data.encode import encode_file, encode_rows, iter_encode_file
 from gin_jax.data.errors import BadRow, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema
+from gin_jax.data.formats.parquet_writer import ParquetScoreWriter
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split
-from gin_jax.data.parquet import ParquetScoreWriter
 from gin_jax.data.pipeline import eval_batches, train_iterator
 from gin_jax.data.prepare import constant_warning, open_prepared, prepare
 from gin_jax.data.synthetic import SyntheticSpec, generate, write_criteo_tsv

@@ -1,22 +1,24 @@
 """Raw rows -> (ids, values) through a prepared dataset's vocabularies and offsets.
 
 `Encoder` maps parsed chunks to rows of the stacked table (the block layout is
-described in meta). `encode_file`, `iter_encode_file` and `encode_rows` parse and
-encode new files or in-memory rows for scoring; their columns must be the dataset's
-fields.
+described in meta); `encoder_for(meta)` is a dataset's, built once. `encode_file`,
+`iter_encode_file` and `encode_rows` parse and encode new files or in-memory rows for
+scoring, through the dataset's Format (module formats); their columns must be the
+dataset's fields.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
 
 from gin_jax.data import formats, hashing, text, vocab
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
-from gin_jax.data.formats import CsvSchema, Layout, RawChunk
+from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk
 from gin_jax.data.meta import MISSING, OOV, DatasetMeta, FieldSpec, Split, ones_values
 
 _log = logging.getLogger(__name__)
@@ -30,7 +32,6 @@ class Encoder:
   """
 
   def __init__(self, meta: DatasetMeta):
-    self.meta = meta
     self.num_fields = meta.num_fields
     hash_buckets = int(meta.options.get("hash_buckets", 0))
     self._cat = [
@@ -143,23 +144,44 @@ class _BucketTable:
     return self._table[slot.astype(np.int64) + self._base]
 
 
+# Encoders by id(meta), each with a weak reference to its meta: an entry goes when its
+# meta does (an Encoder holds no reference to its meta).
+_ENCODERS: dict[int, tuple[weakref.ref, Encoder]] = {}
+
+
+def encoder_for(meta: DatasetMeta) -> Encoder:
+  """The Encoder of a dataset, built on first use and kept while `meta` lives.
+
+  Building one turns every vocabulary into lookup tables, so scoring calls on the
+  same metadata (encode_rows in a loop, one file after another) share it.
+  """
+  key = id(meta)
+  cached = _ENCODERS.get(key)
+  if cached is not None and cached[0]() is meta:
+    return cached[1]
+  encoder = Encoder(meta)
+  _ENCODERS[key] = (weakref.ref(meta, lambda _: _ENCODERS.pop(key, None)), encoder)
+  return encoder
+
+
 # ------------------------------------------------------------------ scoring
 
 
 def _scoring_layout(
-  meta: DatasetMeta, path: str, fmt: str | None, schema, has_labels: bool | None
-) -> Layout:
-  fmt = fmt or meta.format
+  meta: DatasetMeta, path: str, fmt_name: str | None, schema, has_labels: bool | None
+) -> tuple[Format, Layout]:
   if isinstance(schema, str | os.PathLike):
     schema = CsvSchema.load(schema)
   elif isinstance(schema, dict):
     schema = CsvSchema.from_dict(schema)
   elif schema is None and meta.schema is not None:
     schema = CsvSchema.from_dict(meta.schema)
-  nf = meta.num_fields if fmt == "libfm" else None
-  layout = formats.detect_layout(fmt, path, schema, has_labels, nf, train_header=meta.columns)
+  fmt = formats.get(fmt_name or meta.format)
+  layout = fmt.detect_layout(
+    path, schema, has_labels, num_fields=meta.num_fields, train_header=meta.columns
+  )
   _check_columns(meta, layout, path)
-  return layout
+  return fmt, layout
 
 
 def _check_columns(meta: DatasetMeta, layout: Layout, where: str) -> None:
@@ -194,13 +216,13 @@ def iter_encode_file(
     An iterator of in-memory Splits with line_numbers filled.
   """
   path = str(path)
-  layout = _scoring_layout(meta, path, fmt, schema, has_labels)
+  fmt, layout = _scoring_layout(meta, path, fmt, schema, has_labels)
   policy = BadRowPolicy(bad_rows, path)
   if report is not None:
     policy.report = report
-  encoder = meta.encoder
-  for chunk in formats.read_chunks(path, layout, chunk_bytes=chunk_bytes):
-    raw, bad = formats.parse_chunk(chunk, layout)
+  encoder = encoder_for(meta)
+  for chunk in fmt.iter_chunks(path, layout, chunk_bytes=chunk_bytes):
+    raw, bad = fmt.parse_chunk(chunk, layout)
     policy.handle(bad)
     ids, values = encoder.encode(raw)
     yield Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
@@ -258,30 +280,27 @@ def encode_rows(
   Returns:
     A Split whose line_numbers are 1-based indices into `rows`.
   """
-  if meta.format == "parquet":
-    raise DataError("<rows>: rows of a Parquet dataset are scored from files (encode_file)")
-  lines = [r[:-1] if r.endswith("\n") else r for r in rows]
-  if any("\n" in r for r in lines):
-    raise DataError("<rows>: a row contains a line break")
-  if not lines:
+  fmt = formats.get(meta.format)
+  chunk = fmt.rows_chunk(rows)
+  if chunk is None:
     return concat_splits([], meta.num_fields)
-  data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
-  chunk = text.Chunk(data.replace(b"\r\n", b"\n"), 1)
-  first = data[: data.find(b"\n")].rstrip(b"\r")
   schema = CsvSchema.from_dict(meta.schema) if meta.schema is not None else None
-  columns = meta.columns  # csv: the training file's header, label included.
-  if meta.format == "csv" and header is not None:  # The caller's names act as a header line.
-    first, columns = schema.separator.join(header).encode(), None
-  layout = formats.layout_from_first_line(
-    meta.format, first, schema, has_labels, meta.num_fields, header=columns, path="<rows>"
+  layout = fmt.rows_layout(
+    chunk,
+    schema,
+    has_labels,
+    num_fields=meta.num_fields,
+    train_header=meta.columns,  # csv: the training file's header, label included.
+    header=header,
+    path="<rows>",
   )
   _check_columns(meta, layout, "<rows>")
-  raw, bad = formats.parse_chunk(chunk, layout)
+  raw, bad = fmt.parse_chunk(chunk, layout)
   policy = BadRowPolicy(bad_rows, "<rows>")
   policy.handle(bad)
   if policy.report.count:
     _log.warning("%s", policy.report.summary())
-  ids, values = meta.encoder.encode(raw)
+  ids, values = encoder_for(meta).encode(raw)
   return Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines)
 
 

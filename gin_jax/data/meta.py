@@ -18,17 +18,13 @@ keeps the OOV row so that every categorical block has the same shape.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gin_jax.data.errors import DataError
-
-if TYPE_CHECKING:
-  from gin_jax.data.encode import Encoder
 
 META_FILE = "meta.json"
 META_VERSION = 1
@@ -50,10 +46,11 @@ class FieldSpec:
 class DatasetMeta:
   """Everything needed to read a prepared dataset and to encode new files like it.
 
-  Plain JSON (no pickle): save(dir) writes dir/meta.json, load(dir) reads it.
+  Plain JSON (no pickle): save(dir) writes dir/meta.json, load(dir) reads it. The
+  encoder of raw rows into its ids is encode.encoder_for(meta).
   """
 
-  format: str  # "criteo" | "csv" | "libfm".
+  format: str  # The input format: a name of gin_jax.config.FORMATS.
   fields: list[FieldSpec]
   num_table_rows: int  # Sum of the field sizes (not padded for sharding).
   vocab: dict[str, list]  # Per vocab/bucketize field: tokens (str) or buckets (int).
@@ -163,13 +160,6 @@ class DatasetMeta:
       return cls.from_json(text)
     except DataError as e:
       raise DataError(f"{path}: {e}") from None
-
-  @functools.cached_property
-  def encoder(self) -> Encoder:
-    """The (lazily built, cached) encoder of raw rows into this dataset's ids."""
-    from gin_jax.data.encode import Encoder  # Local: encode imports this module.
-
-    return Encoder(self)
 
 
 def _check_keys(cls, d: dict, what: str) -> None:

@@ -7,11 +7,12 @@ depends only on (seed, epoch), and process p of P gets rows [p*B/P, (p+1)*B/P) o
 every global batch, so P processes together see exactly the batches of one process.
 
 Why a custom index dataset instead of `MapDataset.range(n).shuffle().batch(b)`: that
-chain computes every index with a Python call (~18 us per row here, about 56k rows/s),
-below what training consumes. ShuffledBatches computes a whole batch of the same kind
-of keyed pseudorandom permutation (a 4-round Feistel network with cycle walking, as
-grain's index_shuffle) in a few numpy operations, with O(batch) memory and nothing
-precomputed, so it is equally cheap to start in every worker process.
+chain computes every index with a Python call, slower than training consumes rows (the
+loader's measured rate is in benchmarks/README.md, "Input"). ShuffledBatches computes a
+whole batch of the same kind of keyed pseudorandom permutation (a 4-round Feistel
+network with cycle walking, as grain's index_shuffle) in a few numpy operations, with
+O(batch) memory and nothing precomputed, so it is equally cheap to start in every
+worker process.
 """
 
 from __future__ import annotations

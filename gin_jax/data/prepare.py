@@ -27,7 +27,10 @@ row count in advance and do not depend on chunking or on which rows were bad; th
 ratios hold in expectation (binomially), not exactly.
 
 format "synthetic" (the demo) writes a Criteo TSV with planted pairs into cache_dir
-(module synthetic, also public in gin_jax.data) and prepares that file.
+(synthetic.write_demo_input) and prepares that file.
+
+Every format-specific step (finding a file's layout, reading it in chunks, parsing a
+chunk) goes through the input's Format (module formats).
 """
 
 from __future__ import annotations
@@ -41,16 +44,17 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from gin_jax.config import DataConfig
-from gin_jax.data import formats, hashing, synthetic, text, vocab
-from gin_jax.data.errors import BadRowPolicy, DataError, no_space
-from gin_jax.data.formats import CsvSchema, Layout, RawChunk
+from gin_jax.data import formats, hashing, split_files, synthetic, text, vocab
+from gin_jax.data.encode import Encoder
+from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, no_space
+from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
 
@@ -90,49 +94,72 @@ def prepare(
     (metadata, {"train", "valid", "test"} -> Split of read-only memory maps). A split
     has 0 rows when its ratio is 0 and no file was given for it.
   """
-  if cfg.format == "synthetic":
-    return _prepare_synthetic(cfg, cache_dir, progress, workers, spill_memory)
+  if cfg.format == synthetic.SYNTHETIC:
+    real, pairs = synthetic.write_demo_input(cfg, cache_dir)
+    meta, splits = prepare(
+      real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory
+    )
+    return dataclasses.replace(meta, planted_pairs=pairs), splits
   if not cfg.train:
     raise ValueError("DataConfig.train (the training file) is required")
-  sources = [
-    (role, os.path.abspath(path))
-    for role, path in (("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test))
-    if path
-  ]
-  for _, path in sources:
-    if cfg.format != "parquet" and not os.path.isfile(path):
-      raise DataError(f"{path}: no such file")
-  schema = None
-  if cfg.format in ("csv", "parquet"):
-    if not cfg.schema:
-      raise DataError(f"{cfg.format} input needs a schema file (DataConfig.schema / --schema)")
-    schema = CsvSchema.load(cfg.schema)
+  fmt = formats.get(cfg.format)
+  inputs = _inputs(cfg, fmt)
+  schema = _load_schema(cfg, fmt)
   options = _options(cfg, schema)
-  inputs = [
-    {"role": role, "path": path, **_fingerprint(cfg.format, path)} for role, path in sources
-  ]
   key = hashlib.sha256(
     json.dumps([PREPARE_VERSION, options, inputs], sort_keys=True).encode()
   ).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, f"{cfg.format}-{key}")
   if not os.path.exists(os.path.join(out_dir, "meta.json")):
-    remove_stale_temporaries(cache_dir)
-    tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    try:
-      builder = _Builder(
-        cfg, schema, options, inputs, progress, workers or default_workers(), spill_memory
-      )
-      meta = builder.build(tmp_dir)
-      _save_meta(meta, tmp_dir)
-      try:
-        os.replace(tmp_dir, out_dir)
-      except OSError:  # Another process finished the same dataset first: use theirs.
-        if not os.path.exists(os.path.join(out_dir, "meta.json")):
-          raise
-    finally:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
+    workers = workers or default_workers()
+    _build_once(
+      out_dir,
+      cache_dir,
+      lambda tmp_dir: _Builder(
+        cfg, fmt, schema, options, inputs, progress, workers, spill_memory
+      ).build(tmp_dir),
+    )
   return open_prepared(out_dir)
+
+
+def _inputs(cfg: DataConfig, fmt: Format) -> list[dict]:
+  """Role, absolute path and fingerprint (what the cache key hashes) of every input."""
+  sources = [
+    (role, os.path.abspath(path))
+    for role, path in (("train", cfg.train), ("valid", cfg.valid), ("test", cfg.test))
+    if path
+  ]
+  return [{"role": role, "path": path, **fmt.fingerprint(path)} for role, path in sources]
+
+
+def _load_schema(cfg: DataConfig, fmt: Format) -> CsvSchema | None:
+  """The schema file of a format that needs one (None for the others)."""
+  if not fmt.needs_schema:
+    return None
+  if not cfg.schema:
+    raise DataError(f"{cfg.format} input needs a schema file (DataConfig.schema / --schema)")
+  return CsvSchema.load(cfg.schema)
+
+
+def _build_once(out_dir: str, cache_dir, build: Callable[[str], DatasetMeta]) -> None:
+  """Runs build(tmp_dir) and saves its metadata there, then renames tmp_dir to out_dir.
+
+  Nothing is left under out_dir's name unless it is complete; a process that finished
+  the same dataset first wins.
+  """
+  remove_stale_temporaries(cache_dir)
+  tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp_dir, ignore_errors=True)
+  try:
+    meta = build(tmp_dir)
+    _save_meta(meta, tmp_dir)
+    try:
+      os.replace(tmp_dir, out_dir)
+    except OSError:  # Another process finished the same dataset first: use theirs.
+      if not os.path.exists(os.path.join(out_dir, "meta.json")):
+        raise
+  finally:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def remove_stale_temporaries(cache_dir: str | os.PathLike) -> list[str]:
@@ -178,16 +205,6 @@ def _save_meta(meta: DatasetMeta, directory: str) -> None:
     if e.errno != errno.ENOSPC:
       raise
     raise no_space(os.path.join(directory, "meta.json"), len(meta.to_json())) from None
-
-
-def _fingerprint(fmt: str, path: str) -> dict:
-  """What the cache key hashes of an input: size and mtime (parquet: of every part)."""
-  if fmt == "parquet":
-    from gin_jax.data import parquet  # Local: pyarrow is optional.
-
-    return parquet.fingerprint(path)
-  st = os.stat(path)
-  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, Split]]:
@@ -246,16 +263,21 @@ class _Stats:
 class _Builder:
   """Runs the two passes for one prepare() call."""
 
-  def __init__(self, cfg: DataConfig, schema, options, inputs, progress, workers, spill_memory):
-    self.cfg, self.schema, self.options = cfg, schema, options
+  def __init__(
+    self, cfg: DataConfig, fmt: Format, schema, options, inputs, progress, workers, spill_memory
+  ):
+    self.cfg, self.fmt, self.schema, self.options = cfg, fmt, schema, options
     self.inputs, self.progress, self.workers = inputs, progress, workers
     self.spill_memory = spill_memory
     self.ratios = tuple(options["split"])
-    train_layout = formats.detect_layout(cfg.format, inputs[0]["path"], schema, has_labels=True)
-    nf = len(train_layout.columns) if cfg.format == "libfm" else None
+    train_layout = fmt.detect_layout(inputs[0]["path"], schema, has_labels=True)
     self.layouts = [train_layout] + [
-      formats.detect_layout(
-        cfg.format, i["path"], schema, True, nf, train_header=train_layout.header or None
+      fmt.detect_layout(
+        i["path"],
+        schema,
+        True,
+        num_fields=len(train_layout.columns),
+        train_header=train_layout.header or None,
       )
       for i in inputs[1:]
     ]
@@ -272,62 +294,69 @@ class _Builder:
     ]
 
   def build(self, out_dir: str) -> DatasetMeta:
-    # ---- pass 1: parse and validate the text once, split, count, spill
+    """Runs both passes, writing the splits under out_dir; returns the metadata."""
+    os.makedirs(out_dir, exist_ok=True)
+    spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
+    meta, rows = self._pass1(spill)
+    self._pass2(out_dir, meta, rows, spill)
+    return meta
+
+  def _pass1(self, spill: Spill) -> tuple[DatasetMeta, np.ndarray]:
+    """Parses and validates every input once, splits, counts and spills the rows.
+
+    Returns:
+      (the metadata, int64 [3] rows per split).
+    """
     counters = {c.name: vocab.KeyCounter() for c in self.counted}
     missing = dict.fromkeys(counters, 0)  # Training rows where the column is empty.
     stats = _Stats()
     reports = {}
-    os.makedirs(out_dir, exist_ok=True)
-    spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
     for inp, layout in zip(self.inputs, self.layouts):
-      policy = BadRowPolicy(self.cfg.bad_rows, inp["path"])
-      for raw, split, bad, counts in self._parse(inp, layout):
-        policy.handle(bad)
-        for name, (keys, n, longs, n_missing) in counts.items():
-          counters[name].add_unique(keys, n)
-          counters[name].long.update(longs)
-          missing[name] += n_missing
-        stats.rows += np.bincount(split, minlength=3)
-        stats.positives += np.bincount(split, weights=raw.labels, minlength=3)
-        stats.values_not_one |= raw.values is not None and bool((raw.values != 1).any())
-        spill.append(raw, split)
-      reports[inp["path"]] = policy.report
-      if policy.report.count:
-        _log.warning("%s: %s", inp["path"], policy.report.summary())
+      reports[inp["path"]] = self._read_input(inp, layout, counters, missing, stats, spill)
     if stats.rows[0] == 0:
       raise DataError(f"{self.inputs[0]['path']}: no rows for the training split")
     meta = self._meta(counters, stats, reports, _constant_columns(counters, missing))
     if meta.constant_fields:
       _log.warning("%s", constant_warning(meta.constant_fields))
-    # ---- pass 2: stream the parsed chunks, encode, write the splits
-    arrays = self._allocate(out_dir, meta, stats.rows)
+    return meta, stats.rows
+
+  def _read_input(self, inp, layout: Layout, counters, missing, stats, spill) -> BadRowReport:
+    """Pass 1 over one input: adds to counters, missing, stats and spill."""
+    policy = BadRowPolicy(self.cfg.bad_rows, inp["path"])
+    for raw, split, bad, counts in self._parse(inp, layout):
+      policy.handle(bad)
+      for name, (keys, n, longs, n_missing) in counts.items():
+        counters[name].add_unique(keys, n)
+        counters[name].long.update(longs)
+        missing[name] += n_missing
+      stats.rows += np.bincount(split, minlength=3)
+      stats.positives += np.bincount(split, weights=raw.labels, minlength=3)
+      stats.values_not_one |= raw.values is not None and bool((raw.values != 1).any())
+      spill.append(raw, split)
+    if policy.report.count:
+      _log.warning("%s: %s", inp["path"], policy.report.summary())
+    return policy.report
+
+  def _pass2(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray, spill: Spill) -> None:
+    """Streams the parsed chunks, encodes them and writes the splits' arrays."""
+    arrays = split_files.allocate(out_dir, SPLITS, rows, meta.num_fields, meta.has_values)
     filled = np.zeros(3, np.int64)
-    encoder = meta.encoder
+    encoder = Encoder(meta)
     columns = self.layouts[0].columns
     chunks = spill.chunks(
       tuple(c.name for c in columns if c.kind == "categorical"),
       tuple(c.name for c in columns if c.kind == "numeric"),
     )
     encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
-    with self._bar(int(stats.rows.sum()), "pass 2/2 encoding", "rows") as bar:
+    with self._bar(int(rows.sum()), "pass 2/2 encoding", "rows") as bar:
       for raw, split, (ids, values) in encoded:
         bar.update(len(raw))
-        for s in np.flatnonzero(np.bincount(split, minlength=3)):
-          rows = split == s
-          a, b = filled[s], filled[s] + np.count_nonzero(rows)
-          out = arrays[s]
-          out["ids"][a:b] = ids[rows]
-          out["labels"][a:b] = raw.labels[rows]
-          out["line_numbers"][a:b] = raw.lines[rows]
-          if "values" in out:
-            out["values"][a:b] = values[rows]
-          filled[s] = b
-    if (filled != stats.rows).any():
-      raise RuntimeError(f"pass 2 wrote {filled} rows, pass 1 counted {stats.rows}")
+        _write_rows(arrays, filled, raw, split, ids, values)
+    if (filled != rows).any():
+      raise RuntimeError(f"pass 2 wrote {filled} rows, pass 1 counted {rows}")
     for out in arrays:
       for arr in out.values():
         arr.flush()
-    return meta
 
   def _bar(self, total: int, desc: str, unit: str):
     return tqdm(
@@ -351,7 +380,7 @@ class _Builder:
     bucketize = self.cfg.numeric == "bucketize"
 
     def work(chunk):
-      raw, bad = formats.parse_chunk(chunk, layout)
+      raw, bad = self.fmt.parse_chunk(chunk, layout)
       if bucketize:
         raw = dataclasses.replace(raw, numbers=vocab.bucketize(raw.numbers), bucketized=True)
       if fixed is None:
@@ -362,7 +391,7 @@ class _Builder:
 
     name = os.path.basename(inp["path"])
     with self._bar(inp["size"], f"pass 1/2 parsing {name}", "B") as bar:
-      chunks = formats.read_chunks(inp["path"], layout, on_progress=bar.update)
+      chunks = self.fmt.iter_chunks(inp["path"], layout, on_progress=bar.update)
       yield from ordered_map(work, chunks, self.workers)
 
   def _count(self, raw: RawChunk, split: np.ndarray):
@@ -422,97 +451,19 @@ class _Builder:
       constant_fields=constant,
     )
 
-  def _allocate(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray):
-    """The splits' .npy memory maps, with their disk space reserved up front.
 
-    The maps are filled by storing into pages; on a full disk (a tmpfs above
-    all) that is SIGBUS, a crash without a message. So every file's blocks are
-    allocated (posix_fallocate) before any page is touched, and a full disk is
-    a DataError naming the file and the space needed.
-    """
-    nf = meta.num_fields
-    files = []
-    for name, n in zip(SPLITS, rows):
-      d = os.path.join(out_dir, name)
-      os.makedirs(d, exist_ok=True)
-      n = int(n)  # A numpy integer would be written into the .npy header as np.int64(n).
-      spec = {
-        "ids": (np.int32, (n, nf)),
-        "labels": (np.float32, (n,)),
-        "line_numbers": (np.int64, (n,)),
-      }
-      if meta.has_values:
-        spec["values"] = (np.float32, (n, nf))
-      files.append({k: (os.path.join(d, k + ".npy"), dt, shape) for k, (dt, shape) in spec.items()})
-    needed = sum(
-      np.dtype(dt).itemsize * int(np.prod(shape)) + 128
-      for split in files
-      for _, dt, shape in split.values()
-    )
-    first = files[0]["ids"][0]
-    if shutil.disk_usage(out_dir).free < needed:
-      raise no_space(first, needed)
-    arrays = []
-    for split in files:
-      out = {}
-      for k, (path, dt, shape) in split.items():
-        try:
-          out[k] = open_memmap(path, mode="w+", dtype=dt, shape=shape)
-          _reserve(path, out[k].offset + out[k].nbytes)
-        except OSError as e:
-          if e.errno != errno.ENOSPC:
-            raise
-          raise no_space(path, needed) from None
-      arrays.append(out)
-    return arrays
-
-
-def _reserve(path: str, size: int) -> None:
-  """Allocates the blocks of path's first `size` bytes (ENOSPC now, not SIGBUS later)."""
-  if size == 0:
-    return
-  fd = os.open(path, os.O_RDWR)
-  try:
-    os.posix_fallocate(fd, 0, size)
-  except OSError as e:
-    if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-      raise  # Above all ENOSPC. The others: a filesystem without fallocate.
-  finally:
-    os.close(fd)
-
-
-def _prepare_synthetic(cfg: DataConfig, cache_dir, progress, workers, spill_memory):
-  spec = synthetic.SyntheticSpec(
-    num_rows=cfg.synthetic_rows,
-    max_vocab=cfg.synthetic_vocab,
-    num_planted=cfg.synthetic_planted,
-    noise=cfg.synthetic_noise,
-    seed=cfg.seed,
-  )
-  key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
-  path = os.path.join(cache_dir, f"synthetic-{key.hexdigest()[:16]}.tsv")
-  pairs_path = path + ".pairs.json"
-  if not os.path.exists(pairs_path):
-    os.makedirs(cache_dir, exist_ok=True)
-    try:
-      pairs = synthetic.write_criteo_tsv(path, spec)
-      with open(pairs_path + ".tmp", "w") as f:
-        json.dump(pairs, f)
-      os.replace(pairs_path + ".tmp", pairs_path)
-    except OSError as e:
-      if e.errno != errno.ENOSPC:
-        raise
-      written = os.path.getsize(path) if os.path.exists(path) else 0
-      if os.path.exists(path):
-        os.remove(path)  # A partial file: give the space back.
-      raise no_space(path, written, at_least=True) from None
-  with open(pairs_path) as f:
-    pairs = [list(p) for p in json.load(f)]
-  real = dataclasses.replace(cfg, format="criteo", train=path, valid=None, test=None)
-  meta, splits = prepare(
-    real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory
-  )
-  return dataclasses.replace(meta, planted_pairs=pairs), splits
+def _write_rows(arrays, filled: np.ndarray, raw: RawChunk, split, ids, values) -> None:
+  """Writes one encoded chunk's rows into their splits' arrays, after `filled` rows."""
+  for s in np.flatnonzero(np.bincount(split, minlength=3)):
+    rows = split == s
+    a, b = filled[s], filled[s] + np.count_nonzero(rows)
+    out = arrays[s]
+    out["ids"][a:b] = ids[rows]
+    out["labels"][a:b] = raw.labels[rows]
+    out["line_numbers"][a:b] = raw.lines[rows]
+    if "values" in out:
+      out["values"][a:b] = values[rows]
+    filled[s] = b
 
 
 def _constant_columns(counters: dict, missing: dict) -> list[str]:

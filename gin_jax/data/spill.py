@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from gin_jax.data.errors import DataError, no_space
-from gin_jax.data.formats import RawChunk
+from gin_jax.data.formats.base import RawChunk
 
 
 class Spill:

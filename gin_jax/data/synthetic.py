@@ -4,25 +4,37 @@ The demo and the tests need data where the right answer is known: which field pa
 matter. Each planted pair (a, b) adds w * z_a[a] * z_b[b] to the click logit, with a
 random N(0, 1) factor per category of each field (for a numeric field: per bucket of
 the bucketize transform, the default), so a factorised model with small embeddings
-learns it from ~100k rows. Planted fields have 5..60 (bucketized) categories. A few
-fields add small main effects, N(0, noise) is added to the logit, a bias is solved for
-so that ~25% of rows are positive, and labels are Bernoulli(sigmoid(logit)).
+can learn it from a demo-sized set. Planted fields have 5..60 (bucketized) categories.
+A few fields add small main effects, N(0, noise) is added to the logit, a bias is
+solved for so that a positive_rate of rows are positive (25% by default), and labels
+are Bernoulli(sigmoid(logit)).
 
 Numeric fields are heavy-tailed non-negative integers (I2 is shifted so that it has
 small negative values, as in Criteo) with 5-10% missing; categorical fields have
 Zipf-distributed ids shown as 8-hex-digit tokens, 2-5% missing. Everything is
 vectorised numpy and deterministic for a seed.
+
+write_demo_input is DataConfig.format "synthetic" (the demo): it writes the data of
+the config's synthetic_* options once per cache directory, as the input of prepare.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
+import hashlib
+import json
 import os
 
 import numpy as np
 
+from gin_jax.config import DataConfig
 from gin_jax.data import vocab
+from gin_jax.data.errors import no_space
+from gin_jax.data.formats import criteo
+
+SYNTHETIC = "synthetic"  # DataConfig.format of the demo data (generated, not a file format).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,3 +270,52 @@ def _int_bytes(x: np.ndarray, missing: np.ndarray) -> np.ndarray:
   out = np.concatenate([sign, digits], axis=1).astype(np.uint8)
   out[missing] = 0
   return out
+
+
+# ------------------------------------------------------------------ the demo input
+
+
+def write_demo_input(cfg: DataConfig, cache_dir: str | os.PathLike) -> tuple[DataConfig, list]:
+  """Writes cfg's synthetic data as a Criteo TSV into cache_dir (once per spec).
+
+  Args:
+    cfg: a config of format SYNTHETIC; its synthetic_* options and seed give the spec.
+    cache_dir: where the file and its planted pairs (a .pairs.json next to it) go.
+
+  Returns:
+    (cfg reading that file as criteo, training split only; the planted pairs).
+    Raises DataError when the disk fills up (the partial file is removed).
+  """
+  spec = SyntheticSpec(
+    num_rows=cfg.synthetic_rows,
+    max_vocab=cfg.synthetic_vocab,
+    num_planted=cfg.synthetic_planted,
+    noise=cfg.synthetic_noise,
+    seed=cfg.seed,
+  )
+  key = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+  path = os.path.join(cache_dir, f"synthetic-{key.hexdigest()[:16]}.tsv")
+  pairs_path = path + ".pairs.json"
+  if not os.path.exists(pairs_path):
+    os.makedirs(cache_dir, exist_ok=True)
+    _write_demo_files(path, pairs_path, spec)
+  with open(pairs_path) as f:
+    pairs = [list(p) for p in json.load(f)]
+  real = dataclasses.replace(cfg, format=criteo.FORMAT.name, train=path, valid=None, test=None)
+  return real, pairs
+
+
+def _write_demo_files(path: str, pairs_path: str, spec: SyntheticSpec) -> None:
+  """The TSV, then its pairs file (whose existence says the TSV is complete)."""
+  try:
+    pairs = write_criteo_tsv(path, spec)
+    with open(pairs_path + ".tmp", "w") as f:
+      json.dump(pairs, f)
+    os.replace(pairs_path + ".tmp", pairs_path)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    written = os.path.getsize(path) if os.path.exists(path) else 0
+    if os.path.exists(path):
+      os.remove(path)  # A partial file: give the space back.
+    raise no_space(path, written, at_least=True) from None

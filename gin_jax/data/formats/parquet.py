@@ -1,8 +1,8 @@
-"""Parquet input (`--format parquet`) and the streaming Parquet writer of scores.
+"""Parquet input (`--format parquet`).
 
 Needs pyarrow, an optional extra: `pip install 'gin-jax[parquet]'` (in a checkout,
 `pip install -e '.[parquet]'`); without it, using this module raises a DataError
-that says so.
+that says so. Scores are written to Parquet by module parquet_writer.
 
 A dataset is one file, a directory of part files (every file under it, recursively,
 except names starting with "_" or "." such as Spark's _SUCCESS and .crc files), or a
@@ -11,9 +11,9 @@ record batches of at most CHUNK_ROWS rows of the schema's columns only, so memor
 bounded by one row group's column chunks, never by the dataset.
 
 The schema names the label, categorical, numeric and ignored columns as for csv
-(formats.CsvSchema; its `separator` and `columns` apply to csv only), and every
+(schema.CsvSchema; its `separator` and `columns` apply to csv only), and every
 column of the files must be named (nothing is dropped silently). Each batch becomes
-a formats.RawChunk like a chunk of text, so prepare's two passes, the vocabularies
+a RawChunk like a chunk of text, so prepare's two passes, the vocabularies
 (min-count, OOV, missing, hashing) and the Encoder are the ones text input uses.
 Rows are numbered 1, 2, ... through the whole dataset in part order; that number is
 a row's "line" (it decides its split; line_numbers.npy and scores hold it). A bad
@@ -39,19 +39,21 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from gin_jax.data import formats, text
+from gin_jax.data import text, token_values
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats import CsvSchema, Layout, RawChunk
+from gin_jax.data.formats.base import Format, Layout, RawChunk, show_token
+from gin_jax.data.formats.csv import schema_columns
+from gin_jax.data.formats.schema import CsvSchema
 
 CHUNK_ROWS = 1 << 16  # Rows per record batch (a text chunk holds ~30k Criteo lines).
 INSTALL = "pip install 'gin-jax[parquet]' (in a checkout: pip install -e '.[parquet]')"
 
 
-def _pyarrow():
+def pyarrow_modules():
   """(pyarrow, pyarrow.compute, pyarrow.parquet); a DataError naming the extra if absent."""
   try:
     import pyarrow as pa
@@ -152,7 +154,7 @@ def detect_layout(
     for a missing schema, columns the schema does not name, parts whose columns
     differ, or a column whose type its role cannot take.
   """
-  pa, _, pq = _pyarrow()
+  pa, _, pq = pyarrow_modules()
   if schema is None:
     raise DataError(f"{path}: parquet input needs a schema file (--schema)")
   if schema.columns or schema.separator != ",":
@@ -163,8 +165,8 @@ def detect_layout(
     arrow = _open(pq, f).schema_arrow
     if first is None:
       first = arrow.names
-      columns, label = formats.schema_columns(schema, first, f, has_labels, "columns")
-      layout = Layout("parquet", b"", (), label, columns, header=tuple(first))
+      columns, label = schema_columns(schema, first, f, has_labels, "columns")
+      layout = Layout(Parquet.name, b"", (), label, columns, header=tuple(first))
     elif sorted(arrow.names) != sorted(first):
       raise DataError(f"{f}: columns {arrow.names} differ from those of {files[0]}: {first}")
     roles = [(c.name, c.kind) for c in layout.columns]
@@ -212,7 +214,7 @@ def iter_chunks(
   Returns:
     An iterator of Chunk. Raises DataError naming `file:row-group` for unreadable data.
   """
-  pa, _, pq = _pyarrow()
+  pa, _, pq = pyarrow_modules()
   columns = _read_columns(layout)
   line = 1
   for f in part_files(path):
@@ -241,7 +243,7 @@ def iter_chunks(
 
 
 def parse_chunk(chunk: Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int, str, str]]]:
-  """Converts and validates a chunk's columns, like formats.parse_chunk for text.
+  """Converts and validates a chunk's columns, like parse_chunk of the text formats.
 
   Args:
     chunk: from iter_chunks.
@@ -250,7 +252,7 @@ def parse_chunk(chunk: Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int,
   Returns:
     (the good rows, [(line, reason, "file:row-group:row")] for every bad row).
   """
-  pa, pc, _ = _pyarrow()
+  pa, pc, _ = pyarrow_modules()
   batch = chunk.batch
   n = batch.num_rows
   lines = np.arange(chunk.first_line, chunk.first_line + n, dtype=np.int64)
@@ -318,7 +320,7 @@ def _show_value(arr, r: int, tokens: text.Tokens | None = None) -> str:
   if not arr[int(r)].is_valid:
     return "null"
   if tokens is not None:
-    return formats.show_token(tokens.token(int(r), 0))
+    return show_token(tokens.token(int(r), 0))
   return repr(arr[int(r)].as_py())
 
 
@@ -331,7 +333,7 @@ def _labels(pa, arr, lines: np.ndarray, row_bad: dict[int, str]) -> np.ndarray:
   tokens = None
   if _is_text(pa, arr):
     tokens = _tokens(pa, arr, lines)
-    labels, bad = text.parse_binary_labels(tokens, 0)  # A null is the token b"": bad.
+    labels, bad = token_values.parse_binary_labels(tokens, 0)  # A null is the token b"": bad.
   else:
     x = _floats(pa, arr)
     labels = (x == 1).astype(np.float32)
@@ -343,9 +345,9 @@ def _labels(pa, arr, lines: np.ndarray, row_bad: dict[int, str]) -> np.ndarray:
 
 def _numbers(pa, arr, name: str, lines: np.ndarray, row_bad: dict[int, str]) -> np.ndarray:
   if _is_text(pa, arr):
-    x, bad = text.parse_numbers(_tokens(pa, arr, lines), [0], integers_only=False)
+    x, bad = token_values.parse_numbers(_tokens(pa, arr, lines), [0], integers_only=False)
     for r, _, token in bad:
-      row_bad.setdefault(r, f"{name}: {formats.show_token(token)} is not a number")
+      row_bad.setdefault(r, f"{name}: {show_token(token)} is not a number")
     return x[:, 0]
   x = _floats(pa, arr)
   for r in np.flatnonzero(np.isinf(x)):
@@ -398,61 +400,60 @@ def _check_bytes(pa, arr, tokens: text.Tokens, name: str, row_bad: dict[int, str
       )
 
 
-# ------------------------------------------------------------------ scores
+# ------------------------------------------------------------------ the format
 
 
-class ParquetScoreWriter:
-  """Writes scores to a Parquet file chunk by chunk: one row group per write().
+_NO_ROWS = "<rows>: rows of a Parquet dataset are scored from files (encode_file)"
 
-  Columns as the csv output of scoring: `line` (int64), `probability` (float64, null
-  for a skipped row) and `status` ("ok" or "skipped: <reason>"). Use as a context
-  manager, or call close() to write the footer; leaving the `with` block by an
-  exception deletes the partial file, which would otherwise read as complete.
-  """
 
-  def __init__(self, path: str | os.PathLike):
-    self._pa, _, pq = _pyarrow()
-    pa = self._pa
-    self.path = os.fspath(path)
-    self.schema = pa.schema(
-      [("line", pa.int64()), ("probability", pa.float64()), ("status", pa.string())]
-    )
-    self._writer = pq.ParquetWriter(self.path, self.schema)
-    self.rows = 0
+class Parquet(Format):
+  """Parquet datasets (a file, a directory of part files or a glob) read by pyarrow."""
 
-  def write(self, lines, probs, status: list[str]) -> None:
-    """Appends one chunk of rows as one row group.
+  name = "parquet"
+  needs_schema = True
 
-    Args:
-      lines: int64 [n] row (line) numbers.
-      probs: float [n] probabilities, NaN for skipped rows (written as null).
-      status: n strings: "ok", or "skipped: <reason>".
-    """
-    pa = self._pa
-    probs = np.asarray(probs, np.float64)
-    if not len(lines) == len(probs) == len(status):
-      raise ValueError(f"lengths differ: {len(lines)} lines, {len(probs)} probs, {len(status)}")
-    if not len(probs):
-      return
-    table = pa.table(
-      [
-        pa.array(np.asarray(lines, np.int64)),
-        pa.array(probs, mask=np.isnan(probs)),
-        pa.array(list(status), pa.string()),
-      ],
-      schema=self.schema,
-    )
-    self._writer.write_table(table, row_group_size=len(probs))
-    self.rows += len(probs)
+  def fingerprint(self, path: str) -> dict:
+    return fingerprint(path)
 
-  def close(self) -> None:
-    """Writes the footer; the file is complete after this."""
-    self._writer.close()
+  def detect_layout(
+    self,
+    path: str | os.PathLike,
+    schema: CsvSchema | None = None,
+    has_labels: bool | None = None,
+    *,
+    num_fields: int | None = None,
+    train_header: Sequence[str] | None = None,
+  ) -> Layout:
+    return detect_layout(path, schema, has_labels)
 
-  def __enter__(self) -> ParquetScoreWriter:
-    return self
+  def rows_chunk(self, rows: Sequence[str]):
+    raise DataError(_NO_ROWS)
 
-  def __exit__(self, exc_type, exc, tb) -> None:
-    self.close()
-    if exc_type is not None:
-      os.remove(self.path)
+  def rows_layout(
+    self,
+    chunk,
+    schema: CsvSchema | None = None,
+    has_labels: bool | None = None,
+    *,
+    num_fields: int | None = None,
+    train_header: Sequence[str] | None = None,
+    header: Sequence[str] | None = None,
+    path: str = "<rows>",
+  ) -> Layout:
+    raise DataError(_NO_ROWS)  # Not reached: rows_chunk refuses first.
+
+  def iter_chunks(
+    self,
+    path: str | os.PathLike,
+    layout: Layout,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    chunk_bytes: int | None = None,
+  ) -> Iterator[Chunk]:
+    return iter_chunks(path, layout, on_progress=on_progress)
+
+  def parse_chunk(self, chunk: Chunk, layout: Layout) -> tuple[RawChunk, list[tuple]]:
+    return parse_chunk(chunk, layout)
+
+
+FORMAT = Parquet()
