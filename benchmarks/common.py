@@ -262,7 +262,7 @@ CRITEO_FIELDS = 39  # 13 numeric + 26 categorical
 
 def criteo_batch(mesh, batch_size: int, rows: int, seed: int = 0) -> dict:
   """A Criteo-shaped batch of ids drawn uniformly over `rows`, placed on the mesh."""
-  from gin_jax import partitioning
+  from gin_jax.training import partitioning
 
   rng = np.random.default_rng(seed)
   local = {
@@ -275,7 +275,7 @@ def criteo_batch(mesh, batch_size: int, rows: int, seed: int = 0) -> dict:
 
 def loss_flops(fns, state, batch) -> float | None:
   """XLA's FLOPs for forward + backward of the loss alone (no optimizer update)."""
-  from gin_jax import model as model_lib
+  from gin_jax import models as model_lib
 
   def loss(params):
     logits, _ = model_lib.apply_model(

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from gin_jax.interaction import einsum_f32acc, generalized_interaction
+from gin_jax.models.interaction import einsum_f32acc, generalized_interaction
 
 F32 = jnp.float32
 GIB = 2**30
@@ -121,7 +121,7 @@ def parse_shapes(tokens: Sequence[str], quick: bool) -> list[Shape]:
 
 
 # ---------------------------------------------------------------------------
-# Implementations. Production ones come from gin_jax.interaction; the others
+# Implementations. Production ones come from gin_jax.models.interaction; the others
 # are contraction orders and layouts measured here against it.
 # ---------------------------------------------------------------------------
 
@@ -583,7 +583,7 @@ def goals(records: list[dict]) -> list[dict]:
 
 
 def format_goals(goal_results: list[dict]) -> str:
-  lines = ["## Goals (2-core CPU targets)"]
+  lines = [f"## Goals (the 2-core CPU targets; this run: {jax.default_backend()})"]
   for g in goal_results:
     value = g["measured"]
     if value is None:

@@ -27,9 +27,10 @@ import jax
 
 from benchmarks import common
 from gin_jax import config as config_lib
-from gin_jax import device_input, partitioning, training
-from gin_jax import model as model_lib
+from gin_jax import models as model_lib
 from gin_jax.data import SyntheticSpec, pipeline, prepare, write_criteo_tsv
+from gin_jax.training import device_input, partitioning
+from gin_jax.training import steps as steps_lib
 
 
 def _epoch(fns, state, batches, steps: int):
@@ -56,7 +57,7 @@ def _time_variant(cfg, meta, split, mesh, batch: int, modes: list[str]) -> dict:
     cfg.model, meta.num_fields, meta.num_table_rows,
     model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
   )  # fmt: skip
-  fns = training.build(model_spec, cfg.train, mesh)
+  fns = steps_lib.build(model_spec, cfg.train, mesh)
   state = fns.init(jax.random.key(0))
   steps = len(split) // batch
 

@@ -23,8 +23,9 @@ import numpy as np
 from benchmarks import common
 from benchmarks.paper import DISPLAY
 from gin_jax import config as config_lib
-from gin_jax import model as model_lib
-from gin_jax import partitioning, training
+from gin_jax import models as model_lib
+from gin_jax.training import partitioning
+from gin_jax.training import steps as steps_lib
 
 FIELDS = common.CRITEO_FIELDS
 MODELS = (
@@ -39,7 +40,7 @@ class _Runner:
     spec = model_lib.ModelSpec(
       cfg.model, FIELDS, rows, model_lib.padded_table_rows(rows, partitioning.num_shards(mesh))
     )
-    self.fns = training.build(spec, cfg.train, mesh)
+    self.fns = steps_lib.build(spec, cfg.train, mesh)
     self.state = self.fns.init(jax.random.key(0))
     self.batches = [common.criteo_batch(mesh, batch_size, rows, seed) for seed in range(4)]
     self.step = 0

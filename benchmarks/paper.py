@@ -11,7 +11,7 @@ one protocol: the same prepared data (prepared once, shared by every run),
 the same seeds (train.seed = 0 .. N-1), the same embedding size, batch,
 optimizer and deep part (paper section 4.1). Only model.arch changes (with
 its Table 4 defaults, see gin_jax.config.ARCH_DEFAULTS), with
-train.stages=gin for every model but AOANet. `aoanet` gives two rows: GIN is
+train.stages=single for every model but AOANet. `aoanet` gives two rows: GIN is
 its search stage (the same model, seed and batches as a one-stage GIN run)
 and AOANet its retrained, pruned model. LR takes the quality benchmark's
 floor settings (gin_jax.config.linear_floor). `--per-model DIR` applies
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common, quality
-from train.main import build_parser, split_overrides
+from gin_jax.cli import build_parser, split_overrides
 
 # --models all, in the order of the paper's Table 3 (LR and FM first, as floors).
 MODELS = (
@@ -105,15 +105,16 @@ def model_config(base_args, overrides: dict, model: str, per_model: str | None):
   """The one protocol's config for `model` (flags, then its arch and stages, then its file)."""
   from gin_jax import cli
   from gin_jax import config as config_lib
+  from gin_jax.training import recipes
 
   # One protocol: no model gets the default recipe's regression check (train.beat_linear).
   if model == "aoanet":
     extra = {"model.arch": "gin", "train.stages": "aoanet", "train.beat_linear": "false"}
   else:
-    extra = {"model.arch": model, "train.stages": "gin", "train.beat_linear": "false"}
+    extra = {"model.arch": model, "train.stages": "single", "train.beat_linear": "false"}
   cfg = cli.build_config(base_args, {**overrides, **extra})
   if model == "lr":
-    cfg = config_lib.linear_floor(cfg)
+    cfg = recipes.linear_floor(cfg)
   path = Path(per_model or "") / f"{model}.yaml"
   if per_model and path.exists():
     assignments, _ = config_lib.load_file(path)
@@ -131,7 +132,7 @@ class Job:
 
 def _param_counts(cfg, cache: Path) -> dict:
   from gin_jax import data
-  from gin_jax import model as model_lib
+  from gin_jax import models as model_lib
 
   meta, _ = data.prepare(cfg.data, cache, progress=False)
   spec = model_lib.ModelSpec(cfg.model, meta.num_fields, meta.num_table_rows, meta.num_table_rows)
@@ -286,10 +287,10 @@ def plot_sweep(path: str, key: str, sweep: dict, title: str) -> None:
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
   args, overrides = parse(argv)
-  from gin_jax import cli
   from gin_jax import config as config_lib
+  from gin_jax import runtime
 
-  cli.init_runtime()
+  runtime.init_runtime()
   models, sweeps = model_list(args.models), sweep_list(args.sweep)
   base = model_config(args, overrides, "aoanet", args.per_model)
   name = args.name or base.name

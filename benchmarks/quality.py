@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from train.main import build_parser, split_overrides
+from gin_jax.cli import build_parser, split_overrides
 
 METRICS = ("valid_auc", "valid_logloss", "test_auc", "test_logloss")
 
@@ -76,7 +76,7 @@ def run_seed(
   Returns:
     [{"model", "seed", "stage", "workdir", "seconds", "reused", *METRICS, "epochs"}].
   """
-  from gin_jax import trainer
+  from gin_jax import training
 
   run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
   workdir = root / f"{label}-{_run_key(run_cfg)}"
@@ -95,7 +95,7 @@ def run_seed(
     print(f"{prefix}{label} seed {seed}: {workdir}", file=sys.stderr, flush=True)
     with open(workdir / "quality.log", "a") as log:
       with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        report = trainer.run(run_cfg, workdir)
+        report = training.run(run_cfg, workdir)
   return [
     {"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
      "seconds": result.get("seconds"), "reused": reused,
@@ -161,10 +161,10 @@ def table(summary: list[dict], hide_test: bool) -> str:
 
 def main(argv=None) -> dict:
   args, overrides = parse(sys.argv[1:] if argv is None else argv)
-  from gin_jax import cli
-  from gin_jax import config as config_lib
+  from gin_jax import cli, runtime
+  from gin_jax.training import recipes
 
-  cli.init_runtime()
+  runtime.init_runtime()
   import jax
 
   # Seeds and floor runs compile the same steps: keep the executables across runs.
@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
   cache = root / "data_cache"  # every run reads the same prepared data
   rows = run_seeds(cfg, "gin_jax", args.seeds, root, cache)
   if not args.no_floor:
-    floor = config_lib.linear_floor(cfg)
+    floor = recipes.linear_floor(cfg)
     rows += run_seeds(floor, "logistic_regression", args.seeds, root, cache)
   if args.hide_test:
     rows = [{k: v for k, v in r.items() if not k.startswith("test")} for r in rows]

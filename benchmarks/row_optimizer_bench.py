@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from gin_jax import embedding
+from gin_jax.training import embedding
 
 VARIANTS = {
   "rowwise_adagrad": dict(kind="rowwise_adagrad"),

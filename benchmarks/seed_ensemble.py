@@ -23,8 +23,8 @@ import numpy as np
 from benchmarks import common
 from gin_jax import data, metrics
 from gin_jax.config import Config
-from gin_jax.score import Scorer
-from gin_jax.stages import Workdir
+from gin_jax.scoring import Scorer
+from gin_jax.training.workdir import Workdir
 
 
 def split_of(workdir: str, name: str) -> data.Split:

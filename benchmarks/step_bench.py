@@ -22,8 +22,9 @@ import jax
 
 from benchmarks import common
 from gin_jax import config as config_lib
-from gin_jax import model as model_lib
-from gin_jax import partitioning, training
+from gin_jax import models as model_lib
+from gin_jax.training import partitioning
+from gin_jax.training import steps as steps_lib
 
 _OPS = "fusion|custom-call|sort|scatter|gather|while|copy|dynamic-update-slice|reduce|dot"
 _LAUNCH = re.compile(rf"^\s*\S+ = \S+ ({_OPS})\(", re.M)
@@ -42,7 +43,7 @@ def bench(preset: str, optimizer: str, rows: int, batch: int, steps: int, ks: li
     cfg.model, common.CRITEO_FIELDS, rows,
     model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)),
   )  # fmt: skip
-  fns = training.build(spec, cfg.train, mesh)
+  fns = steps_lib.build(spec, cfg.train, mesh)
   state = fns.init(jax.random.key(0))
   batches = [common.criteo_batch(mesh, batch, rows, seed) for seed in range(16)]
   hlo = fns.train_step.lower(state, batches[0]).compile().as_text()

@@ -30,8 +30,9 @@ import jax
 
 from benchmarks import common
 from gin_jax import config as config_lib
-from gin_jax import model as model_lib
-from gin_jax import partitioning, training
+from gin_jax import models as model_lib
+from gin_jax.training import partitioning
+from gin_jax.training import steps as steps_lib
 
 FIELDS = common.CRITEO_FIELDS
 
@@ -46,7 +47,7 @@ def bench_one(
   spec = model_lib.ModelSpec(
     cfg.model, FIELDS, rows, model_lib.padded_table_rows(rows, partitioning.num_shards(mesh))
   )
-  fns = training.build(spec, cfg.train, mesh)
+  fns = steps_lib.build(spec, cfg.train, mesh)
   state = fns.init(jax.random.key(0))
   batches = [common.criteo_batch(mesh, batch_size, rows, seed) for seed in range(4)]
   _, step_stats = common.compile_with_stats(fns.train_step, state, batches[0])

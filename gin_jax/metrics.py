@@ -22,14 +22,31 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
   if n_pos == 0 or n_neg == 0:
     return float("nan")
   order = np.argsort(scores, kind="mergesort")
-  sorted_scores = scores[order]
-  # Average rank (1-based) of each run of equal scores.
+  return auc_from_rank_sum(positive_rank_sum(scores[order], labels[order]), n_pos, n_neg)
+
+
+def positive_rank_sum(sorted_scores: np.ndarray, sorted_labels: np.ndarray, start=0) -> float:
+  """The sum of the positives' ranks, each tie group at its average (1-based) rank.
+
+  The one rank rule of every exact AUC here (this module's `auc` and the
+  scorer's streaming metrics). The sum is of half-integers, so it is exact in
+  float64 whatever the order of the additions.
+
+  Args:
+    sorted_scores: [n] scores in ascending order, tie groups whole.
+    sorted_labels: [n] their labels in {0, 1}.
+    start: the number of rows ranked before these (a block of a longer list).
+  """
   starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-  ends = np.r_[starts[1:], scores.size]
-  avg_rank = (starts + ends + 1) / 2.0
-  ranks = np.empty(scores.size)
-  ranks[order] = np.repeat(avg_rank, ends - starts)
-  rank_sum = float(ranks[labels == 1].sum())
+  ends = np.r_[starts[1:], len(sorted_scores)]
+  positives = np.add.reduceat(np.asarray(sorted_labels, np.float64), starts)
+  return float(positives @ (start + (starts + ends + 1) / 2.0))
+
+
+def auc_from_rank_sum(rank_sum: float, n_pos: float, n_neg: float) -> float:
+  """Mann-Whitney U / (n_pos * n_neg); NaN if one class is absent."""
+  if not n_pos or not n_neg:
+    return float("nan")
   return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 

@@ -1,9 +1,11 @@
-"""Command-line glue shared by `python -m train` and `python -m gin_jax.score`."""
+"""Process start-up and the ways a process speaks: devices, the cluster, logs, the one-line exit.
+
+The lowest floor of the package (it imports no other gin_jax module), so the
+scorer, the benchmarks and the trainer share it without importing each other.
+"""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import errno
 import logging
 import os
@@ -11,8 +13,7 @@ import sys
 
 import jax
 from absl import flags
-
-from gin_jax import config as config_lib
+from jax.experimental import multihost_utils
 
 
 def init_runtime(coordinator=None, num_processes=None, process_id=None) -> None:
@@ -68,55 +69,6 @@ def _env_int(name):
   return int(v) if v else None
 
 
-def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_lib.Config:
-  """The preset, then the --config file, then data flags, then overrides (later wins).
-
-  The preset is --preset, else the file's `preset:`, else `default` (the
-  recipe for real data, config.default) with a training file and `demo` without
-  one. A run on a training file without a named preset is named after the file
-  (its workdir defaults to runs/<name>).
-  """
-  from_file, file_preset = {}, None
-  if getattr(args, "config", None):
-    from_file, file_preset = config_lib.load_file(args.config)
-  has_train = bool(args.train or from_file.get("data.train"))
-  name = args.preset or file_preset or ("default" if has_train else "demo")
-  cfg = config_lib.preset(name)
-  if has_train and not (args.preset or file_preset) and "name" not in from_file:
-    train = args.train or from_file["data.train"]
-    cfg = dataclasses.replace(cfg, name=os.path.basename(train).split(".")[0] or name)
-  data = {}
-  for key in ("train", "valid", "test", "format", "schema", "split", "bad_rows"):
-    value = getattr(args, key, None)
-    if value is not None:
-      data[f"data.{key}"] = value
-  explicit_format = args.format or "data.format" in from_file
-  if has_train and not explicit_format and cfg.data.format == "synthetic":
-    data["data.format"] = "criteo"
-  if getattr(args, "stages", None):
-    data["train.stages"] = args.stages
-  return config_lib.override(cfg, {**from_file, **data, **overrides})
-
-
-def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
-  from gin_jax import checkpointing, trainer
-  from gin_jax.data import DataError
-
-  try:
-    init_runtime(args.coordinator, args.num_processes, args.process_id)
-    cfg = build_config(args, overrides)
-    workdir = args.workdir or os.path.join("runs", cfg.name)
-    trainer.run(cfg, workdir, overwrite=args.overwrite)
-  except (
-    trainer.TrainingError,
-    checkpointing.CheckpointError,
-    DataError,
-    ValueError,
-    OSError,
-  ) as e:
-    fail(e)
-
-
 def fail(e: BaseException) -> None:
   """Prints `error: <what>` as one line and exits 2 (bad input or environment, not a bug).
 
@@ -144,3 +96,15 @@ def fail(e: BaseException) -> None:
   logging.shutdown()
   sys.stdout.flush()
   os._exit(2)
+
+
+def log(msg: str) -> None:
+  """Prints `msg` on process 0 only (every process runs the same code)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (a no-op in one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

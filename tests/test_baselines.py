@@ -1,4 +1,4 @@
-"""The baselines (gin_jax.baselines): each model against a numpy loop over its original
+"""The baselines (gin_jax.models.baselines): each model against a numpy loop over its original
 paper's formula, each Table 2 reduction against the GIN layer so configured, gradients,
 1 vs 8 devices, and one tiny end-to-end run per model through the trainer."""
 
@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gin_jax import baselines, partitioning, score, trainer, training
 from gin_jax import config as config_lib
-from gin_jax import model as model_lib
+from gin_jax import models as model_lib
+from gin_jax import scoring, training
 from gin_jax.config import ModelConfig, TrainConfig
+from gin_jax.models import baselines, registry
+from gin_jax.training import partitioning
+from gin_jax.training import steps as steps_lib
 
-BASELINES = sorted(baselines.MODELS)
+BASELINES = sorted(set(registry.MODELS) - {"gin", "lr"})
 WITH_LINEAR = {"fm", "deepfm", "fwfm", "afm", "xdeepfm"}
 B, F, D, ROWS = 3, 5, 4, 40
 
@@ -261,15 +264,17 @@ def test_exports_with_a_symbolic_batch(arch):
 
 
 def test_table4_defaults_apply_when_arch_switches():
-  cfg = config_lib.override(config_lib.criteo_paper(), {"model.arch": "dcn", "train.stages": "gin"})
+  cfg = config_lib.override(
+    config_lib.criteo_paper(), {"model.arch": "dcn", "train.stages": "single"}
+  )
   assert cfg.model.num_layers == 3  # DCN L = 3, not GIN's 2
   cfg = config_lib.override(
-    config_lib.criteo_bars(), {"model.arch": "dcnv2", "train.stages": "gin"}
+    config_lib.criteo_bars(), {"model.arch": "dcnv2", "train.stages": "single"}
   )
   assert cfg.model.num_layers == 2
   cfg = config_lib.override(
     config_lib.criteo_paper(),
-    {"model.arch": "dcn", "model.num_layers": "1", "train.stages": "gin"},
+    {"model.arch": "dcn", "model.num_layers": "1", "train.stages": "single"},
   )
   assert cfg.model.num_layers == 1  # an explicit override wins
   m = ModelConfig()
@@ -385,7 +390,7 @@ def test_table2_autoint_head_is_gin_with_softmax_alpha_over_values():
 def _train(ndev, model_cfg, steps=3, fields=7, rows=64, batch=32):
   mesh = partitioning.make_mesh(jax.devices()[:ndev])
   spec = model_lib.ModelSpec(model_cfg, fields, rows, model_lib.padded_table_rows(rows, 8))
-  fns = training.build(spec, TrainConfig(learning_rate=1e-2), mesh)
+  fns = steps_lib.build(spec, TrainConfig(learning_rate=1e-2), mesh)
   state = fns.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   losses = []
@@ -424,7 +429,7 @@ def _tiny(arch):
     config_lib.tiny(),
     {
       "model.arch": arch,
-      "train.stages": "gin",
+      "train.stages": "single",
       "train.epochs": "1",
       "train.checkpoint_every": "100",
     },
@@ -438,8 +443,8 @@ def _tiny(arch):
 def test_tiny_run_end_to_end_then_scores_from_its_checkpoint(arch, tmp_path, data_cache):
   (tmp_path / "data").mkdir()
   (tmp_path / "data" / "cache").symlink_to(data_cache)  # one preparation for every model
-  rep = trainer.run(_tiny(arch), tmp_path, devices=jax.devices()[:1])
-  result = rep["stages"]["gin"]
+  rep = training.run(_tiny(arch), tmp_path, devices=jax.devices()[:1])
+  result = rep["stages"]["train"]
   assert 0.5 < result["test_auc"] <= 1.0 and result["test_logloss"] > 0
   assert rep["kept_pairs"] is None and rep["planted_pair_recall"] is None
   saved = json.loads((tmp_path / "config.json").read_text())
@@ -449,7 +454,7 @@ def test_tiny_run_end_to_end_then_scores_from_its_checkpoint(arch, tmp_path, dat
 
   _, splits = data.prepare(config_lib.Config.from_dict(saved).data, tmp_path / "data" / "cache")
   test = splits["test"]
-  probs = score.Scorer.from_checkpoint(tmp_path, devices=jax.devices()[:1]).predict_batch(
+  probs = scoring.Scorer.from_checkpoint(tmp_path, devices=jax.devices()[:1]).predict_batch(
     test.ids, test.values
   )
   assert metrics.evaluate(np.asarray(test.labels), probs)["auc"] == pytest.approx(

@@ -1,4 +1,4 @@
-"""Sealed checkpoints (gin_jax/checkpointing.py) on a small state, without training."""
+"""Sealed checkpoints (gin_jax/training/checkpointing.py) on a small state, without training."""
 
 import json
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gin_jax import checkpointing
+from gin_jax.training import checkpointing
 
 
 def _state(scale=1.0):

@@ -3,6 +3,7 @@
 import pytest
 
 from gin_jax import config as config_lib
+from gin_jax.training import recipes
 
 
 def test_two_split_ratios_are_train_and_valid_when_test_is_a_file():
@@ -25,8 +26,8 @@ def test_linear_start_needs_gin_with_first_order_weights():
   cfg = config_lib.override(
     config_lib.tiny(), {"train.linear_start": "true", "model.first_order": "true"}
   )
-  floor = config_lib.linear_floor(cfg)
-  assert (floor.model.arch, floor.train.stages, floor.train.linear_start) == ("lr", "gin", False)
+  floor = recipes.linear_floor(cfg)
+  assert (floor.model.arch, floor.train.stages, floor.train.linear_start) == ("lr", "single", False)
   assert (floor.train.learning_rate, floor.train.embedding_l2) == (1e-2, 0.0)
 
 
@@ -48,7 +49,7 @@ def test_to_dict_round_trips_through_json():
 
 
 def test_cluster_launchers_are_detected_from_their_environment():
-  from gin_jax.cli import detect_cluster
+  from gin_jax.runtime import detect_cluster
 
   slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0"}
   assert detect_cluster({**slurm, "SLURM_NTASKS": "4"}) == "SLURM"
@@ -61,7 +62,7 @@ def test_cluster_launchers_are_detected_from_their_environment():
 def _args(**kw):
   import argparse
 
-  from train.main import build_parser
+  from gin_jax.cli import build_parser
 
   args = build_parser().parse_args([])
   return argparse.Namespace(**{**vars(args), **kw})
@@ -133,12 +134,12 @@ def test_auto_batch_size_is_a_power_of_two_in_range_and_fits_the_devices():
 def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
   cfg = config_lib.override(config_lib.default(), {"train.ensemble": "3", "train.seed": "2"})
   assert cfg.train.ensemble == 3
-  members = [config_lib.ensemble_member(cfg, i) for i in (1, 2)]
+  members = [recipes.ensemble_member(cfg, i) for i in (1, 2)]
   assert [m.train.seed for m in members] == [1002, 2002]
   assert all(m.train.ensemble == 1 for m in members)
   assert members[0].model == cfg.model and members[0].data == cfg.data
-  assert config_lib.linear_floor(cfg).train.ensemble == 1
-  assert config_lib.from_linear(cfg).train.ensemble == 1
+  assert recipes.linear_floor(cfg).train.ensemble == 1
+  assert recipes.from_linear(cfg).train.ensemble == 1
   for bad in ("0", "-1"):
     with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
       config_lib.override(cfg, {"train.ensemble": bad})

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from gin_jax import config as config_lib
-from gin_jax import device_input, partitioning, trainer
+from gin_jax import training
 from gin_jax.data import pipeline
 from gin_jax.data.meta import Split, ones_values
+from gin_jax.training import device_input, partitioning
 
 
 def _split(n=203, f=5, ones=False, seed=0):
@@ -73,7 +74,7 @@ def test_auto_mode_uses_the_host_pipeline_on_cpu_and_checks_names():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices,stages", [(1, "aoanet"), (8, "gin")])
+@pytest.mark.parametrize("devices,stages", [(1, "aoanet"), (8, "single")])
 def test_training_with_a_resident_split_gives_identical_losses(tmp_path, devices, stages):
   """The fused gather-and-step (resident) trains exactly as host batches do."""
   losses, reports = {}, {}
@@ -82,7 +83,7 @@ def test_training_with_a_resident_split_gives_identical_losses(tmp_path, devices
       config_lib.tiny(),
       {"data.device_resident": mode, "train.epochs": "1", "train.stages": stages},
     )
-    reports[mode] = trainer.run(cfg, tmp_path / mode, devices=jax.devices()[:devices])
+    reports[mode] = training.run(cfg, tmp_path / mode, devices=jax.devices()[:devices])
     lines = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
     losses[mode] = [json.loads(x)["loss"] for x in lines if '"loss"' in x]
   assert losses["off"] and losses["off"] == losses["resident"]

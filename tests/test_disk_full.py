@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gin_jax import checkpointing
 from gin_jax.config import DataConfig
 from gin_jax.data import DataError, SyntheticSpec, prepare, write_criteo_tsv
 from gin_jax.data import spill as spill_lib
+from gin_jax.training import checkpointing
 
 REPO = Path(__file__).resolve().parents[1]
 prepare_lib = importlib.import_module("gin_jax.data.prepare")  # the module, not the function
@@ -102,11 +102,11 @@ def test_the_error_line_is_the_last_thing_printed_even_with_work_left_in_flight(
   script = tmp_path / "fail.py"
   script.write_text(
     "import errno, os\n"
-    "from gin_jax import cli\n"
+    "from gin_jax import runtime\n"
     "async def save():\n"
     "  pass\n"
     "abandoned = save()\n"
-    "cli.fail(OSError(errno.ENOSPC, 'No space left on device', '/wd/checkpoints/3'))\n"
+    "runtime.fail(OSError(errno.ENOSPC, 'No space left on device', '/wd/checkpoints/3'))\n"
   )
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
   proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)

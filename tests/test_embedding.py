@@ -1,4 +1,4 @@
-"""Row-sparse embedding training (gin_jax.embedding) against dense and numpy references."""
+"""Row-sparse embedding training (gin_jax.training.embedding) against dense and numpy references."""
 
 import dataclasses
 import re
@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gin_jax import embedding, partitioning, training
-from gin_jax import model as model_lib
+from gin_jax import models as model_lib
 from gin_jax.config import ModelConfig, TrainConfig
+from gin_jax.training import embedding, partitioning
+from gin_jax.training import steps as steps_lib
 
 FIELDS, PER_FIELD, BATCH = 4, 8, 16
 ROWS = FIELDS * PER_FIELD
@@ -23,7 +24,7 @@ def _fns(optimizer, l2=0.1, devices=1, rows=ROWS, clip=10.0, lr=1e-2, model=MODE
   cfg = TrainConfig(
     learning_rate=lr, embedding_optimizer=optimizer, embedding_l2=l2, clip_norm=clip, **train
   )
-  return mesh, training.build(spec, cfg, mesh)
+  return mesh, steps_lib.build(spec, cfg, mesh)
 
 
 def _batch(rng, touch_all=True, rows_per_field=PER_FIELD):

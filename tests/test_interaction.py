@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gin_jax.interaction import generalized_interaction as gi
+from gin_jax.models.interaction import generalized_interaction as gi
 
 
 def _inputs(b, f, m, d, s, seed=0, dtype=jnp.float32):

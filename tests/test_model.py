@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from gin_jax import model as model_lib
-from gin_jax import partitioning, training
+from gin_jax import models as model_lib
 from gin_jax.config import ModelConfig, TrainConfig, criteo_bars, criteo_paper
+from gin_jax.training import partitioning
+from gin_jax.training import steps as steps_lib
 
 ROWS, FIELDS, BATCH = 500, 39, 64
 
@@ -24,7 +25,7 @@ def _batches(n, seed=0):
 def _train_losses(ndev, model_cfg, steps=3):
   mesh = partitioning.make_mesh(jax.devices()[:ndev])
   spec = model_lib.ModelSpec(model_cfg, FIELDS, ROWS, model_lib.padded_table_rows(ROWS, 8))
-  fns = training.build(spec, TrainConfig(learning_rate=1e-2), mesh)
+  fns = steps_lib.build(spec, TrainConfig(learning_rate=1e-2), mesh)
   state = fns.init(jax.random.key(0))
   losses = []
   for batch in _batches(steps):

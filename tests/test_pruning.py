@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gin_jax import model as model_lib
-from gin_jax import partitioning, pruning, training
+from gin_jax import models as model_lib
 from gin_jax.config import ModelConfig, TrainConfig
+from gin_jax.models import pruning
+from gin_jax.training import partitioning
+from gin_jax.training import steps as steps_lib
 
 
 def _alphas(seed=0, s=3, f=6, layers=2):
@@ -98,7 +100,7 @@ def test_masked_alpha_stays_exactly_zero_in_the_real_train_step_with_momentum():
   cfg = ModelConfig(embed_dim=4, num_layers=2, num_subspaces=2, mlp_hidden=(8,))
   spec = model_lib.ModelSpec(cfg, fields, rows, rows)
   mesh = partitioning.make_mesh(jax.devices()[:1])
-  fns = training.build(spec, TrainConfig(learning_rate=0.05), mesh)
+  fns = steps_lib.build(spec, TrainConfig(learning_rate=0.05), mesh)
   searched = fns.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   alphas = {

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_train import _KILL_SCRIPT, _env  # the SIGKILL script; a subprocess environment
 
-from gin_jax import checkpointing
+from gin_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -126,10 +126,10 @@ def test_scorer_refuses_a_flipped_checkpoint_and_falls_back_when_asked_for_the_l
 
 
 def test_a_sealed_checkpoint_with_nan_parameters_is_never_scored(trained, workdir, tmp_path):
-  from gin_jax import score as score_lib
+  from gin_jax import scoring as scoring_lib
 
   _, rows = trained
-  loaded = score_lib.load_checkpoint(workdir, devices=jax.devices()[:1])
+  loaded = scoring_lib.load_checkpoint(workdir, devices=jax.devices()[:1])
   mngr = checkpointing.manager(workdir / "checkpoints", None)
   newest = steps(workdir / "checkpoints")[-1]
   meta = checkpointing.read_meta(mngr, newest)
@@ -154,13 +154,13 @@ def test_a_sealed_checkpoint_with_nan_parameters_is_never_scored(trained, workdi
 # holding the workdir (as a long run would), until it is killed.
 _HOLD_SCRIPT = """
 import sys, time
-from gin_jax import cli, config, trainer
-cli.init_runtime()
+from gin_jax import config, runtime, training
+runtime.init_runtime()
 def hold(step):
   if step == 3:
     print("holding", flush=True)
     time.sleep(600)
-trainer.run(config.tiny(), sys.argv[1], on_step=hold)
+training.run(config.tiny(), sys.argv[1], on_step=hold)
 """
 
 
@@ -242,10 +242,11 @@ def test_an_unparsable_config_json_is_named(workdir):
 # weights are restored from best_search.
 _KILL_BEFORE_BEST = """
 import os, signal, sys
-from gin_jax import cli, config, trainer
-cli.init_runtime()
-trainer._restore_best = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
-trainer.run(config.tiny(), sys.argv[1])
+from gin_jax import config, runtime, training
+runtime.init_runtime()
+from gin_jax.training import loop
+loop.restore_best = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+training.run(config.tiny(), sys.argv[1])
 """
 
 
@@ -305,7 +306,7 @@ def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
 
 
 def test_metrics_log_rewinds_by_size_or_by_step(tmp_path):
-  from gin_jax import report as report_lib
+  from gin_jax.training import report as report_lib
 
   log = report_lib.MetricsLog(tmp_path / "m.jsonl")
   for step in (5, 10):
@@ -374,26 +375,26 @@ def test_scores_and_exports_onto_a_read_only_path_are_one_line(trained, read_onl
 def test_cannot_write_here_is_one_line_without_a_mount(trained, tmp_path):
   """The same paths where no read-only mount is possible: a file stands where a
   directory should be."""
-  from gin_jax import score as score_lib
-  from gin_jax import trainer
+  from gin_jax import scoring as scoring_lib
+  from gin_jax import training
 
   wd, rows = trained
   blocker = tmp_path / "file"
   blocker.write_text("")
-  with pytest.raises(trainer.TrainingError, match=r"file/wd: cannot write to the workdir \("):
-    trainer.run(__import__("gin_jax").tiny(), blocker / "wd", devices=jax.devices()[:1])
-  scorer = score_lib.Scorer.from_checkpoint(wd, devices=jax.devices()[:1])
-  with pytest.raises(score_lib.ScoringError, match=r"file/s\.csv: cannot write the scores \("):
-    score_lib.score_file(scorer, rows, blocker / "s.csv")
-  with pytest.raises(score_lib.ScoringError, match=r"file/export: cannot write the export \("):
-    score_lib.export(wd, blocker / "export")
+  with pytest.raises(training.TrainingError, match=r"file/wd: cannot write to the workdir \("):
+    training.run(__import__("gin_jax").tiny(), blocker / "wd", devices=jax.devices()[:1])
+  scorer = scoring_lib.Scorer.from_checkpoint(wd, devices=jax.devices()[:1])
+  with pytest.raises(scoring_lib.ScoringError, match=r"file/s\.csv: cannot write the scores \("):
+    scoring_lib.score_file(scorer, rows, blocker / "s.csv")
+  with pytest.raises(scoring_lib.ScoringError, match=r"file/export: cannot write the export \("):
+    scoring_lib.export(wd, blocker / "export")
 
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-  from gin_jax import score as score_lib
+  from gin_jax import scoring as scoring_lib
 
-  return score_lib.export(trained[0], tmp_path_factory.mktemp("export") / "export")
+  return scoring_lib.export(trained[0], tmp_path_factory.mktemp("export") / "export")
 
 
 def _broken_export(exported, tmp_path, fault):
@@ -428,11 +429,11 @@ def _broken_export(exported, tmp_path, fault):
   ],
 )
 def test_a_bad_export_file_is_named_with_its_problem(exported, tmp_path, fault, message):
-  from gin_jax import score as score_lib
+  from gin_jax import scoring as scoring_lib
 
   d = _broken_export(exported, tmp_path, fault)
-  with pytest.raises(score_lib.ScoringError, match=message):
-    score_lib.Scorer.from_export(d)
+  with pytest.raises(scoring_lib.ScoringError, match=message):
+    scoring_lib.Scorer.from_export(d)
 
 
 def test_a_bad_export_is_one_line_on_the_command_line(trained, exported, tmp_path):

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from gin_jax import checkpointing, data, score, trainer
 from gin_jax import config as config_lib
+from gin_jax import data, scoring, training
 from gin_jax import metrics as metrics_lib
+from gin_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   wd = tmp_path_factory.mktemp("score_run")
-  rep = trainer.run(config_lib.tiny(), wd, devices=jax.devices()[:1])
+  rep = training.run(config_lib.tiny(), wd, devices=jax.devices()[:1])
   # The trainer's test split, written back out as a raw Criteo file.
   cache = next(p for p in (wd / "data" / "cache").iterdir() if p.is_dir())
   _, splits = data.open_prepared(cache)
@@ -46,7 +47,7 @@ def _run(*args):
 
 def test_python_api_auc_equals_trainers_test_auc(trained):
   wd, rep, test_file, n_test = trained
-  probs, labels, lines, bad = score.Scorer.from_checkpoint(wd).predict_file(test_file)
+  probs, labels, lines, bad = scoring.Scorer.from_checkpoint(wd).predict_file(test_file)
   assert bad.count == 0 and len(probs) == n_test
   m = metrics_lib.evaluate(labels, probs)
   assert m["auc"] == pytest.approx(rep["stages"]["retrain"]["test_auc"], abs=1e-6)
@@ -71,7 +72,7 @@ def test_seed_ensemble_scores_each_runs_split_as_the_trainer_did(trained, tmp_pa
 
 def test_cli_equals_api_equals_export(trained, tmp_path):
   wd, _, test_file, _ = trained
-  api, _, _, _ = score.Scorer.from_checkpoint(wd).predict_file(test_file)
+  api, _, _, _ = scoring.Scorer.from_checkpoint(wd).predict_file(test_file)
   out = tmp_path / "scores.csv"
   proc = _run("--checkpoint", wd, "--data", test_file, "--out", out)
   assert proc.returncode == 0, proc.stderr
@@ -81,8 +82,8 @@ def test_cli_equals_api_equals_export(trained, tmp_path):
   np.testing.assert_allclose([float(r["probability"]) for r in rows], api, rtol=1e-6, atol=1e-7)
 
   export_dir = tmp_path / "export"
-  score.export(wd, export_dir)
-  exported = score.Scorer.from_export(export_dir)
+  scoring.export(wd, export_dir)
+  exported = scoring.Scorer.from_export(export_dir)
   probs, _, _, _ = exported.predict_file(test_file)
   np.testing.assert_allclose(probs, api, rtol=1e-5, atol=1e-6)
   out_npy = tmp_path / "scores.npy"
@@ -119,9 +120,9 @@ def test_export_runs_without_model_code(trained, tmp_path):
   """A fresh interpreter that imports only jax and numpy runs the artifact."""
   wd, _, _, _ = trained
   export_dir = tmp_path / "export"
-  score.export(wd, export_dir)
+  scoring.export(wd, export_dir)
   ids = np.zeros((3, 39), np.int32)
-  expected = score.Scorer.from_export(export_dir).predict_batch(ids, np.ones((3, 39), np.float32))
+  expected = scoring.Scorer.from_export(export_dir).predict_batch(ids, np.ones((3, 39), np.float32))
   code = f"""
 import sys, json, numpy as np, jax, jax.numpy as jnp
 sys.modules['gin_jax'] = None  # any import of the model code would fail
@@ -139,7 +140,7 @@ print(json.dumps(np.asarray(exp.call(w, jnp.zeros((3, 39), jnp.int32),
 
 def test_unseen_categories_score_as_oov(trained):
   wd, _, test_file, _ = trained
-  scorer = score.Scorer.from_checkpoint(wd)
+  scorer = scoring.Scorer.from_checkpoint(wd)
   row = test_file.read_text().splitlines()[0].split("\t")
   unseen = "\t".join(row[:14] + ["deadbeef"] * 26)
   split = data.encode_rows(scorer.meta, [unseen])
@@ -167,10 +168,10 @@ def test_bad_rows_error_and_skip(trained, tmp_path):
 
 def test_error_cases_name_what_is_wrong(trained, tmp_path):
   wd, _, test_file, _ = trained
-  with pytest.raises(score.ScoringError, match="not a training workdir"):
-    score.Scorer.from_checkpoint(tmp_path)
-  with pytest.raises(score.ScoringError, match="missing"):
-    score.Scorer.from_export(tmp_path)
+  with pytest.raises(scoring.ScoringError, match="not a training workdir"):
+    scoring.Scorer.from_checkpoint(tmp_path)
+  with pytest.raises(scoring.ScoringError, match="missing"):
+    scoring.Scorer.from_export(tmp_path)
   # A truncated checkpoint: every array file cut short.
   broken = tmp_path / "broken"
   shutil.copytree(wd, broken)
@@ -178,8 +179,8 @@ def test_error_cases_name_what_is_wrong(trained, tmp_path):
   for f in (latest / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 16:
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-  with pytest.raises(score.ScoringError, match="does not match its seal"):
-    score.Scorer.from_checkpoint(broken, step=int(latest.name))
+  with pytest.raises(scoring.ScoringError, match="does not match its seal"):
+    scoring.Scorer.from_checkpoint(broken, step=int(latest.name))
   # Metadata from a different model (the config says 8-dim embeddings), sealed
   # as if a save had written it: intact by its seal, but it does not fit.
   other = tmp_path / "other"
@@ -191,8 +192,8 @@ def test_error_cases_name_what_is_wrong(trained, tmp_path):
     meta[key]["model"]["embed_dim"] = 8
   meta_file.write_text(json.dumps(meta))
   checkpointing.seal(latest)
-  with pytest.raises(score.ScoringError, match="cannot restore"):
-    score.Scorer.from_checkpoint(other)
+  with pytest.raises(scoring.ScoringError, match="cannot restore"):
+    scoring.Scorer.from_checkpoint(other)
   proc = _run("--checkpoint", tmp_path / "nowhere", "--data", test_file, "--out", tmp_path / "x")
   assert proc.returncode == 2 and "error:" in proc.stderr
 

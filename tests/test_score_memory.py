@@ -38,7 +38,7 @@ def test_streamed_outputs_equal_the_in_memory_writer(scratch, tmp_path):
   import jax
 
   from gin_jax import metrics as metrics_lib
-  from gin_jax import score
+  from gin_jax import scoring
 
   workdir = scratch / "workdir"
   rows = score_memory.criteo_file(tmp_path / "rows.tsv", 12_345).read_text().splitlines(True)
@@ -46,12 +46,12 @@ def test_streamed_outputs_equal_the_in_memory_writer(scratch, tmp_path):
   rows[9000] = "0\tanother\n"
   path = tmp_path / "with_bad.tsv"
   path.write_text("".join(rows))
-  scorer = score.Scorer.from_checkpoint(workdir, devices=jax.devices()[:1])
+  scorer = scoring.Scorer.from_checkpoint(workdir, devices=jax.devices()[:1])
   probs, labels, lines, bad = scorer.predict_file(path, bad_rows="skip")
   for suffix in (".csv", ".npy"):
     whole, streamed = tmp_path / f"whole{suffix}", tmp_path / f"streamed{suffix}"
-    score.write_scores(whole, probs, lines, bad)
-    summary = score.score_file(scorer, path, streamed, bad_rows="skip")
+    scoring.write_scores(whole, probs, lines, bad)
+    summary = scoring.score_file(scorer, path, streamed, bad_rows="skip")
     assert summary.rows == len(probs) == 12_343 and summary.bad.count == 2
     if suffix == ".csv":
       assert streamed.read_text() == whole.read_text()

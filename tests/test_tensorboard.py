@@ -6,7 +6,8 @@ import jax
 import pytest
 
 from gin_jax import config as config_lib
-from gin_jax import tensorboard, trainer
+from gin_jax import training
+from gin_jax.training import tensorboard
 
 
 def test_scalars_of_each_kind_of_record():
@@ -32,7 +33,7 @@ def test_scalars_of_each_kind_of_record():
 
 @pytest.mark.slow
 def test_tiny_run_writes_the_logged_scalars(tmp_path):
-  report = trainer.run(config_lib.tiny(), tmp_path, devices=jax.devices()[:1])
+  report = training.run(config_lib.tiny(), tmp_path, devices=jax.devices()[:1])
   scalars = tensorboard.read_scalars(tmp_path / "tensorboard")
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
@@ -63,8 +64,8 @@ def test_tiny_run_writes_the_logged_scalars(tmp_path):
 def test_tensorboard_false_writes_none(tmp_path):
   cfg = config_lib.override(
     config_lib.tiny(),
-    {"train.tensorboard": "false", "train.stages": "gin", "train.epochs": "1"},
+    {"train.tensorboard": "false", "train.stages": "single", "train.epochs": "1"},
   )
   assert cfg.train.tensorboard is False
-  trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  training.run(cfg, tmp_path, devices=jax.devices()[:1])
   assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "tensorboard").exists()

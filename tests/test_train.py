@@ -1,5 +1,6 @@
 """End to end: the two-stage trainer on the tiny preset (in-process and as subprocesses)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from gin_jax import checkpointing, score, trainer
 from gin_jax import config as config_lib
+from gin_jax import scoring, training
+from gin_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ def tiny(**train):
     name=cfg.name,
     model=cfg.model,
     data=cfg.data,
-    train=config_lib.dataclasses.replace(cfg.train, **train),
+    train=dataclasses.replace(cfg.train, **train),
   )
 
 
@@ -37,7 +39,7 @@ def _losses(workdir):
 @pytest.fixture(scope="module")
 def one_device_run(tmp_path_factory):
   wd = tmp_path_factory.mktemp("one")
-  return wd, trainer.run(tiny(), wd, devices=jax.devices()[:1])
+  return wd, training.run(tiny(), wd, devices=jax.devices()[:1])
 
 
 def test_tiny_trains_end_to_end_with_report(one_device_run):
@@ -56,7 +58,7 @@ def test_tiny_trains_end_to_end_with_report(one_device_run):
 
 def test_eight_devices_match_one_device(one_device_run, tmp_path):
   wd1, rep1 = one_device_run
-  rep8 = trainer.run(tiny(), tmp_path, devices=jax.devices())
+  rep8 = training.run(tiny(), tmp_path, devices=jax.devices())
   l1, l8 = _losses(wd1), _losses(tmp_path)
   assert l1.keys() == l8.keys()
   # Sharded reductions sum in another order: float32 round-off, amplified a
@@ -70,7 +72,7 @@ def test_eight_devices_match_one_device(one_device_run, tmp_path):
 
 def test_pruned_alpha_is_exactly_zero_after_retraining(one_device_run):
   wd, _ = one_device_run
-  loaded = score.load_checkpoint(wd, devices=jax.devices()[:1])
+  loaded = scoring.load_checkpoint(wd, devices=jax.devices()[:1])
   params, masks = loaded.state["params"], loaded.state["masks"]
   for name, mask in masks.items():
     alpha, mask = np.asarray(params[name]["alpha"]), np.asarray(mask)
@@ -82,7 +84,7 @@ def test_pruned_alpha_is_exactly_zero_after_retraining(one_device_run):
 def test_rerun_on_finished_workdir_resumes_without_training(one_device_run, capsys):
   wd, rep = one_device_run
   before = (wd / "metrics.jsonl").read_text()
-  again = trainer.run(tiny(), wd, devices=jax.devices()[:1])
+  again = training.run(tiny(), wd, devices=jax.devices()[:1])
   assert again["stages"] == rep["stages"]
   assert (wd / "metrics.jsonl").read_text() == before
 
@@ -94,22 +96,22 @@ def test_a_run_of_an_older_version_resumes_when_only_new_fields_are_missing(one_
   for key in ("linear_start", "linear_l2", "ensemble"):
     del saved["train"][key]
   (wd / "config.json").write_text(json.dumps(saved))
-  assert trainer.run(tiny(), wd, devices=jax.devices()[:1])["stages"] == rep["stages"]
+  assert training.run(tiny(), wd, devices=jax.devices()[:1])["stages"] == rep["stages"]
   saved["train"]["epochs"] = 7  # a field it knew, changed: still refused
   (wd / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(trainer.TrainingError, match=r"train.epochs: 7 -> 2"):
-    trainer.run(tiny(), wd, devices=jax.devices()[:1])
+  with pytest.raises(training.TrainingError, match=r"train.epochs: 7 -> 2"):
+    training.run(tiny(), wd, devices=jax.devices()[:1])
   (wd / "config.json").write_text(json.dumps(tiny().to_dict()))
 
 
 def test_different_config_is_refused_unless_overwrite(one_device_run, tmp_path):
   wd, _ = one_device_run
-  with pytest.raises(trainer.TrainingError, match=r"different config.*train.keep_ratio"):
-    trainer.run(tiny(keep_ratio=0.5), wd, devices=jax.devices()[:1])
+  with pytest.raises(training.TrainingError, match=r"different config.*train.keep_ratio"):
+    training.run(tiny(keep_ratio=0.5), wd, devices=jax.devices()[:1])
   other = tmp_path / "copy"
   other.mkdir()
   (other / "config.json").write_text((wd / "config.json").read_text())
-  rep = trainer.run(
+  rep = training.run(
     tiny(keep_ratio=0.5, epochs=1), other, overwrite=True, devices=jax.devices()[:1]
   )
   assert rep["config"]["train"]["keep_ratio"] == 0.5
@@ -117,8 +119,8 @@ def test_different_config_is_refused_unless_overwrite(one_device_run, tmp_path):
 
 def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
   cfg = tiny(learning_rate=1e30, clip_norm=0.0, checkpoint_every=1000, log_every=1)
-  with pytest.raises(trainer.TrainingError, match="NaN or Inf"):
-    trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  with pytest.raises(training.TrainingError, match="NaN or Inf"):
+    training.run(cfg, tmp_path, devices=jax.devices()[:1])
   assert not list((tmp_path / "checkpoints").glob("[0-9]*"))  # nothing bad was saved
 
 
@@ -132,7 +134,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(one_device_run, tmp_
   for f in (ckpts[-1] / "state").rglob("*"):
     if f.is_file():
       f.write_bytes(b"garbage")
-  again = trainer.run(tiny(), tmp_path / "wd", devices=jax.devices()[:1])
+  again = training.run(tiny(), tmp_path / "wd", devices=jax.devices()[:1])
   assert f"{ckpts[-1]} is unusable" in capsys.readouterr().out
   assert again["stages"]["retrain"]["test_auc"] == pytest.approx(
     rep["stages"]["retrain"]["test_auc"], abs=1e-6
@@ -158,12 +160,12 @@ def _train_cmd(workdir, *extra):
 # trainer's on_step hook right after global step argv[2].
 _KILL_SCRIPT = """
 import os, signal, sys
-from gin_jax import cli, config, trainer
-cli.init_runtime()
+from gin_jax import config, runtime, training
+runtime.init_runtime()
 def kill_at(step):
   if step == int(sys.argv[2]):
     os.kill(os.getpid(), signal.SIGKILL)
-trainer.run(config.tiny(), sys.argv[1], on_step=kill_at)
+training.run(config.tiny(), sys.argv[1], on_step=kill_at)
 """
 
 
@@ -269,8 +271,8 @@ def _boundary_state(wd, abstract_state):
 
 @pytest.mark.parametrize("warm", [True, False])
 def test_warm_start_begins_retrain_from_the_masked_search_weights(tmp_path, warm):
-  trainer.run(tiny(warm_start=warm, keep_checkpoints=100), tmp_path, devices=jax.devices()[:1])
-  loaded = score.load_checkpoint(tmp_path, devices=jax.devices()[:1])
+  training.run(tiny(warm_start=warm, keep_checkpoints=100), tmp_path, devices=jax.devices()[:1])
+  loaded = scoring.load_checkpoint(tmp_path, devices=jax.devices()[:1])
   start = _boundary_state(tmp_path, loaded.fns.abstract_state)
   mngr = checkpointing.manager(tmp_path / "best_search", None)
   searched, _ = checkpointing.restore(mngr, mngr.latest_step(), loaded.fns.abstract_state)
@@ -296,27 +298,25 @@ def test_failed_preparation_leaves_no_config_and_real_data_reports_no_planted_pa
   lines = path.read_text().splitlines(keepends=True)
   path.write_text("".join(lines[:100] + ["2\tnot a row\n"] + lines[100:]))
   base = tiny(epochs=1)
-  data = config_lib.dataclasses.replace(base.data, format="criteo", train=str(path))
-  cfg = config_lib.dataclasses.replace(base, data=data)
+  data = dataclasses.replace(base.data, format="criteo", train=str(path))
+  cfg = dataclasses.replace(base, data=data)
   wd = tmp_path / "wd"
   with pytest.raises(DataError, match=r"clicks.tsv:101: "):
-    trainer.run(cfg, wd, devices=jax.devices()[:1])
+    training.run(cfg, wd, devices=jax.devices()[:1])
   assert not (wd / "config.json").exists()
   # The corrected command (here: skip the bad row) is a new config, and is not refused.
-  fixed = config_lib.dataclasses.replace(
-    cfg, data=config_lib.dataclasses.replace(data, bad_rows="skip")
-  )
-  rep = trainer.run(fixed, wd, devices=jax.devices()[:1])
+  fixed = dataclasses.replace(cfg, data=dataclasses.replace(data, bad_rows="skip"))
+  rep = training.run(fixed, wd, devices=jax.devices()[:1])
   assert rep["kept_pairs"] and rep["planted_pair_recall"] is None
   assert "planted_pair_chance" not in rep and "planted_pair_ranks" not in rep
 
 
 def _linear_start(**train):
   cfg = tiny(**train)
-  return config_lib.dataclasses.replace(
+  return dataclasses.replace(
     cfg,
-    model=config_lib.dataclasses.replace(cfg.model, first_order=True, embed_init_std=1e-4),
-    train=config_lib.dataclasses.replace(cfg.train, linear_start=True),
+    model=dataclasses.replace(cfg.model, first_order=True, embed_init_std=1e-4),
+    train=dataclasses.replace(cfg.train, linear_start=True),
   )
 
 
@@ -326,8 +326,8 @@ def _evals(workdir, stage):
 
 
 def test_linear_start_begins_as_the_fitted_regression_and_never_ends_below_it(tmp_path):
-  rep = trainer.run(_linear_start(), tmp_path, devices=jax.devices()[:1])
-  lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["gin"]
+  rep = training.run(_linear_start(), tmp_path, devices=jax.devices()[:1])
+  lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["train"]
   start = _evals(tmp_path, "search")[0]
   # Evaluated before the first step: the regression (the deep part adds ~0 to
   # the logits while the embeddings are at their 1e-4 init).
@@ -347,10 +347,10 @@ def test_linear_start_resumes_after_an_interruption_with_the_same_results(tmp_pa
     if step == 15:
       raise Stop
 
-  full = trainer.run(_linear_start(), tmp_path / "full", devices=jax.devices()[:1])
+  full = training.run(_linear_start(), tmp_path / "full", devices=jax.devices()[:1])
   with pytest.raises(Stop):
-    trainer.run(_linear_start(), tmp_path / "cut", devices=jax.devices()[:1], on_step=stop_at_15)
-  again = trainer.run(_linear_start(), tmp_path / "cut", devices=jax.devices()[:1])
+    training.run(_linear_start(), tmp_path / "cut", devices=jax.devices()[:1], on_step=stop_at_15)
+  again = training.run(_linear_start(), tmp_path / "cut", devices=jax.devices()[:1])
   for stage in ("search", "retrain"):
     for key in ("valid_auc", "test_auc", "test_logloss", "epochs"):
       assert again["stages"][stage][key] == full["stages"][stage][key]
@@ -362,12 +362,12 @@ def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_vali
 ):
   """A GIN that cannot learn (lr 1e-6) validates below the regression: the run trains
   GIN from the regression and delivers it, for the report, scoring and reruns alike."""
-  from gin_jax import score
+  from gin_jax import scoring
 
-  cfg = tiny(learning_rate=1e-6, beat_linear=True, stages="gin", epochs=1)
-  rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  cfg = tiny(learning_rate=1e-6, beat_linear=True, stages="single", epochs=1)
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
   check = rep["beat_linear"]
-  lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["gin"]
+  lin = json.loads((tmp_path / "linear" / "report.json").read_text())["stages"]["train"]
   assert check["linear_valid_auc"] == lin["valid_auc"]
   assert check["model_valid_auc"] < check["linear_valid_auc"]
   assert check["from_linear_valid_auc"] > check["model_valid_auc"]  # the rule that delivers it
@@ -376,9 +376,9 @@ def test_beat_linear_delivers_the_model_started_from_the_regression_when_it_vali
   second = json.loads((tmp_path / "from_linear" / "report.json").read_text())
   assert rep["stages"] == second["stages"] and rep["first_candidate"]["stages"]
   assert (tmp_path / "from_linear" / "linear").resolve() == (tmp_path / "linear").resolve()
-  loaded = score.load_checkpoint(tmp_path, best=True, report=lambda m: None)
+  loaded = scoring.load_checkpoint(tmp_path, best=True, report=lambda m: None)
   assert loaded.cfg.model.first_order and loaded.cfg.train.linear_start
-  again = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
+  again = training.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
   assert again["stages"] == rep["stages"] and again["beat_linear"] == check
 
 
@@ -388,7 +388,7 @@ def test_ensemble_delivers_the_average_of_its_members_to_report_scoring_and_expo
   from gin_jax import data, metrics
 
   cfg = tiny(ensemble=2, epochs=1)
-  rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
   member = tmp_path / "ensemble" / "member_1"
   assert json.loads((tmp_path / "delivered.json").read_text()) == {
     "workdir": ".", "ensemble": [".", "ensemble/member_1"]
@@ -418,18 +418,18 @@ def test_ensemble_delivers_the_average_of_its_members_to_report_scoring_and_expo
   _, splits = data.open_prepared(next(p for p in (tmp_path / "data" / "cache").iterdir()
                                       if p.is_dir()))  # fmt: skip
   valid = splits["valid"]
-  both = score.Scorer.from_checkpoint(tmp_path).predict_split(valid)
-  alone = score.Scorer.from_checkpoint(tmp_path, step=rep["final_step"]).predict_split(valid)
-  other = score.Scorer.from_checkpoint(member).predict_split(valid)
+  both = scoring.Scorer.from_checkpoint(tmp_path).predict_split(valid)
+  alone = scoring.Scorer.from_checkpoint(tmp_path, step=rep["final_step"]).predict_split(valid)
+  other = scoring.Scorer.from_checkpoint(member).predict_split(valid)
   assert np.abs(alone - other).max() > 1e-3  # two seeds, two models
   np.testing.assert_allclose(both, (alone.astype(np.float64) + other) / 2, atol=1e-6)
   assert metrics.evaluate(np.asarray(valid.labels), both)["auc"] == pytest.approx(
     rep["stages"]["retrain"]["valid_auc"], abs=1e-6
   )
-  exported = score.Scorer.from_export(score.export(tmp_path, tmp_path / "export"))
+  exported = scoring.Scorer.from_export(scoring.export(tmp_path, tmp_path / "export"))
   np.testing.assert_allclose(exported.predict_split(valid), both, atol=1e-6)
   assert json.loads((tmp_path / "export" / "export.json").read_text())["models"] == 2
-  again = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
+  again = training.run(cfg, tmp_path, devices=jax.devices()[:1])  # finished: read back
   assert again["stages"] == rep["stages"] and again["ensemble"] == rep["ensemble"]
 
 
@@ -439,36 +439,36 @@ def test_changing_train_ensemble_on_a_workdir_trains_only_the_members_it_lacks(t
   from gin_jax import data
 
   devices = jax.devices()[:1]
-  one = trainer.run(tiny(epochs=1), tmp_path, devices=devices)
+  one = training.run(tiny(epochs=1), tmp_path, devices=devices)
   logged = (tmp_path / "metrics.jsonl").read_bytes()
   _, splits = data.open_prepared(next(p for p in (tmp_path / "data" / "cache").iterdir()
                                       if p.is_dir()))  # fmt: skip
-  alone = score.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"])
+  alone = scoring.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"])
 
-  two = trainer.run(tiny(epochs=1, ensemble=2), tmp_path, devices=devices)
+  two = training.run(tiny(epochs=1, ensemble=2), tmp_path, devices=devices)
   assert (tmp_path / "metrics.jsonl").read_bytes() == logged  # member 0 read back
   assert two["ensemble"][0]["stages"] == one["stages"]
   assert [m["seed"] for m in two["ensemble"]] == [0, 1000]
   assert two["stages"]["retrain"]["models"] == 2
   assert json.loads((tmp_path / "config.json").read_text())["train"]["ensemble"] == 2
-  both = score.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"])
+  both = scoring.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"])
   assert np.abs(both - alone).max() > 1e-4
 
-  again = trainer.run(tiny(epochs=1), tmp_path, devices=devices)
+  again = training.run(tiny(epochs=1), tmp_path, devices=devices)
   assert again["stages"] == one["stages"] and "ensemble" not in again
   assert json.loads((tmp_path / "delivered.json").read_text()) == {"workdir": "."}
   assert json.loads((tmp_path / "report.json").read_text())["stages"] == one["stages"]
   np.testing.assert_array_equal(
-    score.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"]), alone
+    scoring.Scorer.from_checkpoint(tmp_path).predict_split(splits["valid"]), alone
   )
   # Any other field still refuses the workdir.
-  with pytest.raises(trainer.TrainingError, match=r"different config.*train.seed"):
-    trainer.run(tiny(epochs=1, ensemble=2, seed=1), tmp_path, devices=devices)
+  with pytest.raises(training.TrainingError, match=r"different config.*train.seed"):
+    training.run(tiny(epochs=1, ensemble=2, seed=1), tmp_path, devices=devices)
 
 
 def test_beat_linear_keeps_a_model_that_validates_above_the_regression(tmp_path):
-  cfg = tiny(beat_linear=True, epochs=3, stages="gin")
-  rep = trainer.run(cfg, tmp_path, devices=jax.devices()[:1])
+  cfg = tiny(beat_linear=True, epochs=3, stages="single")
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
   check = rep["beat_linear"]
   assert check["model_valid_auc"] >= check["linear_valid_auc"]
   assert check["delivered"] == "." and not (tmp_path / "from_linear").exists()

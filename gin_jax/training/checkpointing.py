@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from gin_jax import partitioning
+from gin_jax.training import partitioning
 
 log = logging.getLogger(__name__)
 
@@ -393,13 +393,9 @@ def newest_meta(directory: str | os.PathLike) -> tuple[int, dict] | None:
   return None
 
 
-def latest_step(directory: str | os.PathLike) -> int | None:
-  """The newest step in `directory`, or None if it holds no checkpoint."""
-  if not Path(directory).is_dir():
-    return None
-  return ocp.CheckpointManager(
-    Path(directory).absolute(), item_names=("state", "meta")
-  ).latest_step()
+def steps_of(mngr: ocp.CheckpointManager) -> list[int]:
+  """Every step a manager holds, oldest first."""
+  return sorted(mngr.all_steps())
 
 
 def all_steps(directory: str | os.PathLike) -> list[int]:

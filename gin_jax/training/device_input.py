@@ -1,8 +1,8 @@
 """Training input that keeps an accelerator fed (`data.device_resident`).
 
 The grain pipeline (gin_jax.data.pipeline) gathers each batch on the host and
-copies it to the devices: ~0.8M samples/s on 2 CPU cores, below what one GPU
-trains. Two device-side alternatives serve the SAME batches (global batch k of
+copies it to the devices, slower than one GPU trains (benchmarks.epoch_bench;
+docs/scale.md). Two device-side alternatives serve the SAME batches (global batch k of
 an epoch is the split's rows `pipeline.ShuffledBatches(n, B, seed, epoch)[k]`,
 as in the grain pipeline), with the same `{"next_index": k}` iterator state, so
 results and resumption are unchanged:
@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gin_jax import partitioning
 from gin_jax.data import pipeline
 from gin_jax.data.meta import Split
+from gin_jax.training import partitioning
 
 MODES = ("auto", "resident", "streamed", "off")
 
@@ -208,3 +208,29 @@ def chunk_batches(split: Split, batch_size: int, mesh: Mesh, fraction: float) ->
   limit = partitioning.device_memory_bytes(mesh) or (1 << 30)
   per_batch = split_bytes(split) / max(len(split), 1) * batch_size / partitioning.num_shards(mesh)
   return int(max(1, min(4096, fraction * limit / 2 / per_batch)))
+
+
+INPUT_NAMES = {
+  "off": "grain pipeline (host)",
+  "resident": "split resident on the devices",
+  "streamed": "streamed to the devices in chunks",
+}
+
+
+class HostBatches:
+  """The grain pipeline's host batches, placed on the mesh; grain's iterator state."""
+
+  def __init__(self, it, mesh):
+    self._it, self._mesh = it, mesh
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return partitioning.shard_batch(self._mesh, next(self._it))
+
+  def get_state(self) -> dict:
+    return self._it.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._it.set_state(state)

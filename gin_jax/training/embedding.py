@@ -52,9 +52,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from gin_jax.model import TABLE_ROWS
+from gin_jax.models import TABLE_ROWS
 
-EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "lazy_adam", "adam")
 REPLAY_FRACTION = 8  # lazy_adam replays at most U / 8 of a batch's U row entries.
 
 

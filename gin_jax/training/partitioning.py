@@ -4,7 +4,7 @@ Layout: one mesh axis, `data`, over every device of every process. The batch
 is sharded over it; the stacked embedding table's rows are sharded over it
 too (never replicated, which would all-reduce a table-sized gradient each
 step); every dense weight is replicated. Models name logical axes only
-(`gin_jax.model.TABLE_ROWS`); `LOGICAL_RULES` maps them to mesh axes.
+(`gin_jax.models.TABLE_ROWS`); `LOGICAL_RULES` maps them to mesh axes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from gin_jax import embedding as embedding_lib
-from gin_jax import model as model_lib
+from gin_jax import models as model_lib
+from gin_jax.training import embedding as embedding_lib
 
 DATA = "data"
 LOGICAL_RULES = {model_lib.TABLE_ROWS: DATA}

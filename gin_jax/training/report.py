@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from gin_jax import files
 
 
 class MetricsLog:
@@ -26,7 +27,7 @@ class MetricsLog:
       return
     try:
       with self.path.open("a") as f:
-        f.write(json.dumps(_jsonable(record)) + "\n")
+        f.write(json.dumps(files.jsonable(record)) + "\n")
     except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
       raise OSError(e.errno, e.strerror, str(self.path)) from None
     if self.scalars is not None:
@@ -60,30 +61,6 @@ class MetricsLog:
       self.path.write_text("".join(keep))
 
 
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
-  if isinstance(x, list | tuple):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.generic):
-    x = x.item()
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  return x
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-  """Writes atomically (temp file + rename) so readers never see half a file."""
-  path = Path(path)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  try:
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
-  except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
-    tmp.unlink(missing_ok=True)
-    raise OSError(e.errno, e.strerror, str(path)) from None
-  os.replace(tmp, path)
-
-
 def alpha_heatmap(
   path, alphas: dict, masks: dict | None, field_names: list[str], num_subspaces: int
 ) -> None:
@@ -101,8 +78,8 @@ def alpha_heatmap(
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from gin_jax.model import layer_names
-  from gin_jax.pruning import input_names
+  from gin_jax.models import layer_names
+  from gin_jax.models.pruning import input_names
 
   names = layer_names(alphas)
   rows, cols = len(names), num_subspaces

@@ -2,21 +2,21 @@
 
 The train state is a plain dict pytree:
 
-  params, batch_stats   the model (see gin_jax.model)
+  params, batch_stats   the model (see gin_jax.models)
   opt_state             optax state (Adam with an injectable learning rate) of
                         the dense parameters; of every parameter when
                         train.embedding_optimizer = "adam"
   embedding             row-optimizer state of the embedding table (see
-                        gin_jax.embedding); {} with the dense "adam"
+                        gin_jax.training.embedding); {} with the dense "adam"
   masks                 pruning masks with alpha's structure (all True in search)
   step                  int32 global step
   rng                   uint32 key data; dropout keys are fold_in(rng, step)
   nonfinite             int32 count of steps whose loss was NaN/Inf
 
-`train_step(state, batch) -> (state, metrics)` is jitted once per Trainer
-with explicit in/out shardings and the state donated. `train_step_resident`
+`train_step(state, batch) -> (state, metrics)` is jitted once per run
+(`build`) with explicit in/out shardings and the state donated. `train_step_resident`
 is the same step on a batch it first gathers from a device-resident split
-(gin_jax.device_input): one call per step, so a step's host work is one
+(gin_jax.training.device_input): one call per step, so a step's host work is one
 dispatch. `StepFns.step(state, batch)` takes either kind of batch.
 """
 
@@ -31,9 +31,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from gin_jax import device_input, embedding, partitioning, pruning
-from gin_jax import model as model_lib
+from gin_jax import models as model_lib
 from gin_jax.config import TrainConfig
+from gin_jax.models import pruning
+from gin_jax.training import device_input, embedding, partitioning
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -94,9 +95,9 @@ def replay_form(backend: str) -> str:
   """lazy_adam's replay form for a backend (benchmarks/results/row_optimizer_bench_*.json).
 
   Same numbers either way (tests/test_embedding.py). On a CPU the while loop is
-  2.1x faster than straight-line code (19.3 vs 40.9 ms: it stops at the longest
-  gap); on an H200 it is 9.3x slower (1.94 vs 0.21 ms): each iteration goes back
-  to the host for its condition.
+  the faster (it stops at the longest gap); on a GPU straight-line code is
+  (each loop iteration goes back to the host for its condition). The figures
+  are in that JSON and docs/scale.md.
   """
   return "loop" if backend == "cpu" else "unrolled"
 
@@ -136,7 +137,7 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
   Args:
     spec: the model's static description (table rows already padded).
     cfg: training config (optimizers, L2, clipping).
-    mesh: the device mesh from gin_jax.partitioning.
+    mesh: the device mesh from gin_jax.training.partitioning.
 
   Returns:
     StepFns whose functions are jitted with explicit shardings.
@@ -262,7 +263,7 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
   """Row-sparse step: gradients and updates for the batch's unique rows only.
 
   The touched rows first catch up on the idle steps they missed (their L2
-  decay, gin_jax.embedding); the loss then has dense training's
+  decay, gin_jax.training.embedding); the loss then has dense training's
   lambda/2 ||row||^2 for each of them. O(batch), and equal to the dense step
   while every gap is within the catch-up horizon.
   """

@@ -1,0 +1,189 @@
+"""Finding and restoring the checkpoints a workdir delivers, for scoring and export.
+
+Usable means sealed, every file matching its seal and every parameter finite
+(gin_jax/training/checkpointing.py); an unusable checkpoint is never scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+from gin_jax import data
+from gin_jax import models as model_lib
+from gin_jax.config import Config
+from gin_jax.scoring.errors import ScoringError
+from gin_jax.training import checkpointing, partitioning, stages, steps
+from gin_jax.training.workdir import Workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedCheckpoint:
+  """One restored checkpoint: its config, dataset, step functions, state and mesh."""
+
+  cfg: Config
+  dataset_meta: object
+  fns: steps.StepFns
+  state: dict
+  mesh: object
+  description: str
+
+
+def load_checkpoint(
+  workdir, *, step=None, best=False, devices=None, report=None
+) -> LoadedCheckpoint:
+  """Restores a usable training checkpoint onto `devices` (see Scorer.from_checkpoint).
+
+  Usable means sealed, every file matching its seal and every parameter finite
+  (gin_jax.training.checkpointing). An explicit `step` that is unusable is refused.
+  Without one, the newest usable checkpoint is used, and each newer one that
+  is skipped is reported. With `best`, the final stage's best checkpoint; if
+  it is unusable, the newest usable regular checkpoint of that stage (or of
+  the finished run, which holds the restored best weights), saying so.
+
+  Args:
+    workdir: a `python -m train` workdir.
+    step: a specific checkpoint step (default: the newest usable).
+    best: the best checkpoint of the last stage instead.
+    devices: devices to restore onto (default: all local devices).
+    report: called with each warning (default: printed to stderr).
+
+  Returns:
+    The LoadedCheckpoint. Raises ScoringError naming what is missing or wrong.
+  """
+  layout = Workdir(workdir)
+  report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+  if step is None and layout.delivered() != layout:  # train.beat_linear chose a second model
+    layout = layout.delivered()
+    report(f"{workdir}: the run delivered the model in {layout.root} (delivered.json); using it")
+    workdir = layout.root
+  if not layout.config.exists():
+    raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
+  candidates, stages_wanted = _candidates(layout, step, best)
+  skipped = []
+  for directory, s in candidates:
+    try:
+      loaded = _restore_checkpoint(directory, s, devices, stages_wanted if skipped else None)
+    except checkpointing.UnusableCheckpoint as e:
+      if step is not None:
+        raise ScoringError(
+          f"{e}; refusing to score with it (omit --step to use the newest usable checkpoint)"
+        ) from None
+      report(f"{e}; trying the previous one")
+      skipped.append(e)
+      continue
+    except checkpointing.CheckpointError as e:
+      raise ScoringError(str(e)) from None
+    if loaded is None:
+      continue  # a regular checkpoint of an earlier stage: not a stand-in for --best
+    if skipped:
+      report(f"using {loaded.description} instead")
+    return dataclasses.replace(
+      loaded, description=loaded.description + (" (best)" if best and not skipped else "")
+    )
+  raise ScoringError(
+    f"no usable checkpoint in {workdir}"
+    + (f" for the {'/'.join(sorted(stages_wanted))} stage" if stages_wanted else "")
+    + f" ({'; '.join(str(e) for e in skipped[:3])})"
+  )
+
+
+def _candidates(layout: Workdir, step, best: bool) -> tuple[list, set | None]:
+  """(the checkpoints to try in order, the stages a stand-in may come from) for load_checkpoint.
+
+  With `best`, best_<final stage> first, then the regular checkpoints; only those
+  of the final stage (or of the finished run) stand in for it.
+  """
+  regular = [(layout.checkpoints, s) for s in checkpointing.all_steps(layout.checkpoints)]
+  stages_wanted = None
+  if best:
+    final = stages.final(_read_config(layout.config).train.stages)
+    directory = layout.best(final)
+    candidates = [(directory, s) for s in checkpointing.all_steps(directory)]
+    if not candidates:
+      raise ScoringError(f"{directory} holds no checkpoint")
+    candidates += regular
+    stages_wanted = {final.name, stages.DONE}
+  elif step is not None:
+    have = [s for _, s in regular]
+    if step not in have:
+      raise ScoringError(f"no checkpoint step {step} in {layout.checkpoints}; have {sorted(have)}")
+    candidates = [(layout.checkpoints, step)]
+  else:
+    candidates = regular
+    if not candidates:
+      raise ScoringError(f"{layout.checkpoints} holds no checkpoint")
+  return candidates, stages_wanted
+
+
+def load_models(workdir, *, step=None, best=False, devices=None, report=None):
+  """The models a workdir delivers: [LoadedCheckpoint], several for train.ensemble.
+
+  Without `step`, each model that delivered.json lists (load_checkpoint of
+  each; `best` applies to each). With `step`, that checkpoint of the workdir
+  alone, saying so when the run delivers an ensemble. All members must share
+  the dataset (its vocabulary and fields), else ScoringError.
+  """
+  layout = Workdir(workdir)
+  report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+  members = layout.ensemble()
+  if step is not None or len(members) == 1:
+    if step is not None and len(members) > 1:
+      report(f"{workdir} delivers the average of {len(members)} models; --step {step} "
+             "scores this run's own checkpoint alone")  # fmt: skip
+    return [load_checkpoint(workdir, step=step, best=best, devices=devices, report=report)]
+  models = [load_checkpoint(m.root, best=best, devices=devices, report=report) for m in members]
+  first = models[0].dataset_meta
+  for m in models[1:]:
+    meta = m.dataset_meta
+    if (meta.fields, meta.vocab, meta.options) != (first.fields, first.vocab, first.options):
+      raise ScoringError(
+        f"{m.description}: an ensemble member encodes its input unlike "
+        f"{models[0].description} (other fields or vocabulary)"
+      )
+  return models
+
+
+def _read_config(path: Path) -> Config:
+  try:
+    return Config.from_dict(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ScoringError(f"{path}: cannot parse the run's config ({e})") from None
+
+
+def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> LoadedCheckpoint:
+  """Checkpoint `step` of `directory`; None if its stage is not in `stages_wanted`."""
+  mngr = checkpointing.manager(directory, None)
+  checkpointing.verify_seal(checkpointing.step_dir(mngr, step))
+  meta = checkpointing.read_meta(mngr, step, verify=False)
+  try:
+    if stages_wanted is not None and meta["progress"]["stage"] not in stages_wanted:
+      return None
+    cfg = Config.from_dict(meta.get("effective_config") or meta["config"])
+    dataset_meta = data.DatasetMeta.from_dict(meta["dataset"])
+    rows = meta["model"]
+  except Exception as e:  # noqa: BLE001 - report any malformed metadata the same way
+    raise ScoringError(
+      f"{directory}/{step}: unreadable checkpoint metadata ({type(e).__name__}: {e})"
+    ) from e
+  devices = list(devices or jax.local_devices())
+  if rows["padded_rows"] % len(devices):  # the table's rows must split evenly
+    devices = devices[:1]
+  mesh = partitioning.make_mesh(devices)
+  spec = model_lib.ModelSpec(
+    cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"]
+  )
+  fns = steps.build(spec, cfg.train, mesh)
+  state, _ = checkpointing.restore(mngr, step, fns.abstract_state, verify=False)
+  return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, f"{directory}/{step}")
+
+
+def describe(models) -> str:
+  """What a Scorer scores with: one checkpoint, or the average of several."""
+  if len(models) == 1:
+    return models[0].description
+  return f"the average of {len(models)} models ({', '.join(m.description for m in models)})"

@@ -1,0 +1,157 @@
+"""Export for serving: the scoring function as StableHLO (`jax.export`) plus its parameters.
+
+An exported directory holds the StableHLO of the scoring function, its
+parameters as a plain .npz (read with allow_pickle=False) and the dataset
+metadata; running it needs jax and numpy, not the model code.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gin_jax import data
+from gin_jax import models as model_lib
+from gin_jax.scoring import checkpoints
+from gin_jax.scoring.errors import ScoringError
+
+EXPORT_FILES = ("score.stablehlo", "params.npz", "dataset.json", "export.json")
+
+
+def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> Path:
+  """Serialises the scoring function and its parameters with jax.export.
+
+  The exported function takes `(weights, ids [b, f] int32, values [b, f]
+  float32)` with a symbolic batch size b, and is lowered for CPU and CUDA.
+  """
+  out_dir = Path(out_dir)
+  models = checkpoints.load_models(workdir, step=step, best=best, devices=jax.local_devices()[:1])
+  loaded = models[0]
+  weights = [
+    jax.tree.map(
+      lambda x: np.asarray(jax.device_get(x)),
+      (m.state["params"], m.state["batch_stats"], m.state["masks"]),
+    )
+    for m in models
+  ]
+  graphdefs = [m.fns.graphdef for m in models]
+  leaves, treedef = jax.tree.flatten(weights)
+
+  def score(leaves_, ids, values):
+    probs = []
+    for graphdef, (p, s, m) in zip(graphdefs, jax.tree.unflatten(treedef, leaves_)):
+      logits, _ = model_lib.apply_model(graphdef, p, s, ids, values, m, train=False)
+      probs.append(jax.nn.sigmoid(logits))
+    return sum(probs) / len(probs)  # an ensemble's average of probabilities
+
+  b = jax.export.symbolic_shape("b")[0]
+  f = loaded.dataset_meta.num_fields
+  args = (
+    [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+    jax.ShapeDtypeStruct((b, f), jnp.int32),
+    jax.ShapeDtypeStruct((b, f), jnp.float32),
+  )
+  exported = jax.export.export(jax.jit(score), platforms=("cpu", "cuda"))(*args)
+  info = {
+    "batch_size": loaded.cfg.train.eval_batch_size,
+    "num_fields": f,
+    "num_table_rows": loaded.dataset_meta.num_table_rows,
+    "field_names": loaded.dataset_meta.field_names,
+    "source": checkpoints.describe(models),
+    "models": len(models),
+    "platforms": list(exported.platforms),
+  }
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "score.stablehlo").write_bytes(exported.serialize())
+    np.savez(out_dir / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
+    (out_dir / "dataset.json").write_text(loaded.dataset_meta.to_json())
+    (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+  except OSError as e:
+    raise ScoringError(f"{e.filename or out_dir}: cannot write the export ({e.strerror})") from None
+  return out_dir
+
+
+def load_export(directory) -> tuple:
+  """(dataset meta, score(ids, values), batch size) of an exported directory.
+
+  Every file is checked against the others before anything is scored: a bad
+  one raises ScoringError naming it and the problem.
+  """
+  directory = Path(directory)
+  missing = [f for f in EXPORT_FILES if not (directory / f).exists()]
+  if missing:
+    raise ScoringError(f"{directory} is not an export directory: missing {missing}")
+  info = _export_info(directory / "export.json")
+  path = directory / "score.stablehlo"
+  try:
+    exported = jax.export.deserialize(bytearray(path.read_bytes()))
+  except Exception as e:  # noqa: BLE001 - any undecodable artifact is reported the same way
+    raise ScoringError(f"{path}: not a serialized jax.export function ({e})") from None
+  weights = [jnp.asarray(x) for x in _export_params(directory / "params.npz", exported)]
+  path = directory / "dataset.json"
+  try:
+    dataset_meta = data.DatasetMeta.from_json(path.read_text())
+  except data.DataError as e:
+    raise ScoringError(f"{path}: {e}") from None
+  ids_aval = exported.in_avals[len(weights)]
+  if dataset_meta.num_fields != ids_aval.shape[1]:
+    raise ScoringError(
+      f"{path}: {dataset_meta.num_fields} fields, but the exported function takes "
+      f"{ids_aval.shape[1]}"
+    )
+  if info.get("num_table_rows", dataset_meta.num_table_rows) != dataset_meta.num_table_rows:
+    raise ScoringError(
+      f"{path}: num_table_rows={dataset_meta.num_table_rows}, but the exported table "
+      f"has {info['num_table_rows']} (export.json)"
+    )
+
+  def score(ids, values):
+    return np.asarray(exported.call(weights, jnp.asarray(ids), jnp.asarray(values)))
+
+  return dataset_meta, score, info["batch_size"]
+
+
+def _export_info(path: Path) -> dict:
+  """export.json, checked: an object whose batch_size is a positive integer."""
+  try:
+    info = json.loads(path.read_text())
+  except ValueError as e:
+    raise ScoringError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(info, dict):
+    raise ScoringError(f"{path}: must be a JSON object")
+  size = info.get("batch_size")
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    raise ScoringError(f"{path}: batch_size must be a positive integer, got {size!r}")
+  return info
+
+
+def _export_params(path: Path, exported) -> list[np.ndarray]:
+  """params.npz, checked: exactly the arrays leaf_0.. the exported function takes, finite."""
+  avals = exported.in_avals[:-2]  # then ids and values
+  names = [f"leaf_{i}" for i in range(len(avals))]
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      extra, absent = sorted(set(z.files) - set(names)), sorted(set(names) - set(z.files))
+      if extra or absent:
+        raise ScoringError(
+          f"{path}: the exported function takes exactly {names[0]}..{names[-1]}; "
+          + (f"unexpected {extra}" if extra else f"missing {absent}")
+        )
+      leaves = [z[name] for name in names]
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ScoringError(f"{path}: unreadable ({e})") from None
+  for name, x, aval in zip(names, leaves, avals):
+    if x.shape != aval.shape or x.dtype != aval.dtype:
+      raise ScoringError(
+        f"{path}: {name} is {x.dtype}{list(x.shape)}, the exported function takes "
+        f"{aval.dtype}{list(aval.shape)}"
+      )
+    if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+      raise ScoringError(f"{path}: {name} holds NaN or Inf")
+  return leaves

@@ -1,0 +1,86 @@
+"""Evaluation of a run's state: exact metrics over whole splits, saved predictions, the report."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from gin_jax import files, runtime
+from gin_jax import metrics as metrics_lib
+from gin_jax.models import pruning
+from gin_jax.training import partitioning, predict, report
+from gin_jax.training.context import RunContext
+from gin_jax.training.stages import Stage
+
+
+def evaluate(ctx: RunContext, state, split) -> dict:
+  """Exact AUC / logloss over a whole split; predictions gathered from all processes."""
+  return metrics_lib.evaluate(*predict_split(ctx, state, split))
+
+
+def predict_split(ctx: RunContext, state, split) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, probabilities) of every row of `split`, gathered from all processes."""
+  return predict.predict_split(
+    split,
+    ctx.cfg.train.eval_batch_size,
+    predict.state_score_fn(ctx.fns, state, ctx.mesh),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+
+def validate(ctx: RunContext, stage: Stage, state, epoch: int, when: str) -> dict:
+  """Evaluates on the validation split, logs it (metrics.jsonl and stdout); the metrics."""
+  m = evaluate(ctx, state, ctx.splits["valid"])
+  ctx.log.write(
+    stage=stage.name, event="eval", split="valid", step=int(state["step"]), epoch=epoch,
+    auc=m["auc"], logloss=m["logloss"],
+  )  # fmt: skip
+  runtime.log(f"{stage.name} {when}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  return m
+
+
+def write_predictions(path, labels: np.ndarray, probs: np.ndarray) -> None:
+  """labels and probs [n] as an .npz, written atomically (never half a file)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with files.atomic_open(path, "wb") as f:
+    np.savez(f, labels=labels.astype(np.float32), probs=probs.astype(np.float32))
+
+
+def final_report(ctx: RunContext, state, progress) -> dict:
+  """report.json of a finished run: per-stage metrics, kept pairs, planted-pair recall."""
+  names = ctx.meta.field_names
+  out = {
+    "stages": progress.results,
+    "config": ctx.cfg.to_dict(),
+    "kept_pairs": None,
+    "planted_pairs": [list(p) for p in ctx.planted] or None,
+    "planted_pair_recall": None,
+    "final_step": int(state["step"]),
+  }
+  if ctx.cfg.train.stages == "aoanet" and progress.search_alpha is not None:
+    masks = jax.tree.map(partitioning.to_host, state["masks"])
+    alphas = {k: np.asarray(v, np.float32) for k, v in progress.search_alpha.items()}
+    kept = pruning.kept_field_pairs(masks, names)
+    out.update(
+      kept_pairs=kept,
+      kept_fraction=pruning.kept_fraction(masks),
+      kept_pairs_detail=pruning.kept_pairs(masks, names, alphas),
+    )
+    if ctx.planted:  # synthetic data only: how well pruning found the planted pairs
+      f = len(names)
+      out.update(
+        planted_pair_recall=pruning.planted_pair_recall(masks, names, ctx.planted),
+        planted_pair_chance=len(kept) / (f * (f + 1) / 2),
+        planted_pair_ranks=pruning.planted_pair_ranks(alphas, names, ctx.planted),
+      )
+    if jax.process_index() == 0:
+      report.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
+  out["summary"] = summary(out["stages"])
+  return out
+
+
+def summary(results: dict) -> dict:
+  """The report's "summary": each stage's valid AUC and test metrics."""
+  keys = ("valid_auc", "test_auc", "test_logloss")
+  return {stage: {k: r.get(k) for k in keys} for stage, r in results.items()}

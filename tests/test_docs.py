@@ -1,0 +1,169 @@
+"""The README and docs/ stay true: short README, live links, runnable code, real modules.
+
+Conventions the pages follow (docs/*.md):
+- every ```python block compiles;
+- a ```python block whose first line is `# runs as written` is executed, in an
+  empty temporary directory with a fresh namespace, and must not raise: keep
+  such blocks to a second or so (a config, a thousand synthetic rows);
+- every `python -m MODULE` names a module that exists, so renaming one without
+  updating the pages fails here.
+"""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
+PAGES = [README, *DOCS]
+RUNS_MARK = "# runs as written"
+MAX_README_LINES = 250
+
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+LINK = re.compile(r"(?<!!)\[(?:[^\]\\]|\\.)*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+MODULE = re.compile(r"\bpython3? -m ([A-Za-z_][\w.]*)")
+
+
+def _rel(path: Path) -> str:
+  return str(path.relative_to(REPO))
+
+
+def _blocks(path: Path, lang: str) -> list[tuple[int, str]]:
+  """(line number of the opening fence, code) of every ```lang block."""
+  text = path.read_text()
+  return [
+    (text.count("\n", 0, m.start()) + 1, m.group(2))
+    for m in FENCE.finditer(text)
+    if m.group(1) == lang
+  ]
+
+
+def _prose(text: str) -> str:
+  """The text without its fenced blocks (links and headings live outside them)."""
+  return FENCE.sub("", text)
+
+
+def _slug(heading: str) -> str:
+  """GitHub's anchor for a heading: link text kept, markup and punctuation dropped."""
+  text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+  text = text.replace("`", "").strip().lower()
+  text = re.sub(r"[^\w\- ]", "", text)
+  return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+  slugs, seen = set(), {}
+  for m in HEADING.finditer(_prose(path.read_text())):
+    slug = _slug(m.group(1))
+    n = seen.get(slug, 0)
+    seen[slug] = n + 1
+    slugs.add(slug if n == 0 else f"{slug}-{n}")
+  return slugs
+
+
+def _links() -> list[tuple[Path, str]]:
+  out = []
+  for page in PAGES:
+    for m in LINK.finditer(_prose(page.read_text())):
+      target = m.group(1)
+      if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+        continue
+      out.append((page, target))
+  return out
+
+
+def _modules() -> list[str]:
+  names = set()
+  for page in PAGES:
+    names.update(m.group(1).rstrip(".") for m in MODULE.finditer(page.read_text()))
+  return sorted(names)
+
+
+def _python_blocks() -> list[tuple[Path, int, str]]:
+  return [(page, line, code) for page in PAGES for line, code in _blocks(page, "python")]
+
+
+def _runnable_blocks() -> list[tuple[Path, int, str]]:
+  return [
+    (page, line, code)
+    for page, line, code in _python_blocks()
+    if page != README and code.startswith(RUNS_MARK + "\n")
+  ]
+
+
+def test_readme_is_short():
+  lines = README.read_text().count("\n")
+  assert lines <= MAX_README_LINES, (
+    f"README.md has {lines} lines (at most {MAX_README_LINES}): move detail to docs/"
+  )
+
+
+def test_docs_pages_exist():
+  names = {p.name for p in DOCS}
+  for name in ("training", "data", "quality", "baselines", "scale", "reliability"):
+    assert f"{name}.md" in names
+
+
+def test_readme_first_python_block_is_the_scoring_snippet():
+  """tests/test_score.py executes the README's first ```python block as written."""
+  first = README.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+  assert "Scorer.from_checkpoint" in first and "predict_file" in first
+
+
+@pytest.mark.parametrize(
+  "page,target", _links(), ids=lambda x: _rel(x) if isinstance(x, Path) else x
+)
+def test_relative_links_point_at_files_that_exist(page, target):
+  path, _, anchor = target.partition("#")
+  dest = (page.parent / path).resolve() if path else page
+  assert dest.exists(), f"{_rel(page)}: link to {target!r}: {dest} does not exist"
+  if anchor and dest.suffix == ".md":
+    assert anchor in _anchors(dest), (
+      f"{_rel(page)}: link to {target!r}: no heading #{anchor} in {_rel(dest)}"
+    )
+
+
+def test_pages_have_links_to_check():
+  assert len(_links()) > 10
+
+
+@pytest.mark.parametrize(
+  "page,line,code",
+  _python_blocks(),
+  ids=[f"{_rel(p)}:{n}" for p, n, _ in _python_blocks()],
+)
+def test_python_blocks_compile(page, line, code):
+  compile(code, f"{_rel(page)}:{line}", "exec")
+
+
+def test_some_docs_blocks_run():
+  assert _runnable_blocks(), f"no docs/*.md ```python block starts with {RUNS_MARK!r}"
+
+
+@pytest.mark.parametrize(
+  "page,line,code",
+  _runnable_blocks(),
+  ids=[f"{_rel(p)}:{n}" for p, n, _ in _runnable_blocks()],
+)
+def test_runnable_blocks_run_as_written(page, line, code, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  namespace = {"__name__": "__docs__"}
+  exec(compile(code, f"{_rel(page)}:{line}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_python_dash_m_modules_exist(module, monkeypatch):
+  monkeypatch.syspath_prepend(str(REPO))
+  assert importlib.util.find_spec(module) is not None, (
+    f"`python -m {module}` is named in README.md or docs/ but is not an importable module"
+  )
+
+
+def test_pages_name_the_entry_points():
+  modules = _modules()
+  for name in ("train", "gin_jax.score", "benchmarks.quality", "benchmarks.paper"):
+    assert name in modules
