@@ -32,6 +32,7 @@ from gin_jax.config.schema import (
   INTERACTION_IMPLS,
   L2_PRIOR,
   NUMERIC_MODES,
+  PRUNABLE,
   PRUNE_SCOPES,
   READOUTS,
   STAGE_PLAN_ALIASES,
@@ -47,8 +48,8 @@ from gin_jax.config.schema import (
 
 __all__ = [
   "ARCHS", "ARCH_DEFAULTS", "BAD_ROWS", "DEVICE_RESIDENT", "EMBEDDING_OPTIMIZERS", "FORMATS",
-  "INTERACTION_IMPLS", "L2_PRIOR", "NUMERIC_MODES", "PRESETS", "PRUNE_SCOPES", "READOUTS",
-  "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig", "ModelConfig", "TrainConfig",
-  "auto_batch_size", "auto_embedding_l2", "criteo_bars", "criteo_paper", "criteo_x1", "default",
+  "INTERACTION_IMPLS", "L2_PRIOR", "NUMERIC_MODES", "PRESETS", "PRUNABLE", "PRUNE_SCOPES",
+  "READOUTS", "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig", "ModelConfig",
+  "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars", "criteo_paper", "criteo_x1", "default",
   "demo", "frappe", "frappe_x1", "load_file", "override", "preset", "resolve_auto", "tiny",
 ]  # fmt: skip

@@ -13,10 +13,12 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-# model.arch: GIN / AOANet, the linear floor, FM, and the paper's 9 baselines (section 4).
+# model.arch: GIN / AOANet, the linear floor, FM, and the paper's 9 baselines (section 4);
+# gin_jax.models.registry builds each.
 ARCHS = (
   "gin", "lr", "fm", "deepfm", "ipnn", "opnn", "fwfm", "afm", "dcn", "dcnv2", "xdeepfm", "autoint",
 )  # fmt: skip
+PRUNABLE = ("gin",)  # the archs with alpha to prune (train.stages=aoanet)
 
 # The paper's Table 4 (Criteo) layer counts, applied when model.arch switches to
 # that model (explicit overrides of the same fields still win): the presets'
@@ -198,7 +200,7 @@ class Config:
   train: TrainConfig = field(default_factory=TrainConfig)
 
   def __post_init__(self):
-    if self.model.arch != "gin" and self.train.stages == "aoanet":
+    if self.model.arch not in PRUNABLE and self.train.stages == "aoanet":
       raise ValueError(
         f"model.arch={self.model.arch!r} has no alpha to prune: use --stages single "
         "(one training stage)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from gin_jax.config import ARCHS, ModelConfig
+from gin_jax.config import ARCHS, PRUNABLE, ModelConfig  # noqa: F401 - PRUNABLE re-exported
 from gin_jax.models import baselines
 from gin_jax.models.gin import GIN
 from gin_jax.models.linear import LogisticRegression
@@ -31,9 +31,6 @@ MODELS = {
   "autoint": baselines.AutoInt,
 }
 assert tuple(MODELS) == ARCHS, "gin_jax.config.ARCHS and the registry must list the same models"
-
-# The models with alpha to prune (train.stages=aoanet).
-PRUNABLE = ("gin",)
 
 
 def build(

@@ -58,7 +58,7 @@ def final_report(ctx: RunContext, state, progress) -> dict:
     "planted_pair_recall": None,
     "final_step": int(state["step"]),
   }
-  if ctx.cfg.train.stages == "aoanet" and progress.search_alpha is not None:
+  if progress.search_alpha is not None:  # a stage of the plan selected (pruned) after it
     masks = jax.tree.map(partitioning.to_host, state["masks"])
     alphas = {k: np.asarray(v, np.float32) for k, v in progress.search_alpha.items()}
     kept = pruning.kept_field_pairs(masks, names)
