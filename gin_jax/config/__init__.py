@@ -50,6 +50,7 @@ __all__ = [
   "ARCHS", "ARCH_DEFAULTS", "BAD_ROWS", "DEVICE_RESIDENT", "EMBEDDING_OPTIMIZERS", "FORMATS",
   "INTERACTION_IMPLS", "L2_PRIOR", "NUMERIC_MODES", "PRESETS", "PRUNABLE", "PRUNE_SCOPES",
   "READOUTS", "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig", "ModelConfig",
-  "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars", "criteo_paper", "criteo_x1", "default",
-  "demo", "frappe", "frappe_x1", "load_file", "override", "preset", "resolve_auto", "tiny",
+  "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars", "criteo_paper", "criteo_x1",
+  "default", "demo", "frappe", "frappe_x1", "load_file", "override", "preset", "resolve_auto",
+  "tiny",
 ]  # fmt: skip
