@@ -33,7 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
   path = Path(path)
   tmp = temp_path(path)
   try:
-    with open(tmp, mode) as f:
+    with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
       yield f
     os.replace(tmp, path)
   except OSError as e:

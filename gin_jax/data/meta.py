@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from gin_jax import files
 from gin_jax.data.errors import DataError
 
 META_FILE = "meta.json"
@@ -146,9 +147,7 @@ class DatasetMeta:
     """Writes directory/meta.json; returns its path."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, META_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(self.to_json())
-    os.replace(path + ".tmp", path)
+    files.atomic_write(path, self.to_json())
     return path
 
   @classmethod

@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from gin_jax import files
 from gin_jax.config import DataConfig
 from gin_jax.data import vocab
 from gin_jax.data.errors import no_space
@@ -309,9 +310,7 @@ def _write_demo_files(path: str, pairs_path: str, spec: SyntheticSpec) -> None:
   """The TSV, then its pairs file (whose existence says the TSV is complete)."""
   try:
     pairs = write_criteo_tsv(path, spec)
-    with open(pairs_path + ".tmp", "w") as f:
-      json.dump(pairs, f)
-    os.replace(pairs_path + ".tmp", pairs_path)
+    files.atomic_write(pairs_path, json.dumps(pairs))
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise
