@@ -24,10 +24,10 @@ from benchmarks import common
 from gin_jax.training import embedding
 
 VARIANTS = {
-  "rowwise_adagrad": dict(kind="rowwise_adagrad"),
-  "lazy_adam loop": dict(kind="lazy_adam", replay="loop"),
-  "lazy_adam unrolled": dict(kind="lazy_adam", replay="unrolled"),
-  "lazy_adam no replay": dict(kind="lazy_adam", catch_up_steps=0),
+  "rowwise_adagrad": (embedding.RowwiseAdagrad, {}),
+  "lazy_adam loop": (embedding.LazyAdam, dict(replay="loop")),
+  "lazy_adam unrolled": (embedding.LazyAdam, dict(replay="unrolled")),
+  "lazy_adam no replay": (embedding.LazyAdam, dict(catch_up_steps=0)),
 }
 
 
@@ -53,9 +53,9 @@ def main(argv=None) -> dict:
   within = float(np.mean(gaps <= 64))
 
   results, table = {}, []
-  for name, kwargs in VARIANTS.items():
-    opt = embedding.RowOptimizer(l2=args.l2, **kwargs)
-    slots = {"t": {"acc": acc}} if opt.kind == "rowwise_adagrad" else {"t": {"m": m, "v": v}}
+  for name, (cls, kwargs) in VARIANTS.items():
+    opt = cls(l2=args.l2, **kwargs)
+    slots = {"t": {"acc": acc}} if opt.name == "rowwise_adagrad" else {"t": {"m": m, "v": v}}
 
     @jax.jit
     def step(rows, slots, opt=opt):

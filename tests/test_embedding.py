@@ -193,7 +193,7 @@ def test_lazy_adam_closed_form_for_gaps_beyond_the_horizon_tracks_dense_adam():
   last, valid, lr = jnp.array([10]), jnp.array([True]), 1e-3
   slots = {"t": {"m": jnp.asarray(m), "v": jnp.asarray(v)}}
   for l2 in (0.0, 0.5):
-    opt = embedding.RowOptimizer("lazy_adam", l2=l2, catch_up_steps=4)
+    opt = embedding.LazyAdam(l2=l2, catch_up_steps=4)
     rows, out = opt.catch_up({"t": jnp.asarray(w)}, slots, last, valid, 311, lr)
     dense = _dense_idle(w, m, v, 10, 300, l2, lr)
     if l2 == 0.0:
@@ -229,7 +229,7 @@ def test_unrolled_replay_equals_the_loop():
   out = {}
   for replay in ("loop", "unrolled"):
     # REPLAY_FRACTION caps the replay at u/8 rows; a horizon-wide budget needs u/8 >= rows.
-    opt = embedding.RowOptimizer("lazy_adam", l2=l2, catch_up_steps=horizon, replay=replay)
+    opt = embedding.LazyAdam(l2=l2, catch_up_steps=horizon, replay=replay)
     out[replay] = opt.catch_up({"t": jnp.asarray(w)}, slots, last, valid, count, lr)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), *out.values())
   rows = np.asarray(out["loop"][0]["t"])

@@ -41,17 +41,19 @@ proceeds as if the row had been updated all along.
   of the table. Adagrad has no momentum: an idle row under L2 shrinks by the
   factor (1 - lr*lambda/(sqrt(G)+eps)) per step, applied k times in closed form
   (G's own growth over the idle steps, O(lambda^2), is left out).
-- `adam`: the dense reference, O(table) per step (gin_jax.training).
+- `adam`: the dense reference, O(table) per step (gin_jax.training.steps).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from gin_jax.config import EMBEDDING_OPTIMIZERS, TrainConfig
 from gin_jax.models import TABLE_ROWS
 
 REPLAY_FRACTION = 8  # lazy_adam replays at most U / 8 of a batch's U row entries.
@@ -59,50 +61,41 @@ REPLAY_FRACTION = 8  # lazy_adam replays at most U / 8 of a batch's U row entrie
 
 @dataclasses.dataclass(frozen=True)
 class RowOptimizer:
-  """A row optimizer for the embedding tables (see the module docstring)."""
+  """What every row optimizer shares (see the module docstring); one subclass each.
 
-  kind: str  # "rowwise_adagrad" or "lazy_adam".
+  The base keeps the per-row step counts and the L2 strengths and loops over
+  the row tables; a subclass names itself (`name`, its train.embedding_optimizer
+  value) and defines its per-row slots (`_slot`), the idle steps a row missed
+  (`_idle`) and one step (`_step`). A new row optimizer is one subclass and one
+  ROW_OPTIMIZERS entry here, plus its name in gin_jax.config.EMBEDDING_OPTIMIZERS.
+  """
+
+  name: ClassVar[str] = ""
   l2: float = 0.0  # lambda: L2 strength per row per step.
   l2_tables: tuple = ()  # ((table name, lambda), ...): tables with their own strength.
-  catch_up_steps: int = 64  # lazy_adam: idle steps replayed exactly per touched row.
-  b1: float = 0.9  # lazy_adam: first-moment decay (optax's default).
-  b2: float = 0.999  # lazy_adam: second-moment decay.
   eps: float = 1e-8  # Added to the denominator (optax's default).
-  # lazy_adam's replay: "loop" runs as many iterations as the longest gap (a while
-  # loop); "unrolled" always runs catch_up_steps masked iterations as straight-line
-  # code, with no loop for the device to return to the host for
-  # (benchmarks/row_optimizer_bench.py compares them).
-  replay: str = "loop"
 
-  def __post_init__(self):
-    if self.kind not in ("rowwise_adagrad", "lazy_adam"):
-      raise ValueError(f"unknown row optimizer {self.kind!r}")
-    if self.replay not in ("loop", "unrolled"):
-      raise ValueError(f"replay must be 'loop' or 'unrolled', got {self.replay!r}")
-    if self.catch_up_steps < 0:
-      raise ValueError(f"catch_up_steps must be >= 0, got {self.catch_up_steps}")
+  @classmethod
+  def from_config(cls, cfg: TrainConfig, l2_tables: tuple, backend: str) -> RowOptimizer:
+    """The optimizer train.embedding_optimizer names, with the run's settings."""
+    del backend  # only lazy_adam's replay depends on it
+    return cls(l2=cfg.embedding_l2, l2_tables=l2_tables)
 
   def init(self, tables: dict) -> dict:
     """Per-row state for the row tables `{name: [R, w]}` (row-sharded like them).
 
     Returns:
       {"count": int32 [] steps taken, "last": int32 [R] the count at each row's
-      last update (0: never), "slots": {name: {"m", "v"}} (lazy_adam: arrays like
-      the table) or {name: {"acc"}} (rowwise_adagrad: float32 [R])}.
+      last update (0: never), "slots": {name: the subclass's slots}}.
     """
     rows = next(iter(tables.values())).shape[0]
-    if self.kind == "lazy_adam":
-      slots = {k: {"m": jnp.zeros_like(t), "v": jnp.zeros_like(t)} for k, t in tables.items()}
-    else:
-      slots = {k: {"acc": jnp.zeros((rows,), t.dtype)} for k, t in tables.items()}
+    slots = {k: self._slot(t) for k, t in tables.items()}
     last = jnp.zeros((rows,), jnp.int32)
     return {"count": jnp.zeros((), jnp.int32), "last": last, "slots": slots}
 
   def l2_of(self, name: str) -> float:
     """The L2 strength of table `name`."""
     return dict(self.l2_tables).get(name, self.l2)
-
-  # ------------------------------------------------------------------ catch-up
 
   def catch_up(self, rows, slots, last_u, valid_u, count, lr):
     """Applies the idle steps each gathered row missed since its last update.
@@ -119,26 +112,99 @@ class RowOptimizer:
       (rows, slots) as dense training would have left them before this step.
     """
     idle = jnp.where(valid_u, count - 1 - last_u, 0)
-    out_rows, out_slots = {}, {}
-    for name, w in rows.items():
-      if self.kind == "rowwise_adagrad":
-        out_rows[name], out_slots[name] = self._adagrad_idle(
-          w, slots[name], idle, lr, self.l2_of(name)
-        )
-      else:
-        out_rows[name], out_slots[name] = self._adam_idle(
-          w, slots[name], last_u, idle, lr, self.l2_of(name)
-        )
-    return out_rows, out_slots
+    out = {k: self._idle(w, slots[k], last_u, idle, lr, self.l2_of(k)) for k, w in rows.items()}
+    return {k: o[0] for k, o in out.items()}, {k: o[1] for k, o in out.items()}
 
-  def _adagrad_idle(self, w, slot, idle, lr, l2):
+  def update(self, rows, grads, slots, count, lr):
+    """One optimizer step on the (caught-up) touched rows.
+
+    Args:
+      rows: {name: [U, w]} caught-up rows.
+      grads: their gradients (this step's L2 included), same structure.
+      slots: their caught-up optimizer slots.
+      count: int32 scalar, this step's 1-based count.
+      lr: the learning rate.
+
+    Returns:
+      (new rows, new slots), with the structures of `rows` and `slots`.
+    """
+    out = {k: self._step(w, grads[k], slots[k], count, lr) for k, w in rows.items()}
+    return {k: o[0] for k, o in out.items()}, {k: o[1] for k, o in out.items()}
+
+  def _slot(self, table):
+    raise NotImplementedError
+
+  def _idle(self, w, slot, last_u, idle, lr, l2):
+    raise NotImplementedError
+
+  def _step(self, w, g, slot, count, lr):
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class RowwiseAdagrad(RowOptimizer):
+  """One accumulator per row: G += mean_w(g^2), w -= lr g / (sqrt(G) + eps)."""
+
+  name: ClassVar[str] = "rowwise_adagrad"
+
+  def _slot(self, table):
+    return {"acc": jnp.zeros((table.shape[0],), table.dtype)}
+
+  def _idle(self, w, slot, last_u, idle, lr, l2):
+    del last_u
     if not l2:
       return w, slot
     rate = lr * l2 / (jnp.sqrt(slot["acc"]) + self.eps)
     shrink = jnp.power(jnp.clip(1.0 - rate, 0.0, 1.0), idle.astype(w.dtype))
     return w * shrink[:, None], slot
 
-  def _adam_idle(self, w, slot, last_u, idle, lr, l2):
+  def _step(self, w, g, slot, count, lr):
+    del count
+    acc = slot["acc"] + jnp.mean(jnp.square(g), axis=-1)
+    return w - lr * g / (jnp.sqrt(acc)[:, None] + self.eps), {"acc": acc}
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyAdam(RowOptimizer):
+  """Adam's m, v per entry, updated for touched rows only, idle steps caught up."""
+
+  name: ClassVar[str] = "lazy_adam"
+  catch_up_steps: int = 64  # Idle steps replayed exactly per touched row.
+  b1: float = 0.9  # First-moment decay (optax's default).
+  b2: float = 0.999  # Second-moment decay.
+  # The replay: "loop" runs as many iterations as the longest gap (a while loop);
+  # "unrolled" always runs catch_up_steps masked iterations as straight-line
+  # code, with no loop for the device to return to the host for
+  # (benchmarks/row_optimizer_bench.py compares them).
+  replay: str = "loop"
+
+  def __post_init__(self):
+    if self.replay not in ("loop", "unrolled"):
+      raise ValueError(f"replay must be 'loop' or 'unrolled', got {self.replay!r}")
+    if self.catch_up_steps < 0:
+      raise ValueError(f"catch_up_steps must be >= 0, got {self.catch_up_steps}")
+
+  @classmethod
+  def from_config(cls, cfg: TrainConfig, l2_tables: tuple, backend: str) -> LazyAdam:
+    return cls(
+      l2=cfg.embedding_l2,
+      l2_tables=l2_tables,
+      catch_up_steps=cfg.embedding_catch_up,
+      replay=replay_form(backend),
+    )
+
+  def _slot(self, table):
+    return {"m": jnp.zeros_like(table), "v": jnp.zeros_like(table)}
+
+  def _step(self, w, g, slot, count, lr):
+    # optax's Adam arithmetic, for the touched rows only.
+    m = (1 - self.b1) * g + self.b1 * slot["m"]
+    v = (1 - self.b2) * (g**2) + self.b2 * slot["v"]
+    m_hat = m / (1 - self.b1**count).astype(m.dtype)
+    v_hat = v / (1 - self.b2**count).astype(v.dtype)
+    return w - lr * (m_hat / (jnp.sqrt(v_hat) + self.eps)), {"m": m, "v": v}
+
+  def _idle(self, w, slot, last_u, idle, lr, l2):
     m, v = slot["m"], slot["v"]
     b1, b2 = self.b1, self.b2
     short = idle <= self.catch_up_steps
@@ -191,37 +257,21 @@ class RowOptimizer:
     # As many iterations as the longest gap among these rows (often a few).
     return jax.lax.fori_loop(0, jnp.max(steps, initial=0), body, (w, m, v))
 
-  # ------------------------------------------------------------------ the step
 
-  def update(self, rows, grads, slots, count, lr):
-    """One optimizer step on the (caught-up) touched rows.
+def replay_form(backend: str) -> str:
+  """lazy_adam's replay form for a backend (benchmarks/results/row_optimizer_bench_*.json).
 
-    Args:
-      rows: {name: [U, w]} caught-up rows.
-      grads: their gradients (this step's L2 included), same structure.
-      slots: their caught-up optimizer slots.
-      count: int32 scalar, this step's 1-based count.
-      lr: the learning rate.
+  Same numbers either way (tests/test_embedding.py). On a CPU the while loop is
+  the faster (it stops at the longest gap); on a GPU straight-line code is
+  (each loop iteration goes back to the host for its condition). The figures
+  are in that JSON and docs/scale.md.
+  """
+  return "loop" if backend == "cpu" else "unrolled"
 
-    Returns:
-      (new rows, new slots), with the structures of `rows` and `slots`.
-    """
-    new_rows, new_slots = {}, {}
-    for name, w in rows.items():
-      g, slot = grads[name], slots[name]
-      if self.kind == "rowwise_adagrad":
-        acc = slot["acc"] + jnp.mean(jnp.square(g), axis=-1)
-        new_rows[name] = w - lr * g / (jnp.sqrt(acc)[:, None] + self.eps)
-        new_slots[name] = {"acc": acc}
-        continue
-      # optax's Adam arithmetic, for the touched rows only.
-      m = (1 - self.b1) * g + self.b1 * slot["m"]
-      v = (1 - self.b2) * (g**2) + self.b2 * slot["v"]
-      m_hat = m / (1 - self.b1**count).astype(m.dtype)
-      v_hat = v / (1 - self.b2**count).astype(v.dtype)
-      new_rows[name] = w - lr * (m_hat / (jnp.sqrt(v_hat) + self.eps))
-      new_slots[name] = {"m": m, "v": v}
-    return new_rows, new_slots
+
+# train.embedding_optimizer -> its class ("adam" is the dense optax reference: none).
+ROW_OPTIMIZERS = {cls.name: cls for cls in (RowwiseAdagrad, LazyAdam)}
+assert set(ROW_OPTIMIZERS) | {"adam"} == set(EMBEDDING_OPTIMIZERS)
 
 
 def unique_rows(ids_bf: jax.Array, num_rows: int):

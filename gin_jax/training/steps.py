@@ -81,25 +81,10 @@ class StepFns:
 
 def _row_optimizer(cfg: TrainConfig) -> embedding.RowOptimizer | None:
   if cfg.embedding_optimizer == "adam":
-    return None
-  return embedding.RowOptimizer(
-    cfg.embedding_optimizer,
-    l2=cfg.embedding_l2,
-    l2_tables=(("linear", table_l2(cfg, "linear")),),
-    catch_up_steps=cfg.embedding_catch_up,
-    replay=replay_form(jax.default_backend()),
-  )
-
-
-def replay_form(backend: str) -> str:
-  """lazy_adam's replay form for a backend (benchmarks/results/row_optimizer_bench_*.json).
-
-  Same numbers either way (tests/test_embedding.py). On a CPU the while loop is
-  the faster (it stops at the longest gap); on a GPU straight-line code is
-  (each loop iteration goes back to the host for its condition). The figures
-  are in that JSON and docs/scale.md.
-  """
-  return "loop" if backend == "cpu" else "unrolled"
+    return None  # the dense reference: optax over the whole table
+  l2_tables = (("linear", table_l2(cfg, "linear")),)
+  cls = embedding.ROW_OPTIMIZERS[cfg.embedding_optimizer]
+  return cls.from_config(cfg, l2_tables, jax.default_backend())
 
 
 def table_l2(cfg: TrainConfig, name: str) -> float:
