@@ -458,3 +458,13 @@ def test_scoring_a_file_whose_every_row_is_skipped_exits_2(trained, tmp_path):
   )
   assert not out.exists()
   assert_clean(proc)
+
+
+def test_one_rule_says_which_checkpoints_stand_in_for_an_unusable_best_one():
+  """The trainer and `score --best` share it: the stage's own checkpoints, and for
+  the final stage the finished run's, never a later stage's fresh start."""
+  from gin_jax.training import stages
+
+  assert stages.stand_ins("aoanet", "search") == {"search"}
+  assert stages.stand_ins("aoanet", "retrain") == {"retrain", stages.DONE}
+  assert stages.stand_ins("single", "train") == {"train", stages.DONE}

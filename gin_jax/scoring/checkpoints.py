@@ -42,8 +42,9 @@ def load_checkpoint(
   (gin_jax.training.checkpointing). An explicit `step` that is unusable is refused.
   Without one, the newest usable checkpoint is used, and each newer one that
   is skipped is reported. With `best`, the final stage's best checkpoint; if
-  it is unusable, the newest usable regular checkpoint of that stage (or of
-  the finished run, which holds the restored best weights), saying so.
+  it is unusable, the newest usable stand-in (training.stages.stand_ins: a
+  regular checkpoint of that stage, or of the finished run, which holds the
+  restored best weights), saying so.
 
   Args:
     workdir: a `python -m train` workdir.
@@ -101,13 +102,14 @@ def _candidates(layout: Workdir, step, best: bool) -> tuple[list, set | None]:
   regular = [(layout.checkpoints, s) for s in checkpointing.all_steps(layout.checkpoints)]
   stages_wanted = None
   if best:
-    final = stages.final(_read_config(layout.config).train.stages)
+    plan = _read_config(layout.config).train.stages
+    final = stages.final(plan)
     directory = layout.best(final)
     candidates = [(directory, s) for s in checkpointing.all_steps(directory)]
     if not candidates:
       raise ScoringError(f"{directory} holds no checkpoint")
     candidates += regular
-    stages_wanted = {final.name, stages.DONE}
+    stages_wanted = stages.stand_ins(plan, final.name)
   elif step is not None:
     have = [s for _, s in regular]
     if step not in have:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gin_jax import runtime
-from gin_jax.training import checkpointing
+from gin_jax.training import checkpointing, stages
 from gin_jax.training.context import RunContext
 from gin_jax.training.evaluate import evaluate
 from gin_jax.training.stages import Stage
@@ -45,12 +45,13 @@ def restore_best(ctx: RunContext, stage: Stage, state):
 
 
 def _best_regular_checkpoint(ctx: RunContext, stage: Stage):
-  """(step, state, meta) of the usable regular checkpoint of `stage` with the best valid AUC."""
+  """(step, state, meta) of the usable stand-in (stages.stand_ins) with the best valid AUC."""
   found, best_auc = None, None
+  allowed = stages.stand_ins(ctx.cfg.train.stages, stage.name)
   for step in checkpointing.steps_of(ctx.ckpt):
     try:
       meta = checkpointing.read_meta(ctx.ckpt, step)
-      if meta["progress"]["stage"] != stage.name:
+      if meta["progress"]["stage"] not in allowed:
         continue  # another stage's weights (a boundary save holds the next stage's init)
       state, meta = checkpointing.restore(ctx.ckpt, step, ctx.fns.abstract_state, verify=False)
     except checkpointing.UnusableCheckpoint as e:

@@ -69,6 +69,23 @@ def final(plan_name: str) -> Stage:
   return plan(plan_name)[-1]
 
 
+def stand_ins(plan_name: str, stage: str) -> frozenset[str]:
+  """The stages whose regular checkpoints may stand in for an unusable best_<stage>.
+
+  The one fallback rule of the trainer (training/best.py) and the scorer
+  (`score --best`, scoring/checkpoints.py): a checkpoint saved during the stage
+  itself, or, for the plan's final stage, one saved by the finished run (DONE),
+  which holds that stage's restored best weights. A checkpoint saved at the
+  boundary into a later stage holds that stage's fresh start and never stands
+  in. Among the stand-ins the trainer takes the best on the validation split
+  (it holds the data) and reseals it as best_<stage>; the scorer, which may
+  hold no validation data, takes the newest usable one.
+  """
+  if stage == final(plan_name).name:
+    return frozenset((stage, DONE))
+  return frozenset((stage,))
+
+
 def init_key(seed: int, stage: Stage) -> jax.Array:
   """PRNG key of the stage's parameter initialisation (and its dropout stream)."""
   return jax.random.fold_in(jax.random.key(seed), stage.seed_index)
