@@ -24,17 +24,21 @@ def temp_path(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w"):
+def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = False):
   """Opens a temporary file that replaces `path` when the block ends without an error.
 
   On an error the temporary file is removed and `path` is left as it was. An
   OSError names `path` (a failed write of the temporary file would name that).
+  `fsync`: the data reaches the disk before the rename (checkpoint seals).
   """
   path = Path(path)
   tmp = temp_path(path)
   try:
     with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
       yield f
+      if fsync:
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
   except OSError as e:
     tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gin_jax import files
 from gin_jax.scoring.errors import ScoringError
 
 
@@ -29,7 +30,7 @@ class _ScoreWriter:
     self.rows = 0
 
   def _open(self, path: Path, mode: str):
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = files.temp_path(path)
     try:
       f = open(tmp, mode)  # noqa: SIM115 - closed in close()/abort()
     except OSError as e:
@@ -140,7 +141,7 @@ class _ParquetWriter(_ScoreWriter):
     super().__init__(path)
     from gin_jax.data import ParquetScoreWriter
 
-    tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+    tmp = files.temp_path(self.path)
     try:
       self._w = ParquetScoreWriter(tmp)
     except OSError as e:

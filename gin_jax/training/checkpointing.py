@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from gin_jax import files as files_lib
 from gin_jax.training import partitioning
 
 log = logging.getLogger(__name__)
@@ -207,16 +208,8 @@ def seal(directory: str | os.PathLike) -> Path:
     for p in _files(directory)
   }
   path = directory / SEAL_FILE
-  tmp = path.with_name(f"{SEAL_FILE}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "w") as f:
-      json.dump({"version": SEAL_VERSION, "algorithm": "sha256", "files": files}, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-  except OSError as e:  # e.g. a full disk: name the file (a failed write does not)
-    tmp.unlink(missing_ok=True)
-    raise OSError(e.errno, e.strerror, str(path)) from None
-  os.replace(tmp, path)
+  with files_lib.atomic_open(path, fsync=True) as f:
+    json.dump({"version": SEAL_VERSION, "algorithm": "sha256", "files": files}, f, indent=1)
   return path
 
 
