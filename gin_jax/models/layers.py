@@ -18,7 +18,14 @@ class FieldProjection(nnx.Module):
   Holds one or more tables indexed by the same stacked row ids (`widths`: name
   -> width), e.g. GIN's `table` [R, d], or FM's `table` plus its first-order
   `linear` [R, 1]. Every one is row-sharded and trained row-sparsely.
+
+  The ids and values arrive as slots: one per single-valued field, max_values
+  for a multi-valued one (`field_slots`, set by ModelSpec.build; None: one slot
+  per field). A multi-valued field's slots are pooled into one field vector
+  here, so every model sees f fields (see `pool_slots`).
   """
+
+  field_slots: tuple[int, ...] | None = None
 
   def __init__(
     self, num_rows: int, padded_rows: int, widths: dict, init_std: float, *, rngs: nnx.Rngs
@@ -28,8 +35,9 @@ class FieldProjection(nnx.Module):
       setattr(self, name, nnx.Param(table))
     self.names = tuple(widths)
 
-  def __call__(self, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
-    return embed_rows({n: getattr(self, n)[...] for n in self.names}, ids_bf, values_bf)
+  def __call__(self, ids_bs: jax.Array, values_bs: jax.Array) -> dict:
+    tables = {n: getattr(self, n)[...] for n in self.names}
+    return embed_rows(tables, ids_bs, values_bs, self.field_slots)
 
 
 INIT_BLOCK_ROWS = 1 << 22  # Rows drawn at once when a table is initialised.
@@ -70,14 +78,41 @@ def _normal_rows(key, num_rows: int, padded_rows: int, width: int, std: float) -
   return out
 
 
-def embed_rows(tables: dict, ids_bf: jax.Array, values_bf: jax.Array) -> dict:
-  """{name: tables[name][ids] * values} ([b, f, width] each); `tables` may be whole
-  tables (row ids) or the rows a sparse step gathered (ids into those rows)."""
+def embed_rows(tables: dict, ids_bs: jax.Array, values_bs: jax.Array, field_slots=None) -> dict:
+  """{name: pool_slots(tables[name][ids] * values)} ([b, f, width] each).
+
+  `tables` may be whole tables (row ids) or the rows a sparse step gathered
+  (ids into those rows); ids and values are [b, slots] (see pool_slots).
+  """
   out = {}
   for name, table in tables.items():
-    e = jnp.take(table, ids_bf, axis=0)
-    out[name] = e * values_bf[..., None].astype(e.dtype)
+    # Padding slots' ids are past the real rows: they read zeros, never NaN.
+    e = jnp.take(table, ids_bs, axis=0, mode="fill", fill_value=0)
+    out[name] = pool_slots(e * values_bs[..., None].astype(e.dtype), field_slots)
   return out
+
+
+def pool_slots(e_bsw: jax.Array, field_slots: tuple[int, ...] | None) -> jax.Array:
+  """[b, slots, w] -> [b, f, w]: each field's slots summed into one field vector.
+
+  A multi-valued field's slots carry value 1/count each (mean pooling) or 1
+  (sum pooling), and 0 at padding slots, whose id no table row answers to: so
+  the sum IS the pooled embedding, and each value's gradient is the field's
+  gradient times its value (1/count under mean). A single-valued field is one
+  slot, passed through untouched (no arithmetic: bit-identical to no pooling).
+
+  Args:
+    e_bsw: slot embeddings already multiplied by their values.
+    field_slots: slots per field, in order (None or all 1: nothing to pool).
+  """
+  if field_slots is None or all(k == 1 for k in field_slots):
+    return e_bsw
+  fields, start = [], 0
+  for k in field_slots:
+    part = e_bsw[:, start : start + k]
+    fields.append(part[:, 0] if k == 1 else jnp.sum(part, axis=1))
+    start += k
+  return jnp.stack(fields, axis=1)
 
 
 class MLP(nnx.Module):

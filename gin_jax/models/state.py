@@ -33,11 +33,23 @@ class ModelSpec:
   num_fields: int
   num_rows: int  # Real rows of the stacked table (sum of field sizes).
   padded_rows: int  # Rows after padding to a multiple of the device count.
+  # Input slots per field (a multi-valued field has max_values of them); None:
+  # one slot per field. DatasetMeta.field_slots gives it for prepared data.
+  field_slots: tuple[int, ...] | None = None
+
+  @property
+  def num_slots(self) -> int:
+    """The width of the ids and values arrays: one column per slot."""
+    return self.num_fields if self.field_slots is None else sum(self.field_slots)
 
   def build(self, key: jax.Array) -> nnx.Module:
-    return registry.build(
+    model = registry.build(
       self.cfg, self.num_fields, self.num_rows, self.padded_rows, rngs=nnx.Rngs(params=key)
     )
+    # The input's slot layout is the data's, not the architecture's: set on the
+    # projection every model has, so no model's constructor needs to know it.
+    model.projection.field_slots = self.field_slots
+    return model
 
 
 def padded_table_rows(num_rows: int, num_shards: int) -> int:

@@ -142,7 +142,7 @@ def build(spec: model_lib.ModelSpec, cfg: TrainConfig, mesh: Mesh) -> StepFns:
   if row_opt is None:
     step_fn = functools.partial(_dense_train_step, graphdef, tx, cfg)
   else:
-    step_fn = functools.partial(_sparse_train_step, graphdef, tx, row_opt, cfg, spec.padded_rows)
+    step_fn = functools.partial(_sparse_train_step, graphdef, tx, row_opt, cfg, spec)
   jit_init = jax.jit(init, in_shardings=(rep, shardings["masks"]), out_shardings=shardings)
 
   def init_state(key, masks=None):
@@ -244,7 +244,7 @@ def _dense_train_step(graphdef, tx, cfg: TrainConfig, state, batch):
   return _finish(state, params, batch_stats, opt_state, loss, norm)
 
 
-def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, state, batch):
+def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, spec, state, batch):
   """Row-sparse step: gradients and updates for the batch's unique rows only.
 
   The touched rows first catch up on the idle steps they missed (their L2
@@ -253,7 +253,11 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
   while every gap is within the catch-up horizon.
   """
   params, emb = state["params"], state["embedding"]
+  num_rows = spec.padded_rows
   uids, inverse = embedding.unique_rows(batch["ids"], num_rows)
+  # A multi-valued field's padding slots carry the id spec.num_rows (one past the
+  # real rows): made out of range here, they read zeros and are never written.
+  uids = jnp.where(uids < spec.num_rows, uids, num_rows)
   valid = uids < num_rows
   count = emb["count"] + 1
   lr = optax.tree_utils.tree_get(state["opt_state"], "learning_rate")
@@ -268,7 +272,7 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, num_rows: int, s
   )
 
   def loss_fn(dense, rows):
-    emb = model_lib.embed_rows(rows, inverse, batch["values"])
+    emb = model_lib.embed_rows(rows, inverse, batch["values"], spec.field_slots)
     logits, batch_stats = model_lib.apply_on_embeddings(
       graphdef, {**params, **dense}, state["batch_stats"], emb, state["masks"],
       train=True, dropout_key=_dropout_key(state),
