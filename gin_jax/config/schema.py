@@ -94,6 +94,7 @@ class DataConfig:
   bad_rows: str = "error"  # "error": stop at file:line; "skip": count and skip.
   numeric: str = "bucketize"  # Numeric fields: "bucketize" (ids) or "scale".
   min_count: int = 2  # Categories seen fewer times in train map to OOV.
+  max_values: int = 32  # A multi-valued field's values kept per row (the last ones).
   hash_buckets: int = 0  # >0: hashing mode with this many rows per field.
   seed: int = 0  # Seed of the random split.
   num_workers: int = 0  # grain worker processes for the training pipeline.
@@ -113,6 +114,8 @@ class DataConfig:
       raise ValueError(f"unknown device_resident {self.device_resident!r}")
     if not 0.0 < self.device_fraction <= 1.0:
       raise ValueError(f"device_fraction must be in (0, 1], got {self.device_fraction}")
+    if self.max_values < 1:
+      raise ValueError(f"max_values must be >= 1, got {self.max_values}")
     if self.numeric not in NUMERIC_MODES:
       raise ValueError(f"numeric must be one of {NUMERIC_MODES}, got {self.numeric!r}")
     if len(self.split) == 2 and self.test:

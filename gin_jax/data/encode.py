@@ -9,6 +9,7 @@ dataset's fields.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import weakref
@@ -19,6 +20,7 @@ import numpy as np
 from gin_jax.data import formats, hashing, text, vocab
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk
+from gin_jax.data.formats.base import slot_name
 from gin_jax.data.meta import MISSING, OOV, DatasetMeta, FieldSpec, Split, ones_values
 
 _log = logging.getLogger(__name__)
@@ -32,25 +34,26 @@ class Encoder:
   """
 
   def __init__(self, meta: DatasetMeta):
-    self.num_fields = meta.num_fields
+    self.num_slots = meta.num_slots
+    self.pad_id = meta.pad_id
     hash_buckets = int(meta.options.get("hash_buckets", 0))
-    self._cat = [
-      (j, f, _CategoricalTable(f, meta.vocab.get(f.name), hash_buckets))
-      for j, f in enumerate(meta.fields)
-      if f.kind == "categorical"
-    ]
-    self._bucket = _BucketTable(
-      [(j, f, meta.vocab[f.name]) for j, f in enumerate(meta.fields) if f.transform == "bucketize"]
-    )
-    self._scale = [(j, f) for j, f in enumerate(meta.fields) if f.transform == "scale"]
+    # j: each field's first slot (a multi-valued field has max_values of them).
+    starts = np.cumsum([0] + [f.max_values for f in meta.fields])[:-1].tolist()
+    fields = list(zip(starts, meta.fields))
+    table = lambda f: _CategoricalTable(f, meta.vocab.get(f.name), hash_buckets)
+    self._cat = [(j, f, table(f)) for j, f in fields if f.kind == "categorical"]
+    self._multi = [(j, f, table(f)) for j, f in fields if f.kind == "multi_valued"]
+    self._bucket = _BucketTable([(j, f, meta.vocab[f.name]) for j, f in fields
+                                 if f.transform == "bucketize"])  # fmt: skip
+    self._scale = [(j, f) for j, f in fields if f.transform == "scale"]
 
   def encode(self, raw: RawChunk) -> tuple[np.ndarray, np.ndarray | None]:
-    """Returns int32 ids [n, f] and float32 values [n, f] (None when all 1.0)."""
+    """Returns int32 ids [n, slots] and float32 values [n, slots] (None when all 1.0)."""
     n = len(raw)
-    ids = np.empty((n, self.num_fields), np.int32)
+    ids = np.empty((n, self.num_slots), np.int32)
     values = None
-    if self._scale or raw.values is not None:
-      values = np.ones((n, self.num_fields), np.float32)
+    if self._scale or self._multi or raw.values is not None:
+      values = np.ones((n, self.num_slots), np.float32)
     if self._cat:
       cols = [raw.cat_names.index(f.name) for _, f, _ in self._cat]
       keys = text.select_columns(raw.keys, cols)
@@ -58,8 +61,9 @@ class Encoder:
         ids[:, j] = table.encode(keys[:, k])
       where = {c: (j, table) for c, (j, _, table) in zip(cols, self._cat)}
       for (r, c), tok in raw.long_tokens.items():
-        j, table = where[c]
-        ids[r, j] = table.encode_long(tok)
+        if c in where:  # (a multi-valued field's long values are its own)
+          j, table = where[c]
+          ids[r, j] = table.encode_long(tok)
       if raw.values is not None:
         values[:, [j for j, _, _ in self._cat]] = text.select_columns(raw.values, cols)
     if self._bucket.fields:
@@ -71,6 +75,31 @@ class Encoder:
       missing = np.isnan(x)
       ids[:, j] = np.where(missing, f.offset + MISSING, f.offset + OOV)
       values[:, j] = np.where(missing, np.float32(1.0), vocab.scale(np.where(missing, 0.0, x)))
+    for j, f, table in self._multi:
+      ids[:, j : j + f.max_values], values[:, j : j + f.max_values] = self._lists(raw, f, table)
+    return ids, values
+
+  def _lists(self, raw: RawChunk, f: FieldSpec, table) -> tuple[np.ndarray, np.ndarray]:
+    """ids and values [n, max_values] of a multi-valued field's slots.
+
+    A value's id is its category's (OOV when unseen), weighing 1/count (mean) or 1
+    (sum); an empty slot gets the pad id (past the real rows) and weight 0; an empty
+    list is the field's missing id in slot 0 with weight 1, as an empty field.
+    """
+    cols = [raw.cat_names.index(slot_name(f.name, k)) for k in range(f.max_values)]
+    keys = text.select_columns(raw.keys, cols)
+    ids = table.encode(keys.reshape(-1)).reshape(keys.shape)
+    where = {c: k for k, c in enumerate(cols)}
+    for (r, c), tok in raw.long_tokens.items():
+      if c in where:
+        ids[r, where[c]] = table.encode_long(tok)
+    present = keys != text.MISSING_KEY
+    count = present.sum(axis=1)
+    empty = count == 0
+    present[empty, 0] = True  # the missing id, as an empty single-valued field
+    ids = np.where(present, ids, self.pad_id).astype(np.int32)
+    weight = 1.0 / np.maximum(count, 1) if f.pooling == "mean" else np.ones(len(count))
+    values = np.where(present, weight[:, None], 0.0).astype(np.float32)
     return ids, values
 
 
@@ -176,12 +205,23 @@ def _scoring_layout(
     schema = CsvSchema.from_dict(schema)
   elif schema is None and meta.schema is not None:
     schema = CsvSchema.from_dict(meta.schema)
+  if schema is not None and schema.multi_valued:
+    schema = _with_dataset_slots(schema, meta)
   fmt = formats.get(fmt_name or meta.format)
   layout = fmt.detect_layout(
     path, schema, has_labels, num_fields=meta.num_fields, train_header=meta.columns
   )
   _check_columns(meta, layout, path)
   return fmt, layout
+
+
+def _with_dataset_slots(schema: CsvSchema, meta: DatasetMeta) -> CsvSchema:
+  """A scoring schema whose lists keep as many values as the dataset's fields do."""
+  slots = {f.name: f.max_values for f in meta.fields if f.kind == "multi_valued"}
+  multi = tuple(
+    dataclasses.replace(m, max_values=slots.get(m.name, m.max_values)) for m in schema.multi_valued
+  )
+  return dataclasses.replace(schema, multi_valued=multi)
 
 
 def _check_columns(meta: DatasetMeta, layout: Layout, where: str) -> None:
@@ -254,7 +294,7 @@ def encode_file(
   """
   report = BadRowReport()
   parts = list(iter_encode_file(meta, path, fmt, schema, bad_rows, has_labels, report))
-  return concat_splits(parts, meta.num_fields), report
+  return concat_splits(parts, meta.num_slots), report
 
 
 def encode_rows(
@@ -283,7 +323,7 @@ def encode_rows(
   fmt = formats.get(meta.format)
   chunk = fmt.rows_chunk(rows)
   if chunk is None:
-    return concat_splits([], meta.num_fields)
+    return concat_splits([], meta.num_slots)
   schema = CsvSchema.from_dict(meta.schema) if meta.schema is not None else None
   layout = fmt.rows_layout(
     chunk,

@@ -37,10 +37,12 @@ class FieldSpec:
   """One field of the model's input and its block of the stacked table."""
 
   name: str  # "I1".."I13","C1".."C26" (criteo); column name (csv); "f0".. (libfm).
-  kind: str  # "categorical" | "numeric".
+  kind: str  # "categorical" | "multi_valued" | "numeric".
   transform: str  # "vocab" | "hash" | "bucketize" | "scale".
   offset: int  # First row of this field in the stacked table.
   size: int  # Rows of this field (including OOV and missing).
+  max_values: int = 1  # Slots of the ids / values arrays (multi_valued: values kept per row).
+  pooling: str = ""  # multi_valued: "mean" (each value weighs 1/count) or "sum" (1 each).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,8 @@ class DatasetMeta:
   planted_pairs: list[list[str]] | None = None  # synthetic data: the planted pairs.
   has_values: bool = False  # Whether any split stores values other than 1.0.
   constant_fields: list[str] = dataclasses.field(default_factory=list)  # Same value in all rows.
+  # multi_valued fields: rows whose list was longer than max_values (the last kept).
+  truncated_rows: dict[str, int] = dataclasses.field(default_factory=dict)
   version: int = META_VERSION
 
   @property
@@ -74,6 +78,22 @@ class DatasetMeta:
   @property
   def num_fields(self) -> int:
     return len(self.fields)
+
+  @property
+  def field_slots(self) -> tuple[int, ...] | None:
+    """Slots per field (models.ModelSpec.field_slots); None: one per field, no lists."""
+    slots = tuple(f.max_values for f in self.fields)
+    return None if all(k == 1 for k in slots) else slots
+
+  @property
+  def num_slots(self) -> int:
+    """The width of the prepared ids and values arrays."""
+    return sum(f.max_values for f in self.fields)
+
+  @property
+  def pad_id(self) -> int:
+    """The id of a multi-valued field's empty slots: one past the table's real rows."""
+    return self.num_table_rows
 
   def field(self, name: str) -> FieldSpec:
     return self.fields[self.field_names.index(name)]

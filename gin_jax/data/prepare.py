@@ -55,6 +55,7 @@ from gin_jax.data import formats, hashing, split_files, synthetic, text, vocab
 from gin_jax.data.encode import Encoder
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, no_space
 from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk
+from gin_jax.data.formats.base import key_names, slot_name
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
 
@@ -138,7 +139,7 @@ def _load_schema(cfg: DataConfig, fmt: Format) -> CsvSchema | None:
     return None
   if not cfg.schema:
     raise DataError(f"{cfg.format} input needs a schema file (DataConfig.schema / --schema)")
-  return CsvSchema.load(cfg.schema)
+  return CsvSchema.load(cfg.schema).with_max_values(cfg.max_values)
 
 
 def _build_once(out_dir: str, cache_dir, build: Callable[[str], DatasetMeta]) -> None:
@@ -258,6 +259,7 @@ class _Stats:
   rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
   positives: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
   values_not_one: bool = False
+  truncated: dict = dataclasses.field(default_factory=dict)  # multi_valued: rows cut
 
 
 class _Builder:
@@ -289,8 +291,7 @@ class _Builder:
     self.counted = [
       c
       for c in cols
-      if (c.kind == "categorical" and not hashing)
-      or (c.kind == "numeric" and cfg.numeric == "bucketize")
+      if (c.keyed and not hashing) or (c.kind == "numeric" and cfg.numeric == "bucketize")
     ]
 
   def build(self, out_dir: str) -> DatasetMeta:
@@ -332,6 +333,8 @@ class _Builder:
       stats.rows += np.bincount(split, minlength=3)
       stats.positives += np.bincount(split, weights=raw.labels, minlength=3)
       stats.values_not_one |= raw.values is not None and bool((raw.values != 1).any())
+      for name, n in raw.truncated.items():
+        stats.truncated[name] = stats.truncated.get(name, 0) + n
       spill.append(raw, split)
     if policy.report.count:
       _log.warning("%s: %s", inp["path"], policy.report.summary())
@@ -339,14 +342,11 @@ class _Builder:
 
   def _pass2(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray, spill: Spill) -> None:
     """Streams the parsed chunks, encodes them and writes the splits' arrays."""
-    arrays = split_files.allocate(out_dir, SPLITS, rows, meta.num_fields, meta.has_values)
+    arrays = split_files.allocate(out_dir, SPLITS, rows, meta.num_slots, meta.has_values)
     filled = np.zeros(3, np.int64)
     encoder = Encoder(meta)
     columns = self.layouts[0].columns
-    chunks = spill.chunks(
-      tuple(c.name for c in columns if c.kind == "categorical"),
-      tuple(c.name for c in columns if c.kind == "numeric"),
-    )
+    chunks = spill.chunks(key_names(columns), tuple(c.name for c in columns if c.kind == "numeric"))
     encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
     with self._bar(int(rows.sum()), "pass 2/2 encoding", "rows") as bar:
       for raw, split, (ids, values) in encoded:
@@ -406,6 +406,9 @@ class _Builder:
         empty = np.isnan(vocab.key_numbers(keys))
         real = ~empty
         longs = {}
+      elif col.kind == "multi_valued":  # every value of the lists; padding keys dropped
+        counts[col.name] = _count_list(raw, col)
+        continue
       else:
         keys, n = vocab.count_unique(raw.keys_of(col.name))
         empty = keys == text.MISSING_KEY
@@ -417,9 +420,9 @@ class _Builder:
   def _meta(self, counters, stats: _Stats, reports, constant: list[str]) -> DatasetMeta:
     cfg, fields, vocabs, offset = self.cfg, [], {}, 0
     for col in self.layouts[0].columns:
-      if col.kind == "categorical" and cfg.hash_buckets > 0:
+      if col.keyed and cfg.hash_buckets > 0:
         transform, size = "hash", 2 + cfg.hash_buckets
-      elif col.kind == "categorical":
+      elif col.keyed:
         tokens = counters[col.name].vocabulary(cfg.min_count)
         vocabs[col.name] = [t.decode("utf-8") for t in tokens]
         transform, size = "vocab", 2 + len(tokens)
@@ -428,13 +431,20 @@ class _Builder:
         transform, size = "bucketize", 2 + len(vocabs[col.name])
       else:
         transform, size = "scale", 2
-      fields.append(FieldSpec(col.name, col.kind, transform, offset, size))
+      multi = {"max_values": col.max_values, "pooling": col.pooling} if col.pooling else {}
+      fields.append(FieldSpec(col.name, col.kind, transform, offset, size, **multi))
       offset += size
     rows = {s: int(n) for s, n in zip(SPLITS, stats.rows)}
     rate = {
       s: (float(p / n) if n else None) for s, p, n in zip(SPLITS, stats.positives, stats.rows)
     }
-    has_values = any(f.transform == "scale" for f in fields) or stats.values_not_one
+    has_values = (
+      any(f.transform == "scale" or f.kind == "multi_valued" for f in fields)
+      or stats.values_not_one
+    )
+    for name, n in stats.truncated.items():
+      if n:
+        _log.warning("%s: %d row(s) hold more values than max_values; kept the last", name, n)
     return DatasetMeta(
       format=cfg.format,
       fields=fields,
@@ -449,6 +459,7 @@ class _Builder:
       columns=list(self.layouts[0].header) or None,
       has_values=has_values,
       constant_fields=constant,
+      truncated_rows={name: int(n) for name, n in stats.truncated.items()},
     )
 
 
@@ -464,6 +475,16 @@ def _write_rows(arrays, filled: np.ndarray, raw: RawChunk, split, ids, values) -
     if "values" in out:
       out["values"][a:b] = values[rows]
     filled[s] = b
+
+
+def _count_list(raw: RawChunk, col) -> tuple:
+  """A multi-valued column's (keys, counts, long tokens, rows with an empty list)."""
+  cols = [raw.cat_names.index(slot_name(col.name, k)) for k in range(col.max_values)]
+  keys, n = vocab.count_unique(text.select_columns(raw.keys, cols).reshape(-1))
+  real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
+  longs = collections.Counter(t for (_, c), t in raw.long_tokens.items() if c in set(cols))
+  empty = int(np.count_nonzero(raw.keys[:, cols[0]] == text.MISSING_KEY))
+  return keys[real], n[real], longs, empty
 
 
 def _constant_columns(counters: dict, missing: dict) -> list[str]:

@@ -177,8 +177,9 @@ def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> L
     devices = devices[:1]
   mesh = partitioning.make_mesh(devices)
   spec = model_lib.ModelSpec(
-    cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"]
-  )
+    cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"],
+    field_slots=dataset_meta.field_slots,
+  )  # fmt: skip
   fns = steps.build(spec, cfg.train, mesh)
   state, _ = checkpointing.restore(mngr, step, fns.abstract_state, verify=False)
   return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, f"{directory}/{step}")

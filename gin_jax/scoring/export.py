@@ -50,7 +50,7 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
     return sum(probs) / len(probs)  # an ensemble's average of probabilities
 
   b = jax.export.symbolic_shape("b")[0]
-  f = loaded.dataset_meta.num_fields
+  f = loaded.dataset_meta.num_slots  # the ids / values columns (a list field takes several)
   args = (
     [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
     jax.ShapeDtypeStruct((b, f), jnp.int32),
@@ -59,7 +59,8 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
   exported = jax.export.export(jax.jit(score), platforms=("cpu", "cuda"))(*args)
   info = {
     "batch_size": loaded.cfg.train.eval_batch_size,
-    "num_fields": f,
+    "num_fields": loaded.dataset_meta.num_fields,
+    "num_slots": f,
     "num_table_rows": loaded.dataset_meta.num_table_rows,
     "field_names": loaded.dataset_meta.field_names,
     "source": checkpoints.describe(models),
@@ -100,10 +101,10 @@ def load_export(directory) -> tuple:
   except data.DataError as e:
     raise ScoringError(f"{path}: {e}") from None
   ids_aval = exported.in_avals[len(weights)]
-  if dataset_meta.num_fields != ids_aval.shape[1]:
+  if dataset_meta.num_slots != ids_aval.shape[1]:
     raise ScoringError(
-      f"{path}: {dataset_meta.num_fields} fields, but the exported function takes "
-      f"{ids_aval.shape[1]}"
+      f"{path}: {dataset_meta.num_slots} input columns ({dataset_meta.num_fields} fields), "
+      f"but the exported function takes {ids_aval.shape[1]}"
     )
   if info.get("num_table_rows", dataset_meta.num_table_rows) != dataset_meta.num_table_rows:
     raise ScoringError(

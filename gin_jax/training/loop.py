@@ -82,6 +82,7 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
     meta.num_fields,
     meta.num_table_rows,
     model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
+    field_slots=meta.field_slots,
   )
   fns = steps.build(spec, cfg.train, mesh)
   mode = device_input.choose_mode(

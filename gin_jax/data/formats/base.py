@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from gin_jax.data import text
 from gin_jax.data.formats.schema import CsvSchema
 
 # A category longer than this is a bad row: it would enter the vocabulary, and with
@@ -30,9 +31,33 @@ class Column:
   """A feature column of the raw rows."""
 
   name: str
-  kind: str  # "categorical" or "numeric".
-  token: int  # Token index (within a row) of its category or number.
+  kind: str  # "categorical", "multi_valued" (a list of categories) or "numeric".
+  token: int  # Token index (within a row) of its category, list or number.
   value_token: int | None = None  # libfm: token index of its value multiplier.
+  separator: str = ""  # multi_valued (csv): between the values of a row.
+  max_values: int = 1  # multi_valued: values kept per row (the last ones): its slots.
+  pooling: str = ""  # multi_valued: "mean" or "sum".
+
+  @property
+  def keyed(self) -> bool:
+    """Whether the column's tokens are category keys (categorical or multi_valued)."""
+    return self.kind in ("categorical", "multi_valued")
+
+
+def slot_name(name: str, k: int) -> str:
+  """The key column of value slot k of multi-valued column `name` in a RawChunk."""
+  return f"{name}[{k}]"
+
+
+def key_names(columns) -> tuple[str, ...]:
+  """A RawChunk's key columns: each categorical column, and max_values slots per list."""
+  out = []
+  for c in columns:
+    if c.kind == "categorical":
+      out.append(c.name)
+    elif c.kind == "multi_valued":
+      out += [slot_name(c.name, k) for k in range(c.max_values)]
+  return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +84,17 @@ class RawChunk:
   Attributes:
     lines: int64 [n] 1-based source lines.
     labels: float32 [n] in {0, 1}; NaN when the file has no labels.
-    cat_names: the categorical columns.
+    cat_names: the key columns (key_names): categorical columns, and for a
+      multi-valued column one per value slot, its values left-aligned (the last
+      max_values of the row's list; key 0 past them, all 0 for an empty list).
     keys: uint64 [n, len(cat_names)] token keys (text.short_keys; 0 = missing).
     long_tokens: {(row, j): token} for categorical tokens over 8 bytes.
     num_names: the numeric columns.
     numbers: float64 [n, len(num_names)] values, NaN when missing.
     values: libfm only: float32 [n, len(cat_names)] value multipliers, else None.
     bucketized: whether `numbers` already went through vocab.bucketize.
+    truncated: {multi-valued column: rows whose list was longer than max_values}
+      (pass 1's summary; not kept by the spill).
   """
 
   lines: np.ndarray
@@ -77,6 +106,7 @@ class RawChunk:
   numbers: np.ndarray
   values: np.ndarray | None = None
   bucketized: bool = False
+  truncated: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.lines)
@@ -207,3 +237,49 @@ class Format(abc.ABC):
       (the good rows, [(line, reason)] or [(line, reason, where)] for every bad row).
       Never drops a row silently.
     """
+
+
+def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes | None = None):
+  """The value keys of one multi-valued column's raw lists.
+
+  Args:
+    tokens: each row's list as one token (csv: the values joined by the column's
+      separator; b"" or None: an empty list, a missing value), or as a list of
+      values (Parquet list columns) when `separator` is None and the token is a list.
+    column: the multi-valued column (its name, separator and max_values).
+
+  Returns:
+    (keys uint64 [n, max_values] of the LAST max_values values, left-aligned, 0
+    past them; {(row, slot): value} for values over 8 bytes (key LONG_KEY); rows
+    truncated; {row: reason} for bad rows: an empty value or one over
+    MAX_CATEGORY_BYTES).
+  """
+  k = column.max_values
+  sep = column.separator.encode() if separator is None else separator
+  keys = np.zeros((len(tokens), k), np.uint64)
+  longs, bad, truncated = {}, {}, 0
+  for r, tok in enumerate(tokens):
+    if not tok:
+      continue
+    values = tok.split(sep) if isinstance(tok, bytes) else list(tok)
+    if any(not v for v in values):
+      bad[r] = f"{column.name}: an empty value in the list {show_token(_joined(tok, sep))}"
+      continue
+    over = next((v for v in values if len(v) > MAX_CATEGORY_BYTES), None)
+    if over is not None:
+      bad[r] = f"{column.name}: a value of {len(over)} bytes (the limit is {MAX_CATEGORY_BYTES})"
+      continue
+    if len(values) > k:
+      truncated += 1
+      values = values[-k:]
+    short = [v if len(v) <= 8 else b"" for v in values]
+    keys[r, : len(values)] = text.bytes_to_keys(short)
+    for j, v in enumerate(values):
+      if len(v) > 8:
+        keys[r, j] = text.LONG_KEY
+        longs[(r, j)] = v
+  return keys, longs, truncated, bad
+
+
+def _joined(tok, sep: bytes) -> bytes:
+  return tok if isinstance(tok, bytes) else sep.join(tok)

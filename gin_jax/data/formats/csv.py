@@ -96,8 +96,9 @@ def schema_columns(
   dup = sorted({c for c in names if names.count(c) > 1})
   if dup:
     raise DataError(f"{where}: duplicate {header} column(s) {dup}")
-  features = set(schema.categorical) | set(schema.numeric)
-  missing = [c for c in (*schema.categorical, *schema.numeric) if c not in names]
+  multi = [m.name for m in schema.multi_valued]
+  features = set(schema.categorical) | set(schema.numeric) | set(multi)
+  missing = [c for c in (*schema.categorical, *multi, *schema.numeric) if c not in names]
   if missing:
     raise DataError(f"{where}: schema column(s) {missing} not in the {header} {names}")
   if has_labels is None:
@@ -111,13 +112,19 @@ def schema_columns(
       f"{where}: column(s) {unknown} not named in the schema "
       "(list them under 'ignore' to skip them)"
     )
-  columns = tuple(
-    Column(c, "categorical" if c in schema.categorical else "numeric", i)
-    for i, c in enumerate(names)
-    if c in features
-  )
+  columns = tuple(_column(schema, c, i) for i, c in enumerate(names) if c in features)
   label_token = names.index(schema.label) if has_labels else None
   return columns, label_token
+
+
+def _column(schema: CsvSchema, name: str, token: int) -> Column:
+  m = schema.multi(name)
+  if m is not None:
+    return Column(
+      name, "multi_valued", token, separator=m.separator, max_values=m.max_values or 1,
+      pooling=m.pooling,
+    )  # fmt: skip
+  return Column(name, "categorical" if name in schema.categorical else "numeric", token)
 
 
 def layout_from_first_line(

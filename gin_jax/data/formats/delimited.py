@@ -22,6 +22,8 @@ from gin_jax.data.formats.base import (
   Format,
   Layout,
   RawChunk,
+  key_names,
+  list_keys,
   show_token,
 )
 
@@ -92,7 +94,7 @@ class DelimitedText(Format):
     raw = RawChunk(
       lines=tokens.lines,
       labels=self._labels(tokens, layout, row_bad),
-      cat_names=tuple(c.name for c in categorical),
+      cat_names=key_names(layout.columns),
       keys=np.zeros((len(tokens), 0), np.uint64),
       long_tokens={},
       num_names=tuple(c.name for c in numeric),
@@ -103,6 +105,17 @@ class DelimitedText(Format):
     if categorical:
       raw.keys, longs = text.short_keys(tokens, [c.token for c in categorical])
       raw.long_tokens = {(r, j): tokens.token(r, categorical[j].token) for r, j in longs}
+    multi = [c for c in layout.columns if c.kind == "multi_valued"]
+    if multi:
+      lists = [list_keys([tokens.token(r, c.token) for r in range(len(tokens))], c) for c in multi]
+      first = len(categorical)
+      for c, (_, longs, truncated, bad_lists) in zip(multi, lists):
+        raw.long_tokens.update({(r, first + k): t for (r, k), t in longs.items()})
+        raw.truncated[c.name] = truncated
+        for r, reason in bad_lists.items():
+          row_bad.setdefault(r, reason)
+        first += c.max_values
+      raw.keys = np.concatenate([raw.keys, *(keys for keys, *_ in lists)], axis=1)
     if row_bad:
       keep = np.ones(len(tokens), bool)
       keep[list(row_bad)] = False

@@ -14,6 +14,46 @@ import yaml
 
 from gin_jax.data.errors import DataError
 
+POOLINGS = ("mean", "sum")  # How a multi-valued field's values make one field vector.
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiValued:
+  """A column that holds a list of categories per row (tags, genres, a history)."""
+
+  name: str
+  separator: str = "|"  # Between the values of a row (csv; Parquet list columns need none).
+  max_values: int | None = None  # Values kept per row (the LAST ones); None: data.max_values.
+  pooling: str = "mean"  # "mean" or "sum" of the values' embeddings.
+
+  @classmethod
+  def from_entry(cls, name: str, entry, where: str, column_separator: str) -> MultiValued:
+    """A `multi_valued:` entry: its separator alone, or {separator, max_values, pooling}."""
+    if isinstance(entry, str):
+      entry = {"separator": entry}
+    if not isinstance(entry, dict):
+      raise DataError(
+        f"{where}: multi_valued.{name} must be a separator or a mapping of "
+        f"separator / max_values / pooling, got {entry!r}"
+      )
+    unknown = sorted(set(entry) - {"separator", "max_values", "pooling"})
+    if unknown:
+      raise DataError(f"{where}: multi_valued.{name}: unknown key(s) {unknown}")
+    sep = entry.get("separator", "|")
+    if not isinstance(sep, str) or len(sep) != 1 or sep in '\n\r"' or ord(sep) >= 128:
+      raise DataError(f"{where}: multi_valued.{name}: separator must be one ASCII character")
+    if sep == column_separator:
+      raise DataError(
+        f"{where}: multi_valued.{name}: its separator {sep!r} is the file's column separator"
+      )
+    k = entry.get("max_values")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+      raise DataError(f"{where}: multi_valued.{name}: max_values must be an integer >= 1")
+    pooling = entry.get("pooling", "mean")
+    if pooling not in POOLINGS:
+      raise DataError(f"{where}: multi_valued.{name}: pooling must be one of {POOLINGS}")
+    return cls(name, sep, k, pooling)
+
 
 @dataclasses.dataclass(frozen=True)
 class CsvSchema:
@@ -31,6 +71,19 @@ class CsvSchema:
   separator: str = ","
   ignore: tuple[str, ...] = ()
   columns: tuple[str, ...] = ()
+  multi_valued: tuple[MultiValued, ...] = ()  # List columns, in the order the schema names them.
+
+  def multi(self, name: str) -> MultiValued | None:
+    """The multi-valued entry of column `name`, or None for any other column."""
+    return next((m for m in self.multi_valued if m.name == name), None)
+
+  def with_max_values(self, default: int) -> CsvSchema:
+    """The schema with every multi-valued column's max_values decided (data.max_values)."""
+    multi = tuple(
+      m if m.max_values is not None else dataclasses.replace(m, max_values=default)
+      for m in self.multi_valued
+    )
+    return dataclasses.replace(self, multi_valued=multi)
 
   @classmethod
   def from_dict(cls, d: dict, where: str = "schema") -> CsvSchema:
@@ -47,7 +100,12 @@ class CsvSchema:
     for k, v in lists.items():
       if not all(isinstance(c, str) and c for c in v):
         raise DataError(f"{where}: '{k}' must be a list of column names")
-    names = [d["label"], *lists["categorical"], *lists["numeric"], *lists["ignore"]]
+    multi_d = d.get("multi_valued") or {}
+    if not isinstance(multi_d, dict) or not all(isinstance(c, str) and c for c in multi_d):
+      raise DataError(f"{where}: 'multi_valued' must map column names to their options")
+    names = [
+      d["label"], *lists["categorical"], *multi_d, *lists["numeric"], *lists["ignore"]
+    ]  # fmt: skip
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
       raise DataError(f"{where}: column(s) {dup} named more than once")
@@ -57,12 +115,13 @@ class CsvSchema:
         f"{where}: 'columns' must list every column named in the schema exactly once "
         f"(label, categorical, numeric, ignore); got {list(cols)}"
       )
-    if not lists["categorical"] and not lists["numeric"]:
+    if not lists["categorical"] and not lists["numeric"] and not multi_d:
       raise DataError(f"{where}: the schema names no feature columns")
     sep = d.get("separator", ",")
     if not isinstance(sep, str) or len(sep) != 1 or sep in '\n\r"' or ord(sep) >= 128:
       raise DataError(f"{where}: separator must be one ASCII character, got {sep!r}")
-    return cls(label=d["label"], separator=sep, **lists)
+    multi = tuple(MultiValued.from_entry(c, e, where, sep) for c, e in multi_d.items())
+    return cls(label=d["label"], separator=sep, multi_valued=multi, **lists)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> CsvSchema:
@@ -75,4 +134,8 @@ class CsvSchema:
     return cls.from_dict(d, str(path))
 
   def to_dict(self) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    multi = d.pop("multi_valued")
+    if multi:  # absent when empty: a schema without lists keeps its old dict (and cache key)
+      d["multi_valued"] = {m.pop("name"): m for m in multi}
+    return d

@@ -1,0 +1,173 @@
+"""Multi-valued fields in data preparation, scoring and export (issue #22, DESIGN 7).
+
+Hand-written CSV rows: a list column's values become max_values slots of the
+ids / values arrays (the LAST max_values values, left-aligned; an empty list is
+the field's missing id), with a vocabulary over the values.
+"""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from gin_jax import config, runtime, scoring, training
+from gin_jax.config import DataConfig
+from gin_jax.data import DataError, encode_rows, prepare
+from gin_jax.data.formats import CsvSchema
+from gin_jax.data.meta import MISSING, OOV
+
+SCHEMA = """label: click
+categorical: [user]
+multi_valued:
+  genres: "|"
+  history: {separator: " ", max_values: 3, pooling: sum}
+"""
+
+ROWS = [
+  "1,u1,Comedy|Drama,7 8",
+  "0,u2,,1 2 3 4 5",  # empty genres; history truncated to its last 3
+  "1,u1,Comedy,",  # empty history
+  "0,u3,A-very-long-genre-name|Drama,9",  # a value over 8 bytes
+]
+
+
+def _write(tmp_path, rows=ROWS, schema=SCHEMA):
+  (tmp_path / "schema.yaml").write_text(schema)
+  path = tmp_path / "train.csv"
+  path.write_text("click,user,genres,history\n" + "\n".join(rows) + "\n")
+  return path
+
+
+def _prepare(tmp_path, **kw):
+  path = _write(tmp_path)
+  cfg = DataConfig(
+    format="csv", train=str(path), schema=str(tmp_path / "schema.yaml"), split=(1, 0, 0),
+    min_count=1, max_values=4, **kw,
+  )  # fmt: skip
+  return prepare(cfg, tmp_path / "cache", progress=False)
+
+
+def test_schema_takes_a_separator_alone_or_the_options():
+  s = CsvSchema.from_dict(
+    {"label": "y", "multi_valued": {"g": "|", "h": {"separator": " ", "max_values": 5}}}
+  )
+  assert [(m.name, m.separator, m.max_values, m.pooling) for m in s.multi_valued] == [
+    ("g", "|", None, "mean"),
+    ("h", " ", 5, "mean"),
+  ]
+  assert CsvSchema.from_dict(s.to_dict()) == s
+  assert "multi_valued" not in CsvSchema.from_dict({"label": "y", "categorical": ["a"]}).to_dict()
+
+
+@pytest.mark.parametrize(
+  "entry,problem",
+  [
+    ({"separator": ","}, "is the file's column separator"),
+    ({"pooling": "max"}, "pooling must be one of"),
+    ({"max_values": 0}, "max_values must be an integer >= 1"),
+    ({"separator": "ab"}, "separator must be one ASCII character"),
+    ({"sep": "|"}, "unknown key"),
+  ],
+)
+def test_a_bad_multi_valued_entry_is_named(entry, problem):
+  with pytest.raises(DataError, match=f"s.yaml: multi_valued.g: .*{problem}"):
+    CsvSchema.from_dict({"label": "y", "multi_valued": {"g": entry}}, "s.yaml")
+
+
+def test_lists_become_slots_with_mean_and_sum_weights(tmp_path):
+  meta, splits = _prepare(tmp_path)
+  genres, history = meta.field("genres"), meta.field("history")
+  assert (genres.max_values, genres.pooling) == (4, "mean")  # data.max_values
+  assert (history.max_values, history.pooling) == (3, "sum")  # its own
+  assert meta.num_slots == 1 + 4 + 3 and meta.field_slots == (1, 4, 3)
+  assert sorted(meta.vocab["genres"]) == ["A-very-long-genre-name", "Comedy", "Drama"]
+  assert meta.truncated_rows == {"genres": 0, "history": 1}
+  split = splits["train"]
+  order = np.argsort(split.line_numbers)
+  ids, values = np.asarray(split.ids)[order], np.asarray(split.values)[order]
+  g = lambda t: genres.offset + 2 + meta.vocab["genres"].index(t)
+  h = lambda t: history.offset + 2 + meta.vocab["history"].index(t)
+  pad = meta.pad_id
+  assert pad == meta.num_table_rows
+  np.testing.assert_array_equal(
+    ids[0, 1:], [g("Comedy"), g("Drama"), pad, pad, h("7"), h("8"), pad]
+  )
+  np.testing.assert_allclose(values[0, 1:], [0.5, 0.5, 0, 0, 1, 1, 0])
+  # An empty list is the field's missing id, weight 1; a long list keeps its last 3.
+  np.testing.assert_array_equal(
+    ids[1, 1:], [genres.offset + MISSING, pad, pad, pad, h("3"), h("4"), h("5")]
+  )
+  np.testing.assert_allclose(values[1, 1:], [1, 0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(ids[2, 5:], [history.offset + MISSING, pad, pad])
+  assert ids[3, 1] == g("A-very-long-genre-name")
+
+
+def test_min_count_counts_value_occurrences_and_unseen_values_are_oov(tmp_path):
+  path = _write(tmp_path)
+  cfg = DataConfig(
+    format="csv", train=str(path), schema=str(tmp_path / "schema.yaml"), split=(1, 0, 0),
+    min_count=2,
+  )  # fmt: skip
+  meta, _ = prepare(cfg, tmp_path / "cache2", progress=False)
+  assert sorted(meta.vocab["genres"]) == ["Comedy", "Drama"]  # 2 each; the long one once
+  split = encode_rows(meta, ["u1,Comedy|Horror,8"])
+  genres = meta.field("genres")
+  assert split.ids[0, 2] == genres.offset + OOV
+
+
+@pytest.mark.parametrize(
+  "row,reason",
+  [
+    ("1,u1,Comedy||Drama,7", "genres: an empty value in the list 'Comedy||Drama'"),
+    ("1,u1," + "x" * 1100 + ",7", "genres: a value of 1100 bytes (the limit is 1024)"),
+  ],
+  ids=["empty value", "over the cap"],
+)
+def test_a_bad_list_names_the_file_line_and_reason(tmp_path, row, reason):
+  path = _write(tmp_path, ROWS[:2] + [row])
+  cfg = DataConfig(format="csv", train=str(path), schema=str(tmp_path / "schema.yaml"))
+  with pytest.raises(DataError, match=re.escape(f"train.csv:4: {reason}")):
+    prepare(cfg, tmp_path / "cache", progress=False)
+  meta, splits = prepare(
+    DataConfig(**{**cfg.__dict__, "bad_rows": "skip", "split": (1, 0, 0), "min_count": 1}),
+    tmp_path / "cache_skip",
+    progress=False,
+  )
+  assert len(splits["train"]) == 2 and meta.skipped_rows[str(path)]["count"] == 1
+
+
+def test_training_scoring_and_export_agree_with_a_multi_valued_field(tmp_path):
+  rng = np.random.default_rng(0)
+  genres = ["Action", "Comedy", "Drama", "Horror", "Romance", "Documentary-long"]
+  rows = []
+  for _ in range(2000):
+    g = "|".join(rng.choice(genres, rng.integers(0, 4), replace=False))
+    u = int(rng.integers(0, 20))
+    y = int(("Comedy" in g) != (u % 2 == 0)) if rng.random() < 0.8 else int(rng.integers(0, 2))
+    rows.append(f"{y},u{u},{g},{' '.join(str(x) for x in rng.integers(0, 30, 4))}")
+  path = _write(tmp_path, rows)
+  runtime.init_runtime()
+  cfg = config.override(
+    config.tiny(),
+    {
+      "data.format": "csv", "data.train": str(path), "data.schema": str(tmp_path / "schema.yaml"),
+      "data.split": "0.6,0.2,0.2", "train.epochs": "2",
+    },
+  )  # fmt: skip
+  report = training.run(cfg, tmp_path / "run", devices=jax.devices()[:1])
+  test_auc = report["stages"]["retrain"]["test_auc"]
+  assert test_auc > 0.6  # the planted genre x user interaction is learned
+  scorer = scoring.Scorer.from_checkpoint(tmp_path / "run")
+  from gin_jax.data import open_prepared
+
+  meta, splits = open_prepared(next((tmp_path / "run" / "data" / "cache").glob("*/")))
+  probs = scorer.predict_split(splits["test"])
+  from gin_jax import metrics
+
+  assert metrics.auc(splits["test"].labels, probs) == pytest.approx(test_auc, abs=1e-6)
+  scoring.export(tmp_path / "run", tmp_path / "export")
+  exported = scoring.Scorer.from_export(tmp_path / "export")
+  np.testing.assert_allclose(exported.predict_split(splits["test"]), probs, rtol=1e-6, atol=1e-7)
+  raw = open(path).read().splitlines()[1:6]
+  np.testing.assert_allclose(exported.predict_rows(raw), scorer.predict_rows(raw), rtol=1e-6)
