@@ -171,3 +171,45 @@ def test_training_scoring_and_export_agree_with_a_multi_valued_field(tmp_path):
   np.testing.assert_allclose(exported.predict_split(splits["test"]), probs, rtol=1e-6, atol=1e-7)
   raw = open(path).read().splitlines()[1:6]
   np.testing.assert_allclose(exported.predict_rows(raw), scorer.predict_rows(raw), rtol=1e-6)
+
+
+def _parquet(tmp_path, rows=ROWS, history_type="int"):
+  pa = pytest.importorskip("pyarrow")
+  pq = pytest.importorskip("pyarrow.parquet")
+  cols = [r.split(",") for r in rows]
+  as_list = lambda s, sep, cast: [cast(v) for v in s.split(sep)] if s else []
+  cast = int if history_type == "int" else str
+  table = pa.table({
+    "click": [int(c[0]) for c in cols],
+    "user": [c[1] for c in cols],
+    "genres": pa.array([as_list(c[2], "|", str) for c in cols], pa.list_(pa.string())),
+    "history": [as_list(c[3], " ", cast) for c in cols],
+  })  # fmt: skip
+  path = tmp_path / "train.parquet"
+  pq.write_table(table, path, row_group_size=3)
+  return path
+
+
+def test_csv_and_parquet_lists_prepare_byte_identical_splits(tmp_path):
+  csv_path = _write(tmp_path)
+  pq_path = _parquet(tmp_path)
+  kw = {"schema": str(tmp_path / "schema.yaml"), "split": (1, 0, 0), "min_count": 1}
+  a_meta, a = prepare(DataConfig(format="csv", train=str(csv_path), **kw), tmp_path / "a")
+  b_meta, b = prepare(DataConfig(format="parquet", train=str(pq_path), **kw), tmp_path / "b")
+  for name in ("ids", "values", "labels"):
+    x, y = np.asarray(getattr(a["train"], name)), np.asarray(getattr(b["train"], name))
+    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), name
+  assert a_meta.vocab == b_meta.vocab and a_meta.truncated_rows == b_meta.truncated_rows
+  assert a_meta.fields == b_meta.fields
+
+
+def test_a_parquet_column_named_multi_valued_must_be_a_list(tmp_path):
+  pa = pytest.importorskip("pyarrow")
+  pq = pytest.importorskip("pyarrow.parquet")
+  pq.write_table(pa.table({"click": [1], "user": ["u"], "genres": ["a|b"], "history": [[1]]}),
+                 tmp_path / "t.parquet")  # fmt: skip
+  (tmp_path / "schema.yaml").write_text(SCHEMA)
+  cfg = DataConfig(format="parquet", train=str(tmp_path / "t.parquet"),
+                   schema=str(tmp_path / "schema.yaml"))  # fmt: skip
+  with pytest.raises(DataError, match="column 'genres' has type string; a multi_valued column"):
+    prepare(cfg, tmp_path / "cache", progress=False)

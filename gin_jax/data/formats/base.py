@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from gin_jax.data import text
 from gin_jax.data.formats.schema import CsvSchema
 
 # A category longer than this is a bad row: it would enter the vocabulary, and with
@@ -50,12 +49,10 @@ def slot_name(name: str, k: int) -> str:
 
 
 def key_names(columns) -> tuple[str, ...]:
-  """A RawChunk's key columns: each categorical column, and max_values slots per list."""
-  out = []
+  """A RawChunk's key columns: the categorical columns, then max_values slots per list."""
+  out = [c.name for c in columns if c.kind == "categorical"]
   for c in columns:
-    if c.kind == "categorical":
-      out.append(c.name)
-    elif c.kind == "multi_valued":
+    if c.kind == "multi_valued":
       out += [slot_name(c.name, k) for k in range(c.max_values)]
   return tuple(out)
 
@@ -237,49 +234,3 @@ class Format(abc.ABC):
       (the good rows, [(line, reason)] or [(line, reason, where)] for every bad row).
       Never drops a row silently.
     """
-
-
-def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes | None = None):
-  """The value keys of one multi-valued column's raw lists.
-
-  Args:
-    tokens: each row's list as one token (csv: the values joined by the column's
-      separator; b"" or None: an empty list, a missing value), or as a list of
-      values (Parquet list columns) when `separator` is None and the token is a list.
-    column: the multi-valued column (its name, separator and max_values).
-
-  Returns:
-    (keys uint64 [n, max_values] of the LAST max_values values, left-aligned, 0
-    past them; {(row, slot): value} for values over 8 bytes (key LONG_KEY); rows
-    truncated; {row: reason} for bad rows: an empty value or one over
-    MAX_CATEGORY_BYTES).
-  """
-  k = column.max_values
-  sep = column.separator.encode() if separator is None else separator
-  keys = np.zeros((len(tokens), k), np.uint64)
-  longs, bad, truncated = {}, {}, 0
-  for r, tok in enumerate(tokens):
-    if not tok:
-      continue
-    values = tok.split(sep) if isinstance(tok, bytes) else list(tok)
-    if any(not v for v in values):
-      bad[r] = f"{column.name}: an empty value in the list {show_token(_joined(tok, sep))}"
-      continue
-    over = next((v for v in values if len(v) > MAX_CATEGORY_BYTES), None)
-    if over is not None:
-      bad[r] = f"{column.name}: a value of {len(over)} bytes (the limit is {MAX_CATEGORY_BYTES})"
-      continue
-    if len(values) > k:
-      truncated += 1
-      values = values[-k:]
-    short = [v if len(v) <= 8 else b"" for v in values]
-    keys[r, : len(values)] = text.bytes_to_keys(short)
-    for j, v in enumerate(values):
-      if len(v) > 8:
-        keys[r, j] = text.LONG_KEY
-        longs[(r, j)] = v
-  return keys, longs, truncated, bad
-
-
-def _joined(tok, sep: bytes) -> bytes:
-  return tok if isinstance(tok, bytes) else sep.join(tok)

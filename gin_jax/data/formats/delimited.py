@@ -23,9 +23,9 @@ from gin_jax.data.formats.base import (
   Layout,
   RawChunk,
   key_names,
-  list_keys,
   show_token,
 )
+from gin_jax.data.formats.lists import list_keys
 
 _SEPARATOR_NAMES = {b"\t": "tab", b",": "comma"}
 

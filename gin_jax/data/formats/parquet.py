@@ -45,7 +45,8 @@ import numpy as np
 
 from gin_jax.data import text, token_values
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats.base import Format, Layout, RawChunk, show_token
+from gin_jax.data.formats import lists
+from gin_jax.data.formats.base import Format, Layout, RawChunk, key_names, show_token
 from gin_jax.data.formats.csv import schema_columns
 from gin_jax.data.formats.schema import CsvSchema
 
@@ -174,6 +175,9 @@ def detect_layout(
       roles.append((schema.label, "label"))
     for name, role in roles:
       t = arrow.field(name).type
+      if role == "multi_valued":
+        t = lists.list_value_type(pa, t, f, name)
+        role = "categorical"  # its values are categories
       allowed, words = _ROLES[role]
       if _kind(pa, t) not in allowed:
         raise DataError(f"{f}: column {name!r} has type {t}; {role} columns take {words}")
@@ -268,10 +272,24 @@ def parse_chunk(chunk: Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int,
   for j, name in enumerate(categorical):
     keys[:, j], longs = _category_keys(pa, pc, _column(pa, batch, name), name, lines, row_bad)
     long_tokens.update({(r, j): token for r, token in longs.items()})
+  truncated, first = {}, len(categorical)
+  list_keys_ = [keys]
+  for col in (c for c in layout.columns if c.kind == "multi_valued"):
+    values = lists.arrow_lists(pa, pc, _column(pa, batch, col.name), col.name, row_bad)
+    col_keys, longs, truncated[col.name], bad_lists = lists.list_keys(values, col)
+    for r, reason in bad_lists.items():
+      row_bad.setdefault(r, reason)
+    long_tokens.update({(r, first + k): t for (r, k), t in longs.items()})
+    list_keys_.append(col_keys)
+    first += col.max_values
+  keys = np.concatenate(list_keys_, axis=1)
   numbers = np.zeros((n, len(numeric)))
   for j, name in enumerate(numeric):
     numbers[:, j] = _numbers(pa, _column(pa, batch, name), name, lines, row_bad)
-  raw = RawChunk(lines, labels, tuple(categorical), keys, long_tokens, tuple(numeric), numbers)
+  raw = RawChunk(
+    lines, labels, key_names(layout.columns), keys, long_tokens, tuple(numeric), numbers,
+    truncated=truncated,
+  )  # fmt: skip
   if not row_bad:
     return raw, []
   keep = np.ones(n, bool)

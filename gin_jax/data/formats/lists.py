@@ -1,0 +1,109 @@
+"""Multi-valued (list) columns: each row's values as keys of max_values slots.
+
+A csv list is one token, its values joined by the column's separator; a Parquet
+list column (list<string> or list<int>) holds them as an Arrow list array. Both
+come to `list_keys`, so the same rows give the same keys whatever the format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gin_jax.data import text
+from gin_jax.data.errors import DataError
+from gin_jax.data.formats.base import MAX_CATEGORY_BYTES, Column, show_token
+
+
+def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes | None = None):
+  """The value keys of one multi-valued column's raw lists.
+
+  Args:
+    tokens: each row's list as one token (csv: the values joined by the column's
+      separator; b"" or None: an empty list, a missing value), or as a list of
+      values (Parquet list columns) when `separator` is None and the token is a list.
+    column: the multi-valued column (its name, separator and max_values).
+
+  Returns:
+    (keys uint64 [n, max_values] of the LAST max_values values, left-aligned, 0
+    past them; {(row, slot): value} for values over 8 bytes (key LONG_KEY); rows
+    truncated; {row: reason} for bad rows: an empty value or one over
+    MAX_CATEGORY_BYTES).
+  """
+  k = column.max_values
+  sep = column.separator.encode() if separator is None else separator
+  keys = np.zeros((len(tokens), k), np.uint64)
+  longs, bad, truncated = {}, {}, 0
+  for r, tok in enumerate(tokens):
+    if not tok:
+      continue
+    values = tok.split(sep) if isinstance(tok, bytes) else list(tok)
+    if any(not v for v in values):
+      bad[r] = f"{column.name}: an empty value in the list {show_token(_joined(tok, sep))}"
+      continue
+    over = next((v for v in values if len(v) > MAX_CATEGORY_BYTES), None)
+    if over is not None:
+      bad[r] = f"{column.name}: a value of {len(over)} bytes (the limit is {MAX_CATEGORY_BYTES})"
+      continue
+    if len(values) > k:
+      truncated += 1
+      values = values[-k:]
+    short = [v if len(v) <= 8 else b"" for v in values]
+    keys[r, : len(values)] = text.bytes_to_keys(short)
+    for j, v in enumerate(values):
+      if len(v) > 8:
+        keys[r, j] = text.LONG_KEY
+        longs[(r, j)] = v
+  return keys, longs, truncated, bad
+
+
+def _joined(tok, sep: bytes) -> bytes:
+  return tok if isinstance(tok, bytes) else sep.join(tok)
+
+
+def list_value_type(pa, t, path: str, name: str):
+  """The value type of a list column (multi_valued), or DataError if it is no list."""
+  if pa.types.is_list(t) or pa.types.is_large_list(t):
+    return t.value_type
+  raise DataError(
+    f"{path}: column {name!r} has type {t}; a multi_valued column is a list column "
+    "(list<string> or list<int>)"
+  )
+
+
+def arrow_lists(pa, pc, arr, name: str, row_bad: dict[int, str]) -> list:
+  """Each row's list as a list of value tokens (None for a null list); bad rows marked.
+
+  Integer values become their decimal text, as a CSV list's would; a null value
+  or a value with a NUL byte or invalid UTF-8 makes the row bad.
+  """
+  flat = arr.flatten()  # the values of the non-null lists, in order
+  if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)
+          or pa.types.is_binary(flat.type) or pa.types.is_large_binary(flat.type)):  # fmt: skip
+    flat = pc.cast(flat, pa.string())
+  offsets = arr.offsets.to_numpy()[: len(arr) + 1]
+  offsets = offsets - offsets[0]
+  values = flat.to_pylist()
+  out = []
+  for r in range(len(arr)):
+    if not arr[r].is_valid:
+      out.append(None)
+      continue
+    row = values[offsets[r] : offsets[r + 1]]
+    if any(v is None for v in row):
+      row_bad.setdefault(r, f"{name}: a null value in the list")
+      row = []
+    row = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in row]
+    for v in row:
+      at = v.find(b"\0")
+      if at >= 0:
+        row_bad.setdefault(r, f"{name}: NUL byte at byte {at + 1}")
+      try:
+        v.decode("utf-8")
+      except UnicodeDecodeError as e:
+        row_bad.setdefault(
+          r, f"{name}: invalid UTF-8 byte 0x{v[e.start]:02x} at byte {e.start + 1}"
+        )
+    out.append(row)
+  return out
