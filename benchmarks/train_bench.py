@@ -38,18 +38,29 @@ FIELDS = common.CRITEO_FIELDS
 
 
 def bench_one(
-  preset: str, batch_size: int, rows: int, mesh, steps: int, optimizer: str | None = None
+  preset: str,
+  batch_size: int,
+  rows: int,
+  mesh,
+  steps: int,
+  optimizer: str | None = None,
+  history: int = 0,
 ) -> dict:
-  """Train-step and eval-step throughput for one (preset, batch, table rows, optimizer)."""
+  """Train-step and eval-step throughput for one (preset, batch, table rows, optimizer).
+
+  `history` > 0: one more field, multi-valued with that many slots (common.criteo_batch).
+  """
   cfg = config_lib.preset(preset)
   if optimizer:
     cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
+  slots = (1,) * FIELDS + (history,) if history else None
   spec = model_lib.ModelSpec(
-    cfg.model, FIELDS, rows, model_lib.padded_table_rows(rows, partitioning.num_shards(mesh))
-  )
+    cfg.model, FIELDS + bool(history), rows,
+    model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)), field_slots=slots,
+  )  # fmt: skip
   fns = steps_lib.build(spec, cfg.train, mesh)
   state = fns.init(jax.random.key(0))
-  batches = [common.criteo_batch(mesh, batch_size, rows, seed) for seed in range(4)]
+  batches = [common.criteo_batch(mesh, batch_size, rows, seed, history) for seed in range(4)]
   _, step_stats = common.compile_with_stats(fns.train_step, state, batches[0])
   model_flops = common.loss_flops(fns, state, batches[0])
   for i in range(3):  # compile + warm up
@@ -64,6 +75,7 @@ def bench_one(
   eval_s = common.time_fn(eval_fn, batches[0], warmup=2, iters=max(3, steps // 2))
   return {
     "preset": preset,
+    "history": history,
     "optimizer": cfg.train.embedding_optimizer,
     "batch_size": batch_size,
     "table_rows": rows,
@@ -92,10 +104,10 @@ def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
   return need < 0.8 * total, need / 2**30
 
 
-def _scale_point(rows: int, optimizer: str, steps: int) -> dict:
+def _scale_point(rows: int, optimizer: str, steps: int, history: int = 0) -> dict:
   """One table-scale point in a fresh process; returns its result with peak RSS."""
   cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point",
-         f"criteo_paper,1024,{rows},{optimizer}", "--steps", str(steps)]  # fmt: skip
+         f"criteo_paper,1024,{rows},{optimizer},{history}", "--steps", str(steps)]  # fmt: skip
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     return {"table_rows": rows, "optimizer": optimizer, "error": proc.stderr[-500:]}
@@ -103,11 +115,41 @@ def _scale_point(rows: int, optimizer: str, steps: int) -> dict:
 
 
 def _run_point(spec: str, steps: int) -> None:
-  preset, batch, rows, optimizer = spec.split(",")
+  preset, batch, rows, optimizer, history = spec.split(",")
   mesh = partitioning.make_mesh()
-  r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer)
+  r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
   r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print(json.dumps(r))
+
+
+def history_section(args, mesh, steps: int) -> dict:
+  """The paper preset with and without one `args.history`-slot list field (issue #22).
+
+  In one run: samples/s at batch 1024 (100k rows) with the field over without
+  it, and the step with the field at 10k and 10M table rows (fresh processes;
+  10k and 100k with --quick).
+  """
+  plain = bench_one("criteo_paper", 1024, 100_000, mesh, steps)
+  listed = bench_one("criteo_paper", 1024, 100_000, mesh, steps, history=args.history)
+  ratio = listed["train_samples_per_s"] / plain["train_samples_per_s"]
+  optimizer = config_lib.criteo_paper().train.embedding_optimizer
+  sizes = (10_000, 100_000) if args.quick else (10_000, 10_000_000)
+  scale = {rows: _scale_point(rows, optimizer, steps, args.history) for rows in sizes}
+  rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list", listed, ratio)]
+  table = [[name, f"{r['train_samples_per_s']:,.0f}", common.fmt(r["step_ms"]), f"{x:.2f}"]
+           for name, r, x in rows_out]  # fmt: skip
+  print()
+  print(common.markdown_table(["paper preset, batch 1024", "train samples/s", "step ms",
+                               "x without"], table))  # fmt: skip
+  growth = None
+  if all("step_ms" in r for r in scale.values()):
+    growth = scale[sizes[1]]["step_ms"] / scale[sizes[0]]["step_ms"]
+    print(f"with the list: step at {sizes[1]:,} rows / {sizes[0]:,} rows = {growth:.2f} (<= 1.15: "
+          f"{'PASS' if growth <= 1.15 else 'FAIL'})")  # fmt: skip
+  print(f"list field throughput {ratio:.2f}x of without (>= 0.6: "
+        f"{'PASS' if ratio >= 0.6 else 'FAIL'})")  # fmt: skip
+  return {"without": plain, "with": listed, "ratio": ratio, "scale": list(scale.values()),
+          "scale_growth": growth}  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -120,6 +162,8 @@ def main(argv=None) -> None:
   p.add_argument("--optimizers", default="rowwise_adagrad,lazy_adam,adam", help="scale sweep")
   p.add_argument("--batches", default=None, help="batch sizes to sweep (paper preset)")
   p.add_argument("--steps", type=int, default=None, help="timed steps per point")
+  p.add_argument("--history", type=int, default=50, help="slots of the list-field variant")
+  p.add_argument("--only-history", action="store_true", help="run the list-field section alone")
   p.add_argument("--point", help=argparse.SUPPRESS)  # internal: one scale point, JSON out
   args = p.parse_args(argv)
   steps = args.steps or (3 if args.quick else 20)
@@ -128,6 +172,13 @@ def main(argv=None) -> None:
 
   backend = jax.default_backend()
   mesh = partitioning.make_mesh()
+  if args.only_history:
+    out = args.json or f"benchmarks/results/train_bench_history_{backend}.json"
+    payload = {"backend": common.backend_info(), "steps": steps,
+               "history": history_section(args, mesh, steps)}  # fmt: skip
+    common.write_json(out, payload)
+    print(f"wrote {out}")
+    return None
   peak = common.measure_matmul_peak()
   print(f"backend {backend}, {jax.device_count()} device(s); matmul peak {peak:.1f} GFLOP/s")
   if args.quick:
@@ -213,9 +264,11 @@ def main(argv=None) -> None:
   for r in huge:
     print(f"- {r['optimizer']} trains a {r['table_rows']:,}-row d={embed_dim} table: "
           f"{r['step_ms']:.1f} ms/step, peak RSS {r['peak_rss_gib']:.2f} GiB")  # fmt: skip
+  history = history_section(args, mesh, steps)
   out = args.json or f"benchmarks/results/train_bench_{backend}.json"
   common.write_json(out, {"backend": common.backend_info(), "matmul_peak_gflops": peak,
-                          "steps": steps, "results": results, "scale": scale})  # fmt: skip
+                          "steps": steps, "results": results, "scale": scale,
+                          "history": history})  # fmt: skip
   print(f"\nwrote {out}")
 
 

@@ -90,6 +90,9 @@ def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path):
   scale = {(r["optimizer"], r["table_rows"]): r for r in payload["scale"]}
   assert set(scale) == {("rowwise_adagrad", n) for n in (10_000, 100_000)}
   assert all(r["peak_rss_gib"] > 0 for r in scale.values())
+  history = payload["history"]  # the paper preset with a 50-value list field, and without
+  assert history["with"]["history"] == 50 and history["without"]["history"] == 0
+  assert history["ratio"] > 0 and history["scale_growth"] > 0
 
 
 def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
