@@ -294,3 +294,16 @@ def test_device_input_carries_the_list_slots(tmp_path, mode):
     lines = (tmp_path / m / "metrics.jsonl").read_text().splitlines()
     losses[m] = [json.loads(x)["loss"] for x in lines if '"loss"' in x]
   assert losses["off"] and losses[mode] == losses["off"]
+
+
+def test_hashing_mode_hashes_list_values_like_single_values(tmp_path):
+  meta, splits = _prepare(tmp_path, hash_buckets=64)
+  genres, user = meta.field("genres"), meta.field("user")
+  assert genres.transform == "hash" and genres.size == 2 + 64
+  ids = np.asarray(splits["train"].ids)[np.argsort(splits["train"].line_numbers)]
+  from gin_jax.data import hashing, text
+
+  key = text.bytes_to_keys([b"Comedy"])
+  want = genres.offset + 2 + int(hashing.hash_keys(key)[0] % np.uint64(64))
+  assert ids[0, 1] == want and ids[2, 1] == want  # the same value, the same row
+  assert user.offset <= ids[0, 0] < user.offset + user.size
