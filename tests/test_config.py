@@ -1,9 +1,17 @@
 """Configs: overrides, validation, the two-ratio split with a test file."""
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from gin_jax import config as config_lib
 from gin_jax.training import recipes
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_split_ratios_are_train_and_valid_when_test_is_a_file():
@@ -143,3 +151,33 @@ def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
   for bad in ("0", "-1"):
     with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
       config_lib.override(cfg, {"train.ensemble": bad})
+
+
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
+    ("train.epochs", "0", "train.epochs must be >= 1, got 0"),
+    ("train.epochs", "-1", "train.epochs must be >= 1, got -1"),
+    ("train.patience", "-1", "train.patience must be >= 1, got -1"),
+    ("train.learning_rate", "-1", "train.learning_rate must be > 0, got -1.0"),
+    ("train.checkpoint_every", "0", "train.checkpoint_every must be >= 1, got 0"),
+    ("train.keep_checkpoints", "0", "train.keep_checkpoints must be >= 1, got 0"),
+    ("train.lr_decay", "0", "train.lr_decay must be > 0 and <= 1, got 0.0"),
+    ("data.min_count", "0", "data.min_count must be >= 1, got 0"),
+    ("data.hash_buckets", "-3", "data.hash_buckets must be >= 0, got -3"),
+    ("model.embed_init_std", "-0.1", "model.embed_init_std must be >= 0, got -0.1"),
+    ("model.mlp_hidden", "16,0", "model.mlp_hidden must be widths >= 1"),
+  ],
+)
+def test_every_numeric_field_is_checked_against_its_range(field, value, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_lib.override(config_lib.tiny(), {field: value})
+
+
+def test_an_out_of_range_value_is_one_line_and_exit_2_on_the_command_line(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(tmp_path / "w"),
+         "--train.checkpoint_every=0"]  # fmt: skip
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: train.checkpoint_every must be >= 1, got 0"

@@ -35,6 +35,22 @@ READOUTS = ("last", "all")  # model.readout
 INTERACTION_IMPLS = ("factorized", "reference")  # model.interaction_impl
 
 
+# Each numeric field's valid range (low, high, low_open), checked when a config is built.
+MODEL_RANGES = {
+  "init_perturbation": (0, None, False), "embed_init_std": (0, None, False),
+}  # fmt: skip
+DATA_RANGES = {
+  "min_count": (1, None, False), "hash_buckets": (0, None, False), "num_workers": (0, None, False),
+  "synthetic_rows": (1, None, False), "synthetic_vocab": (3, None, False),
+  "synthetic_planted": (0, None, False), "synthetic_noise": (0, None, False),
+}  # fmt: skip
+TRAIN_RANGES = {
+  "epochs": (1, None, False), "learning_rate": (0, None, True), "clip_norm": (0, None, False),
+  "lr_decay": (0, 1, True), "patience": (1, None, False), "log_every": (1, None, False),
+  "checkpoint_every": (1, None, False), "keep_checkpoints": (1, None, False),
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ModelConfig:
   """Architecture of GIN / AOANet (DESIGN.md section 1)."""
@@ -72,6 +88,9 @@ class ModelConfig:
     for name in sizes:
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+    if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.mlp_hidden):
+      raise ValueError(f"model.mlp_hidden must be widths >= 1, got {self.mlp_hidden}")
+    _check_ranges("model", self, MODEL_RANGES)
 
 
 # data.format: the file formats gin_jax reads (gin_jax.data.formats has one module each).
@@ -115,7 +134,8 @@ class DataConfig:
     if not 0.0 < self.device_fraction <= 1.0:
       raise ValueError(f"device_fraction must be in (0, 1], got {self.device_fraction}")
     if self.max_values < 1:
-      raise ValueError(f"max_values must be >= 1, got {self.max_values}")
+      raise ValueError(f"data.max_values must be >= 1, got {self.max_values}")
+    _check_ranges("data", self, DATA_RANGES)
     if self.numeric not in NUMERIC_MODES:
       raise ValueError(f"numeric must be one of {NUMERIC_MODES}, got {self.numeric!r}")
     if len(self.split) == 2 and self.test:
@@ -191,6 +211,7 @@ class TrainConfig:
       raise ValueError(f"unknown prune_scope {self.prune_scope!r}")
     if (self.batch_size is not None and self.batch_size < 1) or self.eval_batch_size < 1:
       raise ValueError("batch sizes must be >= 1")
+    _check_ranges("train", self, TRAIN_RANGES)
 
 
 @dataclass(frozen=True)
@@ -229,6 +250,25 @@ class Config:
       data=_from_dict(DataConfig, d["data"]),
       train=_from_dict(TrainConfig, d["train"]),
     )
+
+
+def _check_ranges(section: str, obj, ranges: dict) -> None:
+  """Raises ValueError naming `section.field` and its range for a value outside it.
+
+  ranges: field -> (low, high, low_open): low <= value (low < value when
+  low_open) and value <= high; None is no bound. Optional fields left None pass.
+  """
+  for name, (low, high, low_open) in ranges.items():
+    value = getattr(obj, name)
+    if value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, int | float):
+      raise ValueError(f"{section}.{name} must be a number, got {value!r}")
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    if bad_low or (high is not None and value > high):
+      want = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
+      want += [f"<= {high}"] if high is not None else []
+      raise ValueError(f"{section}.{name} must be {' and '.join(want)}, got {value!r}")
 
 
 # ------------------------------------------------------------ data-dependent defaults
