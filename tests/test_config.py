@@ -181,3 +181,59 @@ def test_an_out_of_range_value_is_one_line_and_exit_2_on_the_command_line(tmp_pa
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode == 2
   assert proc.stderr.strip() == "error: train.checkpoint_every must be >= 1, got 0"
+
+
+def _alias_bomb(body: str) -> str:
+  """Ten nested aliases: a 1 KB file whose expansion has 10^10 leaves."""
+  lines = ["a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+  lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+  return "\n".join(lines) + "\n" + body
+
+
+_UNDER_LIMITS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from gin_jax.config import load_file
+from gin_jax.data.formats import CsvSchema
+try:
+  (load_file if sys.argv[2] == "experiment" else CsvSchema.load)(sys.argv[1])
+except Exception as e:
+  print(f"{type(e).__name__}: {e}")
+"""
+
+
+@pytest.mark.parametrize(
+  "kind,body",
+  [
+    ("experiment", "model: {mlp_hidden: *a9}\n"),
+    ("experiment", "name: *a9\n"),
+    ("schema", "label: y\ncategorical: *a9\n"),
+  ],  # fmt: skip
+)
+def test_an_alias_bomb_is_refused_at_once_under_a_memory_limit(tmp_path, kind, body):
+  path = tmp_path / "bomb.yaml"
+  path.write_text(_alias_bomb(body))
+  proc = subprocess.run([sys.executable, "-c", _UNDER_LIMITS, str(path), kind], timeout=60,
+                        capture_output=True, text=True, cwd=REPO)  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-1000:]
+  assert f"{path}: " in proc.stdout and "an alias (*a0) is not allowed" in proc.stdout
+  assert len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_duplicate_keys_a_binary_file_and_a_huge_file_are_refused_naming_the_file(tmp_path):
+  dup = tmp_path / "dup.yaml"
+  dup.write_text("train: {epochs: 2}\ntrain: {epochs: 3}\n")
+  with pytest.raises(ValueError, match=re.escape(f"{dup}: not valid YAML (line 2: duplicate key")):
+    config_lib.load_file(dup)
+  binary = tmp_path / "bin.yaml"
+  binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+  with pytest.raises(ValueError, match=re.escape(f"{binary}: not a text experiment file")):
+    config_lib.load_file(binary)
+  big = tmp_path / "big.yaml"
+  big.write_text("# padding\n" * 120_000)
+  with pytest.raises(ValueError, match=re.escape(f"{big}: 1,200,000 bytes; experiment files")):
+    config_lib.load_file(big)
+  nested = tmp_path / "nested.yaml"
+  nested.write_text("model: {mlp_hidden: [[1, 2], [3]]}\n")
+  with pytest.raises(ValueError, match="model.mlp_hidden must be a value or a list of values"):
+    config_lib.load_file(nested)

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import typing
 
+from gin_jax.config import yaml_files
 from gin_jax.config.schema import ARCH_DEFAULTS, Config, DataConfig, ModelConfig, TrainConfig
 
 
@@ -70,13 +71,9 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
   Returns:
     ({"section.field": text} assignments for `override`, the preset it names or None).
   """
-  import yaml  # JSON is YAML too
-
-  with open(path) as f:
-    try:
-      doc = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-      raise ValueError(f"{path}: not valid YAML ({e})") from None
+  doc = yaml_files.load(path, "experiment file")
+  if doc is None:
+    doc = {}
   if not isinstance(doc, dict):
     raise ValueError(f"{path}: expected a mapping with model:, data:, train: sections")
   sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -84,7 +81,7 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
   for key, body in doc.items():
     if key in ("name", "preset"):
       if not isinstance(body, str):
-        raise ValueError(f"{path}: {key} must be a string, got {body!r}")
+        raise ValueError(f"{path}: {key} must be a string, got {yaml_files.short(body)}")
       if key == "name":
         assignments["name"] = body
       else:
@@ -100,8 +97,11 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
     for name, value in body.items():
       if name not in hints:
         raise ValueError(f"{path}: unknown key {key}.{name}; known: {sorted(hints)}")
-      if isinstance(value, dict):
-        raise ValueError(f"{path}: {key}.{name} must be a value or a list, got a mapping")
+      nested = isinstance(value, list) and any(isinstance(v, list | dict) for v in value)
+      if isinstance(value, dict) or nested:
+        raise ValueError(
+          f"{path}: {key}.{name} must be a value or a list of values, got {yaml_files.short(value)}"
+        )
       text = _to_text(value)
       _parse(text, hints[name], f"{key}.{name} in {path}")
       assignments[f"{key}.{name}"] = text

@@ -7,11 +7,9 @@ header's are; `separator` and `columns` apply to csv only).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
-import yaml
-
+from gin_jax.config import yaml_files
 from gin_jax.data.errors import DataError
 
 POOLINGS = ("mean", "sum")  # How a multi-valued field's values make one field vector.
@@ -125,12 +123,11 @@ class CsvSchema:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> CsvSchema:
-    """Reads a .json file as JSON and anything else as YAML."""
-    with open(path, encoding="utf-8") as f:
-      try:
-        d = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)
-      except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: cannot parse schema: {e}") from None
+    """Reads a schema file (YAML, of which JSON is a part), bounded (config.yaml_files)."""
+    try:
+      d = yaml_files.load(path, "schema", "cannot parse schema")
+    except ValueError as e:
+      raise DataError(str(e)) from None
     return cls.from_dict(d, str(path))
 
   def to_dict(self) -> dict:
