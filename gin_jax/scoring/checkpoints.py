@@ -18,7 +18,7 @@ from gin_jax import models as model_lib
 from gin_jax.config import Config
 from gin_jax.scoring.errors import ScoringError
 from gin_jax.training import checkpointing, partitioning, stages, steps
-from gin_jax.training.workdir import Workdir
+from gin_jax.training.workdir import DeliveryError, Workdir, config_fingerprint, fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,8 @@ class LoadedCheckpoint:
   state: dict
   mesh: object
   description: str
+  asked_config: dict | None = None  # the config the run was asked for (its checkpoint's)
+  workdir: Path | None = None  # the run the checkpoint belongs to
 
 
 def load_checkpoint(
@@ -132,13 +134,18 @@ def load_models(workdir, *, step=None, best=False, devices=None, report=None):
   """
   layout = Workdir(workdir)
   report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+  _delivery(layout, step)
   members = layout.ensemble()
   if step is not None or len(members) == 1:
     if step is not None and len(members) > 1:
       report(f"{workdir} delivers the average of {len(members)} models; --step {step} "
              "scores this run's own checkpoint alone")  # fmt: skip
-    return [load_checkpoint(workdir, step=step, best=best, devices=devices, report=report)]
+    model = load_checkpoint(workdir, step=step, best=best, devices=devices, report=report)
+    _check_own_config(model)
+    return [model]
   models = [load_checkpoint(m.root, best=best, devices=devices, report=report) for m in members]
+  for model in models:
+    _check_own_config(model)
   first = models[0].dataset_meta
   for m in models[1:]:
     meta = m.dataset_meta
@@ -148,6 +155,46 @@ def load_models(workdir, *, step=None, best=False, devices=None, report=None):
         f"{models[0].description} (other fields or vocabulary)"
       )
   return models
+
+
+def _delivery(layout: Workdir, step) -> dict | None:
+  """The run's verified delivery record; refuses a tampered one or an unfinished recipe.
+
+  Every model the record fingerprints must still hold that config (no run put
+  in another's place). Without a record, a run whose config asks for
+  beat_linear or an ensemble has not delivered yet: unless `step` picks one of
+  its own checkpoints, nothing of it is scored.
+  """
+  try:
+    record = layout.delivery()
+  except DeliveryError as e:
+    raise ScoringError(str(e)) from None
+  if record is None:
+    if step is None and layout.config.exists():
+      train = _read_config(layout.config).train
+      if train.beat_linear or train.ensemble > 1:
+        recipe = "train.ensemble" if train.ensemble > 1 else "train.beat_linear"
+        raise ScoringError(
+          f"{layout.root}: the run is not finished ({recipe} has delivered no model yet): "
+          "rerun the training command to finish it; --step N scores one checkpoint of the "
+          "run itself"
+        )
+    return None
+  for name, want in (record.get("configs") or {}).items():
+    if config_fingerprint(layout.sub(name).config) != want:
+      raise ScoringError(
+        f"{layout.sub(name).root}: its config is not the one the run delivered "
+        f"({layout.delivered_file.name} fingerprints another): another run is in its place"
+      )
+  return record
+
+
+def _check_own_config(model: LoadedCheckpoint) -> None:
+  """The checkpoint's own config is its workdir's (config.json), fingerprint for fingerprint."""
+  directory = model.workdir
+  want = config_fingerprint(directory / "config.json")
+  if want is not None and fingerprint(model.asked_config) != want:
+    raise ScoringError(f"{model.description}: trained with another config than {directory}'s")
 
 
 def _read_config(path: Path) -> Config:
@@ -182,7 +229,11 @@ def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> L
   )  # fmt: skip
   fns = steps.build(spec, cfg.train, mesh)
   state, _ = checkpointing.restore(mngr, step, fns.abstract_state, verify=False)
-  return LoadedCheckpoint(cfg, dataset_meta, fns, state, mesh, f"{directory}/{step}")
+  desc = f"{directory}/{step}"
+  # checkpoints/ and best_<stage>/ are folders of the run's workdir.
+  return LoadedCheckpoint(
+    cfg, dataset_meta, fns, state, mesh, desc, meta.get("config"), Path(directory).parent
+  )
 
 
 def describe(models) -> str:

@@ -106,7 +106,7 @@ def run(
       # The run delivered an ensemble before; asked for one model now, it
       # delivers member 0 (the report is already that model's).
       delivered = os.path.relpath(workdir.delivered().root, workdir.root)
-      workdir.write_delivered({"workdir": delivered})
+      workdir.write_delivered(workdir.delivery_record([delivered]))
     return out
 
 
@@ -183,10 +183,11 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
     runtime.log(f"beat_linear: delivering {'the run' if delivered == '.' else delivered} "
          f"(valid AUC: {aucs})")  # fmt: skip
   check["delivered"] = delivered
-  out = {**out, "beat_linear": check}
+  record = workdir.delivery_record([delivered])
+  out = {**out, "beat_linear": check, "delivered_configs": record["configs"]}
   if jax.process_index() == 0:
-    workdir.write_delivered({"workdir": delivered})
     files.write_json(workdir.report, out)
+    workdir.write_delivered(record)
     if delivered != ".":
       print(report.summary_table(out), flush=True)
   return out
@@ -244,9 +245,11 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   votes = _pair_votes([r.get("kept_pairs") for r in reports])
   if votes is not None:
     out["kept_pairs_votes"] = votes
+  record = workdir.delivery_record(names)
+  out["delivered_configs"] = record["configs"]
   if jax.process_index() == 0:
-    workdir.write_delivered({"workdir": names[0], "ensemble": names})
     files.write_json(workdir.report, out)
+    workdir.write_delivered(record)
     print(report.summary_table(out), flush=True)
   return out
 

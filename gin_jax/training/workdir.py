@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,73 @@ from gin_jax.training.errors import TrainingError
 from gin_jax.training.stages import Stage
 
 LOCK_FILE = ".lock"  # In the workdir: held (flock) by the run using it.
+# The runs a delivery record may name, relative to the workdir: a closed set.
+_DELIVERABLE = re.compile(r"\.|from_linear|ensemble/member_[1-9][0-9]*(/from_linear)?")
+_RERUN = "rerun the training command to write it again"
+
+
+class DeliveryError(ValueError):
+  """A delivery record (delivered.json) that cannot be trusted: one line, the file and why."""
+
+
+def config_fingerprint(path: Path) -> str | None:
+  """fingerprint() of a run's config.json (None if it is absent or unreadable)."""
+  try:
+    return fingerprint(json.loads(path.read_text()))
+  except (OSError, ValueError):
+    return None
+
+
+def fingerprint(config: dict) -> str:
+  """SHA-256 of a saved config as the workdir guard compares it (`resumable`: without
+  train.ensemble, which a run changes in place)."""
+  return hashlib.sha256(json.dumps(resumable(config), sort_keys=True).encode()).hexdigest()
+
+
+def _check_delivery(path: Path, record) -> None:
+  """The record's shape: names from the closed set, the first delivered alone or first."""
+  if not isinstance(record, dict) or not isinstance(record.get("workdir"), str):
+    raise DeliveryError(f"{path}: must be an object naming the delivered workdir; {_RERUN}")
+  names = record.get("ensemble", [record["workdir"]])
+  ok = isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+  if not ok or names[0] != record["workdir"] or len(set(names)) != len(names):
+    raise DeliveryError(f"{path}: 'ensemble' must list distinct workdirs, the delivered first")
+  if record["workdir"] not in (".", "from_linear"):
+    raise DeliveryError(
+      f"{path}: the run delivers {record['workdir']!r}, not itself or from_linear"
+    )
+  for name in names:
+    if not _DELIVERABLE.fullmatch(name):
+      raise DeliveryError(
+        f"{path}: names {name!r}, not a run of this workdir (., from_linear, "
+        "ensemble/member_<i>[/from_linear])"
+      )
+  configs = record.get("configs")
+  if configs is not None and (not isinstance(configs, dict) or set(configs) != set(names)):
+    raise DeliveryError(f"{path}: 'configs' must fingerprint exactly the delivered workdirs")
+
+
+def _cross_check(path: Path, record: dict, report_path: Path) -> None:
+  """The record agrees with report.json, which names the same delivered models."""
+  try:
+    report = json.loads(report_path.read_text())
+  except (OSError, ValueError):
+    return  # no finished report to compare with (the trainer writes it next)
+  if not isinstance(report, dict):
+    return
+  beat = report.get("beat_linear")
+  if isinstance(beat, dict) and "delivered" in beat and beat["delivered"] != record["workdir"]:
+    raise DeliveryError(
+      f"{path}: names {record['workdir']!r}, but {report_path.name} says beat_linear delivered "
+      f"{beat['delivered']!r}; {_RERUN}"
+    )
+  members = report.get("ensemble")
+  if isinstance(members, list):
+    listed = [m.get("workdir") if isinstance(m, dict) else None for m in members]
+    if listed != record.get("ensemble", [record["workdir"]]):
+      raise DeliveryError(f"{path}: its ensemble is not the one {report_path.name} lists; {_RERUN}")
+  if "delivered_configs" in report and report["delivered_configs"] != record.get("configs"):
+    raise DeliveryError(f"{path}: its config fingerprints differ from {report_path.name}'s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,20 +144,38 @@ class Workdir:
     """Which workdir holds the delivered model (train.beat_linear): "." or a subfolder."""
     return self.root / "delivered.json"
 
-  def _delivered_entry(self, key: str):
-    """delivered.json's `key` (None when the file or the key is absent or unreadable)."""
-    try:
-      return json.loads(self.delivered_file.read_text())[key]
-    except (OSError, ValueError, KeyError, TypeError):
-      return None
+  def delivery(self) -> dict | None:
+    """delivered.json, verified; None when the run wrote none (it delivers itself).
 
-  def _sub(self, name: str) -> Workdir:
+    The record names only runs inside the workdir, from a closed set: the run
+    itself ("."), beat_linear's `from_linear`, and `ensemble/member_<i>` (or its
+    `from_linear`); it must agree with report.json (which names them too), and
+    its `configs` fingerprint each delivered model's config. Raises
+    DeliveryError (one line: the file and what is wrong) otherwise.
+    """
+    path = self.delivered_file
+    try:
+      text = path.read_text()
+    except FileNotFoundError:
+      return None
+    except OSError as e:
+      raise DeliveryError(f"{path}: unreadable ({e.strerror})") from None
+    try:
+      record = json.loads(text)
+    except ValueError:
+      raise DeliveryError(f"{path}: not valid JSON; {_RERUN}") from None
+    _check_delivery(path, record)
+    _cross_check(path, record, self.report)
+    return record
+
+  def sub(self, name: str) -> Workdir:
+    """The run named `name` in a delivery record ("." is this one)."""
     return self if name == "." else Workdir(self.root / name)
 
   def delivered(self) -> Workdir:
     """The workdir of the model this run delivers (itself unless delivered.json says else)."""
-    name = self._delivered_entry("workdir")
-    return self if name is None else self._sub(name)
+    record = self.delivery()
+    return self if record is None else self.sub(record["workdir"])
 
   def ensemble(self) -> list[Workdir]:
     """The workdirs of the models whose averaged probabilities the run delivers.
@@ -96,8 +183,18 @@ class Workdir:
     One (`delivered()`) unless train.ensemble > 1 wrote their list into
     delivered.json (paths relative to the root).
     """
-    names = self._delivered_entry("ensemble")
-    return [self.delivered()] if names is None else [self._sub(n) for n in names]
+    record = self.delivery()
+    if record is None or "ensemble" not in record:
+      return [self.delivered()]
+    return [self.sub(n) for n in record["ensemble"]]
+
+  def delivery_record(self, names: list[str]) -> dict:
+    """The delivery record of models `names` (the first delivered alone, or an ensemble)."""
+    record = {"workdir": names[0]}
+    if len(names) > 1:
+      record["ensemble"] = list(names)
+    record["configs"] = {n: config_fingerprint(self.sub(n).config) for n in names}
+    return record
 
   @property
   def members(self) -> Path:
@@ -135,9 +232,9 @@ class Workdir:
       *self.root.glob("best_*"),
     ]
 
-  def write_delivered(self, entry: dict) -> None:
+  def write_delivered(self, record: dict) -> None:
     """delivered.json: which model(s) this run delivers (written atomically)."""
-    files.write_json(self.delivered_file, entry)
+    files.write_json(self.delivered_file, record)
 
 
 @contextlib.contextmanager
