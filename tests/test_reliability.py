@@ -414,7 +414,38 @@ def _broken_export(exported, tmp_path, fault):
     meta["fields"][20]["offset"] += 5000  # C8's rows now lie outside the table
   (d / "export.json").write_text(json.dumps(info))
   (d / "dataset.json").write_text(json.dumps(meta))
+  checkpointing.seal(d)  # a consistent export with a bad file: what the checks below catch
   return d
+
+
+@pytest.mark.parametrize(
+  "tamper",
+  ["two vocabulary entries", "a byte of score.stablehlo", "a byte of params.npz", "no seal"],
+)
+def test_an_altered_export_is_refused_before_anything_is_deserialized(exported, tmp_path, tamper):
+  """Was: edited vocabulary entries changed half the scores with exit 0, and flipped
+  bytes of the StableHLO gave tracebacks, a segfault or a hang."""
+  from gin_jax import scoring as scoring_lib
+
+  d = tmp_path / "export"
+  shutil.copytree(exported, d)
+  if tamper == "two vocabulary entries":
+    meta = json.loads((d / "dataset.json").read_text())
+    vocab = next(v for v in meta["vocab"].values() if len(v) > 2)
+    vocab[0], vocab[1] = vocab[1], vocab[0]
+    (d / "dataset.json").write_text(json.dumps(meta))
+    want = "dataset.json does not match its seal"
+  elif tamper == "no seal":
+    (d / "seal.json").unlink()
+    want = "the export has no seal"
+  else:
+    name = tamper.split(" of ")[1]
+    data = bytearray((d / name).read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (d / name).write_bytes(bytes(data))
+    want = f"{name} does not match its seal"
+  with pytest.raises(scoring_lib.ScoringError, match=want):
+    scoring_lib.Scorer.from_export(d)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from gin_jax import data
 from gin_jax import models as model_lib
 from gin_jax.scoring import checkpoints
 from gin_jax.scoring.errors import ScoringError
+from gin_jax.training import checkpointing
 
 EXPORT_FILES = ("score.stablehlo", "params.npz", "dataset.json", "export.json")
 
@@ -73,6 +74,7 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
     np.savez(out_dir / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
     (out_dir / "dataset.json").write_text(loaded.dataset_meta.to_json())
     (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+    checkpointing.seal(out_dir)  # sizes and SHA-256 of every file, as a checkpoint's
   except OSError as e:
     raise ScoringError(f"{e.filename or out_dir}: cannot write the export ({e.strerror})") from None
   return out_dir
@@ -81,13 +83,21 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
 def load_export(directory) -> tuple:
   """(dataset meta, score(ids, values), batch size) of an exported directory.
 
-  Every file is checked against the others before anything is scored: a bad
-  one raises ScoringError naming it and the problem.
+  The directory is sealed as checkpoints are (seal.json: the size and SHA-256
+  of every file), and the seal is verified before anything is deserialized;
+  then every file is checked against the others. A bad one raises
+  ScoringError naming it and the problem.
   """
   directory = Path(directory)
   missing = [f for f in EXPORT_FILES if not (directory / f).exists()]
   if missing:
     raise ScoringError(f"{directory} is not an export directory: missing {missing}")
+  try:  # before anything is deserialized
+    checkpointing.verify_seal(directory)
+  except checkpointing.UnusableCheckpoint as e:
+    if e.kind == "unsealed":
+      raise ScoringError(f"{directory}: the export has no seal (export it again)") from None
+    raise ScoringError(f"{directory}: the export is unusable: {e.reason}") from None
   info = _export_info(directory / "export.json")
   path = directory / "score.stablehlo"
   try:
