@@ -402,3 +402,30 @@ def test_train_and_score_equal_tsv_route(tmp_path, criteo):
   np.testing.assert_allclose(p_pq, p_tsv, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(y_pq, y_tsv)
   np.testing.assert_array_equal(l_pq, l_tsv)
+
+
+def test_a_flipped_byte_in_a_checksummed_page_is_a_named_error(tmp_path):
+  """Was: the flipped byte trained as another category, exit 0."""
+  table = pa.table({"click": [1, 0] * 500, "user": [f"u{i % 37}" for i in range(1000)]})
+  good = tmp_path / "good.parquet"
+  pq.write_table(table, good, write_page_checksum=True, compression="NONE")
+  data = bytearray(good.read_bytes())
+  data[data.find(b"u17") + 1] ^= 0x01
+  bad = tmp_path / "bad.parquet"
+  bad.write_bytes(bytes(data))
+  assert pq.ParquetFile(bad).read().num_rows == 1000  # read back without verification
+  schema = tmp_path / "schema.yaml"
+  schema.write_text("label: click\ncategorical: [user]\n")
+  cfg = DataConfig(format="parquet", train=str(bad), schema=str(schema), min_count=1)
+  with pytest.raises(DataError, match=rf"{bad}:0: cannot read the row group \(.*checksum"):
+    prepare(cfg, tmp_path / "cache", progress=False)
+
+
+def test_an_unreadable_footer_is_one_line(tmp_path):
+  bad = tmp_path / "bad.parquet"
+  bad.write_bytes(b"PAR1" + b"\x00garbage\n" * 4 + b"PAR1")
+  schema = tmp_path / "schema.yaml"
+  schema.write_text("label: click\ncategorical: [user]\n")
+  with pytest.raises(DataError, match=f"{bad}: not a readable Parquet file") as e:
+    prepare(DataConfig(format="parquet", train=str(bad), schema=str(schema)), tmp_path / "c")
+  assert "\n" not in str(e.value)

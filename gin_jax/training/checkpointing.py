@@ -231,7 +231,8 @@ def verify_seal(directory: str | os.PathLike, only: str = "") -> None:
     raise UnusableCheckpoint(
       directory,
       "unsealed",
-      "it has no seal (its write was interrupted, or an older version wrote it)",
+      "it has no seal: its write was interrupted, or gin_jax did not write it (an orbax "
+      "checkpoint of another program, or of a gin_jax older than seals)",
     )
   try:
     sealed = json.loads(path.read_text())["files"]

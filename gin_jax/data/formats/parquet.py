@@ -105,9 +105,11 @@ def fingerprint(path: str | os.PathLike) -> dict:
 
 def _open(pq, path: str):
   try:
-    return pq.ParquetFile(path)
+    # Pages written with checksums are verified as they are read: a flipped byte in
+    # one is a bad row group (file:row-group: ...), never a silently wrong value.
+    return pq.ParquetFile(path, page_checksum_verification=True)
   except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-    raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())})") from None
 
 
 _ROLES = {  # Role -> (allowed kinds, how errors list them).
