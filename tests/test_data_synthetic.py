@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gin_jax.config import DataConfig
-from gin_jax.data import SyntheticSpec, generate, prepare, vocab, write_criteo_tsv
+from gin_jax.data import SyntheticSpec, generate, prepare, synthetic, vocab, write_criteo_tsv
 
 SPEC = SyntheticSpec(num_rows=20_000, seed=4)
 
@@ -110,3 +110,23 @@ def test_written_tsv_roundtrips_through_the_criteo_reader(tmp_path, data):
   for j in range(26):
     seen = np.unique(small.categorical[:, j][small.categorical[:, j] >= 0])
     assert len(meta.vocab[f"C{j + 1}"]) == len(seen)
+
+
+def test_days_of_a_drifting_log_share_the_label_model_and_shift_the_ids():
+  spec = lambda day: SyntheticSpec(num_rows=20_000, seed=4, max_vocab=300, day=day, drift=0.2)
+  d0, d1, d2 = (generate(spec(t)) for t in range(3))
+  assert d0.planted_pairs == d1.planted_pairs == d2.planted_pairs
+  assert not np.array_equal(d0.labels, d1.labels)  # each day's rows are drawn afresh
+  np.testing.assert_array_equal(generate(spec(1)).labels, d1.labels)  # deterministic
+  big = int(np.argmax(d0.vocab_sizes))
+  ids = [set(np.unique(d.categorical[:, big][d.categorical[:, big] >= 0])) for d in (d0, d1, d2)]
+  assert len(ids[1] - ids[0]) > 30 and len(ids[0] - ids[1]) > 30  # new ids come, old ones go
+  assert min(ids[2]) > min(ids[1]) > min(ids[0])
+  assert d2.vocab_sizes[big] > d1.vocab_sizes[big] > d0.vocab_sizes[big]
+  # The planted interactions persist: a category's factor is fixed by its id alone.
+  z = synthetic._factor(4, 30, np.arange(200_000))
+  assert synthetic._factor(4, 30, np.array([7, 199_999]))[1] == z[199_999]
+  assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+  assert not np.array_equal(z, synthetic._factor(4, 31, np.arange(200_000)))
+  with pytest.raises(ValueError, match="give day too"):
+    SyntheticSpec(drift=0.1)

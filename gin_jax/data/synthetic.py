@@ -14,6 +14,12 @@ small negative values, as in Criteo) with 5-10% missing; categorical fields have
 Zipf-distributed ids shown as 8-hex-digit tokens, 2-5% missing. Everything is
 vectorised numpy and deterministic for a seed.
 
+Days (`day`, `drift`): a time-ordered log, one file a day. The planted pairs,
+their factors and every other choice of the label model stay put across days
+(drawn from the seed alone, each category's factor fixed by its id); each day's
+rows are drawn afresh, and on day t each categorical field's Zipf ranks start at
+id floor(t * drift * size): ids new that day appear, the least recent stop.
+
 write_demo_input is DataConfig.format "synthetic" (the demo): it writes the data of
 the config's synthetic_* options once per cache directory, as the input of prepare.
 """
@@ -54,10 +60,17 @@ class SyntheticSpec:
   num_main_effects: int = 3
   positive_rate: float = 0.25  # Target mean label (the bias is solved for it).
   zipf_exponent: float = 1.1  # Category k has probability ~ (k + 1)^-a.
+  # A day of a time-ordered log (None: the one-off dataset, drawn as ever).
+  day: int | None = None
+  drift: float = 0.0  # With day: the fraction of each field's ids that is new each day.
 
   def __post_init__(self):
     if self.num_rows < 1 or self.max_vocab < 3:
       raise ValueError("num_rows must be >= 1 and max_vocab >= 3")
+    if (self.day is not None and self.day < 0) or self.drift < 0:
+      raise ValueError("day and drift must be >= 0")
+    if self.drift and self.day is None:
+      raise ValueError("drift applies to the days of a log: give day too")
     if self.num_numeric < 1 or self.num_categorical < 1:
       raise ValueError("need at least one numeric and one categorical field")
 
@@ -77,7 +90,8 @@ class SyntheticData:
     numeric: int64 [N, num_numeric] values (0 where missing).
     numeric_missing: bool [N, num_numeric].
     categorical: int64 [N, num_categorical] category ids, -1 where missing.
-    vocab_sizes: int [num_categorical] categories per categorical field.
+    vocab_sizes: int [num_categorical] categories per categorical field (ids below it;
+      on day t of a drifting log, those of days 0..t).
     logits: float64 [N] the noiseless logit (for checking what is learnable).
     planted_pairs: the planted pairs by field name, each in field order.
   """
@@ -101,22 +115,28 @@ def generate(spec: SyntheticSpec) -> SyntheticData:
     SyntheticData, including the planted pairs.
   """
   rng = np.random.default_rng(spec.seed)
+  days = spec.day is not None
+  # The rows' draws: the structure's own stream for a one-off set, a stream per day
+  # otherwise (so that every day shares the structure rng draws alone).
+  draw = np.random.default_rng((spec.seed, 1 + spec.day)) if days else rng
   n, nn, nc = spec.num_rows, spec.num_numeric, spec.num_categorical
   f32 = np.float32
   # Numeric: lognormal counts, a different scale per field.
   mu = rng.uniform(0.5, 3.0, nn).astype(f32)
   sigma = rng.uniform(1.0, 2.0, nn).astype(f32)
-  normal = rng.standard_normal((n, nn), dtype=f32)
+  normal = draw.standard_normal((n, nn), dtype=f32)
   numeric = np.minimum(np.floor(np.exp(mu + sigma * normal)), 1e9).astype(np.int64)
   if nn > 1:
     numeric[:, 1] -= 2  # Like Criteo's I2: a few small negative values.
-  numeric_missing = rng.random((n, nn), dtype=f32) < rng.uniform(0.05, 0.10, nn).astype(f32)
+  numeric_missing = draw.random((n, nn), dtype=f32) < rng.uniform(0.05, 0.10, nn).astype(f32)
   numeric[numeric_missing] = 0
   # Categorical: log-spaced vocabulary sizes, Zipf ids, 2-5% missing.
   sizes = np.round(np.geomspace(3, spec.max_vocab, nc)).astype(np.int64)
   sizes = sizes[rng.permutation(nc)]
-  categorical = _zipf(rng, sizes, n, spec.zipf_exponent)
-  categorical[rng.random((n, nc), dtype=f32) < rng.uniform(0.02, 0.05, nc).astype(f32)] = -1
+  categorical = _zipf(draw, sizes, n, spec.zipf_exponent)
+  categorical[draw.random((n, nc), dtype=f32) < rng.uniform(0.02, 0.05, nc).astype(f32)] = -1
+  if days:
+    return _day(spec, rng, draw, numeric, numeric_missing, categorical, sizes, mu, sigma)
   # Per-field category index used by the label model (missing is its own category):
   # bucket values are small integers, so they index densely from their minimum.
   cat_index = np.where(categorical < 0, sizes, categorical)
@@ -127,7 +147,6 @@ def generate(spec: SyntheticSpec) -> SyntheticData:
   index = np.concatenate([num_index, cat_index], axis=1)
   card = np.concatenate([num_card, sizes + 1])
   span = np.concatenate([hi - lo + 2, sizes + 1])
-  names = spec.field_names
   pairs = _pick_pairs(rng, spec, card)
   factors = [rng.standard_normal(c) for c in span]
   logits = np.zeros(n)
@@ -136,18 +155,74 @@ def generate(spec: SyntheticSpec) -> SyntheticData:
   main = rng.choice(len(card), size=min(spec.num_main_effects, len(card)), replace=False)
   for f in main:
     logits += spec.main_effect_weight * factors[f][index[:, f]]
-  noisy = logits + spec.noise * rng.standard_normal(n)
+  return _labelled(spec, draw, numeric, numeric_missing, categorical, sizes, logits, pairs)
+
+
+def _labelled(spec, draw, numeric, missing, categorical, sizes, logits, pairs) -> SyntheticData:
+  """Noise, the bias for spec.positive_rate and Bernoulli labels on the noiseless logits."""
+  n, names = len(logits), spec.field_names
+  noisy = logits + spec.noise * draw.standard_normal(n)
   bias = _solve_bias(noisy[:100_000], spec.positive_rate)
-  labels = (rng.random(n) < 1 / (1 + np.exp(-(noisy + bias)))).astype(np.int8)
+  labels = (draw.random(n) < 1 / (1 + np.exp(-(noisy + bias)))).astype(np.int8)
   return SyntheticData(
     labels,
     numeric,
-    numeric_missing,
+    missing,
     categorical,
     sizes,
     logits + bias,
     [(names[a], names[b]) for a, b in pairs],
   )
+
+
+_MISSING = -(1 << 40)  # The index of a missing value in _factor (no bucket or id is it).
+
+
+def _day(spec, rng, draw, numeric, missing, categorical, sizes, mu, sigma) -> SyntheticData:
+  """One day of a drifting log: generate()'s label model with day-independent choices.
+
+  What generate() reads off its rows (the bucket range, the planted-pair
+  candidates) comes here from a reference draw of the seed; the factors are
+  fixed per (field, bucket or id) by _factor; the day shifts the ids.
+  """
+  nn = spec.num_numeric
+  shift = np.floor(spec.day * spec.drift * sizes).astype(np.int64)
+  categorical = np.where(categorical < 0, -1, categorical + shift)
+  reference = np.random.default_rng((spec.seed, 0)).standard_normal((20_000, nn))
+  reference = np.minimum(np.floor(np.exp(mu + sigma * reference)), 1e9)
+  if nn > 1:
+    reference[:, 1] -= 2
+  num_card = [len(np.unique(vocab.bucketize(reference[:, j]))) + 1 for j in range(nn)]
+  card = np.concatenate([num_card, sizes + 1])
+  pairs = _pick_pairs(rng, spec, card)
+  main = rng.choice(len(card), size=min(spec.num_main_effects, len(card)), replace=False)
+  buckets = vocab.bucketize(numeric.astype(np.float64)).astype(np.int64)
+  index = np.concatenate(
+    [np.where(missing, _MISSING, buckets), np.where(categorical < 0, _MISSING, categorical)],
+    axis=1,
+  )
+  factor = lambda f: _factor(spec.seed, f, index[:, f])
+  logits = np.zeros(len(index))
+  for a, b in pairs:
+    logits += spec.interaction_weight * factor(a) * factor(b)
+  for f in main:
+    logits += spec.main_effect_weight * factor(f)
+  return _labelled(spec, draw, numeric, missing, categorical, sizes + shift, logits, pairs)
+
+
+def _factor(seed: int, field: int, index: np.ndarray) -> np.ndarray:
+  """A N(0, 1) draw fixed by (seed, field, index), vectorised: splitmix64, Box-Muller."""
+  with np.errstate(over="ignore"):
+    x = index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x ^= np.uint64((int(seed) * 1_000_003 + int(field) + 1) * 0xBF58476D1CE4E5B9 % (1 << 64))
+    words = []
+    for _ in range(2):
+      x = x + np.uint64(0x9E3779B97F4A7C15)
+      z = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+      z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+      words.append(((z ^ (z >> np.uint64(31))) >> np.uint64(11)).astype(np.float64) / 2.0**53)
+  u1, u2 = 1.0 - words[0], words[1]  # u1 in (0, 1]
+  return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
 def _zipf(rng, sizes: np.ndarray, n: int, a: float) -> np.ndarray:
