@@ -18,6 +18,7 @@ keeps the OOV row so that every categorical block has the same shape.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -69,6 +70,10 @@ class DatasetMeta:
   constant_fields: list[str] = dataclasses.field(default_factory=list)  # Same value in all rows.
   # multi_valued fields: rows whose list was longer than max_values (the last kept).
   truncated_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+  # --init-from: the dataset this one grew from (`fingerprint()` of it), and per
+  # field {"old_size", "added", "oov_before", "oov_after"} (prepare.grow_vocabularies).
+  base: str | None = None
+  growth: dict[str, dict] = dataclasses.field(default_factory=dict)
   version: int = META_VERSION
 
   @property
@@ -97,6 +102,11 @@ class DatasetMeta:
 
   def field(self, name: str) -> FieldSpec:
     return self.fields[self.field_names.index(name)]
+
+  def fingerprint(self) -> str:
+    """SHA-256 (16 hex digits) of what encodes rows: fields, vocabularies, encoding options."""
+    what = [dataclasses.asdict(f) for f in self.fields], self.vocab, self.options
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
   def to_dict(self) -> dict:
     """The metadata as plain data (what meta.json and checkpoints hold)."""

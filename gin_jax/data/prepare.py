@@ -79,6 +79,7 @@ def prepare(
   progress: bool = True,
   workers: int | None = None,
   spill_memory: int = 1 << 30,
+  base: DatasetMeta | None = None,
 ) -> tuple[DatasetMeta, dict[str, Split]]:
   """Preprocesses cfg's files (or reuses the cached result) and opens the splits.
 
@@ -90,6 +91,13 @@ def prepare(
     workers: parsing threads (default: up to 4, one per core).
     spill_memory: bytes of parsed rows kept in memory between the passes (~0.3 KB per
       Criteo row); beyond it they go to a temporary file next to the result.
+    base: `--init-from`: the dataset of the run being continued. Its vocabularies
+      keep their ids and grow by the categories of this training split that reach
+      min_count and are not in them (appended per field, most frequent first);
+      its encoding options (format, schema, numeric, hash_buckets) and columns
+      must be this one's (else DataError naming them). meta.growth says, per
+      field, how much was added and the OOV rate of this training split before
+      and after the growth.
 
   Returns:
     (metadata, {"train", "valid", "test"} -> Split of read-only memory maps). A split
@@ -98,7 +106,7 @@ def prepare(
   if cfg.format == synthetic.SYNTHETIC:
     real, pairs = synthetic.write_demo_input(cfg, cache_dir)
     meta, splits = prepare(
-      real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory
+      real, cache_dir, progress=progress, workers=workers, spill_memory=spill_memory, base=base
     )
     return dataclasses.replace(meta, planted_pairs=pairs), splits
   if not cfg.train:
@@ -107,8 +115,11 @@ def prepare(
   inputs = _inputs(cfg, fmt)
   schema = _load_schema(cfg, fmt)
   options = _options(cfg, schema)
+  if base is not None:
+    check_encoding(base, options)
+  grows = [base.fingerprint()] if base is not None else []  # a fresh dataset's key is unchanged
   key = hashlib.sha256(
-    json.dumps([PREPARE_VERSION, options, inputs], sort_keys=True).encode()
+    json.dumps([PREPARE_VERSION, options, inputs, *grows], sort_keys=True).encode()
   ).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, f"{cfg.format}-{key}")
   if not os.path.exists(os.path.join(out_dir, "meta.json")):
@@ -117,10 +128,27 @@ def prepare(
       out_dir,
       cache_dir,
       lambda tmp_dir: _Builder(
-        cfg, fmt, schema, options, inputs, progress, workers, spill_memory
+        cfg, fmt, schema, options, inputs, progress, workers, spill_memory, base
       ).build(tmp_dir),
     )
   return open_prepared(out_dir)
+
+
+ENCODING_OPTIONS = ("format", "schema", "numeric", "hash_buckets")  # what --init-from keeps
+
+
+def check_encoding(base: DatasetMeta, options: dict) -> None:
+  """Raises DataError unless `options` encode rows as `base`'s (ENCODING_OPTIONS) do."""
+  differ = [k for k in ENCODING_OPTIONS if base.options.get(k) != options.get(k)]
+  if differ:
+    shown = ", ".join(
+      f"data.{k}: {base.options.get(k)!r} -> {options.get(k)!r}" if k != "schema"
+      else "the schema's contents" for k in differ
+    )  # fmt: skip
+    raise DataError(
+      f"the data of the continued run is encoded with other options ({shown}): "
+      "--init-from keeps the format, schema, numeric mode and hashing of the run it continues"
+    )
 
 
 def _inputs(cfg: DataConfig, fmt: Format) -> list[dict]:
@@ -266,11 +294,12 @@ class _Builder:
   """Runs the two passes for one prepare() call."""
 
   def __init__(
-    self, cfg: DataConfig, fmt: Format, schema, options, inputs, progress, workers, spill_memory
-  ):
+    self, cfg: DataConfig, fmt: Format, schema, options, inputs, progress, workers, spill_memory,
+    base: DatasetMeta | None = None,
+  ):  # fmt: skip
     self.cfg, self.fmt, self.schema, self.options = cfg, fmt, schema, options
     self.inputs, self.progress, self.workers = inputs, progress, workers
-    self.spill_memory = spill_memory
+    self.spill_memory, self.base = spill_memory, base
     self.ratios = tuple(options["split"])
     train_layout = fmt.detect_layout(inputs[0]["path"], schema, has_labels=True)
     self.layouts = [train_layout] + [
@@ -287,6 +316,14 @@ class _Builder:
     for layout, i in zip(self.layouts[1:], inputs[1:]):
       if [(c.name, c.kind) for c in layout.columns] != [(c.name, c.kind) for c in cols]:
         raise DataError(f"{i['path']}: columns differ from the training file's")
+    if base is not None:
+      have = [(c.name, c.kind) for c in cols]
+      want = [(f.name, f.kind) for f in base.fields]
+      if have != want:
+        raise DataError(
+          f"{inputs[0]['path']}: its columns {[n for n, _ in have]} are not those of the run "
+          f"being continued ({[n for n, _ in want]}, kinds included)"
+        )
     hashing = cfg.hash_buckets > 0
     self.counted = [
       c
@@ -418,16 +455,17 @@ class _Builder:
     return counts
 
   def _meta(self, counters, stats: _Stats, reports, constant: list[str]) -> DatasetMeta:
-    cfg, fields, vocabs, offset = self.cfg, [], {}, 0
+    cfg, fields, vocabs, offset, growth = self.cfg, [], {}, 0, {}
     for col in self.layouts[0].columns:
       if col.keyed and cfg.hash_buckets > 0:
         transform, size = "hash", 2 + cfg.hash_buckets
       elif col.keyed:
-        tokens = counters[col.name].vocabulary(cfg.min_count)
-        vocabs[col.name] = [t.decode("utf-8") for t in tokens]
-        transform, size = "vocab", 2 + len(tokens)
+        tokens = [t.decode("utf-8") for t in counters[col.name].vocabulary(cfg.min_count)]
+        vocabs[col.name] = self._grown(col.name, tokens, counters[col.name], growth)
+        transform, size = "vocab", 2 + len(vocabs[col.name])
       elif cfg.numeric == "bucketize":
-        vocabs[col.name] = counters[col.name].numbers(cfg.min_count)
+        numbers = counters[col.name].numbers(cfg.min_count)
+        vocabs[col.name] = self._grown(col.name, numbers, counters[col.name], growth, True)
         transform, size = "bucketize", 2 + len(vocabs[col.name])
       else:
         transform, size = "scale", 2
@@ -460,7 +498,34 @@ class _Builder:
       has_values=has_values,
       constant_fields=constant,
       truncated_rows={name: int(n) for name, n in stats.truncated.items()},
+      base=self.base.fingerprint() if self.base is not None else None,
+      growth=growth,
     )
+
+  def _grown(
+    self, name: str, ranked: list, counter: vocab.KeyCounter, growth: dict, numeric=False
+  ) -> list:
+    """Field `name`'s vocabulary: `ranked` (this split's, min_count cut), or with a base
+    the base's grown by the tokens of `ranked` it lacks; records the growth."""
+    if self.base is None:
+      return ranked
+    old = self.base.vocab[name]
+    known = set(old)
+    added = [t for t in ranked if t not in known]
+    if numeric:
+      counts = counter.number_counts()
+    else:
+      counts = {t.decode("utf-8"): c for t, c in counter.token_counts().items()}
+    total = sum(counts.values())
+    seen_old = sum(c for t, c in counts.items() if t in known)
+    seen_added = sum(counts[t] for t in added)
+    growth[name] = {
+      "old_size": len(old),
+      "added": len(added),
+      "oov_before": (1 - seen_old / total) if total else 0.0,
+      "oov_after": (1 - (seen_old + seen_added) / total) if total else 0.0,
+    }
+    return old + added
 
 
 def _write_rows(arrays, filled: np.ndarray, raw: RawChunk, split, ids, values) -> None:

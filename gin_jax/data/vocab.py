@@ -102,6 +102,18 @@ class KeyCounter:
     merged = tokens + [t for _, t in longs]
     return [merged[i] for i in np.argsort(-all_counts, kind="stable")]
 
+  def token_counts(self) -> dict[bytes, int]:
+    """Every token counted so far with its count (vocabulary growth's OOV rates)."""
+    self._merge()
+    out = dict(zip(text.key_to_bytes(self.keys), self.counts.tolist()))
+    out.update(self.long)
+    return out
+
+  def number_counts(self) -> dict[int, int]:
+    """For number_keys: every bucket value counted so far with its count."""
+    self._merge()
+    return {int(v): int(c) for v, c in zip(key_numbers(self.keys), self.counts)}
+
   def numbers(self, min_count: int) -> list[int]:
     """For number_keys: bucket values seen at least min_count times, most frequent first."""
     self._merge()
