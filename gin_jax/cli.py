@@ -47,6 +47,13 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
   )
   p.add_argument("--workdir", help="output directory (default runs/<preset>)")
   p.add_argument(
+    "--init-from",
+    metavar="RUN_DIR",
+    help="continue the model RUN_DIR delivered on this --train file (a new day of logs): "
+    "same model config, its vocabulary grown by the new categories; one training stage "
+    "unless --stages says otherwise; RUN_DIR is only read",
+  )
+  p.add_argument(
     "--stages",
     choices=(*STAGE_PLANS, *config_lib.STAGE_PLAN_ALIASES),
     help="aoanet: search -> prune -> retrain; single: one stage ('gin': the same, its old name)",
@@ -106,6 +113,10 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
     data["data.format"] = "criteo"
   if getattr(args, "stages", None):
     data["train.stages"] = args.stages
+  if getattr(args, "init_from", None):
+    data["train.init_from"] = os.path.abspath(args.init_from)
+    if "train.stages" not in {**from_file, **data, **overrides}:
+      data["train.stages"] = "single"  # keep the architecture (and pruning) it continues
   return config_lib.override(cfg, {**from_file, **data, **overrides})
 
 

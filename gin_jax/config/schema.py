@@ -189,6 +189,10 @@ class TrainConfig:
   tensorboard: bool = True  # Also write the metrics as TensorBoard scalars (WORKDIR/tensorboard/).
   checkpoint_every: int = 500  # Steps between checkpoints (also at epoch ends).
   keep_checkpoints: int = 3  # Most recent checkpoints kept (the best is kept too).
+  # --init-from: continue the model a finished run (this folder) delivers, on this
+  # run's data; its vocabularies grow (gin_jax.training.continuation). "": start afresh.
+  init_from: str = ""
+  reset_optimizer: bool = False  # --init-from: restart the optimizers' state from zero.
 
   def __post_init__(self):
     if self.stages in STAGE_PLAN_ALIASES:
@@ -228,6 +232,11 @@ class Config:
       raise ValueError(
         f"model.arch={self.model.arch!r} has no alpha to prune: use --stages single "
         "(one training stage)"
+      )
+    if self.train.linear_start and self.train.init_from:
+      raise ValueError(
+        "train.linear_start starts from a fitted logistic regression and --init-from from a "
+        "trained model: choose one"
       )
     if self.train.linear_start and not (self.model.arch == "gin" and self.model.first_order):
       raise ValueError(

@@ -19,7 +19,7 @@ from gin_jax import models as model_lib
 from gin_jax.config import Config, resolve_auto
 from gin_jax.data import pipeline
 from gin_jax.models import pruning
-from gin_jax.training import device_input, partitioning, report, stages, steps
+from gin_jax.training import continuation, device_input, partitioning, report, stages, steps
 from gin_jax.training.best import keep_as_best, restore_best
 from gin_jax.training.context import RunContext
 from gin_jax.training.errors import TrainingError
@@ -29,7 +29,9 @@ from gin_jax.training.stages import Stage
 from gin_jax.training.workdir import Workdir, check_config, discard_run
 
 
-def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, start_from=None):
+def train(
+  cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, start_from=None, source=None
+):
   """Every stage of one run, under the workdir's lock: (report, final state).
 
   Args:
@@ -40,6 +42,8 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
     on_step: called with the global step after every train step (tests).
     start_from: train.linear_start: maps a fresh state to one whose first-order
       part is the fitted regression (recipes.py builds it).
+    source: train.init_from: the finished checkpoint the run continues
+      (continuation.resolve); its vocabularies grow by this run's data.
   """
   # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
@@ -49,7 +53,7 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
   runtime.barrier("workdir")
 
   # ------------------------------------------------------------ data
-  meta, splits, planted = _load_data(cfg, workdir)
+  meta, splits, planted = _load_data(cfg, workdir, source)
   if lead:
     files.write_json(workdir.config, cfg.to_dict())  # the config as asked for
   runtime.log(
@@ -72,6 +76,10 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
     )
   if meta.constant_fields:
     runtime.log(data.constant_warning(meta.constant_fields))
+  if source is not None:
+    runtime.log(f"continuing {source.run} (step {source.step})")
+    if growth := continuation.growth_summary(meta):
+      runtime.log(growth)
 
   # ------------------------------------------------------------ mesh and steps
   mesh = partitioning.make_mesh(devices)
@@ -108,6 +116,8 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
     runtime.log(f"starting {cfg.name} in {workdir.root}")
     if cfg.train.linear_start:
       state = ctx.start_from(state)
+    if source is not None:
+      state = continuation.start_state(source, state, fns, mesh, meta, cfg)
   else:
     step, state, saved = restored
     progress = Progress(**saved["progress"])
@@ -143,6 +153,8 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
 
   # ------------------------------------------------------------ report
   out = final_report(ctx, state, progress)
+  if source is not None:
+    out = {**out, **continuation.report(source, meta, state, progress)}
   if lead:
     files.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
@@ -152,19 +164,22 @@ def train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, star
 # ---------------------------------------------------------------------- helpers
 
 
-def _load_data(cfg: Config, workdir: Workdir):
+def _load_data(cfg: Config, workdir: Workdir, source=None):
   """Prepares the splits (process 0 first, others then hit its cache).
+
+  A continued run's (`source`) vocabularies grow from the source's dataset.
 
   For the demo (`format="synthetic"`) `data.prepare` writes the Criteo TSV
   itself, so the whole text path runs, and returns the planted pairs in
   `meta.planted_pairs`.
   """
   cache = workdir.data_cache
+  base = source.dataset if source is not None else None
   if jax.process_index() == 0:
-    meta, splits = data.prepare(cfg.data, cache)
+    meta, splits = data.prepare(cfg.data, cache, base=base)
   runtime.barrier("prepare")
   if jax.process_index() != 0:
-    meta, splits = data.prepare(cfg.data, cache)
+    meta, splits = data.prepare(cfg.data, cache, base=base)
   planted = [tuple(p) for p in (meta.planted_pairs or [])]
   return meta, splits, planted
 

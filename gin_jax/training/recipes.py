@@ -24,7 +24,7 @@ import numpy as np
 from gin_jax import files, runtime
 from gin_jax import metrics as metrics_lib
 from gin_jax.config import Config
-from gin_jax.training import loop, predict, report, stages
+from gin_jax.training import continuation, loop, predict, report, stages
 from gin_jax.training.errors import TrainingError
 from gin_jax.training.evaluate import summary
 from gin_jax.training.workdir import Workdir, lock
@@ -120,7 +120,8 @@ def _train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step):
   start_from = None
   if cfg.train.linear_start:
     start_from = functools.partial(_start_from_linear, cfg, workdir, devices)
-  return loop.train(cfg, workdir, overwrite, devices, on_step, start_from)
+  cfg, source = continuation.resolve(cfg)
+  return loop.train(cfg, workdir, overwrite, devices, on_step, start_from, source)
 
 
 def _nested_run(cfg: Config, parent: Workdir, sub: Workdir, devices, link_linear: bool = False):
@@ -155,10 +156,11 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   final = stages.final(cfg.train.stages).name
   deep = out["stages"].get(final, {}).get("valid_auc")
   delivered = "."
-  if cfg.model.arch != "gin" or cfg.train.linear_start or deep is None:
+  if cfg.model.arch != "gin" or cfg.train.linear_start or cfg.train.init_from or deep is None:
     why = (
       "it applies to GIN" if cfg.model.arch != "gin"
       else "the run already starts from the regression" if cfg.train.linear_start
+      else "the run continues a delivered model (--init-from)" if cfg.train.init_from
       else "there is no validation split to compare on"
     )  # fmt: skip
     check = {"skipped": why}
@@ -214,6 +216,11 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   delivered, reports, seeds = [workdir.delivered()], [out], [cfg.train.seed]
   for i in range(1, k):
     member_cfg, sub = ensemble_member(cfg, i), workdir.member(i)
+    if cfg.train.init_from:  # member i continues the source's member i
+      member_init = continuation.member_init_from(cfg.train.init_from, i)
+      member_cfg = dataclasses.replace(
+        member_cfg, train=dataclasses.replace(member_cfg.train, init_from=member_init)
+      )
     runtime.log(f"ensemble: member {i + 1}/{k} (train.seed={member_cfg.train.seed}) in {sub.root}")
     member, _ = _nested_run(member_cfg, workdir, sub, devices)
     if member_cfg.train.beat_linear:

@@ -1,0 +1,270 @@
+"""Continuing a finished run on new data: `--init-from RUN_DIR` (DESIGN.md section 7).
+
+A new run starts from the model RUN_DIR delivers (delivered.json: the run, its
+`from_linear`, or ensemble member i for member i) instead of a fresh init:
+
+  kept     the model config (RUN_DIR's, else exit 2 naming the fields), the
+           encoding options, every old vocabulary id, the old table rows and
+           their row-optimizer state bit for bit, the dense parameters, batch
+           norm statistics and (unless train.reset_optimizer) the dense and
+           row optimizers' state; with one stage, the pruning masks
+  grown    each field's vocabulary, by the new training split's categories that
+           reach min_count (data.prepare's `base`); the table, once, here
+  fresh    new rows (as a fresh init draws them, with zero optimizer state and
+           no idle steps to catch up on), the learning rate (train.learning_rate
+           again: the plateau schedule and early stopping start afresh on the new
+           validation split), the step counter, dropout keys
+
+RUN_DIR is only read. A row the new data never touches stays bit-identical
+after training: the row optimizers apply an idle row's L2 steps lazily, on its
+next touch (gin_jax.training.embedding), and never to a row nobody touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from gin_jax import data
+from gin_jax import models as model_lib
+from gin_jax.config import Config
+from gin_jax.models import pruning
+from gin_jax.training import checkpointing, partitioning, stages, steps
+from gin_jax.training.errors import TrainingError
+from gin_jax.training.workdir import (
+  DeliveryError,
+  Workdir,
+  config_diff,
+  config_fingerprint,
+  fingerprint,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """The finished checkpoint a run continues: its run folder, step, metadata, dataset."""
+
+  run: Path  # the delivered model's workdir (RUN_DIR, its from_linear, a member)
+  step: int
+  meta: dict  # the checkpoint's JSON item
+  dataset: data.DatasetMeta
+  cfg: Config  # its effective config
+
+  def lineage(self) -> dict:
+    """report.json's `init_from`: what the run started from."""
+    return {
+      "path": str(self.run),
+      "config_fingerprint": fingerprint(self.meta.get("config")),
+      "dataset_fingerprint": self.dataset.fingerprint(),
+      "step": self.step,
+    }
+
+
+def source_of(init_from: str | Path) -> Source:
+  """The delivered, finished checkpoint of run `init_from`; TrainingError naming what is wrong."""
+  where = f"--init-from {init_from}"
+  layout = Workdir(init_from)
+  if not layout.config.exists():
+    raise TrainingError(f"{where}: not a training workdir (no config.json)")
+  try:
+    record = layout.delivery()
+    run = layout.ensemble()[0]
+  except DeliveryError as e:
+    raise TrainingError(f"{where}: {e}") from None
+  asked = _read_config(layout.config)
+  if record is None and (asked.train.beat_linear or asked.train.ensemble > 1):
+    raise TrainingError(f"{where}: the run is not finished (it has delivered no model yet): "
+                        "rerun its training command to finish it")  # fmt: skip
+  for name, want in ((record or {}).get("configs") or {}).items():
+    if config_fingerprint(layout.sub(name).config) != want:
+      raise TrainingError(f"{where}: {layout.sub(name).root} holds another config than the "
+                          "one the run delivered: another run is in its place")  # fmt: skip
+  found = checkpointing.newest_meta(run.checkpoints)
+  if found is None:
+    raise TrainingError(f"{where}: {run.checkpoints} holds no usable checkpoint")
+  step, meta = found
+  try:
+    finished = meta["progress"]["stage"] == stages.DONE
+    cfg = Config.from_dict(meta.get("effective_config") or meta["config"])
+    dataset = data.DatasetMeta.from_dict(meta["dataset"])
+  except Exception as e:  # noqa: BLE001 - report any malformed metadata the same way
+    raise TrainingError(f"{where}: {run.checkpoints}/{step}: unreadable checkpoint metadata "
+                        f"({type(e).__name__}: {e})") from None  # fmt: skip
+  if not finished:
+    raise TrainingError(f"{where}: the run is not finished (its newest checkpoint, step {step}, "
+                        "is mid-training): rerun its training command to finish it")  # fmt: skip
+  if fingerprint(meta.get("config")) != config_fingerprint(run.config):
+    raise TrainingError(f"{where}: {run.checkpoints}/{step} was trained with another config "
+                        f"than {run.config}")  # fmt: skip
+  return Source(run.root, step, meta, dataset, cfg)
+
+
+def member_init_from(init_from: str, i: int) -> str:
+  """Where ensemble member i of a continued run starts: RUN_DIR's delivered member i."""
+  try:
+    members = Workdir(init_from).ensemble()
+  except DeliveryError as e:
+    raise TrainingError(f"--init-from {init_from}: {e}") from None
+  if i >= len(members):
+    raise TrainingError(
+      f"--init-from {init_from} delivers {len(members)} model(s); train.ensemble asks for "
+      f"member {i + 1}: each member continues the run's member of its index (lower "
+      "train.ensemble)"
+    )
+  return str(members[i].root)
+
+
+def resolve(cfg: Config) -> tuple[Config, Source | None]:
+  """(the config to train, the source) of a run with train.init_from; (cfg, None) without.
+
+  The model config must be the source's (a beat_linear `from_linear` source
+  differs in model.first_order alone, which the run then takes over); the
+  row optimizer must be too unless train.reset_optimizer restarts it. Raises
+  TrainingError naming the differing fields.
+  """
+  if not cfg.train.init_from:
+    return cfg, None
+  source = source_of(cfg.train.init_from)
+  theirs = source.cfg.model
+  if source.cfg.train.linear_start:  # from_linear(cfg) turned first_order on
+    theirs = dataclasses.replace(theirs, first_order=cfg.model.first_order)
+  if cfg.model != theirs:
+    model = {"model": dataclasses.asdict(cfg.model)}
+    diff = config_diff({"model": dataclasses.asdict(theirs)}, model)
+    raise TrainingError(
+      f"--init-from {cfg.train.init_from}: the model config differs from the run it continues "
+      f"({diff}); a continued run keeps the model: use the same --preset/--config and model "
+      "flags"
+    )
+  old_opt, new_opt = source.cfg.train.embedding_optimizer, cfg.train.embedding_optimizer
+  if old_opt != new_opt and not cfg.train.reset_optimizer:
+    raise TrainingError(
+      f"--init-from {cfg.train.init_from}: train.embedding_optimizer {old_opt!r} -> {new_opt!r}: "
+      "the row optimizer's state cannot carry over; add --train.reset_optimizer=true"
+    )
+  return dataclasses.replace(cfg, model=source.cfg.model), source
+
+
+def _read_config(path: Path) -> Config:
+  try:
+    return Config.from_dict(json.loads(path.read_text()))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise TrainingError(f"{path}: cannot parse the run's config ({e})") from None
+
+
+# ---------------------------------------------------------------------- the grown state
+
+
+def row_map(old: data.DatasetMeta, new: data.DatasetMeta, padded_rows: int) -> np.ndarray:
+  """int64 [padded_rows]: the old table row each new row continues, -1 for a fresh row.
+
+  Each field's block keeps its old rows first (OOV, missing, the old vocabulary
+  in order) and its added categories after them; blocks stay stacked in field
+  order, so a field's rows move by what the fields before it grew.
+  """
+  src = np.full(padded_rows, -1, np.int64)
+  for fo, fn in zip(old.fields, new.fields, strict=True):
+    if (fo.name, fo.transform) != (fn.name, fn.transform) or fn.size < fo.size:
+      raise TrainingError(f"field {fn.name!r}: its block cannot continue {fo.name!r}'s")
+    src[fn.offset : fn.offset + fo.size] = np.arange(fo.offset, fo.offset + fo.size)
+  return src
+
+
+def start_state(source: Source, fresh, fns: steps.StepFns, mesh, new_meta, cfg: Config):
+  """The first state of a continued run: the source's, its table grown to `fresh`'s rows.
+
+  Args:
+    source: what the run continues.
+    fresh: a fresh init of this run's model (new rows and reset state come from it).
+    fns: this run's step functions (shardings).
+    mesh: this run's mesh.
+    new_meta: this run's (grown) dataset.
+    cfg: this run's config.
+
+  Returns:
+    The state, placed on fns.state_shardings.
+  """
+  old = _restore(source, mesh)
+  src = row_map(source.dataset, new_meta, int(fresh["params"]["projection"]["table"].shape[0]))
+  keep = src >= 0
+  carried = ["params", "batch_stats"]
+  if not stages.plan(cfg.train.stages)[0].selects_after:
+    carried.append("masks")  # one stage keeps the source's architecture
+  if not cfg.train.reset_optimizer:
+    carried += ["opt_state", "embedding"]
+  if fresh["embedding"] and "embedding" in carried:
+    # A new row has missed no step: its last update is the step count so far.
+    fresh = {**fresh, "embedding": {**fresh["embedding"], "last": np.full(
+      keep.shape, int(old["embedding"]["count"]), np.int32
+    )}}  # fmt: skip
+
+  def grow(new, previous, sharding):
+    if not (sharding.spec and sharding.spec[0] == partitioning.DATA):
+      return jax.device_put(np.asarray(previous), sharding)
+    grown = np.array(partitioning.to_host(new))  # fresh rows where nothing is carried
+    grown[keep] = np.asarray(previous)[src[keep]]
+    return jax.make_array_from_callback(grown.shape, sharding, lambda i: grown[i])
+
+  out = dict(fresh)
+  for key in carried:
+    out[key] = jax.tree.map(grow, fresh[key], old[key], fns.state_shardings[key])
+  if "opt_state" in carried:  # the schedule starts afresh
+    out["opt_state"] = steps.set_learning_rate(out["opt_state"], cfg.train.learning_rate)
+  return out
+
+
+def _restore(source: Source, mesh) -> dict:
+  """The source checkpoint's state as host numpy arrays (verified against its seal)."""
+  cfg, rows = source.cfg, source.meta["model"]
+  spec = model_lib.ModelSpec(
+    cfg.model,
+    source.dataset.num_fields,
+    rows["num_rows"],
+    rows["padded_rows"],
+    field_slots=source.dataset.field_slots,
+  )
+  # Shapes come from a one-device build (the source's rows need not split over
+  # this mesh); the arrays are restored replicated, then regrown on the host.
+  one = steps.build(spec, cfg.train, partitioning.make_mesh(jax.devices()[:1]))
+  rep = partitioning.replicated(mesh)
+  abstract = partitioning.with_shardings(
+    one.abstract_state, jax.tree.map(lambda _: rep, one.abstract_state)
+  )
+  mngr = checkpointing.manager(source.run / "checkpoints", None)
+  try:
+    state, _ = checkpointing.restore(mngr, source.step, abstract)
+  except checkpointing.CheckpointError as e:
+    raise TrainingError(f"--init-from: {e}") from None
+  return jax.tree.map(partitioning.to_host, state)
+
+
+def report(source: Source, meta: data.DatasetMeta, state, progress) -> dict:
+  """What a continued run adds to report.json: its lineage, the growth, the kept pairs.
+
+  With one stage, the pairs are those the source's pruning kept (masks carried over).
+  """
+  out = {"init_from": source.lineage(), "vocabulary_growth": meta.growth}
+  if progress.search_alpha is None:
+    masks = jax.tree.map(partitioning.to_host, state["masks"])
+    if any(not np.all(m) for m in jax.tree.leaves(masks)):
+      out["kept_pairs"] = pruning.kept_field_pairs(masks, meta.field_names)
+      out["kept_fraction"] = pruning.kept_fraction(masks)
+  return out
+
+
+def growth_summary(meta: data.DatasetMeta) -> str | None:
+  """One log line on the vocabulary growth of a continued run's data (None without)."""
+  if not meta.growth:
+    return None
+  added = sum(g["added"] for g in meta.growth.values())
+  grown = sum(1 for g in meta.growth.values() if g["added"])
+  worst = max(meta.growth.items(), key=lambda kv: kv[1]["oov_before"])
+  return (
+    f"vocabulary: +{added:,} rows in {grown} of {len(meta.growth)} fields; OOV in the new "
+    f"training split, worst field {worst[0]}: {worst[1]['oov_before']:.1%} -> "
+    f"{worst[1]['oov_after']:.1%}"
+  )

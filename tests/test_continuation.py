@@ -1,0 +1,345 @@
+"""Continued training on new days of logs: `--init-from RUN_DIR` (issue #23).
+
+Three days of a drifting synthetic log (the planted pairs persist, ids new each
+day appear, the oldest stop). Day 0 trains from nothing; day 1 continues it with
+a grown vocabulary; day 2 continues day 1. What is kept is kept bit for bit.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from gin_jax import config as config_lib
+from gin_jax import data, scoring, training
+from gin_jax import metrics as metrics_lib
+from gin_jax import models as model_lib
+from gin_jax.data import synthetic
+from gin_jax.training import continuation, partitioning, stages, steps
+from gin_jax.training.errors import TrainingError
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+ONE = jax.devices()[:1]
+
+
+def _cfg(day_file, init_from="", **train):
+  cfg = config_lib.override(
+    config_lib.tiny(),
+    {"data.format": "criteo", "data.train": str(day_file), "train.embedding_l2": "1e-4"},
+  )
+  stages_ = train.pop("stages", "single" if init_from else "aoanet")
+  return dataclasses.replace(
+    cfg,
+    train=dataclasses.replace(
+      cfg.train, epochs=1, init_from=str(init_from), stages=stages_, **train
+    ),
+  )
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory):
+  root = tmp_path_factory.mktemp("days")
+  out = []
+  for t in range(3):
+    path = root / f"day{t}.tsv"
+    spec = synthetic.SyntheticSpec(num_rows=3000, max_vocab=120, seed=7, day=t, drift=0.25)
+    synthetic.write_criteo_tsv(path, spec)
+    out.append(path)
+  return out
+
+
+@pytest.fixture(scope="module", params=["lazy_adam", "rowwise_adagrad"])
+def day0(request, days, tmp_path_factory):
+  """Day 0 from nothing, per row optimizer: lazy Adam's searches, prunes and retrains."""
+  wd = tmp_path_factory.mktemp(f"day0_{request.param}")
+  plan = "aoanet" if request.param == "lazy_adam" else "single"
+  training.run(_cfg(days[0], embedding_optimizer=request.param, stages=plan), wd, devices=ONE)
+  return wd, request.param
+
+
+@pytest.fixture(scope="module")
+def day1(day0, days, tmp_path_factory):
+  """Day 1 continuing day 0; the hashes of day 0's files before it ran."""
+  wd0, opt = day0
+  before = _hashes(wd0)
+  wd = tmp_path_factory.mktemp(f"day1_{opt}")
+  rep = training.run(_cfg(days[1], wd0, embedding_optimizer=opt), wd, devices=ONE)
+  return wd, rep, before
+
+
+def _hashes(root: Path) -> dict:
+  return {
+    str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(root.rglob("*"))
+    if p.is_file() and not p.is_symlink()
+  }
+
+
+def _state(wd):
+  return jax.tree.map(np.asarray, scoring.load_checkpoint(wd, devices=ONE, report=print).state)
+
+
+def _prepared(wd):
+  return data.open_prepared(next(p for p in (wd / "data" / "cache").iterdir() if p.is_dir()))
+
+
+def _row_tables(state):
+  return model_lib.row_tables(state["params"])
+
+
+# ---------------------------------------------------------------------- vocabulary
+
+
+def test_old_categories_keep_their_ids_and_new_ones_are_appended(day0, day1):
+  (wd0, _), (wd1, rep, _) = day0, day1
+  old, _ = _prepared(wd0)
+  new, splits = _prepared(wd1)
+  assert new.base == old.fingerprint()
+  added_total = 0
+  for name, tokens in old.vocab.items():
+    grown = new.vocab[name]
+    assert grown[: len(tokens)] == tokens  # same ids
+    g = new.growth[name]
+    assert g["old_size"] == len(tokens) and len(grown) == len(tokens) + g["added"]
+    assert g["oov_after"] <= g["oov_before"]
+    added_total += g["added"]
+  assert added_total > 50  # the drift brought new categories ...
+  assert any(new.growth[f"C{i}"]["oov_before"] > 0.05 for i in range(1, 27))
+  # ... that the new run's training rows use: ids of the grown part of a block.
+  ids = np.asarray(splits["train"].ids)
+  grown_rows = np.concatenate(
+    [np.arange(f.offset + fo.size, f.offset + f.size) for f, fo in zip(new.fields, old.fields)]
+  )
+  assert np.isin(ids, grown_rows).any()
+  # report.json: the lineage and the growth.
+  on_disk = json.loads((wd1 / "report.json").read_text())
+  assert on_disk["vocabulary_growth"] == json.loads(json.dumps(new.growth))
+  lineage = on_disk["init_from"]
+  assert lineage["path"] == str(wd0) and lineage["dataset_fingerprint"] == old.fingerprint()
+  assert lineage["step"] == rep["init_from"]["step"] > 0
+
+
+def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(day0, day1):
+  (wd0, opt), (wd1, _, _) = day0, day1
+  cfg = continuation.resolve(_cfg(Path("unused"), wd0, embedding_optimizer=opt))[0]
+  source = continuation.source_of(wd0)
+  new, _ = _prepared(wd1)
+  mesh = partitioning.make_mesh(ONE)
+  padded = model_lib.padded_table_rows(new.num_table_rows, 1)
+  spec = model_lib.ModelSpec(
+    cfg.model, new.num_fields, new.num_table_rows, padded, field_slots=new.field_slots
+  )
+  fns = steps.build(spec, cfg.train, mesh)
+  fresh = fns.init(stages.init_key(cfg.train.seed, stages.plan(cfg.train.stages)[0]))
+  start = jax.tree.map(np.asarray, continuation.start_state(source, fresh, fns, mesh, new, cfg))
+  old = _state(wd0)
+  src = continuation.row_map(source.dataset, new, padded)
+  keep = src >= 0
+  assert keep.sum() == source.meta["model"]["num_rows"] < new.num_table_rows
+  fresh = jax.tree.map(np.asarray, fresh)
+  for name, table in _row_tables(start).items():
+    np.testing.assert_array_equal(table[keep], _row_tables(old)[name][src[keep]])
+    np.testing.assert_array_equal(table[~keep], _row_tables(fresh)[name][~keep])
+  for name, slot in jax.tree_util.tree_leaves_with_path(start["embedding"]["slots"]):
+    was = dict(jax.tree_util.tree_leaves_with_path(old["embedding"]["slots"]))[name]
+    np.testing.assert_array_equal(slot[keep], was[src[keep]])
+    assert not slot[~keep].any()  # zero optimizer state for the new rows
+  count = old["embedding"]["count"]
+  assert start["embedding"]["count"] == count > 0
+  last = start["embedding"]["last"]
+  np.testing.assert_array_equal(last[keep], old["embedding"]["last"][src[keep]])
+  assert np.all(last[~keep] == count)  # no idle steps to catch up on
+  dense = model_lib.dense_params(start["params"])
+  jax.tree.map(np.testing.assert_array_equal, dense, model_lib.dense_params(old["params"]))
+  jax.tree.map(np.testing.assert_array_equal, start["masks"], old["masks"])
+  lr = float(optax.tree_utils.tree_get(start["opt_state"], "learning_rate"))
+  assert lr == pytest.approx(cfg.train.learning_rate)
+
+
+def test_a_row_the_new_data_never_touches_is_bit_identical_after_training(day0, day1):
+  (wd0, _), (wd1, _, _) = day0, day1
+  old_meta, _ = _prepared(wd0)
+  new_meta, splits = _prepared(wd1)
+  old, new = _state(wd0), _state(wd1)
+  src = continuation.row_map(old_meta, new_meta, new["params"]["projection"]["table"].shape[0])
+  touched = np.zeros(len(src), bool)
+  touched[np.unique(np.asarray(splits["train"].ids))] = True
+  idle = (src >= 0) & ~touched
+  assert idle.sum() > 20  # the drift retired some old ids
+  for name, table in _row_tables(new).items():
+    np.testing.assert_array_equal(table[idle], _row_tables(old)[name][src[idle]])
+  changed = (src >= 0) & touched
+  table = new["params"]["projection"]["table"]
+  assert np.any(table[changed] != old["params"]["projection"]["table"][src[changed]])
+
+
+def test_pruned_pairs_stay_pruned_with_alpha_exactly_zero(day0, day1):
+  (wd0, opt), (wd1, rep, _) = day0, day1
+  if opt != "lazy_adam":
+    pytest.skip("day 0 is pruned with lazy Adam")
+  old, new = _state(wd0), _state(wd1)
+  jax.tree.map(np.testing.assert_array_equal, new["masks"], old["masks"])
+  for name, mask in new["masks"].items():
+    alpha = new["params"][name]["alpha"]
+    assert (~mask).any() and np.all(alpha[~mask] == 0.0)
+  assert rep["kept_pairs"] == json.loads((wd0 / "report.json").read_text())["kept_pairs"]
+
+
+def test_run_dir_is_never_written(day0, day1):
+  (wd0, _), (_, _, before) = day0, day1
+  assert _hashes(wd0) == before
+
+
+def test_the_scorer_encodes_new_categories_as_the_trainer_did(day1, days):
+  wd1, rep, _ = day1
+  meta, splits = _prepared(wd1)
+  wanted = set(np.asarray(splits["test"].line_numbers).tolist())
+  lines = days[1].read_text().splitlines(keepends=True)
+  test_file = wd1.parent / f"{wd1.name}_test.tsv"
+  test_file.write_text("".join(line for i, line in enumerate(lines, 1) if i in wanted))
+  probs, labels, _, bad = scoring.Scorer.from_checkpoint(wd1).predict_file(test_file)
+  assert bad.count == 0 and len(probs) == len(wanted)
+  auc = metrics_lib.evaluate(labels, probs)["auc"]
+  assert auc == pytest.approx(rep["stages"]["train"]["test_auc"], abs=1e-6)
+  # The day-0 model still encodes with its own, smaller vocabulary.
+  old = scoring.Scorer.from_checkpoint(Path(rep["init_from"]["path"]))
+  assert old.meta.vocab == {k: v[: len(old.meta.vocab[k])] for k, v in meta.vocab.items()}
+  assert old.meta.num_table_rows < meta.num_table_rows
+
+
+def test_a_chain_of_days_keeps_growing(day0, day1, days, tmp_path):
+  (wd0, opt), (wd1, _, _) = day0, day1
+  if opt != "lazy_adam":
+    pytest.skip("one chain is enough")
+  rep = training.run(_cfg(days[2], wd1, embedding_optimizer=opt), tmp_path, devices=ONE)
+  assert rep["init_from"]["path"] == str(wd1)
+  m0, m1, m2 = _prepared(wd0)[0], _prepared(wd1)[0], _prepared(tmp_path)[0]
+  assert m2.base == m1.fingerprint()
+  for name, tokens in m0.vocab.items():
+    assert m2.vocab[name][: len(m1.vocab[name])] == m1.vocab[name]
+    assert m1.vocab[name][: len(tokens)] == tokens
+  assert sum(g["added"] for g in m2.growth.values()) > 0
+  assert rep["stages"]["train"]["test_auc"] > 0.6
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def test_a_model_config_mismatch_is_refused_naming_the_field(day0, days, tmp_path):
+  wd0, opt = day0
+  cmd = [
+    sys.executable, "-m", "train", "--preset", "tiny", "--data.format=criteo",
+    "--train", str(days[1]), "--init-from", str(wd0), "--workdir", str(tmp_path / "x"),
+    "--model.embed_dim=8", f"--train.embedding_optimizer={opt}",
+  ]  # fmt: skip
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env())
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "model.embed_dim" in last and "4" in last and "8" in last
+  assert "Traceback" not in proc.stderr
+
+
+def test_other_encoding_options_are_refused_naming_them(day0, days, tmp_path):
+  wd0, opt = day0
+  cfg = _cfg(days[1], wd0, embedding_optimizer=opt)
+  hashed = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, hash_buckets=1000))
+  with pytest.raises(data.DataError, match=r"data\.hash_buckets: 0 -> 1000"):
+    training.run(hashed, tmp_path / "h", devices=ONE)
+  other = "rowwise_adagrad" if opt == "lazy_adam" else "lazy_adam"
+  swapped = dataclasses.replace(
+    cfg, train=dataclasses.replace(cfg.train, embedding_optimizer=other)
+  )
+  with pytest.raises(TrainingError, match="reset_optimizer"):
+    training.run(swapped, tmp_path / "o", devices=ONE)
+
+
+def test_an_unfinished_run_cannot_be_continued(days, tmp_path):
+  wd0 = tmp_path / "unfinished"
+
+  class Stop(Exception):
+    pass
+
+  def stop(step):
+    if step == 10:  # just after the first checkpoint
+      raise Stop
+
+  with pytest.raises(Stop):
+    training.run(_cfg(days[0], stages="single"), wd0, devices=ONE, on_step=stop)
+  with pytest.raises(TrainingError, match="not finished"):
+    training.run(_cfg(days[1], wd0), tmp_path / "next", devices=ONE)
+
+
+# ---------------------------------------------------------------------- resume, devices
+
+
+def _env(devices=1):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  env.update(
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
+  return env
+
+
+_KILL = """
+import dataclasses, os, signal, sys
+from gin_jax import config, runtime, training
+runtime.init_runtime()
+cfg = config.override(config.tiny(), {"data.format": "criteo", "data.train": sys.argv[3],
+  "train.embedding_l2": "1e-4", "train.epochs": "1", "train.stages": "single",
+  "train.init_from": sys.argv[4], "train.embedding_optimizer": sys.argv[5]})
+def kill_at(step):
+  if step == int(sys.argv[2]):
+    os.kill(os.getpid(), signal.SIGKILL)
+training.run(cfg, sys.argv[1], on_step=kill_at)
+"""
+
+
+def test_sigkill_and_resume_of_a_continued_run_is_bit_exact(day0, day1, days, tmp_path):
+  (wd0, opt), (wd1, rep, _) = day0, day1
+  if opt != "lazy_adam":
+    pytest.skip("one optimizer is enough")
+  killed = tmp_path / "killed"
+  args = [str(days[1]), str(wd0), opt]
+  # tiny: 18 steps an epoch here, checkpoints every 10: killed 5 steps after one.
+  proc = subprocess.run(
+    [sys.executable, "-c", _KILL, str(killed), "15", *args], env=_env(), capture_output=True
+  )
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  assert not (killed / "report.json").exists()
+  proc = subprocess.run(
+    [sys.executable, "-c", _KILL, str(killed), "-1", *args],
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "resuming from step 10" in proc.stdout + proc.stderr
+  again = json.loads((killed / "report.json").read_text())
+  first = json.loads(json.dumps(rep))
+  assert {**again["stages"]["train"], "seconds": 0} == {**first["stages"]["train"], "seconds": 0}
+  assert again["vocabulary_growth"] == first["vocabulary_growth"]
+  jax.tree.map(np.testing.assert_array_equal, _state(killed)["params"], _state(wd1)["params"])
+
+
+def test_eight_devices_continue_as_one_does(day0, day1, days, tmp_path):
+  (wd0, opt), (_, rep1, _) = day0, day1
+  if opt != "rowwise_adagrad":
+    pytest.skip("one optimizer is enough")
+  rep8 = training.run(_cfg(days[1], wd0, embedding_optimizer=opt), tmp_path, devices=jax.devices())
+  # Sharded reductions sum in another order: float32 round-off (as test_train's
+  # eight-device test states it: 2e-3 absolute on AUC).
+  for key in ("valid_auc", "test_auc"):
+    assert abs(rep8["stages"]["train"][key] - rep1["stages"]["train"][key]) < 2e-3
+  assert rep8["vocabulary_growth"] == rep1["vocabulary_growth"]
