@@ -2,9 +2,11 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import common, einsum_bench
 
@@ -134,3 +136,24 @@ def test_quality_reuses_a_run_only_once_its_checks_and_ensemble_have_finished(tm
   assert quality._finished_report(tmp_path, more) is None
   other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=5))
   assert quality._run_key(other) != quality._run_key(cfg)
+
+
+@pytest.mark.slow
+def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_path, capsys):
+  from benchmarks import incremental
+
+  argv = ["--preset", "tiny", "--rows", "1500", "--max-vocab", "60", "--seeds", "1",
+          "--train.epochs=1", "--workdir-root", str(tmp_path / "w"),
+          "--json", str(tmp_path / "i.json")]  # fmt: skip
+  out = incremental.main(argv)
+  assert [s["model"] for s in out["summary"]] == list(incremental.MODELS)
+  for s in out["summary"]:
+    assert 0.4 < s["test_auc"] <= 1.0 and s["seconds"] > 0
+  runs = {r["model"]: r for r in out["runs"]}
+  continued = json.loads((Path(runs["continued"]["workdir"]) / "report.json").read_text())
+  assert continued["init_from"]["path"] == runs["day1_model"]["workdir"]
+  assert sum(g["added"] for g in continued["vocabulary_growth"].values()) > 0
+  assert json.loads((tmp_path / "i.json").read_text())["summary"] == out["summary"]
+  again = incremental.main(argv)  # every run finished: read back, not trained again
+  assert all(r["reused"] for r in again["runs"])
+  assert "| continued" in capsys.readouterr().out
