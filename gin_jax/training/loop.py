@@ -112,12 +112,19 @@ def train(
   if restored is None:
     first = stages.plan(plan)[0]
     progress = Progress(stage=first.name, stage_start_time=time.time())
-    state = fns.init(stages.init_key(cfg.train.seed, first))
+    began = time.perf_counter()
+    state = jax.block_until_ready(fns.init(stages.init_key(cfg.train.seed, first)))
     runtime.log(f"starting {cfg.name} in {workdir.root}")
     if cfg.train.linear_start:
       state = ctx.start_from(state)
     if source is not None:
-      state = continuation.start_state(source, state, fns, mesh, meta, cfg)
+      fresh_s, began = time.perf_counter() - began, time.perf_counter()
+      state = jax.block_until_ready(continuation.start_state(source, state, fns, mesh, meta, cfg))
+      runtime.log(
+        f"started from step {source.step} of {source.run}: {time.perf_counter() - began:.1f} s "
+        f"for the restore and the grown table of {spec.num_rows:,} rows (the fresh init: "
+        f"{fresh_s:.1f} s)"
+      )
   else:
     step, state, saved = restored
     progress = Progress(**saved["progress"])
