@@ -80,6 +80,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, 
   p.add_argument("--num-processes", type=int, help="number of processes (multi-host)")
   p.add_argument("--process-id", type=int, help="this process's index (multi-host)")
   p.add_argument(
+    "--cluster-timeout",
+    type=float,
+    default=60.0,
+    metavar="SECONDS",
+    help="give up joining a multi-host job after this long, in one line (default 60)",
+  )
+  p.add_argument(
     "--local-devices", type=int, help="fake this many CPU devices (testing sharding on one machine)"
   )
   args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -127,7 +134,9 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   from gin_jax.training import checkpointing
 
   try:
-    runtime.init_runtime(args.coordinator, args.num_processes, args.process_id)
+    runtime.init_runtime(
+      args.coordinator, args.num_processes, args.process_id, timeout=args.cluster_timeout
+    )
     cfg = build_config(args, overrides)
     workdir = args.workdir or os.path.join("runs", cfg.name)
     training.run(cfg, workdir, overwrite=args.overwrite)

@@ -35,9 +35,16 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--bad-rows", choices=BAD_ROWS, default="error")
   p.add_argument("--out", help="output .csv, .npy or .parquet")
   p.add_argument("--export", help="write a jax.export directory here (with --checkpoint)")
+  p.add_argument(
+    "--cluster-timeout",
+    type=float,
+    default=runtime.DEFAULT_CLUSTER_TIMEOUT,
+    metavar="SECONDS",
+    help="give up joining a multi-host job (srun, mpirun) after this long (default 60)",
+  )
   args = p.parse_args(argv)
-  runtime.init_runtime()
   try:
+    runtime.init_runtime(timeout=args.cluster_timeout)
     if args.export:
       if not args.checkpoint:
         p.error("--export needs --checkpoint")
