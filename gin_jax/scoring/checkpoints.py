@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -46,7 +47,9 @@ def load_checkpoint(
   is skipped is reported. With `best`, the final stage's best checkpoint; if
   it is unusable, the newest usable stand-in (training.stages.stand_ins: a
   regular checkpoint of that stage, or of the finished run, which holds the
-  restored best weights), saying so.
+  restored best weights), saying so. Without `step`, a checkpoint removed while
+  it is read (a run still training keeps only its newest) is no error: the
+  checkpoints are listed again and the newest is read, a few times at most.
 
   Args:
     workdir: a `python -m train` workdir.
@@ -66,22 +69,51 @@ def load_checkpoint(
     workdir = layout.root
   if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
-  candidates, stages_wanted = _candidates(layout, step, best)
-  skipped = []
+  skipped, passed = [], set()  # carried over when the checkpoints are listed again
+  for _ in range(_RELISTS + 1):
+    loaded = _newest_usable(workdir, layout, step, best, devices, report, skipped, passed)
+    if loaded is not None:
+      return loaded
+  raise ScoringError(
+    f"the checkpoints of {workdir} were removed while being read, {_RELISTS + 1} times in a "
+    "row: its run deletes them faster than they can be read (raise its train.keep_checkpoints)"
+  )
+
+
+_RELISTS = 5  # times in a row the checkpoint being read may vanish before the scorer gives up
+_DELETION_GRACE = 2.0  # seconds a checkpoint that is losing files gets to disappear
+
+
+def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed):
+  """The first usable checkpoint of those listed now (see load_checkpoint).
+
+  None when the one being read was removed under it (a run rotating its
+  checkpoints): list them again. Checkpoints in `passed` were reported on an
+  earlier listing; `skipped` holds the unusable ones.
+  """
+  try:
+    candidates, stages_wanted = _candidates(layout, step, best)
+  except FileNotFoundError:  # a checkpoint vanished while it was listed
+    if step is not None:
+      raise
+    return None
   for directory, s in candidates:
+    if (directory, s) in passed:
+      continue
     try:
       loaded = _restore_checkpoint(directory, s, devices, stages_wanted if skipped else None)
-    except checkpointing.UnusableCheckpoint as e:
-      if step is not None:
-        raise ScoringError(
-          f"{e}; refusing to score with it (omit --step to use the newest usable checkpoint)"
-        ) from None
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
+      if step is None and _rotated_out(Path(directory) / str(s)):
+        report(f"{directory}/{s} was removed while it was read (its run keeps only the newest "
+               "checkpoints); trying the newest again")  # fmt: skip
+        return None
+      _refuse(e, step)
       report(f"{e}; trying the previous one")
       skipped.append(e)
+      passed.add((directory, s))
       continue
-    except checkpointing.CheckpointError as e:
-      raise ScoringError(str(e)) from None
     if loaded is None:
+      passed.add((directory, s))
       continue  # a regular checkpoint of an earlier stage: not a stand-in for --best
     if skipped:
       report(f"using {loaded.description} instead")
@@ -93,6 +125,43 @@ def load_checkpoint(
     + (f" for the {'/'.join(sorted(stages_wanted))} stage" if stages_wanted else "")
     + f" ({'; '.join(str(e) for e in skipped[:3])})"
   )
+
+
+def _refuse(e: Exception, step) -> None:
+  """Raises what scoring stops with for `e`, unless it is an unusable checkpoint to skip."""
+  if not isinstance(e, checkpointing.UnusableCheckpoint):
+    if isinstance(e, checkpointing.CheckpointError):
+      raise ScoringError(str(e)) from None
+    raise e
+  if step is not None:
+    raise ScoringError(
+      f"{e}; refusing to score with it (omit --step to use the newest usable checkpoint)"
+    ) from None
+
+
+def _rotated_out(path: Path) -> bool:
+  """Whether the checkpoint in `path` was deleted under the reader, rather than damaged.
+
+  A trainer keeping its newest checkpoints deletes the oldest as it saves (orbax
+  removes the files, then the directory). So a checkpoint is rotated out if its
+  directory is gone, or is losing files and goes within a moment; one whose
+  sealed files are all there (altered, say), or that stays, is not: it is
+  reported as what it is.
+  """
+  deadline = time.monotonic() + _DELETION_GRACE
+  while path.exists():
+    if _all_sealed_files_present(path) or time.monotonic() > deadline:
+      return False
+    time.sleep(0.05)
+  return True
+
+
+def _all_sealed_files_present(path: Path) -> bool:
+  try:
+    files = json.loads((path / checkpointing.SEAL_FILE).read_text())["files"]
+    return all((path / name).is_file() for name in files)
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
 
 
 def _candidates(layout: Workdir, step, best: bool) -> tuple[list, set | None]:
