@@ -74,6 +74,7 @@ def joined(a: Path, b: Path, root: Path, has_header: bool) -> Path:
   """Days A and B as one file (B's header line dropped), written once."""
   path = root / f"joined-{a.stem}-{b.stem}{a.suffix}"
   if not path.exists():
+    root.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as out, open(a, "rb") as fa, open(b, "rb") as fb:
       out.write(fa.read())
