@@ -19,7 +19,14 @@ from gin_jax import models as model_lib
 from gin_jax.config import Config
 from gin_jax.scoring.errors import ScoringError
 from gin_jax.training import checkpointing, partitioning, stages, steps
-from gin_jax.training.workdir import DeliveryError, Workdir, config_fingerprint, fingerprint
+from gin_jax.training.workdir import (
+  DeliveryError,
+  UnfinishedRun,
+  Workdir,
+  config_fingerprint,
+  fingerprint,
+  read_config,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,35 +234,14 @@ def load_models(workdir, *, step=None, best=False, devices=None, report=None):
 
 
 def _delivery(layout: Workdir, step) -> dict | None:
-  """The run's verified delivery record; refuses a tampered one or an unfinished recipe.
-
-  Every model the record fingerprints must still hold that config (no run put
-  in another's place). Without a record, a run whose config asks for
-  beat_linear or an ensemble has not delivered yet: unless `step` picks one of
-  its own checkpoints, nothing of it is scored.
-  """
+  """The run's verified delivery record (Workdir.verified_delivery); refuses a tampered
+  one, and an unfinished recipe unless `step` picks one of the run's own checkpoints."""
   try:
-    record = layout.delivery()
+    return layout.verified_delivery(finished=step is None)
+  except UnfinishedRun as e:
+    raise ScoringError(f"{e}; --step N scores one checkpoint of the run itself") from None
   except DeliveryError as e:
     raise ScoringError(str(e)) from None
-  if record is None:
-    if step is None and layout.config.exists():
-      train = _read_config(layout.config).train
-      if train.beat_linear or train.ensemble > 1:
-        recipe = "train.ensemble" if train.ensemble > 1 else "train.beat_linear"
-        raise ScoringError(
-          f"{layout.root}: the run is not finished ({recipe} has delivered no model yet): "
-          "rerun the training command to finish it; --step N scores one checkpoint of the "
-          "run itself"
-        )
-    return None
-  for name, want in (record.get("configs") or {}).items():
-    if config_fingerprint(layout.sub(name).config) != want:
-      raise ScoringError(
-        f"{layout.sub(name).root}: its config is not the one the run delivered "
-        f"({layout.delivered_file.name} fingerprints another): another run is in its place"
-      )
-  return record
 
 
 def _check_own_config(model: LoadedCheckpoint) -> None:
@@ -268,9 +254,9 @@ def _check_own_config(model: LoadedCheckpoint) -> None:
 
 def _read_config(path: Path) -> Config:
   try:
-    return Config.from_dict(json.loads(path.read_text()))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ScoringError(f"{path}: cannot parse the run's config ({e})") from None
+    return read_config(path)
+  except DeliveryError as e:
+    raise ScoringError(str(e)) from None
 
 
 def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> LoadedCheckpoint:

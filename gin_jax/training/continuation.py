@@ -23,7 +23,6 @@ next touch (gin_jax.training.embedding), and never to a row nobody touches.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -71,18 +70,10 @@ def source_of(init_from: str | Path) -> Source:
   if not layout.config.exists():
     raise TrainingError(f"{where}: not a training workdir (no config.json)")
   try:
-    record = layout.delivery()
+    layout.verified_delivery()
     run = layout.ensemble()[0]
   except DeliveryError as e:
     raise TrainingError(f"{where}: {e}") from None
-  asked = _read_config(layout.config)
-  if record is None and (asked.train.beat_linear or asked.train.ensemble > 1):
-    raise TrainingError(f"{where}: the run is not finished (it has delivered no model yet): "
-                        "rerun its training command to finish it")  # fmt: skip
-  for name, want in ((record or {}).get("configs") or {}).items():
-    if config_fingerprint(layout.sub(name).config) != want:
-      raise TrainingError(f"{where}: {layout.sub(name).root} holds another config than the "
-                          "one the run delivered: another run is in its place")  # fmt: skip
   found = checkpointing.newest_meta(run.checkpoints)
   if found is None:
     raise TrainingError(f"{where}: {run.checkpoints} holds no usable checkpoint")
@@ -147,13 +138,6 @@ def resolve(cfg: Config) -> tuple[Config, Source | None]:
       "the row optimizer's state cannot carry over; add --train.reset_optimizer=true"
     )
   return dataclasses.replace(cfg, model=source.cfg.model), source
-
-
-def _read_config(path: Path) -> Config:
-  try:
-    return Config.from_dict(json.loads(path.read_text()))
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise TrainingError(f"{path}: cannot parse the run's config ({e})") from None
 
 
 # ---------------------------------------------------------------------- the grown state

@@ -33,6 +33,18 @@ class DeliveryError(ValueError):
   """A delivery record (delivered.json) that cannot be trusted: one line, the file and why."""
 
 
+class UnfinishedRun(DeliveryError):
+  """A run whose recipe (beat_linear, an ensemble) has not delivered its model yet."""
+
+
+def read_config(path: Path) -> Config:
+  """A workdir's config.json; DeliveryError naming the file when it cannot be parsed."""
+  try:
+    return Config.from_dict(json.loads(path.read_text()))
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DeliveryError(f"{path}: cannot parse the run's config ({e})") from None
+
+
 def config_fingerprint(path: Path) -> str | None:
   """fingerprint() of a run's config.json (None if it is absent or unreadable)."""
   try:
@@ -187,6 +199,33 @@ class Workdir:
     if record is None or "ensemble" not in record:
       return [self.delivered()]
     return [self.sub(n) for n in record["ensemble"]]
+
+  def verified_delivery(self, finished: bool = True) -> dict | None:
+    """delivery(), and every model it fingerprints still holding that config.
+
+    Without a record, a run whose config asks for beat_linear or an ensemble
+    has not delivered yet: UnfinishedRun, unless not `finished` is asked for
+    (a caller that reads one of the run's own checkpoints). Raises
+    DeliveryError naming what is wrong.
+    """
+    record = self.delivery()
+    if record is None:
+      if finished and self.config.exists():
+        train = read_config(self.config).train
+        if train.beat_linear or train.ensemble > 1:
+          recipe = "train.ensemble" if train.ensemble > 1 else "train.beat_linear"
+          raise UnfinishedRun(
+            f"{self.root}: the run is not finished ({recipe} has delivered no model yet): "
+            "rerun the training command to finish it"
+          )
+      return None
+    for name, want in (record.get("configs") or {}).items():
+      if config_fingerprint(self.sub(name).config) != want:
+        raise DeliveryError(
+          f"{self.sub(name).root}: its config is not the one the run delivered "
+          f"({self.delivered_file.name} fingerprints another): another run is in its place"
+        )
+    return record
 
   def delivery_record(self, names: list[str]) -> dict:
     """The delivery record of models `names` (the first delivered alone, or an ensemble)."""
