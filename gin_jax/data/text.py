@@ -44,10 +44,20 @@ BYTE_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-  """Whole lines of one file, each ending in b"\\n" (CRLF already normalised)."""
+  """Whole lines of one file, each ending in b"\\n" (CRLF already normalised).
+
+  Of an input with several parts (formats.parts), `first_line` counts through the
+  whole input and `part` names the file: its own line k is input line `base + k`.
+  """
 
   data: bytes
   first_line: int  # 1-based source line number of the first line in `data`.
+  part: str | None = None  # The part file, when the input has several.
+  base: int = 0  # Lines of the input before this part.
+
+  def where(self, line: int) -> str | None:
+    """`part:line` of an input line, for an input with several parts (else None)."""
+    return None if self.part is None else f"{self.part}:{line - self.base}"
 
 
 def is_gzip(path: str | os.PathLike) -> bool:

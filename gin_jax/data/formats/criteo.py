@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 
 from gin_jax.data import text
+from gin_jax.data.formats import parts
 from gin_jax.data.formats.base import Column, Layout
 from gin_jax.data.formats.delimited import DelimitedText, first_record, first_row
 from gin_jax.data.formats.schema import CsvSchema
@@ -52,7 +53,7 @@ class Criteo(DelimitedText):
     num_fields: int | None = None,
     train_header: Sequence[str] | None = None,
   ) -> Layout:
-    return layout_from_first_line(first_record(text.read_head(path)), has_labels)
+    return layout_from_first_line(first_record(text.read_head(parts.first(path))), has_labels)
 
   def rows_layout(
     self,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from gin_jax.data import text
 from gin_jax.data.errors import DataError
+from gin_jax.data.formats import parts
 from gin_jax.data.formats.base import Column, Layout
 from gin_jax.data.formats.delimited import DelimitedText, first_row
 from gin_jax.data.formats.schema import CsvSchema
@@ -181,6 +182,7 @@ class Csv(DelimitedText):
     num_fields: int | None = None,
     train_header: Sequence[str] | None = None,
   ) -> Layout:
+    path = parts.first(path)
     head = text.read_head(path)
     return layout_from_first_line(head[0], schema, has_labels, path=path, train_header=train_header)
 

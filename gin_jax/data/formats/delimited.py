@@ -1,6 +1,7 @@
 """What the line-oriented text formats (criteo, csv, libfm) share: one record per line.
 
-An input is one file (plain or gzip) read by module text in chunks of whole lines;
+An input is one file (plain or gzip), or several (a directory or glob: module
+parts), read by module text in chunks of whole lines;
 rows are tokenised against the Layout's separators, then labels, numbers and category
 keys are parsed column by column. A format module subclasses DelimitedText and sets
 or overrides only what differs: the label grammar, the number grammar, the reason
@@ -9,6 +10,7 @@ given for a malformed line, and checks of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from gin_jax.data import text, token_values
 from gin_jax.data.errors import DataError
+from gin_jax.data.formats import parts
 from gin_jax.data.formats.base import (
   MAX_CATEGORY_BYTES,
   Column,
@@ -50,10 +53,7 @@ class DelimitedText(Format):
   # ------------------------------------------------------------ reading
 
   def fingerprint(self, path: str) -> dict:
-    if not os.path.isfile(path):
-      raise DataError(f"{path}: no such file")
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return parts.fingerprint(path)
 
   def iter_chunks(
     self,
@@ -63,9 +63,44 @@ class DelimitedText(Format):
     on_progress: Callable[[int], None] | None = None,
     chunk_bytes: int | None = None,
   ) -> Iterator[text.Chunk]:
-    return text.iter_chunks(
-      path, skip_lines=layout.header_lines, on_progress=on_progress, chunk_bytes=chunk_bytes
-    )
+    """The chunks of a file, or of every part of a directory or glob in order.
+
+    Several parts are one input: lines are numbered through all of them (a row's
+    "line" decides its split), each chunk names its part, and a bad row is named
+    `part:line` in the part's own numbering. A part with a header line must have
+    the first part's; an empty part (0 bytes) has no rows.
+    """
+    files = parts.part_files(path)
+    if not parts.is_many(path):
+      yield from text.iter_chunks(
+        path, skip_lines=layout.header_lines, on_progress=on_progress, chunk_bytes=chunk_bytes
+      )
+      return
+    base, header = 0, None
+    for part in files:
+      if os.path.getsize(part) == 0:  # an hour without traffic: nothing to read
+        continue
+      if layout.header_lines:
+        header = self._check_header(part, parts.first(path), header)
+      last = layout.header_lines
+      for chunk in text.iter_chunks(
+        part, skip_lines=layout.header_lines, on_progress=on_progress, chunk_bytes=chunk_bytes
+      ):
+        last = chunk.first_line + chunk.data.count(b"\n") - 1
+        yield dataclasses.replace(chunk, first_line=base + chunk.first_line, part=part, base=base)
+      base += last
+
+  @staticmethod
+  def _check_header(part: str, first: str, header: bytes | None) -> bytes:
+    """The header line of `part`; DataError unless it is `header` (the first part's)."""
+    head = text.read_head(part, max_bytes=1 << 16)
+    line = head[0] if head else b""
+    if header is not None and line != header:
+      raise DataError(
+        f"{part}:1: its header {show_token(line)} differs from that of {first} "
+        f"({show_token(header)}): the parts of one input must have the same columns"
+      )
+    return line
 
   def rows_chunk(self, rows: Sequence[str]) -> text.Chunk | None:
     lines = [r[:-1] if r.endswith("\n") else r for r in rows]
@@ -121,6 +156,8 @@ class DelimitedText(Format):
       keep[list(row_bad)] = False
       raw = raw.take(keep)
       bad += [(int(tokens.lines[r]), reason) for r, reason in row_bad.items()]
+    if chunk.part is not None:
+      bad = [(line, reason, chunk.where(line)) for line, reason in bad]
     return raw, bad
 
   def normalize(self, chunk: text.Chunk) -> text.Chunk:

@@ -8,6 +8,7 @@ category (an integer in [0, LIBFM_INDEX_LIMIT)), `val` its value multiplier. Lab
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from gin_jax.data import text, token_values
 from gin_jax.data.errors import DataError
+from gin_jax.data.formats import parts
 from gin_jax.data.formats.base import Column, Layout, show_token
 from gin_jax.data.formats.delimited import DelimitedText, first_record, first_row
 from gin_jax.data.formats.schema import CsvSchema
@@ -82,6 +84,7 @@ class Libfm(DelimitedText):
     train_header: Sequence[str] | None = None,
   ) -> Layout:
     """num_fields None: the most common field count in the first lines."""
+    path = parts.first(path)
     head = text.read_head(path)
     row_tokens = None
     if num_fields is None:
@@ -111,7 +114,7 @@ class Libfm(DelimitedText):
     data = chunk.data
     while b" \n" in data:
       data = data.replace(b" \n", b"\n")
-    return text.Chunk(data, chunk.first_line)
+    return dataclasses.replace(chunk, data=data)
 
   def describe(self, layout: Layout) -> Callable[[bytes], str]:
     nf = len(layout.columns)

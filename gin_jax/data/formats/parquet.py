@@ -37,7 +37,6 @@ naming the column.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -45,7 +44,7 @@ import numpy as np
 
 from gin_jax.data import text, token_values
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats import lists
+from gin_jax.data.formats import lists, parts
 from gin_jax.data.formats.base import Format, Layout, RawChunk, key_names, show_token
 from gin_jax.data.formats.csv import schema_columns
 from gin_jax.data.formats.schema import CsvSchema
@@ -73,34 +72,12 @@ def part_files(path: str | os.PathLike) -> list[str]:
 
   Raises DataError when nothing matches.
   """
-  path = os.fspath(path)
-  if os.path.isfile(path):
-    return [path]
-  if os.path.isdir(path):
-    found = []
-    for root, dirs, files in os.walk(path):
-      dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
-      found += [os.path.join(root, f) for f in files if not f.startswith(("_", "."))]
-  elif any(c in path for c in "*?["):
-    found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
-  else:
-    raise DataError(f"{path}: no such file or directory")
-  if not found:
-    raise DataError(f"{path}: no Parquet files")
-  return sorted(found)
+  return parts.part_files(path, "Parquet files")
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
   """What prepare's cache key hashes: total size, newest mtime and every part's stat."""
-  parts = []
-  for p in part_files(path):
-    st = os.stat(p)
-    parts.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
-  return {
-    "size": sum(size for _, size, _ in parts),
-    "mtime_ns": max(mtime for _, _, mtime in parts),
-    "parts": parts,
-  }
+  return parts.fingerprint(path, "Parquet files", list_one=True)
 
 
 def _open(pq, path: str):
