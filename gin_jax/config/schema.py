@@ -41,6 +41,7 @@ MODEL_RANGES = {
 }  # fmt: skip
 DATA_RANGES = {
   "min_count": (1, None, False), "hash_buckets": (0, None, False), "num_workers": (0, None, False),
+  "prepare_workers": (0, None, False),
   "synthetic_rows": (1, None, False), "synthetic_vocab": (3, None, False),
   "synthetic_planted": (0, None, False), "synthetic_noise": (0, None, False),
 }  # fmt: skip
@@ -117,6 +118,7 @@ class DataConfig:
   hash_buckets: int = 0  # >0: hashing mode with this many rows per field.
   seed: int = 0  # Seed of the random split.
   num_workers: int = 0  # grain worker processes for the training pipeline.
+  prepare_workers: int = 0  # Processes that prepare the files; 0: the cores available.
   device_resident: str = "auto"  # Train split on the devices: auto/resident/streamed/off.
   device_fraction: float = 0.25  # auto: resident if the split takes <= this of a device.
   synthetic_rows: int = 200_000  # Rows the synthetic generator writes.

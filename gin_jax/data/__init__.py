@@ -6,6 +6,9 @@
 `synthetic` makes Criteo-shaped data with planted interactions. Package `formats` has
 one module per input format behind one interface (Parquet: optional pyarrow, imported
 only when used); ParquetScoreWriter writes scores.
+
+The pipeline's names (it imports grain) load on first use, so that prepare's worker
+processes (module workers) start without it.
 """
 
 from gin_jax.data.encode import encode_file, encode_rows, iter_encode_file
@@ -13,7 +16,6 @@ from gin_jax.data.errors import BadRow, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema
 from gin_jax.data.formats.parquet_writer import ParquetScoreWriter
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split
-from gin_jax.data.pipeline import eval_batches, train_iterator
 from gin_jax.data.prepare import constant_warning, open_prepared, prepare
 from gin_jax.data.synthetic import SyntheticSpec, generate, write_criteo_tsv
 
@@ -38,3 +40,13 @@ __all__ = [
   "train_iterator",
   "write_criteo_tsv",
 ]
+
+_LAZY = {"eval_batches": "gin_jax.data.pipeline", "train_iterator": "gin_jax.data.pipeline"}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'gin_jax.data' has no attribute {name!r}")

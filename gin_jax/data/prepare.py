@@ -35,7 +35,6 @@ chunk) goes through the input's Format (module formats).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import errno
 import hashlib
@@ -51,22 +50,29 @@ import numpy as np
 from tqdm import tqdm
 
 from gin_jax.config import DataConfig
-from gin_jax.data import formats, hashing, split_files, synthetic, text, vocab
+from gin_jax.data import formats, split_files, synthetic, text, vocab
+from gin_jax.data import workers as workers_lib
 from gin_jax.data.encode import Encoder
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, no_space
-from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk
-from gin_jax.data.formats.base import key_names, slot_name
+from gin_jax.data.formats import CsvSchema, Format, Layout
+from gin_jax.data.formats.base import key_names
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
+from gin_jax.data.workers import assign_splits  # noqa: F401 (re-exported)
 
 SPLITS = ("train", "valid", "test")
 PREPARE_VERSION = 2  # Bump when the on-disk result of the same inputs changes.
 _log = logging.getLogger(__name__)
 
 
+# Inputs smaller than this are prepared in this process: a chunk is ~8 MB of text, so
+# a smaller input has too few chunks for worker processes to pay for their start.
+PROCESS_MIN_BYTES = 2 * text.CHUNK_BYTES
+
+
 def default_workers() -> int:
-  """Threads that parse chunks (numpy releases the GIL for most of the work)."""
-  return max(1, min(4, os.cpu_count() or 1))
+  """Worker processes that parse and encode chunks: the cores available."""
+  return workers_lib.available_cores()
 
 
 # ------------------------------------------------------------------ prepare
@@ -88,9 +94,13 @@ def prepare(
       (cfg.synthetic_*) into cache_dir and prepares that; meta.planted_pairs lists them.
     cache_dir: where prepared datasets live (one subdirectory per inputs+options key).
     progress: show tqdm progress bars on stderr.
-    workers: parsing threads (default: up to 4, one per core).
-    spill_memory: bytes of parsed rows kept in memory between the passes (~0.3 KB per
-      Criteo row); beyond it they go to a temporary file next to the result.
+    workers: processes that parse and encode chunks (default: the cores available,
+      workers.available_cores); 1, or an input under PROCESS_MIN_BYTES, runs in this
+      process. The result is the same bytes for any number.
+    spill_memory: one process: bytes of parsed rows kept in memory between the passes
+      (~0.3 KB per Criteo row); beyond it they go to a temporary file next to the
+      result. Worker processes always pass them through files there (part files,
+      read back while the page cache still holds them).
     base: `--init-from`: the dataset of the run being continued. Its vocabularies
       keep their ids and grow by the categories of this training split that reach
       min_count and are not in them (appended per field, most frequent first);
@@ -268,20 +278,6 @@ def split_ratios(cfg: DataConfig) -> tuple[float, float, float]:
   return tuple(x / total for x in r)
 
 
-def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
-  """uint8 [n] split (0 train, 1 valid, 2 test) of each row, from its line number.
-
-  A seeded hash of the line number, compared with the cumulative ratios; a split whose
-  ratio is 0 gets no row.
-  """
-  salt = np.uint64((seed * 0x9E37_79B1 + 1) % 2**64)
-  u = hashing.hash_keys(np.asarray(lines, np.uint64) ^ salt)
-  u = (u >> np.uint64(11)).astype(np.float64) * 2.0**-53
-  t1 = ratios[0] if ratios[1] + ratios[2] > 0 else 2.0
-  t2 = ratios[0] + ratios[1] if ratios[2] > 0 else 2.0
-  return ((u >= t1).astype(np.uint8) + (u >= t2)).astype(np.uint8)
-
-
 @dataclasses.dataclass
 class _Stats:
   rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3, np.int64))
@@ -332,14 +328,38 @@ class _Builder:
     ]
 
   def build(self, out_dir: str) -> DatasetMeta:
-    """Runs both passes, writing the splits under out_dir; returns the metadata."""
+    """Runs both passes, writing the splits under out_dir; returns the metadata.
+
+    With worker processes, pass 1 writes each parsed chunk to a part file under
+    out_dir/parts and pass 2 encodes the parts into the splits' files (module workers);
+    else this process parses (and encodes) in threads through a Spill.
+    """
     os.makedirs(out_dir, exist_ok=True)
+    size = sum(int(i["size"]) for i in self.inputs)
+    self.processes = self.workers > 1 and size >= PROCESS_MIN_BYTES
+    self.parts: list[tuple[str, np.ndarray]] = []  # processes: (part file, rows per split)
     spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
-    meta, rows = self._pass1(spill)
-    self._pass2(out_dir, meta, rows, spill)
+    try:
+      if self.processes:
+        self.spill_dir = os.path.join(out_dir, "parts")
+        os.makedirs(self.spill_dir)
+        with workers_lib.ProcessPool(self.workers) as pool:
+          meta, rows = self._pass1(spill, pool)
+          self._pass2(out_dir, meta, rows, spill, pool)
+      else:
+        self.spill_dir = None
+        meta, rows = self._pass1(spill, None)
+        self._pass2(out_dir, meta, rows, spill, None)
+    except workers_lib.WorkerDied as e:
+      raise workers_lib.WorkerDied(
+        f"{e}, preparing {self.inputs[0]['path']} (killed, or out of memory?); with less "
+        "memory, use fewer workers (--data.prepare_workers=N; 1 prepares in this process)"
+      ) from None
+    if self.processes:
+      shutil.rmtree(self.spill_dir, ignore_errors=True)
     return meta
 
-  def _pass1(self, spill: Spill) -> tuple[DatasetMeta, np.ndarray]:
+  def _pass1(self, spill: Spill, pool) -> tuple[DatasetMeta, np.ndarray]:
     """Parses and validates every input once, splits, counts and spills the rows.
 
     Returns:
@@ -349,8 +369,10 @@ class _Builder:
     missing = dict.fromkeys(counters, 0)  # Training rows where the column is empty.
     stats = _Stats()
     reports = {}
-    for inp, layout in zip(self.inputs, self.layouts):
-      reports[inp["path"]] = self._read_input(inp, layout, counters, missing, stats, spill)
+    for index, (inp, layout) in enumerate(zip(self.inputs, self.layouts)):
+      reports[inp["path"]] = self._read_input(
+        index, inp, layout, pool, counters, missing, stats, spill
+      )
     if stats.rows[0] == 0:
       raise DataError(f"{self.inputs[0]['path']}: no rows for the training split")
     meta = self._meta(counters, stats, reports, _constant_columns(counters, missing))
@@ -358,42 +380,88 @@ class _Builder:
       _log.warning("%s", constant_warning(meta.constant_fields))
     return meta, stats.rows
 
-  def _read_input(self, inp, layout: Layout, counters, missing, stats, spill) -> BadRowReport:
-    """Pass 1 over one input: adds to counters, missing, stats and spill."""
+  def _read_input(
+    self, index: int, inp, layout: Layout, pool, counters, missing, stats, spill
+  ) -> BadRowReport:
+    """Pass 1 over one input: adds to counters, missing, stats and spill (or parts)."""
     policy = BadRowPolicy(self.cfg.bad_rows, inp["path"])
-    for raw, split, bad, counts in self._parse(inp, layout):
-      policy.handle(bad)
-      for name, (keys, n, longs, n_missing) in counts.items():
+    for parsed in self._parse(index, inp, layout, pool):
+      policy.handle(parsed.bad)
+      for name, (keys, n, longs, n_missing) in parsed.counts.items():
         counters[name].add_unique(keys, n)
         counters[name].long.update(longs)
         missing[name] += n_missing
-      stats.rows += np.bincount(split, minlength=3)
-      stats.positives += np.bincount(split, weights=raw.labels, minlength=3)
-      stats.values_not_one |= raw.values is not None and bool((raw.values != 1).any())
-      for name, n in raw.truncated.items():
+      stats.rows += parsed.rows
+      stats.positives += parsed.positives
+      stats.values_not_one |= parsed.values_not_one
+      for name, n in parsed.truncated.items():
         stats.truncated[name] = stats.truncated.get(name, 0) + n
-      spill.append(raw, split)
+      if parsed.part is not None:
+        self.parts.append((parsed.part, parsed.rows))
+      else:
+        spill.append(parsed.raw, parsed.split)
     if policy.report.count:
       _log.warning("%s: %s", inp["path"], policy.report.summary())
     return policy.report
 
-  def _pass2(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray, spill: Spill) -> None:
-    """Streams the parsed chunks, encodes them and writes the splits' arrays."""
+  def _parse(self, index: int, inp, layout: Layout, pool):
+    """Parses the chunks of input `index` in order: in `pool`'s processes, or threads.
+
+    Yields a workers.Parsed per chunk.
+    """
+    task = workers_lib.ParseTask(
+      fmt=self.fmt,
+      layout=layout,
+      ratios=self.ratios,
+      seed=self.cfg.seed,
+      fixed=SPLITS.index(inp["role"]) if inp["role"] != "train" else None,
+      bucketize=self.cfg.numeric == "bucketize",
+      counted=tuple(self.counted),
+      spill_dir=self.spill_dir,
+      input_index=index,
+    )
+    name = os.path.basename(inp["path"].rstrip(os.sep)) or inp["path"]
+    with self._bar(inp["size"], f"pass 1/2 parsing {name}", "B") as bar:
+      chunks = self.fmt.iter_chunks(inp["path"], layout, on_progress=bar.update)
+      yield from ordered_map(task, enumerate(chunks), self.workers, pool)
+
+  def _pass2(self, out_dir: str, meta: DatasetMeta, rows: np.ndarray, spill: Spill, pool) -> None:
+    """Encodes the parsed chunks and writes the splits' arrays."""
     arrays = split_files.allocate(out_dir, SPLITS, rows, meta.num_slots, meta.has_values)
     filled = np.zeros(3, np.int64)
     encoder = Encoder(meta)
     columns = self.layouts[0].columns
-    chunks = spill.chunks(key_names(columns), tuple(c.name for c in columns if c.kind == "numeric"))
-    encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
+    cat, num = key_names(columns), tuple(c.name for c in columns if c.kind == "numeric")
     with self._bar(int(rows.sum()), "pass 2/2 encoding", "rows") as bar:
-      for raw, split, (ids, values) in encoded:
-        bar.update(len(raw))
-        _write_rows(arrays, filled, raw, split, ids, values)
+      if self.processes:
+        self._encode_parts(
+          pool, out_dir, workers_lib.Encoding(encoder, [], cat, num), arrays, filled, bar
+        )
+      else:
+        chunks = spill.chunks(cat, num)
+        encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
+        for raw, split, (ids, values) in encoded:
+          bar.update(len(raw))
+          workers_lib.write_rows(arrays, filled, raw, split, ids, values)
     if (filled != rows).any():
       raise RuntimeError(f"pass 2 wrote {filled} rows, pass 1 counted {rows}")
     for out in arrays:
       for arr in out.values():
         arr.flush()
+
+  def _encode_parts(self, pool, out_dir: str, encoding, arrays, filled, bar) -> None:
+    """Pass 2 in worker processes: each part file encoded into the splits at its offset."""
+    tasks, offsets = [], np.zeros(3, np.int64)
+    for part, rows in self.parts:
+      tasks.append((part, offsets.copy()))
+      offsets += rows
+    encoding.files = [
+      {k: os.path.join(out_dir, s, k + ".npy") for k in out} for s, out in zip(SPLITS, arrays)
+    ]
+    pool.set_context(encoding)
+    for written in ordered_map(workers_lib.encode_part, tasks, self.workers, pool):
+      bar.update(int(written.sum()))
+      filled += written
 
   def _bar(self, total: int, desc: str, unit: str):
     return tqdm(
@@ -405,54 +473,6 @@ class _Builder:
       disable=not self.progress,
       mininterval=0.5,
     )
-
-  def _parse(self, inp, layout: Layout):
-    """Parses the chunks of one input in worker threads, in order.
-
-    Yields (raw chunk, split of each row, bad rows, category counts of its train rows).
-    """
-    role = inp["role"]
-    fixed = SPLITS.index(role) if role != "train" else None
-    seed, ratios = self.cfg.seed, self.ratios
-    bucketize = self.cfg.numeric == "bucketize"
-
-    def work(chunk):
-      raw, bad = self.fmt.parse_chunk(chunk, layout)
-      if bucketize:
-        raw = dataclasses.replace(raw, numbers=vocab.bucketize(raw.numbers), bucketized=True)
-      if fixed is None:
-        split = assign_splits(raw.lines, ratios, seed)
-      else:
-        split = np.full(len(raw), fixed, np.uint8)
-      return raw, split, bad, self._count(raw, split)
-
-    name = os.path.basename(inp["path"])
-    with self._bar(inp["size"], f"pass 1/2 parsing {name}", "B") as bar:
-      chunks = self.fmt.iter_chunks(inp["path"], layout, on_progress=bar.update)
-      yield from ordered_map(work, chunks, self.workers)
-
-  def _count(self, raw: RawChunk, split: np.ndarray):
-    """Unique keys with counts per counted column, over the chunk's training rows."""
-    train = split == 0
-    if not train.all():
-      raw = raw.take(train)
-    counts = {}
-    for col in self.counted:
-      if col.kind == "numeric":  # Already bucketized; keys of NaN (missing) dropped.
-        keys, n = vocab.count_unique(vocab.number_keys(raw.numbers_of(col.name)))
-        empty = np.isnan(vocab.key_numbers(keys))
-        real = ~empty
-        longs = {}
-      elif col.kind == "multi_valued":  # every value of the lists; padding keys dropped
-        counts[col.name] = _count_list(raw, col)
-        continue
-      else:
-        keys, n = vocab.count_unique(raw.keys_of(col.name))
-        empty = keys == text.MISSING_KEY
-        real = ~empty & (keys != text.LONG_KEY)
-        longs = collections.Counter(raw.long_tokens_of(col.name).values())
-      counts[col.name] = (keys[real], n[real], longs, int(n[empty].sum()))
-    return counts
 
   def _meta(self, counters, stats: _Stats, reports, constant: list[str]) -> DatasetMeta:
     cfg, fields, vocabs, offset, growth = self.cfg, [], {}, 0, {}
@@ -526,30 +546,6 @@ class _Builder:
       "oov_after": (1 - (seen_old + seen_added) / total) if total else 0.0,
     }
     return old + added
-
-
-def _write_rows(arrays, filled: np.ndarray, raw: RawChunk, split, ids, values) -> None:
-  """Writes one encoded chunk's rows into their splits' arrays, after `filled` rows."""
-  for s in np.flatnonzero(np.bincount(split, minlength=3)):
-    rows = split == s
-    a, b = filled[s], filled[s] + np.count_nonzero(rows)
-    out = arrays[s]
-    out["ids"][a:b] = ids[rows]
-    out["labels"][a:b] = raw.labels[rows]
-    out["line_numbers"][a:b] = raw.lines[rows]
-    if "values" in out:
-      out["values"][a:b] = values[rows]
-    filled[s] = b
-
-
-def _count_list(raw: RawChunk, col) -> tuple:
-  """A multi-valued column's (keys, counts, long tokens, rows with an empty list)."""
-  cols = [raw.cat_names.index(slot_name(col.name, k)) for k in range(col.max_values)]
-  keys, n = vocab.count_unique(text.select_columns(raw.keys, cols).reshape(-1))
-  real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
-  longs = collections.Counter(t for (_, c), t in raw.long_tokens.items() if c in set(cols))
-  empty = int(np.count_nonzero(raw.keys[:, cols[0]] == text.MISSING_KEY))
-  return keys[real], n[real], longs, empty
 
 
 def _constant_columns(counters: dict, missing: dict) -> list[str]:

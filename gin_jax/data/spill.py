@@ -12,13 +12,18 @@ them to a file of raw numpy bytes (no pickle), each chunk as:
   float32 [n, c]     values, only when `has values`
   int64 [k, 3]       (row, column, length) of each long token, then the blob of them
 
-ordered_map runs the parsing and encoding of chunks in worker threads, in file order.
+With worker processes (module workers) each parsed chunk is one such record in a part
+file of its own (write_part / read_part), written and read by the workers.
+
+ordered_map runs the parsing and encoding of chunks in worker threads or processes,
+results in file order.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -110,16 +115,44 @@ def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
     yield raw, split
 
 
-def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-  """fn over items in `workers` threads, results in input order, bounded in flight.
+def write_part(path: str, raw: RawChunk, split: np.ndarray) -> None:
+  """Writes one parsed chunk to a part file of its own (a worker's spill)."""
+  try:
+    with open(path, "wb") as f:
+      _write_chunk(f, raw, split)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    raise no_space(path, size, at_least=True) from None
 
-  An error raised by the items iterator itself (e.g. a truncated gzip) is raised only
-  after the results of the items before it, so errors come out in file order.
+
+def read_part(path: str, cat: tuple[str, ...], num: tuple[str, ...]):
+  """The (raw chunk, split) of a part file written by write_part."""
+  with open(path, "rb") as f:
+    (out,) = _read_chunks(f, cat, num)
+  return out
+
+
+def ordered_map(
+  fn: Callable, items: Iterable, workers: int, executor: concurrent.futures.Executor | None = None
+) -> Iterator:
+  """fn over items in `workers` threads (or `executor`'s processes), in input order.
+
+  At most `workers` results wait in flight for threads, twice that for processes
+  (whose inputs and results travel through pipes). An error raised by the items
+  iterator itself (e.g. a truncated gzip) is raised only after the results of the
+  items before it, so errors come out in file order.
   """
-  if workers <= 1:
+  if workers <= 1 and executor is None:
     yield from map(fn, items)
     return
-  with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+  with contextlib.ExitStack() as stack:
+    if executor is None:
+      executor = stack.enter_context(concurrent.futures.ThreadPoolExecutor(workers))
+      window = workers
+    else:
+      window = 2 * workers
     queue: collections.deque = collections.deque()
     error = None
     try:
@@ -132,8 +165,8 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
         except DataError as e:
           error = e
           break
-        queue.append(ex.submit(fn, item))
-        if len(queue) > workers:
+        queue.append(executor.submit(fn, item))
+        if len(queue) > window:
           yield queue.popleft().result()
       while queue:
         yield queue.popleft().result()

@@ -119,7 +119,7 @@ def train(
       state = ctx.start_from(state)
     if source is not None:
       fresh_s, began = time.perf_counter() - began, time.perf_counter()
-      state = jax.block_until_ready(continuation.start_state(source, state, fns, mesh, meta, cfg))
+      state = jax.block_until_ready(continuation.start_state(source, state, fns, meta, cfg))
       runtime.log(
         f"started from step {source.step} of {source.run}: {time.perf_counter() - began:.1f} s "
         f"for the restore and the grown table of {spec.num_rows:,} rows (the fresh init: "
@@ -182,11 +182,12 @@ def _load_data(cfg: Config, workdir: Workdir, source=None):
   """
   cache = workdir.data_cache
   base = source.dataset if source is not None else None
+  workers = cfg.data.prepare_workers or None  # None: the cores available
   if jax.process_index() == 0:
-    meta, splits = data.prepare(cfg.data, cache, base=base)
+    meta, splits = data.prepare(cfg.data, cache, base=base, workers=workers)
   runtime.barrier("prepare")
   if jax.process_index() != 0:
-    meta, splits = data.prepare(cfg.data, cache, base=base)
+    meta, splits = data.prepare(cfg.data, cache, base=base, workers=workers)
   planted = [tuple(p) for p in (meta.planted_pairs or [])]
   return meta, splits, planted
 

@@ -345,10 +345,15 @@ def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
 def resumable(saved):
   """A saved config as the workdir guard compares it (`with_defaults`), less
   train.ensemble: a run grows or shrinks its ensemble in place, since member i
-  is the same model whatever the number of members (`_ensemble`)."""
+  is the same model whatever the number of members (`_ensemble`); and less
+  data.prepare_workers, which changes how fast the files are prepared, never
+  the bytes prepared."""
   saved = with_defaults(saved)
   if isinstance(saved, dict) and isinstance(saved.get("train"), dict):
     saved = {**saved, "train": {k: v for k, v in saved["train"].items() if k != "ensemble"}}
+  if isinstance(saved, dict) and isinstance(saved.get("data"), dict):
+    data = {k: v for k, v in saved["data"].items() if k != "prepare_workers"}
+    saved = {**saved, "data": data}
   return saved
 
 

@@ -1,0 +1,394 @@
+"""prepare's work on one chunk, run in worker processes: parse (pass 1), encode (pass 2).
+
+Parsing and encoding are numpy code that holds the GIL for a large share of its time,
+so threads do not scale with cores (measured: 1.17x on 2 threads); processes do.
+Each chunk is one task:
+
+- pass 1 (ParseTask): parse and validate the chunk, decide each row's split, count the
+  categories of its training rows, and write the parsed rows to a part file of the
+  spill (spill.write_part); only the summary (row and positive counts per split, bad
+  rows, the category counts) goes back to the main process, which merges the counts
+  and applies --bad-rows in file order.
+- pass 2 (encode_part): read one part file, encode it and write its rows straight into
+  the splits' .npy files at the offsets the main process computed from pass 1's
+  counts (the files are preallocated: see split_files).
+
+So the main process only reads the input and merges counts, and the result is the
+same bytes for any number of workers: splits are decided per line, the rows of every
+split stay in file order, and vocabularies are ranked by count and key.
+
+Workers are fresh Python processes running serve() (ProcessPool): they import
+this module (numpy and the data code, not jax), so a pool starts in about half a
+second, and nothing forks the process running jax.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import math
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+from gin_jax.data import hashing, spill, text, vocab
+from gin_jax.data.encode import Encoder
+from gin_jax.data.formats import Format, Layout, RawChunk
+from gin_jax.data.formats.base import slot_name
+
+SPLITS = 3  # train, valid, test
+
+
+def available_cores() -> int:
+  """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  quota = _cgroup_quota()
+  return max(1, min(cores, quota) if quota else cores)
+
+
+def _cgroup_quota() -> int | None:
+  """The CPUs of a cgroup v2 quota (a container's --cpus), rounded up; None without."""
+  try:
+    with open("/sys/fs/cgroup/cpu.max") as f:
+      limit, period = f.read().split()[:2]
+  except (OSError, ValueError):
+    return None
+  if limit == "max":
+    return None
+  return max(1, math.ceil(int(limit) / int(period)))
+
+
+class WorkerDied(RuntimeError):
+  """A worker process ended without finishing its chunk (killed, or out of memory)."""
+
+
+_CHILD = "from gin_jax.data import workers; workers.serve()"  # a child's whole program
+
+
+class ProcessPool(concurrent.futures.Executor):
+  """`workers` child processes running workers.serve(), fed by threads.
+
+  Not multiprocessing's pools: their children re-run the caller's main script (a
+  script without an `if __name__ == "__main__":` guard would prepare again in every
+  child) or fork a process that runs jax. These children start clean, import only
+  this module, and talk through their stdin and stdout (length-prefixed pickles of
+  module-level functions and their arguments: tasks and results stay inside one
+  process tree). One thread per child sends it tasks from a shared queue and
+  resolves their futures; `set_context` hands every child an object (pass 2's
+  encoder) once, before its next task.
+  """
+
+  def __init__(self, workers: int):
+    self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+    self._context: tuple[int, bytes] | None = None
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    self._procs = [
+      subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+      )
+      for _ in range(workers)
+    ]
+    self._threads = [
+      threading.Thread(target=self._feed, args=(p,), daemon=True) for p in self._procs
+    ]
+    for t in self._threads:
+      t.start()
+
+  def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    self._tasks.put((future, pickle.dumps((fn, args, kwargs), protocol=5)))
+    return future
+
+  def set_context(self, obj) -> None:
+    """Every child gets `obj` (workers.context()) before the next task it runs."""
+    self._context = (id(obj), pickle.dumps(obj, protocol=5))
+
+  def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    if cancel_futures:
+      while True:
+        try:
+          future, _ = self._tasks.get_nowait()
+        except queue.Empty:
+          break
+        future.cancel()
+    for _ in self._threads:
+      self._tasks.put(None)
+    if wait:
+      for t in self._threads:
+        t.join()
+    for p in self._procs:
+      p.wait() if wait else p.kill()
+
+  def _feed(self, proc: subprocess.Popen) -> None:
+    sent, dead = None, False
+    try:
+      while (item := self._tasks.get()) is not None:
+        future, task = item
+        if not future.set_running_or_notify_cancel():
+          continue
+        if dead:
+          future.set_exception(WorkerDied(f"worker process {proc.pid} is gone"))
+          continue
+        try:
+          if self._context is not None and self._context[0] != sent:
+            sent = self._context[0]
+            _send(proc.stdin, b"C" + self._context[1])
+          _send(proc.stdin, b"T" + task)
+          reply = _receive(proc.stdout)
+        except (OSError, EOFError):
+          dead = True
+          try:
+            code = proc.wait(timeout=10)
+          except subprocess.TimeoutExpired:
+            code = None
+          future.set_exception(
+            WorkerDied(f"worker process {proc.pid} ended (exit status {code}) during its chunk")
+          )
+          continue
+        ok, value = pickle.loads(reply)
+        future.set_result(value) if ok else future.set_exception(value)
+    finally:
+      with contextlib.suppress(OSError):
+        proc.stdin.close()
+
+
+def _send(pipe, payload: bytes) -> None:
+  pipe.write(struct.pack("<Q", len(payload)))
+  pipe.write(payload)
+  pipe.flush()
+
+
+def _receive(pipe) -> bytes:
+  head = pipe.read(8)
+  if len(head) < 8:
+    raise EOFError
+  (n,) = struct.unpack("<Q", head)
+  data = pipe.read(n)
+  if len(data) < n:
+    raise EOFError
+  return data
+
+
+_CONTEXT: list = [None]  # The object set_context last sent to this child.
+
+
+def context():
+  """In a child: the object the pool's set_context sent (pass 2's encoder)."""
+  return _CONTEXT[0]
+
+
+def serve() -> None:
+  """A child's loop: run each task read from stdin, write its result to stdout."""
+  inp, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+  os.dup2(2, 1)  # print() in a task goes to stderr, never into the replies
+  while True:
+    try:
+      message = _receive(inp)
+    except EOFError:
+      return
+    if message[:1] == b"C":
+      _CONTEXT[0] = pickle.loads(message[1:])
+      continue
+    fn, args, kwargs = pickle.loads(message[1:])
+    try:
+      reply = (True, fn(*args, **kwargs))
+    except Exception as e:  # noqa: BLE001 - every error goes back to the caller
+      reply = (False, e)
+    try:
+      payload = pickle.dumps(reply, protocol=5)
+    except Exception as e:  # noqa: BLE001 - an error that does not pickle
+      payload = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")), protocol=5)
+    _send(out, payload)
+
+
+# ------------------------------------------------------------------ pass 1
+
+
+@dataclasses.dataclass
+class Parsed:
+  """What pass 1 learned of one chunk.
+
+  Attributes:
+    rows, positives: int64 / float64 [3] per split.
+    values_not_one: whether some value multiplier (libfm) is not 1.
+    truncated: {multi-valued column: rows whose list was cut to max_values}.
+    bad: the bad rows, (line, reason[, where]).
+    counts: {counted column: (unique keys, their counts, Counter of long tokens,
+      rows where it is empty)} over the chunk's training rows.
+    raw, split: the parsed rows and their splits (None when they went to `part`).
+    part: the spill part file holding the parsed rows (processes only).
+  """
+
+  rows: np.ndarray
+  positives: np.ndarray
+  values_not_one: bool
+  truncated: dict
+  bad: list
+  counts: dict
+  raw: RawChunk | None = None
+  split: np.ndarray | None = None
+  part: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseTask:
+  """Pass 1 on one (index, chunk) of an input; picklable, so it runs in any process.
+
+  Attributes:
+    fmt, layout: how the input is parsed.
+    ratios, seed: the split of the training file (assign_splits).
+    fixed: the split of every row of a valid/test file (None: the training file).
+    bucketize: numeric columns become bucket values (data.numeric).
+    counted: the columns whose categories are counted.
+    spill_dir: processes write the parsed rows to `spill_dir/<input>-<index>.bin`;
+      None keeps them in the result (the main process's threads).
+    input_index: which input of the dataset (part file names).
+  """
+
+  fmt: Format
+  layout: Layout
+  ratios: tuple[float, float, float]
+  seed: int
+  fixed: int | None
+  bucketize: bool
+  counted: tuple
+  spill_dir: str | None = None
+  input_index: int = 0
+
+  def __call__(self, item) -> Parsed:
+    index, chunk = item
+    raw, bad = self.fmt.parse_chunk(chunk, self.layout)
+    if self.bucketize:
+      raw = dataclasses.replace(raw, numbers=vocab.bucketize(raw.numbers), bucketized=True)
+    if self.fixed is None:
+      split = assign_splits(raw.lines, self.ratios, self.seed)
+    else:
+      split = np.full(len(raw), self.fixed, np.uint8)
+    out = Parsed(
+      rows=np.bincount(split, minlength=SPLITS).astype(np.int64),
+      positives=np.bincount(split, weights=raw.labels, minlength=SPLITS),
+      values_not_one=raw.values is not None and bool((raw.values != 1).any()),
+      truncated=dict(raw.truncated),
+      bad=bad,
+      counts=count_categories(raw, split, self.counted),
+    )
+    if self.spill_dir is None:
+      out.raw, out.split = raw, split
+    else:
+      out.part = os.path.join(self.spill_dir, f"{self.input_index:04d}-{index:09d}.bin")
+      spill.write_part(out.part, raw, split)
+    return out
+
+
+def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
+  """uint8 [n] split (0 train, 1 valid, 2 test) of each row, from its line number.
+
+  A seeded hash of the line number, compared with the cumulative ratios; a split whose
+  ratio is 0 gets no row.
+  """
+  salt = np.uint64((seed * 0x9E37_79B1 + 1) % 2**64)
+  u = hashing.hash_keys(np.asarray(lines, np.uint64) ^ salt)
+  u = (u >> np.uint64(11)).astype(np.float64) * 2.0**-53
+  t1 = ratios[0] if ratios[1] + ratios[2] > 0 else 2.0
+  t2 = ratios[0] + ratios[1] if ratios[2] > 0 else 2.0
+  return ((u >= t1).astype(np.uint8) + (u >= t2)).astype(np.uint8)
+
+
+def count_categories(raw: RawChunk, split: np.ndarray, counted) -> dict:
+  """Unique keys with counts per counted column, over the chunk's training rows."""
+  train = split == 0
+  if not train.all():
+    raw = raw.take(train)
+  counts = {}
+  for col in counted:
+    if col.kind == "numeric":  # Already bucketized; keys of NaN (missing) dropped.
+      keys, n = vocab.count_unique(vocab.number_keys(raw.numbers_of(col.name)))
+      empty = np.isnan(vocab.key_numbers(keys))
+      real = ~empty
+      longs = {}
+    elif col.kind == "multi_valued":  # every value of the lists; padding keys dropped
+      counts[col.name] = _count_list(raw, col)
+      continue
+    else:
+      keys, n = vocab.count_unique(raw.keys_of(col.name))
+      empty = keys == text.MISSING_KEY
+      real = ~empty & (keys != text.LONG_KEY)
+      longs = collections.Counter(raw.long_tokens_of(col.name).values())
+    counts[col.name] = (keys[real], n[real], longs, int(n[empty].sum()))
+  return counts
+
+
+def _count_list(raw: RawChunk, col) -> tuple:
+  """A multi-valued column's (keys, counts, long tokens, rows with an empty list)."""
+  cols = [raw.cat_names.index(slot_name(col.name, k)) for k in range(col.max_values)]
+  keys, n = vocab.count_unique(text.select_columns(raw.keys, cols).reshape(-1))
+  real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
+  longs = collections.Counter(t for (_, c), t in raw.long_tokens.items() if c in set(cols))
+  empty = int(np.count_nonzero(raw.keys[:, cols[0]] == text.MISSING_KEY))
+  return keys[real], n[real], longs, empty
+
+
+# ------------------------------------------------------------------ pass 2
+
+
+@dataclasses.dataclass
+class Encoding:
+  """Pass 2's context in a child: the dataset's encoder, columns and split files."""
+
+  encoder: Encoder
+  files: list[dict[str, str]]  # per split: {"ids", "labels", ...} -> .npy path
+  cat: tuple[str, ...]
+  num: tuple[str, ...]
+  arrays: list | None = None  # the files' memory maps, opened on first use
+
+  def __getstate__(self):
+    return {**self.__dict__, "arrays": None}
+
+
+def encode_part(task: tuple[str, np.ndarray]) -> np.ndarray:
+  """Pass 2 of one part file, in a child: encodes its rows and writes them at `offsets`.
+
+  Args:
+    task: (the part file, removed when done; int64 [3] rows of each split before it).
+
+  Returns:
+    int64 [3]: the rows written to each split.
+  """
+  path, offsets = task
+  enc: Encoding = context()
+  if enc.arrays is None:
+    enc.arrays = [{k: np.load(p, mmap_mode="r+") for k, p in s.items()} for s in enc.files]
+  raw, split = spill.read_part(path, enc.cat, enc.num)
+  ids, values = enc.encoder.encode(raw)
+  filled = np.array(offsets, np.int64)
+  write_rows(enc.arrays, filled, raw, split, ids, values)
+  os.remove(path)
+  return filled - offsets
+
+
+def write_rows(arrays, filled: np.ndarray, raw: RawChunk, split, ids, values) -> None:
+  """Writes one encoded chunk's rows into their splits' arrays, after `filled` rows."""
+  for s in np.flatnonzero(np.bincount(split, minlength=SPLITS)):
+    rows = split == s
+    a, b = filled[s], filled[s] + np.count_nonzero(rows)
+    out = arrays[s]
+    out["ids"][a:b] = ids[rows]
+    out["labels"][a:b] = raw.labels[rows]
+    out["line_numbers"][a:b] = raw.lines[rows]
+    if "values" in out:
+      out["values"][a:b] = values[rows]
+    filled[s] = b
+
