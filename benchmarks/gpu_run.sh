@@ -5,7 +5,8 @@
 # BARS preset (issue 10's ">= 5M samples/s end to end" goal), then one real
 # `python -m train` epoch on the same data. Logs and JSON go to $OUT.
 #   run: bash benchmarks/gpu_run.sh [STAGE...]   (carry .whl: grain and two of its deps)
-# STAGEs: test step fixed rowopt epoch train (default: all).
+# STAGEs: test step fixed rowopt epoch train bf16 prep (default: all but bf16 and prep,
+# which a second call runs: `bash benchmarks/gpu_run.sh bf16 prep`, ~6 min).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}
@@ -41,6 +42,15 @@ want epoch && timeout 200 python3 -m benchmarks.epoch_bench --preset criteo_bars
   --variant train.embedding_optimizer=lazy_adam \
   --variant train.embedding_optimizer=rowwise_adagrad \
   --json "$OUT/epoch_bench_gpu.json" 2>&1 | tee "$OUT/epoch_bench_gpu.log"
+
+# Issue 24 part 2: bfloat16 compute (float32 master weights) against float32, resident.
+want bf16 && timeout 200 python3 -m benchmarks.epoch_bench --preset criteo_bars --rows $ROWS --workdir /tmp/eb \
+  --modes "step only,resident" --variant model.compute_dtype=float32 --variant model.compute_dtype=bfloat16 \
+  --json "$OUT/epoch_bench_gpu_bf16.json" 2>&1 | tee "$OUT/epoch_bench_gpu_bf16.log"
+
+# Issue 24 part 5: preparation on the host's 16 cores (goal: 16 workers >= 8x one worker).
+want prep && timeout 240 python3 -m benchmarks.data_bench --rows 2000000 --workers 1,2,4,8,16 \
+  --batches 50 --json "$OUT/data_bench_gpu_host.json" 2>&1 | tee "$OUT/data_bench_gpu_host.log"
 
 # The trainer itself on the same rows: one epoch of the GIN stage, its logged samples/s.
 want train || exit 0

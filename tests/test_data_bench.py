@@ -1,24 +1,34 @@
 """Smoke test of benchmarks/data_bench.py on a tiny input."""
 
 import json
+import sys
 
 import pytest
 
 from benchmarks import data_bench
+from gin_jax.data import text
 
 
-def test_data_bench_runs_and_writes_json(tmp_path, capsys):
+def test_data_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
+  # Worker processes even for this small input, in several chunks.
+  monkeypatch.setattr(sys.modules["gin_jax.data.prepare"], "PROCESS_MIN_BYTES", 0)
+  monkeypatch.setattr(text, "CHUNK_BYTES", 1 << 18)
   out = tmp_path / "bench.json"
   payload = data_bench.main(
-    ["--rows", "5000", "--batch", "256", "--batches", "5", "--json", str(out)]
+    ["--rows", "5000", "--batch", "256", "--batches", "5", "--workers", "1,2", "--json", str(out)]
   )
   saved = json.loads(out.read_text())
-  assert saved["rows"] == 5000 and len(saved["prepare"]) == 3
+  assert saved["rows"] == 5000
+  assert [r["config"] for r in saved["prepare"]] == ["1 worker(s)", "2 worker(s)", "spill to disk"]
   assert all(r["rows_per_s"] > 0 for r in saved["prepare"])
+  two = saved["prepare"][1]
+  assert two["same_bytes_as_1"] is True and two["speedup_vs_1"] > 0
+  assert two["children_cpu_s"] > 0  # the workers did the parsing
+  assert saved["prepare"][2]["digest"] == saved["prepare"][0]["digest"]
   assert saved["loader"][0]["samples_per_s"] > 0
-  assert set(payload["goals"]) == {"prepare_rows_per_s", "loader_samples_per_s"}
+  assert set(payload["goals"]) == {"speedup_2_workers", "loader_samples_per_s"}
   table = capsys.readouterr().out
-  assert "| prepare" in table and "| loader" in table
+  assert "| prepare" in table and "| loader" in table and "x 1 worker" in table
 
 
 def test_data_bench_arrow_and_parquet(tmp_path, capsys):
