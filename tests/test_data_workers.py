@@ -92,6 +92,10 @@ def test_worker_processes_prepare_the_same_bytes_as_one_process(tmp_path, proces
     one = _prepared(cfg, tmp_path / name / "1", workers=1)
     for n in (2, 3):
       assert _prepared(cfg, tmp_path / name / str(n), workers=n) == one, (name, n)
+    # Parsed chunks past the workers' memory budget go through part files.
+    for budget in (0, 300_000):
+      again = _prepared(cfg, tmp_path / name / f"b{budget}", workers=2, spill_memory=budget)
+      assert again == one, (name, budget)
 
 
 def test_parquet_input_with_worker_processes_gives_the_same_bytes(tmp_path, processes):

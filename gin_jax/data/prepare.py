@@ -330,14 +330,16 @@ class _Builder:
   def build(self, out_dir: str) -> DatasetMeta:
     """Runs both passes, writing the splits under out_dir; returns the metadata.
 
-    With worker processes, pass 1 writes each parsed chunk to a part file under
-    out_dir/parts and pass 2 encodes the parts into the splits' files (module workers);
-    else this process parses (and encodes) in threads through a Spill.
+    With worker processes (module workers), the worker that parses a chunk in pass 1
+    keeps it (up to spill_memory over all workers; beyond, in a part file under
+    out_dir/parts) and encodes it into the splits' files in pass 2; else this
+    process parses and encodes in threads through a Spill.
     """
     os.makedirs(out_dir, exist_ok=True)
     size = sum(int(i["size"]) for i in self.inputs)
     self.processes = self.workers > 1 and size >= PROCESS_MIN_BYTES
-    self.parts: list[tuple[str, np.ndarray]] = []  # processes: (part file, rows per split)
+    # processes: (Parsed.part, rows per split, Parsed.holder) of every chunk
+    self.parts: list[tuple[str, np.ndarray, int | None]] = []
     spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
     try:
       if self.processes:
@@ -397,7 +399,7 @@ class _Builder:
       for name, n in parsed.truncated.items():
         stats.truncated[name] = stats.truncated.get(name, 0) + n
       if parsed.part is not None:
-        self.parts.append((parsed.part, parsed.rows))
+        self.parts.append((parsed.part, parsed.rows, parsed.holder))
       else:
         spill.append(parsed.raw, parsed.split)
     if policy.report.count:
@@ -419,6 +421,7 @@ class _Builder:
       counted=tuple(self.counted),
       spill_dir=self.spill_dir,
       input_index=index,
+      hold_bytes=self.spill_memory // max(self.workers, 1),
     )
     name = os.path.basename(inp["path"].rstrip(os.sep)) or inp["path"]
     with self._bar(inp["size"], f"pass 1/2 parsing {name}", "B") as bar:
@@ -451,15 +454,17 @@ class _Builder:
 
   def _encode_parts(self, pool, out_dir: str, encoding, arrays, filled, bar) -> None:
     """Pass 2 in worker processes: each part file encoded into the splits at its offset."""
-    tasks, offsets = [], np.zeros(3, np.int64)
-    for part, rows in self.parts:
+    tasks, holders, offsets = [], {}, np.zeros(3, np.int64)
+    for part, rows, holder in self.parts:
       tasks.append((part, offsets.copy()))
+      holders[part] = holder  # a chunk held in a worker's memory is encoded there
       offsets += rows
     encoding.files = [
       {k: os.path.join(out_dir, s, k + ".npy") for k in out} for s, out in zip(SPLITS, arrays)
     ]
     pool.set_context(encoding)
-    for written in ordered_map(workers_lib.encode_part, tasks, self.workers, pool):
+    route = lambda task: holders[task[0]]  # noqa: E731
+    for written in ordered_map(workers_lib.encode_part, tasks, self.workers, pool, route):
       bar.update(int(written.sum()))
       filled += written
 

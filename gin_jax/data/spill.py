@@ -135,14 +135,19 @@ def read_part(path: str, cat: tuple[str, ...], num: tuple[str, ...]):
 
 
 def ordered_map(
-  fn: Callable, items: Iterable, workers: int, executor: concurrent.futures.Executor | None = None
+  fn: Callable,
+  items: Iterable,
+  workers: int,
+  executor: concurrent.futures.Executor | None = None,
+  route: Callable | None = None,
 ) -> Iterator:
   """fn over items in `workers` threads (or `executor`'s processes), in input order.
 
   At most `workers` results wait in flight for threads, twice that for processes
-  (whose inputs and results travel through pipes). An error raised by the items
-  iterator itself (e.g. a truncated gzip) is raised only after the results of the
-  items before it, so errors come out in file order.
+  (whose inputs and results travel through pipes). `route(item)`: the worker that
+  must run it (executor.submit_to). An error raised by the items iterator itself
+  (e.g. a truncated gzip) is raised only after the results of the items before
+  it, so errors come out in file order.
   """
   if workers <= 1 and executor is None:
     yield from map(fn, items)
@@ -165,7 +170,10 @@ def ordered_map(
         except DataError as e:
           error = e
           break
-        queue.append(executor.submit(fn, item))
+        if route is None:
+          queue.append(executor.submit(fn, item))
+        else:
+          queue.append(executor.submit_to(route(item), fn, item))
         if len(queue) > window:
           yield queue.popleft().result()
       while queue:

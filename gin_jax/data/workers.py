@@ -74,6 +74,7 @@ class WorkerDied(RuntimeError):
 
 
 _CHILD = "from gin_jax.data import workers; workers.serve()"  # a child's whole program
+_INDEX_VARIABLE = "GIN_DATA_WORKER"  # a child's index in its pool
 
 
 class ProcessPool(concurrent.futures.Executor):
@@ -84,32 +85,48 @@ class ProcessPool(concurrent.futures.Executor):
   child) or fork a process that runs jax. These children start clean, import only
   this module, and talk through their stdin and stdout (length-prefixed pickles of
   module-level functions and their arguments: tasks and results stay inside one
-  process tree). One thread per child sends it tasks from a shared queue and
-  resolves their futures; `set_context` hands every child an object (pass 2's
-  encoder) once, before its next task.
+  process tree). One thread per child sends it the tasks of its queue and resolves
+  their futures; a task goes to the least busy child, or to the one `submit_to`
+  names (the child that holds a parsed chunk encodes it); `set_context` hands every
+  child an object (pass 2's encoder) once, before its next task.
   """
 
   def __init__(self, workers: int):
-    self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+    self._queues = [queue.SimpleQueue() for _ in range(workers)]
+    self._pending = [0] * workers  # tasks queued or running, per child
+    self._lock = threading.Lock()
     self._context: tuple[int, bytes] | None = None
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     self._procs = [
       subprocess.Popen(
-        [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        [sys.executable, "-c", _CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**env, _INDEX_VARIABLE: str(k)},
       )
-      for _ in range(workers)
+      for k in range(workers)
     ]
     self._threads = [
-      threading.Thread(target=self._feed, args=(p,), daemon=True) for p in self._procs
+      threading.Thread(target=self._feed, args=(k,), daemon=True) for k in range(workers)
     ]
     for t in self._threads:
       t.start()
 
   def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+    """fn(*args, **kwargs) in the child with the fewest tasks waiting."""
+    return self.submit_to(None, fn, *args, **kwargs)
+
+  def submit_to(self, worker: int | None, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+    """fn(*args, **kwargs) in child `worker` (its index; None: the least busy)."""
     future: concurrent.futures.Future = concurrent.futures.Future()
-    self._tasks.put((future, pickle.dumps((fn, args, kwargs), protocol=5)))
+    task = pickle.dumps((fn, args, kwargs), protocol=5)
+    with self._lock:
+      if worker is None:
+        worker = min(range(len(self._pending)), key=self._pending.__getitem__)
+      self._pending[worker] += 1
+    self._queues[worker].put((future, task))
     return future
 
   def set_context(self, obj) -> None:
@@ -117,49 +134,54 @@ class ProcessPool(concurrent.futures.Executor):
     self._context = (id(obj), pickle.dumps(obj, protocol=5))
 
   def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-    if cancel_futures:
-      while True:
-        try:
-          future, _ = self._tasks.get_nowait()
-        except queue.Empty:
-          break
-        future.cancel()
-    for _ in self._threads:
-      self._tasks.put(None)
+    for q in self._queues:
+      if cancel_futures:
+        while True:
+          try:
+            future, _ = q.get_nowait()
+          except queue.Empty:
+            break
+          future.cancel()
+      q.put(None)
     if wait:
       for t in self._threads:
         t.join()
     for p in self._procs:
       p.wait() if wait else p.kill()
 
-  def _feed(self, proc: subprocess.Popen) -> None:
+  def _feed(self, k: int) -> None:
+    proc, tasks = self._procs[k], self._queues[k]
     sent, dead = None, False
     try:
-      while (item := self._tasks.get()) is not None:
+      while (item := tasks.get()) is not None:
         future, task = item
-        if not future.set_running_or_notify_cancel():
-          continue
-        if dead:
-          future.set_exception(WorkerDied(f"worker process {proc.pid} is gone"))
-          continue
         try:
-          if self._context is not None and self._context[0] != sent:
-            sent = self._context[0]
-            _send(proc.stdin, b"C" + self._context[1])
-          _send(proc.stdin, b"T" + task)
-          reply = _receive(proc.stdout)
-        except (OSError, EOFError):
-          dead = True
+          if not future.set_running_or_notify_cancel():
+            continue
+          if dead:
+            future.set_exception(WorkerDied(f"worker process {proc.pid} is gone"))
+            continue
           try:
-            code = proc.wait(timeout=10)
-          except subprocess.TimeoutExpired:
-            code = None
-          future.set_exception(
-            WorkerDied(f"worker process {proc.pid} ended (exit status {code}) during its chunk")
-          )
-          continue
-        ok, value = pickle.loads(reply)
-        future.set_result(value) if ok else future.set_exception(value)
+            if self._context is not None and self._context[0] != sent:
+              sent = self._context[0]
+              _send(proc.stdin, b"C" + self._context[1])
+            _send(proc.stdin, b"T" + task)
+            reply = _receive(proc.stdout)
+          except (OSError, EOFError):
+            dead = True
+            try:
+              code = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+              code = None
+            future.set_exception(
+              WorkerDied(f"worker process {proc.pid} ended (exit status {code}) during its chunk")
+            )
+            continue
+          ok, value = pickle.loads(reply)
+          future.set_result(value) if ok else future.set_exception(value)
+        finally:
+          with self._lock:
+            self._pending[k] -= 1
     finally:
       with contextlib.suppress(OSError):
         proc.stdin.close()
@@ -228,8 +250,10 @@ class Parsed:
     bad: the bad rows, (line, reason[, where]).
     counts: {counted column: (unique keys, their counts, Counter of long tokens,
       rows where it is empty)} over the chunk's training rows.
-    raw, split: the parsed rows and their splits (None when they went to `part`).
-    part: the spill part file holding the parsed rows (processes only).
+    raw, split: the parsed rows and their splits (None in a worker process).
+    part: a worker process: the name its parsed rows go by in pass 2 (encode_part).
+    holder: the index of the worker process that holds them in memory (only it can
+      encode them); None: they are in the part file named `part`.
   """
 
   rows: np.ndarray
@@ -241,6 +265,7 @@ class Parsed:
   raw: RawChunk | None = None
   split: np.ndarray | None = None
   part: str | None = None
+  holder: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +278,12 @@ class ParseTask:
     fixed: the split of every row of a valid/test file (None: the training file).
     bucketize: numeric columns become bucket values (data.numeric).
     counted: the columns whose categories are counted.
-    spill_dir: processes write the parsed rows to `spill_dir/<input>-<index>.bin`;
-      None keeps them in the result (the main process's threads).
-    input_index: which input of the dataset (part file names).
+    spill_dir: None: the parsed rows go back in the result (the main process's
+      threads). Else (a worker process) the worker keeps them for pass 2 while it
+      holds under `hold_bytes` of them, and writes them to the part file
+      `spill_dir/<input>-<index>.bin` beyond.
+    input_index: which input of the dataset (part names).
+    hold_bytes: the parsed rows a worker process keeps in memory.
   """
 
   fmt: Format
@@ -267,6 +295,7 @@ class ParseTask:
   counted: tuple
   spill_dir: str | None = None
   input_index: int = 0
+  hold_bytes: int = 0
 
   def __call__(self, item) -> Parsed:
     index, chunk = item
@@ -287,10 +316,22 @@ class ParseTask:
     )
     if self.spill_dir is None:
       out.raw, out.split = raw, split
+      return out
+    name = f"{self.input_index:04d}-{index:09d}"
+    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    if _HELD_BYTES[0] + size <= self.hold_bytes:
+      _HELD[name] = (raw, split)
+      _HELD_BYTES[0] += size
+      out.part, out.holder = name, _INDEX
     else:
-      out.part = os.path.join(self.spill_dir, f"{self.input_index:04d}-{index:09d}.bin")
+      out.part = os.path.join(self.spill_dir, name + ".bin")
       spill.write_part(out.part, raw, split)
     return out
+
+
+_INDEX = int(os.environ.get(_INDEX_VARIABLE, "-1"))  # this worker's index in its pool
+_HELD: dict = {}  # a worker's parsed chunks kept for pass 2: name -> (raw, split)
+_HELD_BYTES = [0]
 
 
 def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
@@ -362,7 +403,8 @@ def encode_part(task: tuple[str, np.ndarray]) -> np.ndarray:
   """Pass 2 of one part file, in a child: encodes its rows and writes them at `offsets`.
 
   Args:
-    task: (the part file, removed when done; int64 [3] rows of each split before it).
+    task: (the chunk's Parsed.part: a chunk this worker holds, or a part file, removed
+      when done; int64 [3] rows of each split before it).
 
   Returns:
     int64 [3]: the rows written to each split.
@@ -371,11 +413,14 @@ def encode_part(task: tuple[str, np.ndarray]) -> np.ndarray:
   enc: Encoding = context()
   if enc.arrays is None:
     enc.arrays = [{k: np.load(p, mmap_mode="r+") for k, p in s.items()} for s in enc.files]
-  raw, split = spill.read_part(path, enc.cat, enc.num)
+  if path in _HELD:
+    raw, split = _HELD.pop(path)
+  else:
+    raw, split = spill.read_part(path, enc.cat, enc.num)
+    os.remove(path)
   ids, values = enc.encoder.encode(raw)
   filled = np.array(offsets, np.int64)
   write_rows(enc.arrays, filled, raw, split, ids, values)
-  os.remove(path)
   return filled - offsets
 
 
@@ -391,4 +436,3 @@ def write_rows(arrays, filled: np.ndarray, raw: RawChunk, split, ids, values) ->
     if "values" in out:
       out["values"][a:b] = values[rows]
     filled[s] = b
-
