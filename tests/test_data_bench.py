@@ -15,16 +15,19 @@ def test_data_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(text, "CHUNK_BYTES", 1 << 18)
   out = tmp_path / "bench.json"
   payload = data_bench.main(
-    ["--rows", "5000", "--batch", "256", "--batches", "5", "--workers", "1,2", "--json", str(out)]
+    ["--rows", "5000", "--batch", "256", "--batches", "5", "--workers", "1,2", "--threads", "--json", str(out)]
   )
   saved = json.loads(out.read_text())
   assert saved["rows"] == 5000
-  assert [r["config"] for r in saved["prepare"]] == ["1 worker(s)", "2 worker(s)", "spill to disk"]
+  configs = [r["config"] for r in saved["prepare"]]
+  assert configs == ["1 worker(s)", "2 worker(s)", "2 thread(s)", "spill to disk"]
   assert all(r["rows_per_s"] > 0 for r in saved["prepare"])
   two = saved["prepare"][1]
   assert two["same_bytes_as_1"] is True and two["speedup_vs_1"] > 0
   assert two["children_cpu_s"] > 0  # the workers did the parsing
-  assert saved["prepare"][2]["digest"] == saved["prepare"][0]["digest"]
+  threads = saved["prepare"][2]
+  assert threads["same_bytes_as_1"] is True and threads["children_cpu_s"] == 0
+  assert saved["prepare"][3]["digest"] == saved["prepare"][0]["digest"]
   assert saved["loader"][0]["samples_per_s"] > 0
   assert set(payload["goals"]) == {"speedup_2_workers", "loader_samples_per_s"}
   table = capsys.readouterr().out

@@ -1,8 +1,9 @@
 """prepare's work on one chunk, run in worker processes: parse (pass 1), encode (pass 2).
 
-Parsing and encoding are numpy code that holds the GIL for a large share of its time,
-so threads do not scale with cores (measured: 1.17x on 2 threads); processes do.
-Each chunk is one task:
+Parsing and encoding are numpy passes glued by Python, which holds the GIL between
+them: threads of one process stopped scaling past a few cores (the GPU host's 16
+cores prepared Criteo rows no faster than 2 cores here, benchmarks/README.md);
+processes share nothing but pipes. Each chunk is one task:
 
 - pass 1 (ParseTask): parse and validate the chunk, decide each row's split, count the
   categories of its training rows, and write the parsed rows to a part file of the
