@@ -41,8 +41,28 @@ def test_save_seals_and_restore_verifies(tmp_path):
   np.testing.assert_array_equal(state["params"]["w"], _state()["params"]["w"])
 
 
+def test_restore_on_host_reads_each_array_once_into_numpy_and_checks_it(tmp_path):
+  mngr = checkpointing.manager(tmp_path, None)
+  checkpointing.save(mngr, 1, _state(), {"note": "one"})
+  state, meta = checkpointing.restore_on_host(mngr, 1, _abstract(_state()))
+  assert meta == {"note": "one"}
+  assert all(type(x) is np.ndarray for x in jax.tree.leaves(state))
+  jax.tree.map(np.testing.assert_array_equal, state, jax.device_get(_state()))
+  bad = _state()
+  bad["params"]["w"] = bad["params"]["w"].at[1, 2].set(jnp.nan)
+  checkpointing.save(mngr, 2, bad, {})
+  with pytest.raises(checkpointing.UnusableCheckpoint, match=r"NaN or Inf in \['params'\]\['w'\]"):
+    checkpointing.restore_on_host(mngr, 2, _abstract(_state()))
+  other = _state()
+  other["params"]["w"] = jnp.zeros((3, 3))  # another model's shapes: incompatible, not corrupt
+  with pytest.raises(checkpointing.CheckpointError, match=r"\['params'\]\['w'\] has shape") as e:
+    checkpointing.restore_on_host(mngr, 1, _abstract(other))
+  assert not isinstance(e.value, checkpointing.UnusableCheckpoint)
+
+
+@pytest.mark.parametrize("restore", [checkpointing.restore, checkpointing.restore_on_host])
 @pytest.mark.parametrize("fault", ["flip", "truncate", "unsealed", "extra_file", "bad_seal"])
-def test_any_change_after_sealing_makes_the_checkpoint_unusable(tmp_path, fault):
+def test_any_change_after_sealing_makes_the_checkpoint_unusable(tmp_path, fault, restore):
   mngr = checkpointing.manager(tmp_path, None)
   checkpointing.save(mngr, 1, _state(), {})
   step_dir = checkpointing.step_dir(mngr, 1)
@@ -61,7 +81,7 @@ def test_any_change_after_sealing_makes_the_checkpoint_unusable(tmp_path, fault)
     (step_dir / checkpointing.SEAL_FILE).write_text("{not json")
   kind = "unsealed" if fault == "unsealed" else "altered"
   with pytest.raises(checkpointing.UnusableCheckpoint) as e:
-    checkpointing.restore(mngr, 1, _abstract(_state()))
+    restore(mngr, 1, _abstract(_state()))
   assert e.value.kind == kind and str(step_dir) in str(e.value)
   with pytest.raises(checkpointing.UnusableCheckpoint):
     checkpointing.read_meta(mngr, 1)

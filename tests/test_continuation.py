@@ -141,7 +141,7 @@ def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(day0, day
   )
   fns = steps.build(spec, cfg.train, mesh)
   fresh = fns.init(stages.init_key(cfg.train.seed, stages.plan(cfg.train.stages)[0]))
-  start = jax.tree.map(np.asarray, continuation.start_state(source, fresh, fns, mesh, new, cfg))
+  start = jax.tree.map(np.asarray, continuation.start_state(source, fresh, fns, new, cfg))
   old = _state(wd0)
   src = continuation.row_map(source.dataset, new, padded)
   keep = src >= 0

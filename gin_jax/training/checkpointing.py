@@ -48,6 +48,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -295,12 +296,65 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, *, verify: b
     out = mngr.restore(step, args=args)
   except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
     raise CheckpointError(f"{directory}: cannot restore ({_first_line(e)})") from e
-  bad = nonfinite_leaves(out["state"])
+  _refuse_nonfinite(directory, nonfinite_leaves(out["state"]))
+  return out["state"], out["meta"]
+
+
+def restore_on_host(mngr: ocp.CheckpointManager, step: int, abstract_state, *, verify: bool = True):
+  """(state, meta) of checkpoint `step`, its arrays numpy arrays in host memory.
+
+  Each array is read once, whatever the mesh: no device holds a copy (for a
+  state that is reshaped before it is placed, e.g. a continued run's grown
+  table). Verified as `restore` verifies.
+
+  Args:
+    mngr: the manager.
+    step: which checkpoint.
+    abstract_state: pytree of shapes and dtypes (a sharding, if any, is ignored).
+    verify: check the seal first (False when the caller just did).
+
+  Returns:
+    (state pytree of np.ndarray, meta dict).
+
+  Raises:
+    UnusableCheckpoint: unsealed, altered, or a restored leaf holds NaN/Inf.
+    CheckpointError: intact, but it does not fit `abstract_state` (another model).
+  """
+  directory = step_dir(mngr, step)
+  if verify:
+    verify_seal(directory)
+  meta = read_meta(mngr, step, verify=False)
+  as_numpy = jax.tree.map(
+    lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype), abstract_state
+  )
+  # A checkpointer of its own: a manager that saved this item (StandardSave)
+  # accepts no PyTreeRestore for it, and StandardRestore has no restore types.
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  try:
+    state = checkpointer.restore(
+      directory / "state", args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=as_numpy)
+    )
+  except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
+    raise CheckpointError(f"{directory}: cannot restore ({_first_line(e)})") from e
+  finally:
+    checkpointer.close()
+  for (path, want), got in zip(
+    jax.tree_util.tree_flatten_with_path(abstract_state)[0], jax.tree.leaves(state)
+  ):
+    if np.shape(got) != tuple(want.shape):
+      raise CheckpointError(
+        f"{directory}: cannot restore ({jax.tree_util.keystr(path)} has shape "
+        f"{np.shape(got)} there, {tuple(want.shape)} expected)"
+      )
+  _refuse_nonfinite(directory, _nonfinite_on_host(state))
+  return state, meta
+
+
+def _refuse_nonfinite(directory: Path, bad: list[str]) -> None:
   if bad:
     raise UnusableCheckpoint(
       directory, "nonfinite", f"NaN or Inf in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
     )
-  return out["state"], out["meta"]
 
 
 def nonfinite_leaves(tree) -> list[str]:
@@ -316,6 +370,17 @@ def nonfinite_leaves(tree) -> list[str]:
     [x for _, x in leaves]
   )
   return [name for (name, _), bad in zip(leaves, partitioning.to_host(flags)) if bad]
+
+
+def _nonfinite_on_host(tree, chunk: int = 1 << 22) -> list[str]:
+  """nonfinite_leaves of numpy leaves, in numpy, `chunk` elements at a time (no big temporary)."""
+  bad = []
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if np.issubdtype(x.dtype, np.inexact):
+      flat = x.reshape(-1)
+      if not all(np.isfinite(flat[i : i + chunk]).all() for i in range(0, flat.size, chunk)):
+        bad.append(jax.tree_util.keystr(path))
+  return bad
 
 
 def _first_line(e: BaseException) -> str:

@@ -26,6 +26,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gin_jax import data
@@ -158,23 +159,24 @@ def row_map(old: data.DatasetMeta, new: data.DatasetMeta, padded_rows: int) -> n
   return src
 
 
-def start_state(source: Source, fresh, fns: steps.StepFns, mesh, new_meta, cfg: Config):
+def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config):
   """The first state of a continued run: the source's, its table grown to `fresh`'s rows.
+
+  The source is read once into host memory; each row-sharded array (the table,
+  its row-optimizer state) is then assembled shard by shard on its devices.
 
   Args:
     source: what the run continues.
     fresh: a fresh init of this run's model (new rows and reset state come from it).
     fns: this run's step functions (shardings).
-    mesh: this run's mesh.
     new_meta: this run's (grown) dataset.
     cfg: this run's config.
 
   Returns:
     The state, placed on fns.state_shardings.
   """
-  old = _restore(source, mesh)
+  old = _restore(source)
   src = row_map(source.dataset, new_meta, int(fresh["params"]["projection"]["table"].shape[0]))
-  keep = src >= 0
   carried = ["params", "batch_stats"]
   if not stages.plan(cfg.train.stages)[0].selects_after:
     carried.append("masks")  # one stage keeps the source's architecture
@@ -182,16 +184,14 @@ def start_state(source: Source, fresh, fns: steps.StepFns, mesh, new_meta, cfg: 
     carried += ["opt_state", "embedding"]
   if fresh["embedding"] and "embedding" in carried:
     # A new row has missed no step: its last update is the step count so far.
-    fresh = {**fresh, "embedding": {**fresh["embedding"], "last": np.full(
-      keep.shape, int(old["embedding"]["count"]), np.int32
-    )}}  # fmt: skip
+    last = jnp.full(src.shape, int(old["embedding"]["count"]), jnp.int32,
+                    device=fns.state_shardings["embedding"]["last"])  # fmt: skip
+    fresh = {**fresh, "embedding": {**fresh["embedding"], "last": last}}
 
   def grow(new, previous, sharding):
     if not (sharding.spec and sharding.spec[0] == partitioning.DATA):
-      return jax.device_put(np.asarray(previous), sharding)
-    grown = np.array(partitioning.to_host(new))  # fresh rows where nothing is carried
-    grown[keep] = np.asarray(previous)[src[keep]]
-    return jax.make_array_from_callback(grown.shape, sharding, lambda i: grown[i])
+      return jax.device_put(previous, sharding)
+    return _grown_rows(new, previous, src, sharding)
 
   out = dict(fresh)
   for key in carried:
@@ -201,8 +201,25 @@ def start_state(source: Source, fresh, fns: steps.StepFns, mesh, new_meta, cfg: 
   return out
 
 
-def _restore(source: Source, mesh) -> dict:
-  """The source checkpoint's state as host numpy arrays (verified against its seal)."""
+def _grown_rows(fresh: jax.Array, previous: np.ndarray, src: np.ndarray, sharding) -> jax.Array:
+  """Row r is previous[src[r]] where src[r] >= 0, else fresh's row r; row-sharded.
+
+  Built on each of this process's devices from its own shard, so besides
+  `previous` the host holds one shard's rows at a time.
+  """
+  fresh_shards = {shard.device: shard.data for shard in fresh.addressable_shards}
+  pieces = []
+  for device, index in sharding.addressable_devices_indices_map(fresh.shape).items():
+    piece = np.array(fresh_shards[device])
+    rows = src[index[0]]
+    kept = rows >= 0
+    piece[kept] = previous[rows[kept]]
+    pieces.append(jax.device_put(piece, device))
+  return jax.make_array_from_single_device_arrays(fresh.shape, sharding, pieces)
+
+
+def _restore(source: Source) -> dict:
+  """The source checkpoint's state as host numpy arrays, each read once (verified by its seal)."""
   cfg, rows = source.cfg, source.meta["model"]
   spec = model_lib.ModelSpec(
     cfg.model,
@@ -211,19 +228,15 @@ def _restore(source: Source, mesh) -> dict:
     rows["padded_rows"],
     field_slots=source.dataset.field_slots,
   )
-  # Shapes come from a one-device build (the source's rows need not split over
-  # this mesh); the arrays are restored replicated, then regrown on the host.
+  # Shapes come from a one-device build: the source's rows need not split over
+  # this run's mesh, and are regrown on the host before they are placed.
   one = steps.build(spec, cfg.train, partitioning.make_mesh(jax.devices()[:1]))
-  rep = partitioning.replicated(mesh)
-  abstract = partitioning.with_shardings(
-    one.abstract_state, jax.tree.map(lambda _: rep, one.abstract_state)
-  )
   mngr = checkpointing.manager(source.run / "checkpoints", None)
   try:
-    state, _ = checkpointing.restore(mngr, source.step, abstract)
+    state, _ = checkpointing.restore_on_host(mngr, source.step, one.abstract_state)
   except checkpointing.CheckpointError as e:
     raise TrainingError(f"--init-from: {e}") from None
-  return jax.tree.map(partitioning.to_host, state)
+  return state
 
 
 def report(source: Source, meta: data.DatasetMeta, state, progress) -> dict:
