@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gin_jax import config as config_lib
+from gin_jax import data
 from gin_jax import models as model_lib
 from gin_jax.config import ModelConfig, TrainConfig
-from gin_jax.training import embedding, partitioning
+from gin_jax.training import checkpointing, continuation, embedding, partitioning
 from gin_jax.training import steps as steps_lib
 
 FIELDS, PER_FIELD, BATCH = 4, 8, 16
@@ -161,18 +163,79 @@ def test_compiled_step_moves_no_table_sized_operand_between_devices(optimizer):
   rows = 8 * 20_000
   mesh, fns = _fns(optimizer, devices=8, rows=rows)
   state = fns.init(jax.random.key(0))
+  _assert_no_table_sized_collective(fns, state, _random_batch(mesh, rows), rows // 8)
+
+
+def _random_batch(mesh, rows, size=64):
   rng = np.random.default_rng(0)
   batch = {
-    "ids": rng.integers(0, rows, (64, FIELDS)).astype(np.int32),
-    "values": np.ones((64, FIELDS), np.float32),
-    "labels": np.zeros(64, np.float32),
+    "ids": rng.integers(0, rows, (size, FIELDS)).astype(np.int32),
+    "values": np.ones((size, FIELDS), np.float32),
+    "labels": np.zeros(size, np.float32),
   }
-  hlo = fns.train_step.lower(state, partitioning.shard_batch(mesh, batch)).compile().as_text()
+  return partitioning.shard_batch(mesh, batch)
+
+
+def _assert_no_table_sized_collective(fns, state, batch, shard_rows):
+  """Every collective of the compiled train step carries arrays of under `shard_rows` rows."""
+  hlo = fns.train_step.lower(state, batch).compile().as_text()
   collectives = [m.group(1) for m in _COLLECTIVE.finditer(hlo)]
   assert collectives, "expected the [U, d] gather/gradient collectives"
   for shapes in collectives:
     dims = [int(d) for d in re.findall(r"\d+", " ".join(re.findall(r"\[([\d,]*)\]", shapes)))]
-    assert max(dims, default=0) < rows // 8, shapes
+    assert max(dims, default=0) < shard_rows, shapes
+
+
+def _blocks(per_field: int) -> data.DatasetMeta:
+  """A dataset of FIELDS vocab fields of `per_field` rows each (all continuation reads)."""
+  fields = [
+    data.FieldSpec(f"C{i}", "categorical", "vocab", i * per_field, per_field) for i in range(FIELDS)
+  ]
+  return data.DatasetMeta("criteo", fields, FIELDS * per_field, {}, {}, {}, {}, {})
+
+
+@pytest.mark.parametrize("optimizer", ["lazy_adam", "rowwise_adagrad"])
+def test_a_continued_runs_grown_table_stays_row_sharded_and_off_the_collectives(
+  optimizer, tmp_path
+):
+  """--init-from onto 8 devices (#23): the grown table and its row-optimizer state are
+  row-sharded as a fresh run's, and the step still moves no table-sized operand."""
+  old_per_field, per_field = 30_000, 40_000  # every field grows by 10,000 rows
+  old_rows, rows = FIELDS * old_per_field, FIELDS * per_field  # 160,000: 20,000 a device
+  train = TrainConfig(embedding_optimizer=optimizer, stages="single")
+  cfg = dataclasses.replace(config_lib.tiny(), model=MODEL, train=train)
+  # The source: a checkpoint of the smaller table, random numbers in a one-device run's shapes.
+  one = partitioning.make_mesh(jax.devices()[:1])
+  spec = model_lib.ModelSpec(MODEL, FIELDS, old_rows, old_rows)
+  rng = np.random.default_rng(1)
+  old_state = jax.tree.map(
+    lambda s: rng.standard_normal(s.shape).astype(s.dtype),
+    steps_lib.build(spec, train, one).abstract_state,
+  )
+  checkpointing.save(checkpointing.manager(tmp_path / "checkpoints", None), 3, old_state, {})
+  model_meta = {"model": {"num_rows": old_rows, "padded_rows": old_rows}}
+  source = continuation.Source(tmp_path, 3, model_meta, _blocks(old_per_field), cfg)
+
+  mesh = partitioning.make_mesh(jax.devices()[:8])
+  fns = steps_lib.build(model_lib.ModelSpec(MODEL, FIELDS, rows, rows), train, mesh)
+  fresh = fns.init(jax.random.key(0))
+  start = continuation.start_state(source, fresh, fns, _blocks(per_field), cfg)
+  for got, want in zip(jax.tree.leaves(start), jax.tree.leaves(fns.state_shardings)):
+    assert got.sharding.is_equivalent_to(want, got.ndim), (got.shape, got.sharding, want)
+
+  def per_row(state):  # the table, each row's last update, the row optimizer's slots
+    emb = state["embedding"]
+    return [state["params"]["projection"]["table"], emb["last"], *jax.tree.leaves(emb["slots"])]
+
+  assert len(per_row(start)) == (4 if optimizer == "lazy_adam" else 3)
+  for x, was in zip(per_row(start), per_row(old_state)):
+    assert x.shape[0] == rows and x.sharding.spec[0] == partitioning.DATA
+    assert {s.data.shape[0] for s in x.addressable_shards} == {rows // 8}
+    # Field 1's old rows lead its grown block.
+    np.testing.assert_array_equal(
+      np.asarray(x)[per_field : per_field + old_per_field], was[old_per_field : 2 * old_per_field]
+    )
+  _assert_no_table_sized_collective(fns, start, _random_batch(mesh, rows), rows // 8)
 
 
 def _dense_idle(w, m, v, last, steps, l2, lr, b1=0.9, b2=0.999, eps=1e-8):
