@@ -26,6 +26,7 @@ from gin_jax import models as model_lib
 from gin_jax.data import synthetic
 from gin_jax.training import continuation, partitioning, stages, steps
 from gin_jax.training.errors import TrainingError
+from gin_jax.training.workdir import Workdir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -230,6 +231,35 @@ def test_a_chain_of_days_keeps_growing(day0, day1, days, tmp_path):
     assert m1.vocab[name][: len(tokens)] == tokens
   assert sum(g["added"] for g in m2.growth.values()) > 0
   assert rep["stages"]["train"]["test_auc"] > 0.6
+
+
+def test_each_member_of_a_seed_ensemble_continues_its_own_member(tmp_path):
+  """train.ensemble=2 on day 0, continued with train.ensemble=2 on day 1: member i starts
+  from day 0's member i (its rows the new data never touches are that member's, bit for
+  bit, and not the other member's)."""
+  small = []
+  for t in range(2):
+    small.append(tmp_path / f"day{t}.tsv")
+    spec = synthetic.SyntheticSpec(num_rows=1000, max_vocab=60, seed=7, day=t, drift=0.25)
+    synthetic.write_criteo_tsv(small[-1], spec)
+  opt = {"embedding_optimizer": "rowwise_adagrad", "ensemble": 2}
+  training.run(_cfg(small[0], stages="single", **opt), tmp_path / "d0", devices=ONE)
+  training.run(_cfg(small[1], tmp_path / "d0", **opt), tmp_path / "d1", devices=ONE)
+  sources, members = Workdir(tmp_path / "d0").ensemble(), Workdir(tmp_path / "d1").ensemble()
+  assert len(sources) == len(members) == 2
+  old_meta, new_meta = _prepared(tmp_path / "d0")[0], _prepared(tmp_path / "d1")[0]
+  ids = np.asarray(_prepared(tmp_path / "d1")[1]["train"].ids)
+  old = [_state(m.root)["params"]["projection"]["table"] for m in sources]
+  new = [_state(m.root)["params"]["projection"]["table"] for m in members]
+  src = continuation.row_map(old_meta, new_meta, new[0].shape[0])
+  idle = src >= 0
+  idle[np.unique(ids)] = False
+  assert idle.sum() > 20
+  for i, member in enumerate(members):
+    lineage = json.loads(member.report.read_text())["init_from"]
+    assert lineage["path"] == str(sources[i].root)
+    np.testing.assert_array_equal(new[i][idle], old[i][src[idle]])
+    assert np.any(new[i][idle] != old[1 - i][src[idle]])
 
 
 # ---------------------------------------------------------------------- refusals
