@@ -304,3 +304,20 @@ def test_unrolled_replay_equals_the_loop():
                         l2, lr)  # fmt: skip
     np.testing.assert_allclose(rows[i : i + 1], dense, rtol=1e-4, atol=1e-7)
   assert not valid.all() and any(g > horizon for g in gaps)  # both paths exercised
+
+
+@pytest.mark.parametrize("optimizer", ["lazy_adam", "rowwise_adagrad"])
+def test_embedding_lr_scale_scales_the_rows_first_step_only(optimizer):
+  """train.embedding_lr_scale multiplies the rows' rate: their first step (Adam's and
+  Adagrad's are lr times a normalised gradient) is 3x as long; the dense parameters
+  take the same first step."""
+  runs = {s: _run(optimizer, steps=1, l2=0.0, embedding_lr_scale=s) for s in (1.0, 3.0)}
+  _, init = _run(optimizer, steps=0, l2=0.0)
+  table = lambda s: np.asarray(s["params"]["projection"]["table"], np.float64)
+  step = {s: table(state) - table(init) for s, (_, state) in runs.items()}
+  assert np.abs(step[1.0]).max() > 1e-4
+  np.testing.assert_allclose(step[3.0], 3 * step[1.0], rtol=1e-3, atol=1e-7)
+  scaled = dict(jax.tree_util.tree_leaves_with_path(runs[3.0][1]["params"]))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(runs[1.0][1]["params"]):
+    if not any(t in jax.tree_util.keystr(path) for t in ("projection", "linear")):
+      np.testing.assert_array_equal(scaled[path], leaf)  # a dense parameter

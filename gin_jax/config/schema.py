@@ -48,6 +48,7 @@ DATA_RANGES = {
 TRAIN_RANGES = {
   "epochs": (1, None, False), "learning_rate": (0, None, True), "clip_norm": (0, None, False),
   "lr_decay": (0, 1, True), "patience": (1, None, False), "log_every": (1, None, False),
+  "embedding_lr_scale": (0, None, True),
   "checkpoint_every": (1, None, False), "keep_checkpoints": (1, None, False),
 }  # fmt: skip
 
@@ -182,7 +183,10 @@ class TrainConfig:
   # probabilities; report, scoring and export use the average. K times the cost.
   ensemble: int = 1
   embedding_catch_up: int = 64  # lazy_adam: idle steps a touched row replays exactly.
-  embedding_optimizer: str = "lazy_adam"  # Table rows: "lazy_adam", "rowwise_adagrad", "adam".
+  # Table rows: "lazy_adam", "rowwise_adagrad", "adam" (dense). lazy_adam on every backend:
+  # rowwise Adagrad scored below it on Frappe and the Criteo sample (docs/quality.md).
+  embedding_optimizer: str = "lazy_adam"
+  embedding_lr_scale: float = 1.0  # Row optimizers: the rows' learning rate / the dense one.
   keep_ratio: float = 0.3  # r: fraction of pairs kept by the select stage.
   prune_scope: str = "subspace"  # "subspace", "layer" or "global" ranking.
   warm_start: bool = False  # Retrain from the search weights, not from scratch.

@@ -260,7 +260,8 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, spec, state, bat
   uids = jnp.where(uids < spec.num_rows, uids, num_rows)
   valid = uids < num_rows
   count = emb["count"] + 1
-  lr = optax.tree_utils.tree_get(state["opt_state"], "learning_rate")
+  # The rows' rate follows the dense schedule, times train.embedding_lr_scale.
+  lr = optax.tree_utils.tree_get(state["opt_state"], "learning_rate") * cfg.embedding_lr_scale
   last_u = emb["last"].at[uids].get(mode="fill", fill_value=0)
   rows, slots = row_opt.catch_up(
     embedding.gather(model_lib.row_tables(params), uids),
