@@ -177,6 +177,7 @@ def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config
   """
   old = _restore(source)
   src = row_map(source.dataset, new_meta, int(fresh["params"]["projection"]["table"].shape[0]))
+  runs = _carried_runs(src)
   carried = ["params", "batch_stats"]
   if not stages.plan(cfg.train.stages)[0].selects_after:
     carried.append("masks")  # one stage keeps the source's architecture
@@ -191,7 +192,7 @@ def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config
   def grow(new, previous, sharding):
     if not (sharding.spec and sharding.spec[0] == partitioning.DATA):
       return jax.device_put(previous, sharding)
-    return _grown_rows(new, previous, src, sharding)
+    return _grown_rows(new, previous, runs, sharding)
 
   out = dict(fresh)
   for key in carried:
@@ -201,21 +202,34 @@ def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config
   return out
 
 
-def _grown_rows(fresh: jax.Array, previous: np.ndarray, src: np.ndarray, sharding) -> jax.Array:
-  """Row r is previous[src[r]] where src[r] >= 0, else fresh's row r; row-sharded.
+def _grown_rows(fresh: jax.Array, previous: np.ndarray, runs: np.ndarray, sharding) -> jax.Array:
+  """fresh's rows, but `previous`'s where `runs` (_carried_runs) carry them; row-sharded.
 
   Built on each of this process's devices from its own shard, so besides
-  `previous` the host holds one shard's rows at a time.
+  `previous` the host holds one shard's rows at a time; the carried rows are
+  copied run by run (a field's old block is one run).
   """
   fresh_shards = {shard.device: shard.data for shard in fresh.addressable_shards}
   pieces = []
   for device, index in sharding.addressable_devices_indices_map(fresh.shape).items():
+    lo, hi, _ = index[0].indices(fresh.shape[0])
     piece = np.array(fresh_shards[device])
-    rows = src[index[0]]
-    kept = rows >= 0
-    piece[kept] = previous[rows[kept]]
+    for first, source_first, count in runs:
+      a, b = max(first, lo), min(first + count, hi)
+      if a < b:
+        piece[a - lo : b - lo] = previous[source_first + a - first : source_first + b - first]
     pieces.append(jax.device_put(piece, device))
   return jax.make_array_from_single_device_arrays(fresh.shape, sharding, pieces)
+
+
+def _carried_runs(src: np.ndarray) -> np.ndarray:
+  """int64 [k, 3]: (first row, its source row, rows) of each run of consecutive carried rows."""
+  rows = np.flatnonzero(src >= 0)
+  if not rows.size:
+    return np.zeros((0, 3), np.int64)
+  cut = np.flatnonzero((np.diff(rows) != 1) | (np.diff(src[rows]) != 1)) + 1
+  starts, ends = np.concatenate([[0], cut]), np.concatenate([cut, [rows.size]])
+  return np.stack([rows[starts], src[rows[starts]], ends - starts], axis=1).astype(np.int64)
 
 
 def _restore(source: Source) -> dict:
