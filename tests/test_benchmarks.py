@@ -157,3 +157,20 @@ def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_p
   again = incremental.main(argv)  # every run finished: read back, not trained again
   assert all(r["reused"] for r in again["runs"])
   assert "| continued" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_init_from_startup_times_fresh_and_continued_start_ups(tmp_path, capsys):
+  from benchmarks import init_from_startup
+
+  out = init_from_startup.main([
+    "--rows", "4000", "--preset", "tiny", "--repeats", "1",
+    "--scratch", str(tmp_path), "--json", str(tmp_path / "s.json"),
+  ])  # fmt: skip
+  assert (out["source_rows"], out["table_rows"]) == (3636, 4000)
+  assert out["fresh_s"] > 0 and out["restore_and_grow_s"] > 0 and out["first_step_s"] > 0
+  assert out["continued_s"] == out["continued_init_s"] + out["restore_and_grow_s"]
+  assert out["ratio"] == out["continued_s"] / out["fresh_s"]
+  assert json.loads((tmp_path / "s.json").read_text())["ratio"] == out["ratio"]
+  assert not (tmp_path / "source").exists()  # the source checkpoint is removed
+  assert "| 3,636 -> 4,000" in capsys.readouterr().out
