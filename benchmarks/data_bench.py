@@ -4,9 +4,10 @@
 
 1. Writes a Criteo TSV of N synthetic rows (default 1M, ~260 MB) with the generator.
 2. Runs prepare() on it from a cold cache (both passes, all three splits written)
-   with each number of --workers (worker processes; 1 prepares in this process;
-   default 1 and the cores available; with --threads also as threads of this
-   process, the way before worker processes), checks that every run wrote the same bytes,
+   with each number of --workers (prepare's choice: threads up to
+   prepare.THREADS_UP_TO, worker processes beyond; default 1 and the cores
+   available; with --engines also each count > 1 both as threads and as
+   processes), checks that every run wrote the same bytes,
    and reports each one's speed-up over one worker; then one worker with the parsed
    rows spilled to disk between the passes (what inputs beyond the in-memory budget
    get); with --gzip also on a gzip copy (compression not timed).
@@ -108,7 +109,7 @@ def bench_prepare(
     cfg = DataConfig(format=fmt, train=path, schema=schema, split=(0.8, 0.1, 0.1), min_count=2)
     children = _children_cpu()
     kwargs = dict(kwargs)
-    with _threads_only(kwargs.pop("threads", False)):
+    with _engine(kwargs.pop("engine", None)):
       (meta, splits), wall, cpu = _timed(prepare, cfg, cache, progress=False, **kwargs)
     first = first or splits
     assert sum(meta.split_rows.values()) == rows
@@ -130,22 +131,25 @@ def bench_prepare(
 
 
 @contextlib.contextmanager
-def _threads_only(on: bool):
-  """prepare() with its workers as threads of this process (the way before worker
-  processes), for --threads: no input is large enough for processes."""
+def _engine(engine: str | None):
+  """prepare() with its workers as threads of this process ("threads") or as worker
+  processes ("processes") whatever their number; None: prepare's own choice."""
   module = sys.modules["gin_jax.data.prepare"]
-  saved = module.PROCESS_MIN_BYTES
-  module.PROCESS_MIN_BYTES = float("inf") if on else saved
+  saved = module.PROCESS_MIN_BYTES, module.THREADS_UP_TO
+  if engine == "threads":
+    module.THREADS_UP_TO = 1 << 30
+  elif engine == "processes":
+    module.THREADS_UP_TO = 1
   try:
     yield
   finally:
-    module.PROCESS_MIN_BYTES = saved
+    module.PROCESS_MIN_BYTES, module.THREADS_UP_TO = saved
 
 
 def speedups(results: list[dict]) -> None:
   """Adds each worker-count run's speed-up over the one-worker run (and the check that
   they prepared the same bytes) to its record."""
-  runs = [r for r in results if r["config"].endswith((" worker(s)", " thread(s)"))]
+  runs = [r for r in results if r["config"].endswith((" worker(s)", " thread(s)", " process(es)"))]
   one = next((r for r in runs if r["workers"] == 1), None)
   for r in runs:
     if one is not None:
@@ -423,8 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
     "--workers", default=None, help="prepare's worker counts, e.g. 1,2,4,8,16 (default: 1,cores)"
   )
   parser.add_argument(
-    "--threads", action="store_true", help="also each count > 1 as threads of one process"
-  )
+    "--engines", action="store_true",
+    help="also each count > 1 as threads of one process and as worker processes",
+  )  # fmt: skip
   parser.add_argument("--loader-workers", type=int, nargs="*", default=[0])
   parser.add_argument("--step-samples-per-s", type=float, default=50_000.0)
   parser.add_argument("--workdir", default=None, help="default: a temporary directory")
@@ -454,8 +459,10 @@ def main(argv: list[str] | None = None) -> dict:
     workers = default_workers()
     counts = [int(w) for w in args.workers.split(",")] if args.workers else sorted({1, workers})
     configs = {f"{w} worker(s)": {"workers": w} for w in counts}
-    if args.threads:
-      configs.update({f"{w} thread(s)": {"workers": w, "threads": True} for w in counts if w > 1})
+    if args.engines:  # each count > 1 both ways, whichever prepare would pick
+      for w in (w for w in counts if w > 1):
+        configs[f"{w} thread(s)"] = {"workers": w, "engine": "threads"}
+        configs[f"{w} process(es)"] = {"workers": w, "engine": "processes"}
     configs["spill to disk"] = {"workers": 1, "spill_memory": 0}
     prep, splits = bench_prepare(path, args.rows, workdir, configs)
     speedups(prep)

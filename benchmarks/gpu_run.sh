@@ -49,7 +49,7 @@ want bf16 && timeout 200 python3 -m benchmarks.epoch_bench --preset criteo_bars 
   --json "$OUT/epoch_bench_gpu_bf16.json" 2>&1 | tee "$OUT/epoch_bench_gpu_bf16.log"
 
 # Issue 24 part 5: preparation on the host's 16 cores (goal: 16 workers >= 8x one worker).
-want prep && timeout 240 python3 -m benchmarks.data_bench --rows 2000000 --workers 1,2,4,8,16 --threads \
+want prep && timeout 240 python3 -m benchmarks.data_bench --rows 2000000 --workers 1,2,4,8,16 --engines \
   --batches 50 --json "$OUT/data_bench_gpu_host.json" 2>&1 | tee "$OUT/data_bench_gpu_host.log"
 
 # The trainer itself on the same rows: one epoch of the GIN stage, its logged samples/s.

@@ -12,22 +12,38 @@ from gin_jax.data import text
 def test_data_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
   # Worker processes even for this small input, in several chunks.
   monkeypatch.setattr(sys.modules["gin_jax.data.prepare"], "PROCESS_MIN_BYTES", 0)
+  monkeypatch.setattr(sys.modules["gin_jax.data.prepare"], "THREADS_UP_TO", 1)
   monkeypatch.setattr(text, "CHUNK_BYTES", 1 << 18)
   out = tmp_path / "bench.json"
   payload = data_bench.main(
-    ["--rows", "5000", "--batch", "256", "--batches", "5", "--workers", "1,2", "--threads", "--json", str(out)]
+    [
+      "--rows",
+      "5000",
+      "--batch",
+      "256",
+      "--batches",
+      "5",
+      "--workers",
+      "1,2",
+      "--engines",
+      "--json",
+      str(out),
+    ]
   )
   saved = json.loads(out.read_text())
   assert saved["rows"] == 5000
   configs = [r["config"] for r in saved["prepare"]]
-  assert configs == ["1 worker(s)", "2 worker(s)", "2 thread(s)", "spill to disk"]
+  assert configs == [
+    "1 worker(s)", "2 worker(s)", "2 thread(s)", "2 process(es)", "spill to disk"
+  ]  # fmt: skip
   assert all(r["rows_per_s"] > 0 for r in saved["prepare"])
   two = saved["prepare"][1]
   assert two["same_bytes_as_1"] is True and two["speedup_vs_1"] > 0
   assert two["children_cpu_s"] > 0  # the workers did the parsing
-  threads = saved["prepare"][2]
+  threads, processes = saved["prepare"][2:4]
   assert threads["same_bytes_as_1"] is True and threads["children_cpu_s"] == 0
-  assert saved["prepare"][3]["digest"] == saved["prepare"][0]["digest"]
+  assert processes["same_bytes_as_1"] is True and processes["children_cpu_s"] > 0
+  assert saved["prepare"][4]["digest"] == saved["prepare"][0]["digest"]
   assert saved["loader"][0]["samples_per_s"] > 0
   assert set(payload["goals"]) == {"speedup_2_workers", "loader_samples_per_s"}
   table = capsys.readouterr().out

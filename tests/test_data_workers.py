@@ -25,8 +25,10 @@ multi_valued:
 
 @pytest.fixture
 def processes(monkeypatch):
-  """Worker processes for these small inputs, in chunks of ~64 KiB (many per file)."""
+  """Worker processes for these small inputs and any number of workers, in chunks of
+  ~64 KiB (many per file)."""
   monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
+  monkeypatch.setattr(PREPARE, "THREADS_UP_TO", 1)
   monkeypatch.setattr(text, "CHUNK_BYTES", 64 << 10)
 
 
@@ -193,6 +195,7 @@ def _arrays(splits) -> dict:
 def test_a_directory_or_glob_of_day_files_is_one_dataset(tmp_path, monkeypatch, workers_n):
   if workers_n > 1:
     monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
+    monkeypatch.setattr(PREPARE, "THREADS_UP_TO", 1)
   whole = tmp_path / "all.tsv"
   write_criteo_tsv(whole, SyntheticSpec(num_rows=3000, max_vocab=300, seed=5))
   days = tmp_path / "days"
@@ -260,3 +263,18 @@ def test_a_glob_that_matches_nothing_is_named(tmp_path):
   cfg = DataConfig(format="criteo", train=str(tmp_path / "nothing-*.tsv"))
   with pytest.raises(DataError, match=r"nothing-\*\.tsv: no files"):
     prepare(cfg, tmp_path / "c", progress=False)
+
+
+def test_two_workers_are_threads_and_more_are_processes(tmp_path, monkeypatch):
+  monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
+  tsv = tmp_path / "t.tsv"
+  write_criteo_tsv(tsv, SyntheticSpec(num_rows=500, max_vocab=50, seed=1))
+  children = lambda: os.times().children_user + os.times().children_system  # noqa: E731
+  spent = {}
+  for n in (2, 3):
+    before = children()
+    prepare(
+      DataConfig(format="criteo", train=str(tsv)), tmp_path / str(n), progress=False, workers=n
+    )
+    spent[n] = children() - before
+  assert spent[2] == 0 and spent[3] > 0

@@ -68,6 +68,12 @@ _log = logging.getLogger(__name__)
 # Inputs smaller than this are prepared in this process: a chunk is ~8 MB of text, so
 # a smaller input has too few chunks for worker processes to pay for their start.
 PROCESS_MIN_BYTES = 2 * text.CHUNK_BYTES
+# Up to this many workers are threads of this process, more are processes. Measured
+# on 2 cores (2M Criteo rows, benchmarks/README.md): 2 threads 1.73x one worker, 2
+# processes 1.57x (they cost ~20% more CPU: a 0.5 s start each, the chunks through
+# pipes). Threads keep ~15% of the work under the GIL, so their gain flattens (an
+# Amdahl fit: 4.8x at 16) while processes keep scaling: the fit crosses at 3.
+THREADS_UP_TO = 2
 
 
 def default_workers() -> int:
@@ -94,9 +100,10 @@ def prepare(
       (cfg.synthetic_*) into cache_dir and prepares that; meta.planted_pairs lists them.
     cache_dir: where prepared datasets live (one subdirectory per inputs+options key).
     progress: show tqdm progress bars on stderr.
-    workers: processes that parse and encode chunks (default: the cores available,
-      workers.available_cores); 1, or an input under PROCESS_MIN_BYTES, runs in this
-      process. The result is the same bytes for any number.
+    workers: how many parse and encode chunks at once (default: the cores available,
+      workers.available_cores): threads of this process up to THREADS_UP_TO, worker
+      processes beyond (module workers), except for an input under
+      PROCESS_MIN_BYTES. The result is the same bytes for any number.
     spill_memory: one process: bytes of parsed rows kept in memory between the passes
       (~0.3 KB per Criteo row); beyond it they go to a temporary file next to the
       result. Worker processes always pass them through files there (part files,
@@ -337,7 +344,7 @@ class _Builder:
     """
     os.makedirs(out_dir, exist_ok=True)
     size = sum(int(i["size"]) for i in self.inputs)
-    self.processes = self.workers > 1 and size >= PROCESS_MIN_BYTES
+    self.processes = self.workers > THREADS_UP_TO and size >= PROCESS_MIN_BYTES
     # processes: (Parsed.part, rows per split, Parsed.holder) of every chunk
     self.parts: list[tuple[str, np.ndarray, int | None]] = []
     spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
