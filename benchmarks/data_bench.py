@@ -579,7 +579,8 @@ def _print(p: dict, args) -> None:
     })  # fmt: skip
   for name, g in p["goals"].items():
     verdict = "met" if g["met"] else "NOT met"
-    print(f"goal {name}: {g['measured']:,.0f} vs {g['goal']:,.0f} -> {verdict}")
+    spec = ".2f" if g["goal"] < 100 else ",.0f"  # a speed-up, or a rate
+    print(f"goal {name}: {g['measured']:{spec}} vs {g['goal']:{spec}} -> {verdict}")
 
 
 if __name__ == "__main__":
