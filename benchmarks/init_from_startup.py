@@ -44,7 +44,7 @@ from benchmarks import common
 from gin_jax import config as config_lib
 from gin_jax import data
 from gin_jax import models as model_lib
-from gin_jax.training import checkpointing, continuation, partitioning, recipes, stages, steps
+from gin_jax.training import checkpointing, continuation, partitioning, stages, steps
 
 GOAL_RATIO = 2.0
 SOURCE_STEP = 1
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     "--json", help="output (default benchmarks/results/init_from_startup_<backend>.json)"
   )
   args = p.parse_args(argv)
-  cfg = recipes.on_backend(config_lib.preset(args.preset))
+  cfg = config_lib.preset(args.preset)
   cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stages="single"))
   scratch = Path(args.scratch)
   scratch.mkdir(parents=True, exist_ok=True)

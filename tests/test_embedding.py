@@ -306,11 +306,11 @@ def test_unrolled_replay_equals_the_loop():
   assert not valid.all() and any(g > horizon for g in gaps)  # both paths exercised
 
 
-@pytest.mark.parametrize("optimizer", ["lazy_adam", "rowwise_adagrad"])
-def test_embedding_lr_scale_scales_the_rows_first_step_only(optimizer):
-  """train.embedding_lr_scale multiplies the rows' rate: their first step (Adam's and
-  Adagrad's are lr times a normalised gradient) is 3x as long; the dense parameters
-  take the same first step."""
+def test_embedding_lr_scale_scales_the_rows_first_step_only():
+  """train.embedding_lr_scale multiplies the rows' rate: their first step (Adam's is
+  lr times a normalised gradient) is 3x as long; the dense parameters take the same
+  first step. (Every row optimizer takes the scaled rate from the same place.)"""
+  optimizer = "lazy_adam"
   runs = {s: _run(optimizer, steps=1, l2=0.0, embedding_lr_scale=s) for s in (1.0, 3.0)}
   _, init = _run(optimizer, steps=0, l2=0.0)
   table = lambda s: np.asarray(s["params"]["projection"]["table"], np.float64)
