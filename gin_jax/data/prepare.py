@@ -1,6 +1,7 @@
 """Raw files -> a cached, compact on-disk dataset, in two streaming passes.
 
-Pass 1 reads the text once, in chunks of whole lines parsed in worker threads: it
+Pass 1 reads the text once, in chunks of whole lines parsed by workers (threads of
+this process, or worker processes past prepare.THREADS_UP_TO: module workers): it
 validates rows (a bad row raises, or is counted and skipped), assigns rows of the
 training file to splits, counts the categories of the training split only, and keeps
 the parsed chunk (binary keys and numbers, ~0.3 KB per Criteo row) in memory up to a
@@ -35,6 +36,7 @@ chunk) goes through the input's Format (module formats).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -77,7 +79,7 @@ THREADS_UP_TO = 2
 
 
 def default_workers() -> int:
-  """Worker processes that parse and encode chunks: the cores available."""
+  """Workers that parse and encode chunks: the cores available."""
   return workers_lib.available_cores()
 
 
@@ -104,10 +106,9 @@ def prepare(
       workers.available_cores): threads of this process up to THREADS_UP_TO, worker
       processes beyond (module workers), except for an input under
       PROCESS_MIN_BYTES. The result is the same bytes for any number.
-    spill_memory: one process: bytes of parsed rows kept in memory between the passes
-      (~0.3 KB per Criteo row); beyond it they go to a temporary file next to the
-      result. Worker processes always pass them through files there (part files,
-      read back while the page cache still holds them).
+    spill_memory: bytes of parsed rows kept in memory between the passes (~0.3 KB per
+      Criteo row; with worker processes, over all of them); beyond it they go to
+      temporary files next to the result.
     base: `--init-from`: the dataset of the run being continued. Its vocabularies
       keep their ids and grow by the categories of this training split that reach
       min_count and are not in them (appended per field, most frequent first);
@@ -348,17 +349,14 @@ class _Builder:
     # processes: (Parsed.part, rows per split, Parsed.holder) of every chunk
     self.parts: list[tuple[str, np.ndarray, int | None]] = []
     spill = Spill(os.path.join(out_dir, "spill.bin"), self.spill_memory)
+    self.spill_dir = os.path.join(out_dir, "parts") if self.processes else None
+    if self.spill_dir:
+      os.makedirs(self.spill_dir)
+    pool = workers_lib.ProcessPool(self.workers) if self.processes else None
     try:
-      if self.processes:
-        self.spill_dir = os.path.join(out_dir, "parts")
-        os.makedirs(self.spill_dir)
-        with workers_lib.ProcessPool(self.workers) as pool:
-          meta, rows = self._pass1(spill, pool)
-          self._pass2(out_dir, meta, rows, spill, pool)
-      else:
-        self.spill_dir = None
-        meta, rows = self._pass1(spill, None)
-        self._pass2(out_dir, meta, rows, spill, None)
+      with pool or contextlib.nullcontext():
+        meta, rows = self._pass1(spill, pool)
+        self._pass2(out_dir, meta, rows, spill, pool)
     except workers_lib.WorkerDied as e:
       raise workers_lib.WorkerDied(
         f"{e}, preparing {self.inputs[0]['path']} (killed, or out of memory?); with less "

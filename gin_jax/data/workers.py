@@ -1,18 +1,21 @@
 """prepare's work on one chunk, run in worker processes: parse (pass 1), encode (pass 2).
 
 Parsing and encoding are numpy passes glued by Python, which holds the GIL between
-them: threads of one process stopped scaling past a few cores (the GPU host's 16
-cores prepared Criteo rows no faster than 2 cores here, benchmarks/README.md);
-processes share nothing but pipes. Each chunk is one task:
+them: threads of one process keep a share of the work serial (about 15%, from the
+2-thread figure on 2 cores, benchmarks/README.md), processes share nothing but pipes.
+prepare uses threads up to prepare.THREADS_UP_TO workers and these processes beyond.
+Each chunk is one task:
 
 - pass 1 (ParseTask): parse and validate the chunk, decide each row's split, count the
-  categories of its training rows, and write the parsed rows to a part file of the
-  spill (spill.write_part); only the summary (row and positive counts per split, bad
-  rows, the category counts) goes back to the main process, which merges the counts
-  and applies --bad-rows in file order.
-- pass 2 (encode_part): read one part file, encode it and write its rows straight into
-  the splits' .npy files at the offsets the main process computed from pass 1's
-  counts (the files are preallocated: see split_files).
+  categories of its training rows, and keep the parsed rows in this worker's memory
+  (up to its share of the spill budget; beyond, in a part file: spill.write_part);
+  only the summary (row and positive counts per split, bad rows, the category
+  counts) goes back to the main process, which merges the counts and applies
+  --bad-rows in file order.
+- pass 2 (encode_part, in the worker that holds the chunk, or any for a part file):
+  encode the chunk and write its rows straight into the splits' .npy files at the
+  offsets the main process computed from pass 1's counts (the files are
+  preallocated: see split_files).
 
 So the main process only reads the input and merges counts, and the result is the
 same bytes for any number of workers: splits are decided per line, the rows of every
