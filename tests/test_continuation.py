@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,12 +143,13 @@ def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(day0, day
   )
   fns = steps.build(spec, cfg.train, mesh)
   fresh = fns.init(stages.init_key(cfg.train.seed, stages.plan(cfg.train.stages)[0]))
+  fresh_on_host = jax.tree.map(np.array, fresh)  # start_state consumes fresh's row arrays
   start = jax.tree.map(np.asarray, continuation.start_state(source, fresh, fns, new, cfg))
   old = _state(wd0)
   src = continuation.row_map(source.dataset, new, padded)
   keep = src >= 0
   assert keep.sum() == source.meta["model"]["num_rows"] < new.num_table_rows
-  fresh = jax.tree.map(np.asarray, fresh)
+  fresh = fresh_on_host
   for name, table in _row_tables(start).items():
     np.testing.assert_array_equal(table[keep], _row_tables(old)[name][src[keep]])
     np.testing.assert_array_equal(table[~keep], _row_tables(fresh)[name][~keep])
@@ -373,3 +375,52 @@ def test_eight_devices_continue_as_one_does(day0, day1, days, tmp_path):
   for key in ("valid_auc", "test_auc"):
     assert abs(rep8["stages"]["train"][key] - rep1["stages"]["train"][key]) < 2e-3
   assert rep8["vocabulary_growth"] == rep1["vocabulary_growth"]
+
+
+def test_two_processes_continue_as_one_does(day0, day1, days, tmp_path):
+  """--init-from over 2 local processes x 2 devices (jax.distributed on 127.0.0.1): each
+  process reads the source on its own host and grows only its own devices' rows."""
+  (wd0, opt), (_, rep1, _) = day0, day1
+  if opt != "rowwise_adagrad":
+    pytest.skip("one optimizer is enough")
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  two = tmp_path / "two"
+  cmd = [
+    sys.executable, "-m", "train", "--preset", "tiny", "--format", "criteo",
+    "--train", str(days[1]), "--init-from", str(wd0), "--workdir", str(two),
+    "--train.embedding_l2=1e-4", "--train.epochs=1", f"--train.embedding_optimizer={opt}",
+    "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+  ]  # fmt: skip
+  procs = [
+    subprocess.Popen(
+      [*cmd, str(i)],
+      env=_env(2),
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )  # fmt: skip
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "over 2 process(es)" in outs[0][0]
+  lineage = rep1["init_from"]
+  assert f"started from step {lineage['step']} of {lineage['path']}" in outs[0][0]
+  rep2 = json.loads((two / "report.json").read_text())
+  assert rep2["vocabulary_growth"] == json.loads(json.dumps(rep1["vocabulary_growth"]))
+  assert rep2["init_from"] == json.loads(json.dumps(rep1["init_from"]))
+  for key in ("valid_auc", "test_auc"):  # float32 round-off, as on 8 devices
+    assert abs(rep2["stages"]["train"][key] - rep1["stages"]["train"][key]) < 2e-3
+  # Rows the new data never touches are the source's bit for bit on both processes' shards.
+  old_meta, _ = _prepared(wd0)
+  new_meta, _ = _prepared(two)
+  old, new = _state(wd0), _state(two)
+  table = new["params"]["projection"]["table"]
+  src = continuation.row_map(old_meta, new_meta, table.shape[0])
+  assert (src >= 0).sum() == old_meta.num_table_rows < new_meta.num_table_rows
+  same = np.all(table[src >= 0] == old["params"]["projection"]["table"][src[src >= 0]], axis=1)
+  assert same.any() and same[-len(same) // 4 :].any()  # the last shard's rows too

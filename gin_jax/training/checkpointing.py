@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SEAL_FILE = "seal.json"
 SEAL_VERSION = 1
+NOT_READ = ocp.PLACEHOLDER  # a leaf restore_on_host was told not to read
 
 
 class CheckpointError(RuntimeError):
@@ -306,21 +307,25 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, *, verify: b
   return out["state"], out["meta"]
 
 
-def restore_on_host(mngr: ocp.CheckpointManager, step: int, abstract_state, *, verify: bool = True):
+def restore_on_host(
+  mngr: ocp.CheckpointManager, step: int, abstract_state, *, verify: bool = True, select=None
+):
   """(state, meta) of checkpoint `step`, its arrays numpy arrays in host memory.
 
   Each array is read once, whatever the mesh: no device holds a copy (for a
   state that is reshaped before it is placed, e.g. a continued run's grown
-  table). Verified as `restore` verifies.
+  table). Verified as `restore` verifies. With `select`, only the chosen
+  leaves are read (a caller holding one large array at a time).
 
   Args:
     mngr: the manager.
     step: which checkpoint.
     abstract_state: pytree of shapes and dtypes (a sharding, if any, is ignored).
     verify: check the seal first (False when the caller just did).
+    select: optional pytree of bools shaped as abstract_state: the leaves to read.
 
   Returns:
-    (state pytree of np.ndarray, meta dict).
+    (state pytree of np.ndarray, NOT_READ where `select` is False; meta dict).
 
   Raises:
     UnusableCheckpoint: unsealed, altered, or a restored leaf holds NaN/Inf.
@@ -330,15 +335,20 @@ def restore_on_host(mngr: ocp.CheckpointManager, step: int, abstract_state, *, v
   if verify:
     verify_seal(directory)
   meta = read_meta(mngr, step, verify=False)
+  if select is None:
+    select = jax.tree.map(lambda _: True, abstract_state)
+  item = jax.tree.map(lambda s, keep: s if keep else NOT_READ, abstract_state, select)
   as_numpy = jax.tree.map(
-    lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype), abstract_state
+    lambda s, keep: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype) if keep else NOT_READ,
+    abstract_state,
+    select,
   )
   # A checkpointer of its own: a manager that saved this item (StandardSave)
   # accepts no PyTreeRestore for it, and StandardRestore has no restore types.
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   try:
     state = checkpointer.restore(
-      directory / "state", args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=as_numpy)
+      directory / "state", args=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy)
     )
   except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
     raise CheckpointError(f"{directory}: cannot restore ({_first_line(e)})") from e
@@ -347,7 +357,7 @@ def restore_on_host(mngr: ocp.CheckpointManager, step: int, abstract_state, *, v
   for (path, want), got in zip(
     jax.tree_util.tree_flatten_with_path(abstract_state)[0], jax.tree.leaves(state)
   ):
-    if np.shape(got) != tuple(want.shape):
+    if got is not NOT_READ and np.shape(got) != tuple(want.shape):
       raise CheckpointError(
         f"{directory}: cannot restore ({jax.tree_util.keystr(path)} has shape "
         f"{np.shape(got)} there, {tuple(want.shape)} expected)"
@@ -382,7 +392,7 @@ def _nonfinite_on_host(tree, chunk: int = 1 << 22) -> list[str]:
   """nonfinite_leaves of numpy leaves, in numpy, `chunk` elements at a time (no big temporary)."""
   bad = []
   for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if np.issubdtype(x.dtype, np.inexact):
+    if x is not NOT_READ and np.issubdtype(x.dtype, np.inexact):
       flat = x.reshape(-1)
       if not all(np.isfinite(flat[i : i + chunk]).all() for i in range(0, flat.size, chunk)):
         bad.append(jax.tree_util.keystr(path))

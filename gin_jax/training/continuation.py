@@ -23,6 +23,7 @@ next touch (gin_jax.training.embedding), and never to a row nobody touches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -162,12 +163,15 @@ def row_map(old: data.DatasetMeta, new: data.DatasetMeta, padded_rows: int) -> n
 def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config):
   """The first state of a continued run: the source's, its table grown to `fresh`'s rows.
 
-  The source is read once into host memory; each row-sharded array (the table,
-  its row-optimizer state) is then assembled shard by shard on its devices.
+  Host memory stays near one state plus one source array: the source's small
+  arrays are read first, then each row-sharded array (the table, its
+  row-optimizer state) alone, copied into `fresh`'s own device buffers (donated:
+  they become the grown array) and dropped before the next is read.
 
   Args:
     source: what the run continues.
-    fresh: a fresh init of this run's model (new rows and reset state come from it).
+    fresh: a fresh init of this run's model (new rows and reset state come from
+      it). Consumed: its carried row-sharded arrays are deleted.
     fns: this run's step functions (shardings).
     new_meta: this run's (grown) dataset.
     cfg: this run's config.
@@ -175,7 +179,6 @@ def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config
   Returns:
     The state, placed on fns.state_shardings.
   """
-  old = _restore(source)
   src = row_map(source.dataset, new_meta, int(fresh["params"]["projection"]["table"].shape[0]))
   runs = _carried_runs(src)
   carried = ["params", "batch_stats"]
@@ -183,43 +186,124 @@ def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config
     carried.append("masks")  # one stage keeps the source's architecture
   if not cfg.train.reset_optimizer:
     carried += ["opt_state", "embedding"]
+  shardings = fns.state_shardings
+  reader = _Reader(source, carried, shardings)
+  small = reader.small()
   if fresh["embedding"] and "embedding" in carried:
     # A new row has missed no step: its last update is the step count so far.
-    last = jnp.full(src.shape, int(old["embedding"]["count"]), jnp.int32,
-                    device=fns.state_shardings["embedding"]["last"])  # fmt: skip
+    count = int(small["embedding"]["count"])
+    last = _filled(fresh["embedding"]["last"], count, shardings["embedding"]["last"])
     fresh = {**fresh, "embedding": {**fresh["embedding"], "last": last}}
 
-  def grow(new, previous, sharding):
-    if not (sharding.spec and sharding.spec[0] == partitioning.DATA):
+  def carry(path, new, previous, sharding):
+    if not _row_sharded(sharding):
       return jax.device_put(previous, sharding)
-    return _grown_rows(new, previous, runs, sharding)
+    return _grown_in_place(new, reader.rows(path), runs, sharding)
 
   out = dict(fresh)
   for key in carried:
-    out[key] = jax.tree.map(grow, fresh[key], old[key], fns.state_shardings[key])
+    out[key] = jax.tree_util.tree_map_with_path(
+      lambda path, *x, key=key: carry((jax.tree_util.DictKey(key), *path), *x),
+      fresh[key],
+      small[key],
+      shardings[key],
+    )
   if "opt_state" in carried:  # the schedule starts afresh
     out["opt_state"] = steps.set_learning_rate(out["opt_state"], cfg.train.learning_rate)
   return out
 
 
-def _grown_rows(fresh: jax.Array, previous: np.ndarray, runs: np.ndarray, sharding) -> jax.Array:
+def _row_sharded(sharding) -> bool:
+  return bool(sharding.spec) and sharding.spec[0] == partitioning.DATA
+
+
+class _Reader:
+  """The source checkpoint's carried arrays, read into host memory on demand (seal checked once).
+
+  small(): every carried array that is not row-sharded here, in one read; a
+  row-sharded one is NOT_READ there, and rows(path) reads it alone.
+  """
+
+  def __init__(self, source: Source, carried: list[str], shardings):
+    cfg, rows = source.cfg, source.meta["model"]
+    spec = model_lib.ModelSpec(
+      cfg.model,
+      source.dataset.num_fields,
+      rows["num_rows"],
+      rows["padded_rows"],
+      field_slots=source.dataset.field_slots,
+    )
+    # Shapes come from a one-device build: the source's rows need not split over
+    # this run's mesh, and are regrown on the host before they are placed.
+    one = steps.build(spec, cfg.train, partitioning.make_mesh(jax.devices()[:1]))
+    self.abstract = one.abstract_state
+    self.mngr = checkpointing.manager(source.run / "checkpoints", None)
+    self.step = source.step
+    row_paths = {
+      path for path, sh in jax.tree_util.tree_leaves_with_path(shardings) if _row_sharded(sh)
+    }
+    self.carried = lambda path: path[0].key in carried
+    self.row_paths = row_paths
+    self.verified = False
+
+  def _read(self, want) -> dict:
+    select = jax.tree_util.tree_map_with_path(lambda path, _: want(path), self.abstract)
+    try:
+      state, _ = checkpointing.restore_on_host(
+        self.mngr, self.step, self.abstract, verify=not self.verified, select=select
+      )
+    except checkpointing.CheckpointError as e:
+      raise TrainingError(f"--init-from: {e}") from None
+    self.verified = True
+    return state
+
+  def small(self) -> dict:
+    return self._read(lambda path: self.carried(path) and path not in self.row_paths)
+
+  def rows(self, path) -> np.ndarray:
+    state = self._read(lambda p: p == path)
+    return next(x for p, x in jax.tree_util.tree_leaves_with_path(state) if p == path)
+
+
+CHUNK_ROWS = 1 << 16  # rows copied into a device buffer per call (16 MB at d = 64)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_rows(buffer: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+  return buffer.at[rows].set(values, mode="drop")  # rows out of range are padding
+
+
+def _filled(x: jax.Array, value, sharding) -> jax.Array:
+  """`x`'s buffers (donated) filled with `value`."""
+  fill = jax.jit(lambda a: jnp.full_like(a, value), out_shardings=sharding, donate_argnums=0)
+  return fill(x)
+
+
+def _grown_in_place(fresh: jax.Array, previous: np.ndarray, runs: np.ndarray, sharding):
   """fresh's rows, but `previous`'s where `runs` (_carried_runs) carry them; row-sharded.
 
-  Built on each of this process's devices from its own shard, so besides
-  `previous` the host holds one shard's rows at a time; the carried rows are
-  copied run by run (a field's old block is one run).
+  Written into fresh's own per-device buffers (donated, so fresh is deleted),
+  CHUNK_ROWS rows at a time: besides `previous` the host holds one chunk.
   """
-  fresh_shards = {shard.device: shard.data for shard in fresh.addressable_shards}
+  if not fresh.sharding.is_equivalent_to(sharding, fresh.ndim):
+    raise TrainingError(f"a fresh array is sharded {fresh.sharding}, {sharding} expected")
+  shape, dtype = fresh.shape, fresh.dtype
+  shards = [(s.index, s.data) for s in fresh.addressable_shards]  # before any is donated
   pieces = []
-  for device, index in sharding.addressable_devices_indices_map(fresh.shape).items():
-    lo, hi, _ = index[0].indices(fresh.shape[0])
-    piece = np.array(fresh_shards[device])
-    for first, source_first, count in runs:
-      a, b = max(first, lo), min(first + count, hi)
-      if a < b:
-        piece[a - lo : b - lo] = previous[source_first + a - first : source_first + b - first]
-    pieces.append(jax.device_put(piece, device))
-  return jax.make_array_from_single_device_arrays(fresh.shape, sharding, pieces)
+  for index, piece in shards:
+    lo, hi, _ = index[0].indices(shape[0])
+    for first, source_first, count in runs.tolist():
+      for a in range(max(first, lo), min(first + count, hi), CHUNK_ROWS):
+        b = min(a + CHUNK_ROWS, first + count, hi)
+        size = min(CHUNK_ROWS, max(1024, 1 << (b - a - 1).bit_length()))  # few shapes to compile
+        rows = np.full(size, hi - lo, np.int32)
+        rows[: b - a] = np.arange(a - lo, b - lo)
+        values = np.zeros((size, *shape[1:]), dtype)
+        values[: b - a] = previous[source_first + a - first : source_first + b - first]
+        (device,) = piece.devices()
+        piece = _put_rows(piece, jax.device_put(rows, device), jax.device_put(values, device))
+    pieces.append(piece)
+  return jax.make_array_from_single_device_arrays(shape, sharding, pieces)
 
 
 def _carried_runs(src: np.ndarray) -> np.ndarray:
@@ -230,27 +314,6 @@ def _carried_runs(src: np.ndarray) -> np.ndarray:
   cut = np.flatnonzero((np.diff(rows) != 1) | (np.diff(src[rows]) != 1)) + 1
   starts, ends = np.concatenate([[0], cut]), np.concatenate([cut, [rows.size]])
   return np.stack([rows[starts], src[rows[starts]], ends - starts], axis=1).astype(np.int64)
-
-
-def _restore(source: Source) -> dict:
-  """The source checkpoint's state as host numpy arrays, each read once (verified by its seal)."""
-  cfg, rows = source.cfg, source.meta["model"]
-  spec = model_lib.ModelSpec(
-    cfg.model,
-    source.dataset.num_fields,
-    rows["num_rows"],
-    rows["padded_rows"],
-    field_slots=source.dataset.field_slots,
-  )
-  # Shapes come from a one-device build: the source's rows need not split over
-  # this run's mesh, and are regrown on the host before they are placed.
-  one = steps.build(spec, cfg.train, partitioning.make_mesh(jax.devices()[:1]))
-  mngr = checkpointing.manager(source.run / "checkpoints", None)
-  try:
-    state, _ = checkpointing.restore_on_host(mngr, source.step, one.abstract_state)
-  except checkpointing.CheckpointError as e:
-    raise TrainingError(f"--init-from: {e}") from None
-  return state
 
 
 def report(source: Source, meta: data.DatasetMeta, state, progress) -> dict:
