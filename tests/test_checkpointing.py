@@ -60,6 +60,23 @@ def test_restore_on_host_reads_each_array_once_into_numpy_and_checks_it(tmp_path
   assert not isinstance(e.value, checkpointing.UnusableCheckpoint)
 
 
+def test_restore_on_host_with_select_reads_only_the_chosen_leaves(tmp_path):
+  mngr = checkpointing.manager(tmp_path, None)
+  bad = _state()
+  bad["params"]["b"] = bad["params"]["b"].at[0].set(jnp.inf)  # never read below
+  checkpointing.save(mngr, 1, bad, {})
+  select = jax.tree_util.tree_map_with_path(
+    lambda path, _: path[0].key == "embedding" or jax.tree_util.keystr(path) == "['params']['w']",
+    _state(),
+  )
+  state, _ = checkpointing.restore_on_host(mngr, 1, _abstract(_state()), select=select)
+  assert state["params"]["b"] is checkpointing.NOT_READ and state["step"] is checkpointing.NOT_READ
+  np.testing.assert_array_equal(state["params"]["w"], np.asarray(_state()["params"]["w"]))
+  jax.tree.map(np.testing.assert_array_equal, state["embedding"], jax.device_get(bad["embedding"]))
+  with pytest.raises(checkpointing.UnusableCheckpoint, match=r"NaN or Inf in \['params'\]\['b'\]"):
+    checkpointing.restore_on_host(mngr, 1, _abstract(_state()))  # read, the Inf is found
+
+
 @pytest.mark.parametrize("restore", [checkpointing.restore, checkpointing.restore_on_host])
 @pytest.mark.parametrize("fault", ["flip", "truncate", "unsealed", "extra_file", "bad_seal"])
 def test_any_change_after_sealing_makes_the_checkpoint_unusable(tmp_path, fault, restore):
