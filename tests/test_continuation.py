@@ -131,8 +131,19 @@ def test_old_categories_keep_their_ids_and_new_ones_are_appended(day0, day1):
   assert lineage["step"] == rep["init_from"]["step"] > 0
 
 
-def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(day0, day1):
+@pytest.mark.parametrize("read_bytes", [continuation.READ_BYTES, 1])  # in one read, one by one
+def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(
+  day0, day1, read_bytes, monkeypatch
+):
   (wd0, opt), (wd1, _, _) = day0, day1
+  monkeypatch.setattr(continuation, "READ_BYTES", read_bytes)
+  reads = []
+  restore = continuation.checkpointing.restore_on_host
+  monkeypatch.setattr(
+    continuation.checkpointing,
+    "restore_on_host",
+    lambda *a, **k: reads.append(sum(jax.tree.leaves(k["select"]))) or restore(*a, **k),
+  )
   cfg = continuation.resolve(_cfg(Path("unused"), wd0, embedding_optimizer=opt))[0]
   source = continuation.source_of(wd0)
   new, _ = _prepared(wd1)
@@ -145,6 +156,9 @@ def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(day0, day
   fresh = fns.init(stages.init_key(cfg.train.seed, stages.plan(cfg.train.stages)[0]))
   fresh_on_host = jax.tree.map(np.array, fresh)  # start_state consumes fresh's row arrays
   start = jax.tree.map(np.asarray, continuation.start_state(source, fresh, fns, new, cfg))
+  rows = len(_row_tables(start)) + len(jax.tree.leaves(start["embedding"]["slots"])) + 1  # + last
+  # The small arrays in one read, then the row arrays: together, or one read each.
+  assert reads[1:] == ([rows] if read_bytes > 1 else [1] * rows), reads
   old = _state(wd0)
   src = continuation.row_map(source.dataset, new, padded)
   keep = src >= 0

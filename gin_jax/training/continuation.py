@@ -163,10 +163,11 @@ def row_map(old: data.DatasetMeta, new: data.DatasetMeta, padded_rows: int) -> n
 def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config):
   """The first state of a continued run: the source's, its table grown to `fresh`'s rows.
 
-  Host memory stays near one state plus one source array: the source's small
-  arrays are read first, then each row-sharded array (the table, its
-  row-optimizer state) alone, copied into `fresh`'s own device buffers (donated:
-  they become the grown array) and dropped before the next is read.
+  Host memory stays near one state plus READ_BYTES (or the source's largest
+  array): the source's small arrays are read first, then its row-sharded arrays
+  (the table, its row-optimizer state) a group at a time (_Reader), each copied
+  into `fresh`'s own device buffers (donated: they become the grown array) and
+  dropped before the next group is read.
 
   Args:
     source: what the run continues.
@@ -217,11 +218,16 @@ def _row_sharded(sharding) -> bool:
   return bool(sharding.spec) and sharding.spec[0] == partitioning.DATA
 
 
+READ_BYTES = 2 << 30  # the source's row arrays are read in groups of at most this (or one)
+
+
 class _Reader:
   """The source checkpoint's carried arrays, read into host memory on demand (seal checked once).
 
-  small(): every carried array that is not row-sharded here, in one read; a
-  row-sharded one is NOT_READ there, and rows(path) reads it alone.
+  small(): every carried array that is not row-sharded here, in one read (a
+  row-sharded one is NOT_READ there). rows(path): a row-sharded one, read with
+  the next ones in `carried` order while together they stay within READ_BYTES
+  (orbax reads the arrays of one call in parallel), then handed out one by one.
   """
 
   def __init__(self, source: Source, carried: list[str], shardings):
@@ -239,11 +245,14 @@ class _Reader:
     self.abstract = one.abstract_state
     self.mngr = checkpointing.manager(source.run / "checkpoints", None)
     self.step = source.step
-    row_paths = {
-      path for path, sh in jax.tree_util.tree_leaves_with_path(shardings) if _row_sharded(sh)
+    self.carried = carried
+    row = [p for p, sh in jax.tree_util.tree_leaves_with_path(shardings) if _row_sharded(sh)]
+    self.order = [p for key in carried for p in row if p[0].key == key]  # start_state's order
+    self.nbytes = {
+      p: int(np.prod(x.shape)) * x.dtype.itemsize
+      for p, x in jax.tree_util.tree_leaves_with_path(self.abstract)
     }
-    self.carried = lambda path: path[0].key in carried
-    self.row_paths = row_paths
+    self.held: dict = {}
     self.verified = False
 
   def _read(self, want) -> dict:
@@ -258,11 +267,20 @@ class _Reader:
     return state
 
   def small(self) -> dict:
-    return self._read(lambda path: self.carried(path) and path not in self.row_paths)
+    row = set(self.order)
+    return self._read(lambda path: path[0].key in self.carried and path not in row)
 
   def rows(self, path) -> np.ndarray:
-    state = self._read(lambda p: p == path)
-    return next(x for p, x in jax.tree_util.tree_leaves_with_path(state) if p == path)
+    if path not in self.held:
+      group, total = [], 0
+      for p in self.order[self.order.index(path) :]:
+        if group and total + self.nbytes[p] > READ_BYTES:
+          break
+        group.append(p)
+        total += self.nbytes[p]
+      state = self._read(lambda p: p in group)
+      self.held = {p: x for p, x in jax.tree_util.tree_leaves_with_path(state) if p in group}
+    return self.held.pop(path)
 
 
 CHUNK_ROWS = 1 << 16  # rows copied into a device buffer per call (16 MB at d = 64)
