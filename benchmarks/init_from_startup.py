@@ -1,7 +1,7 @@
 """Start-up of a continued run (`--init-from`) against a fresh run's, on a large table (#23).
 
   python -m benchmarks.init_from_startup [--rows 10000000] [--growth 0.1] [--preset criteo_paper]
-                                         [--repeats 3]
+                                         [--embedding-optimizer rowwise_adagrad] [--repeats 3]
 
 Goal (issue 23): the start-up of `--init-from` on a 10M-row table <= 2x a fresh
 run's start-up.
@@ -23,8 +23,10 @@ cache, as a checkpoint just delivered is). The model is 39 vocabulary fields
 (Criteo's count) of equal blocks; each grows by the same fraction. Fresh and
 continued start-ups alternate --repeats times (medians). The first train step
 (compiled and run) follows either alike and is reported apart. `peak_rss_gib`
-is the process's resident high-water mark over one continued start-up (reset
-before it where Linux allows). JSON under benchmarks/results/.
+is the process's resident high-water mark over one continued start-up,
+`fresh_peak_rss_gib` over one fresh start-up (each reset before it where Linux
+allows; both include the process's own ~0.5 GiB), `peak_over_state` the first
+over the state's bytes. JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -128,13 +130,15 @@ def run(cfg, rows: int, growth: float, repeats: int, scratch: Path) -> dict:
   checkpointing.verify_seal(source.run / "checkpoints" / str(SOURCE_STEP))
   seal_s = time.perf_counter() - seal
   spec = spec_of(cfg, new_meta, mesh)
-  fresh_s, init_s, grow_s, peak = [], [], [], None
+  fresh_s, init_s, grow_s, peak, fresh_peak = [], [], [], None, None
   fns = state = None
   for _ in range(repeats):
     del fns, state  # one state at a time
     gc.collect()
+    reset = _reset_peak_rss()
     fns, state, seconds = fresh_startup(cfg, spec, mesh)
     fresh_s.append(seconds)
+    fresh_peak = _peak_rss_gib() if reset else None
     del fns, state
     gc.collect()
     reset = _reset_peak_rss()
@@ -167,6 +171,8 @@ def run(cfg, rows: int, growth: float, repeats: int, scratch: Path) -> dict:
     "seal_check_s": seal_s,
     "first_step_s": first_step_s,
     "peak_rss_gib": peak,
+    "fresh_peak_rss_gib": fresh_peak,
+    "peak_over_state": None if peak is None else peak * 2**30 / state_bytes,
     "samples": {"fresh_s": fresh_s, "continued_init_s": init_s, "restore_and_grow_s": grow_s},
     "goal": f"continued start-up <= {GOAL_RATIO} x fresh at {new_meta.num_table_rows:,} rows",
     "ratio": ratio,
@@ -179,6 +185,11 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--rows", type=int, default=10_000_000, help="the continued run's table rows")
   p.add_argument("--growth", type=float, default=0.1, help="rows added, a fraction of the source's")
   p.add_argument("--preset", default="criteo_paper", choices=sorted(config_lib.PRESETS))
+  p.add_argument(
+    "--embedding-optimizer",
+    choices=config_lib.EMBEDDING_OPTIMIZERS,
+    help="train.embedding_optimizer (default: the preset's)",
+  )
   p.add_argument("--repeats", type=int, default=3, help="fresh / continued start-ups, alternating")
   p.add_argument(
     "--scratch", default="/tmp/gin_jax_init_from_startup", help="the source checkpoint"
@@ -188,7 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
   )
   args = p.parse_args(argv)
   cfg = config_lib.preset(args.preset)
-  cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stages="single"))
+  train = dataclasses.replace(cfg.train, stages="single")
+  if args.embedding_optimizer:
+    train = dataclasses.replace(train, embedding_optimizer=args.embedding_optimizer)
+  cfg = dataclasses.replace(cfg, train=train)
   scratch = Path(args.scratch)
   scratch.mkdir(parents=True, exist_ok=True)
   result = run(cfg, args.rows, args.growth, args.repeats, scratch)
@@ -204,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seal check s",
         "first step s",
         "ratio",
-        "peak RSS GiB",
+        "peak RSS GiB (fresh)",
+        "state GiB",
       ],
       [
         [
@@ -215,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{r['seal_check_s']:.2f}",
           f"{r['first_step_s']:.2f}",
           f"{r['ratio']:.2f}",
-          common.fmt(r["peak_rss_gib"]),
+          f"{common.fmt(r['peak_rss_gib'])} ({common.fmt(r['fresh_peak_rss_gib'])})",
+          f"{r['state_gib']:.2f}",
         ]
       ],
     )  # fmt: skip
