@@ -2,7 +2,6 @@
 
   python -m benchmarks.train_bench [--quick] [--json OUT]
       [--rows 10000,1000000,10000000,100000000] [--optimizers rowwise_adagrad,lazy_adam,adam]
-      [--steps N] [--warmup 3] [--scale-batch 1024]
 
 On synthetic Criteo-shaped batches already on the device (the input pipeline is
 measured by data_bench and epoch_bench):
@@ -11,14 +10,10 @@ measured by data_bench and epoch_bench):
   paper and BARS presets, the scoring step, and the model FLOP utilisation
   (XLA's cost_analysis of the loss's forward + backward, without the optimizer,
   per second, over a matmul peak measured in the same run);
-- table scale: the paper preset at batch 1024 (--scale-batch) for 10k .. 100M table rows and
+- table scale: the paper preset at batch 1024 for 10k .. 100M table rows and
   each `train.embedding_optimizer`, each point in its own process so that its
   peak RSS is its own. Batches draw ids uniformly over the table (no locality).
   Points whose table and optimizer state would not fit in memory are skipped.
-
-Each point times --steps train steps after --warmup untimed ones. A smoke test
-(tests/test_benchmarks.py) runs `--quick --steps 1 --warmup 1 --scale-batch 256`:
-every table and section, at the least work.
 """
 
 from __future__ import annotations
@@ -50,7 +45,6 @@ def bench_one(
   steps: int,
   optimizer: str | None = None,
   history: int = 0,
-  warmup: int = 3,
 ) -> dict:
   """Train-step and eval-step throughput for one (preset, batch, table rows, optimizer).
 
@@ -69,9 +63,9 @@ def bench_one(
   batches = [common.criteo_batch(mesh, batch_size, rows, seed, history) for seed in range(4)]
   _, step_stats = common.compile_with_stats(fns.train_step, state, batches[0])
   model_flops = common.loss_flops(fns, state, batches[0])
-  for i in range(warmup):  # warm up (compiled above)
-    state, _ = fns.train_step(state, batches[i % 4])
-  common.block(state)
+  for i in range(3):  # compile + warm up
+    state, metrics = fns.train_step(state, batches[i % 4])
+  common.block(metrics)
   start = time.perf_counter()
   for i in range(steps):
     state, metrics = fns.train_step(state, batches[i % 4])
@@ -110,21 +104,20 @@ def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
   return need < 0.8 * total, need / 2**30
 
 
-def _scale_point(args, rows: int, optimizer: str, steps: int, history: int = 0) -> dict:
+def _scale_point(rows: int, optimizer: str, steps: int, history: int = 0) -> dict:
   """One table-scale point in a fresh process; returns its result with peak RSS."""
   cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point",
-         f"criteo_paper,{args.scale_batch},{rows},{optimizer},{history}", "--steps", str(steps),
-         "--warmup", str(args.warmup)]  # fmt: skip
+         f"criteo_paper,1024,{rows},{optimizer},{history}", "--steps", str(steps)]  # fmt: skip
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     return {"table_rows": rows, "optimizer": optimizer, "error": proc.stderr[-500:]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _run_point(spec: str, steps: int, warmup: int) -> None:
+def _run_point(spec: str, steps: int) -> None:
   preset, batch, rows, optimizer, history = spec.split(",")
   mesh = partitioning.make_mesh()
-  r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history), warmup)
+  r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
   r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   print(json.dumps(r))
 
@@ -132,24 +125,21 @@ def _run_point(spec: str, steps: int, warmup: int) -> None:
 def history_section(args, mesh, steps: int) -> dict:
   """The paper preset with and without one `args.history`-slot list field (issue #22).
 
-  In one run: samples/s at batch --scale-batch (100k rows) with the field over
-  without it, and the step with the field at 10k and 10M table rows (fresh
-  processes; 10k and 100k with --quick).
+  In one run: samples/s at batch 1024 (100k rows) with the field over without
+  it, and the step with the field at 10k and 10M table rows (fresh processes;
+  10k and 100k with --quick).
   """
-  batch = args.scale_batch
-  plain = bench_one("criteo_paper", batch, 100_000, mesh, steps, warmup=args.warmup)
-  listed = bench_one(
-    "criteo_paper", batch, 100_000, mesh, steps, history=args.history, warmup=args.warmup
-  )
+  plain = bench_one("criteo_paper", 1024, 100_000, mesh, steps)
+  listed = bench_one("criteo_paper", 1024, 100_000, mesh, steps, history=args.history)
   ratio = listed["train_samples_per_s"] / plain["train_samples_per_s"]
   optimizer = config_lib.criteo_paper().train.embedding_optimizer
   sizes = (10_000, 100_000) if args.quick else (10_000, 10_000_000)
-  scale = {rows: _scale_point(args, rows, optimizer, steps, args.history) for rows in sizes}
+  scale = {rows: _scale_point(rows, optimizer, steps, args.history) for rows in sizes}
   rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list", listed, ratio)]
   table = [[name, f"{r['train_samples_per_s']:,.0f}", common.fmt(r["step_ms"]), f"{x:.2f}"]
            for name, r, x in rows_out]  # fmt: skip
   print()
-  print(common.markdown_table([f"paper preset, batch {batch}", "train samples/s", "step ms",
+  print(common.markdown_table(["paper preset, batch 1024", "train samples/s", "step ms",
                                "x without"], table))  # fmt: skip
   growth = None
   if all("step_ms" in r for r in scale.values()):
@@ -172,24 +162,19 @@ def main(argv=None) -> None:
   p.add_argument("--optimizers", default="rowwise_adagrad,lazy_adam,adam", help="scale sweep")
   p.add_argument("--batches", default=None, help="batch sizes to sweep (paper preset)")
   p.add_argument("--steps", type=int, default=None, help="timed steps per point")
-  p.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
-  p.add_argument(
-    "--scale-batch", type=int, default=1024,
-    help="batch of the table-scale and list-field points (default 1024)",
-  )  # fmt: skip
   p.add_argument("--history", type=int, default=50, help="slots of the list-field variant")
   p.add_argument("--only-history", action="store_true", help="run the list-field section alone")
   p.add_argument("--point", help=argparse.SUPPRESS)  # internal: one scale point, JSON out
   args = p.parse_args(argv)
   steps = args.steps or (3 if args.quick else 20)
   if args.point:
-    return _run_point(args.point, steps, args.warmup)
+    return _run_point(args.point, steps)
 
   backend = jax.default_backend()
   mesh = partitioning.make_mesh()
   if args.only_history:
     out = args.json or f"benchmarks/results/train_bench_history_{backend}.json"
-    payload = {"backend": common.backend_info(), "steps": steps, "warmup": args.warmup,
+    payload = {"backend": common.backend_info(), "steps": steps,
                "history": history_section(args, mesh, steps)}  # fmt: skip
     common.write_json(out, payload)
     print(f"wrote {out}")
@@ -210,7 +195,7 @@ def main(argv=None) -> None:
     points += [("criteo_bars", 4096, 100_000)]
   results = []
   for preset, batch, rows in points:
-    r = bench_one(preset, batch, rows, mesh, steps, warmup=args.warmup)
+    r = bench_one(preset, batch, rows, mesh, steps)
     r["fraction_of_peak"] = None if r["model_gflops_per_s"] is None else (
       r["model_gflops_per_s"] / peak)  # fmt: skip
     r["score_over_train"] = r["score_samples_per_s"] / r["train_samples_per_s"]
@@ -239,7 +224,7 @@ def main(argv=None) -> None:
         scale.append({"table_rows": rows, "optimizer": optimizer, "skipped_gib": gib})
         print(f"  {optimizer} {rows:,} rows: skipped (needs ~{gib:.0f} GiB)", flush=True)
         continue
-      r = _scale_point(args, rows, optimizer, steps)
+      r = _scale_point(rows, optimizer, steps)
       scale.append(r)
       print(f"  {optimizer} {rows:,} rows: {r.get('step_ms', float('nan')):.1f} ms/step, "
             f"peak RSS {r.get('peak_rss_gib', float('nan')):.2f} GiB", flush=True)  # fmt: skip
@@ -282,7 +267,7 @@ def main(argv=None) -> None:
   history = history_section(args, mesh, steps)
   out = args.json or f"benchmarks/results/train_bench_{backend}.json"
   common.write_json(out, {"backend": common.backend_info(), "matmul_peak_gflops": peak,
-                          "steps": steps, "warmup": args.warmup, "results": results, "scale": scale,
+                          "steps": steps, "results": results, "scale": scale,
                           "history": history})  # fmt: skip
   print(f"\nwrote {out}")
 

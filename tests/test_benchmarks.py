@@ -82,11 +82,11 @@ def test_einsum_bench_bfloat16_inputs(tmp_path):
   assert len(errors) == 2 and max(errors) < 3e-2
 
 
-def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path, run_benchmark):
+def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path):
   out = tmp_path / "tb.json"
-  argv = ["--quick", "--json", str(out), "--optimizers", "rowwise_adagrad"]
-  argv += ["--steps", "1", "--warmup", "1", "--scale-batch", "256"]  # the least work
-  run_benchmark("benchmarks.train_bench", argv)
+  from benchmarks import train_bench
+
+  train_bench.main(["--quick", "--json", str(out), "--optimizers", "rowwise_adagrad"])
   payload = json.loads(out.read_text())
   assert payload["results"] and payload["results"][0]["step_ms"] > 0
   scale = {(r["optimizer"], r["table_rows"]): r for r in payload["scale"]}
@@ -97,10 +97,10 @@ def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path, run_benchmark
   assert history["ratio"] > 0 and history["scale_growth"] > 0
 
 
-def test_epoch_bench_times_every_mode_for_each_variant(tmp_path, run_benchmark):
+def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
   from benchmarks import epoch_bench
 
-  run_benchmark("benchmarks.epoch_bench", [
+  out = epoch_bench.main([
     "--rows", "3000", "--max-vocab", "500", "--batch", "256", "--preset", "tiny",
     "--workdir", str(tmp_path), "--json", str(tmp_path / "e.json"),
     "--modes", "step only,host pipeline,resident,resident input only,streamed",
@@ -108,7 +108,7 @@ def test_epoch_bench_times_every_mode_for_each_variant(tmp_path, run_benchmark):
   ])  # fmt: skip
   saved = json.loads((tmp_path / "e.json").read_text())
   assert saved["steps_per_epoch"] == 3000 // 256 and len(saved["variants"]) == 1
-  for v in saved["variants"]:
+  for v in out["variants"]:
     assert (
       set(v["samples_per_s"]) == set(epoch_bench.MODES) and min(v["samples_per_s"].values()) > 0
     )
@@ -139,15 +139,13 @@ def test_quality_reuses_a_run_only_once_its_checks_and_ensemble_have_finished(tm
 
 
 @pytest.mark.slow
-def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_path, run_benchmark):
+def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_path, capsys):
   from benchmarks import incremental
 
-  out_json = tmp_path / "i.json"
   argv = ["--preset", "tiny", "--rows", "1500", "--max-vocab", "60", "--seeds", "1",
-          "--train.epochs=1", "--train.checkpoint_every=1000", "--workdir-root",
-          str(tmp_path / "w"), "--json", str(out_json)]  # fmt: skip
-  run_benchmark("benchmarks.incremental", argv)
-  out = json.loads(out_json.read_text())
+          "--train.epochs=1", "--workdir-root", str(tmp_path / "w"),
+          "--json", str(tmp_path / "i.json")]  # fmt: skip
+  out = incremental.main(argv)
   assert [s["model"] for s in out["summary"]] == list(incremental.MODELS)
   for s in out["summary"]:
     assert 0.4 < s["test_auc"] <= 1.0 and s["seconds"] > 0
@@ -155,11 +153,10 @@ def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_p
   continued = json.loads((Path(runs["continued"]["workdir"]) / "report.json").read_text())
   assert continued["init_from"]["path"] == runs["day1_model"]["workdir"]
   assert sum(g["added"] for g in continued["vocabulary_growth"].values()) > 0
-  out_json.unlink()
-  rerun = run_benchmark("benchmarks.incremental", argv)  # every run finished: read back
-  again = json.loads(out_json.read_text())
-  assert all(r["reused"] for r in again["runs"]) and again["summary"] == out["summary"]
-  assert "| continued" in rerun.stdout
+  assert json.loads((tmp_path / "i.json").read_text())["summary"] == out["summary"]
+  again = incremental.main(argv)  # every run finished: read back, not trained again
+  assert all(r["reused"] for r in again["runs"])
+  assert "| continued" in capsys.readouterr().out
 
 
 @pytest.mark.slow

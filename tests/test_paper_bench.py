@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import paper
+
 pytestmark = pytest.mark.slow
 
 
-def test_paper_harness_tables_figure_and_resume(tmp_path, run_benchmark):
+def test_paper_harness_tables_figure_and_resume(tmp_path, capsys):
   study = tmp_path / "study.yaml"
   study.write_text("train: {epochs: 1, checkpoint_every: 1000}\ndata: {synthetic_rows: 3000}\n")
   argv = ["--preset", "tiny", "--config", str(study), "--models", "fm,aoanet"]
   argv += ["--seeds", "2", "--sweep", "L=1,2", "--name", "ci"]
   argv += ["--workdir-root", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out")]
-  out = tmp_path / "out"
-  first = run_benchmark("benchmarks.paper", argv)
-  payload = json.loads((out / "paper_ci.json").read_text())
+  payload = paper.main(argv)
 
   rows = {t["row"]: t for t in payload["table3"]}
   assert list(rows) == ["FM", "GIN", "AOANet"]
@@ -36,25 +36,27 @@ def test_paper_harness_tables_figure_and_resume(tmp_path, run_benchmark):
   assert all(p["AOANet"]["seeds"] == 2 for p in sweep["points"])
   # The sweep point at the base config is the Table 3 run itself.
   assert sweep["points"][1]["AOANet"]["test_auc"] == rows["AOANet"]["test_auc"]
+  out = tmp_path / "out"
   assert (out / "paper_ci_L.png").stat().st_size > 1000
   assert "| AOANet |" in (out / "paper_ci.md").read_text().replace("  ", " ")
-  assert payload["table3"][0]["row"] == "FM"
-  assert "[8/8] aoanet seed 1" in first.stderr and "eta" in first.stderr
+  assert json.loads((out / "paper_ci.json").read_text())["table3"][0]["row"] == "FM"
+  err = capsys.readouterr().err
+  assert "[8/8] aoanet seed 1" in err and "eta" in err
 
   # A rerun trains nothing: every run is read back from its workdir.
   logs = {p: p.read_text() for p in (tmp_path / "runs").rglob("metrics.jsonl")}
-  run_benchmark("benchmarks.paper", argv)
-  again = json.loads((out / "paper_ci.json").read_text())
+  again = paper.main(argv)
   assert all(p.read_text() == text for p, text in logs.items())
   assert all(r["reused"] for r in again["runs"])
   assert again["table3"] == payload["table3"]
 
 
-def test_model_bench_tiny_writes_one_row_per_model(tmp_path, run_benchmark):
+def test_model_bench_tiny_writes_one_row_per_model(tmp_path):
+  from benchmarks import model_bench
+
   out = tmp_path / "models.json"
   argv = ["--preset", "tiny", "--batch", "64", "--rows", "500", "--target-s", "0.02"]
-  run_benchmark("benchmarks.model_bench", [*argv, "--models", "gin,dcnv2", "--json", str(out)])
-  payload = json.loads(out.read_text())
+  payload = model_bench.main([*argv, "--models", "gin,dcnv2", "--json", str(out)])
   assert [r["model"] for r in payload["results"]] == ["gin", "dcnv2"]
   for r in payload["results"]:
     assert r["train_samples_per_s"] > 0 and r["score_samples_per_s"] > 0 and r["timed_steps"] >= 3
