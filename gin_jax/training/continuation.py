@@ -240,7 +240,7 @@ class _Reader:
       field_slots=source.dataset.field_slots,
     )
     # Shapes come from a one-device build: the source's rows need not split over
-    # this run's mesh, and are regrown on the host before they are placed.
+    # this run's mesh; they are read to the host and copied into this run's buffers.
     one = steps.build(spec, cfg.train, partitioning.make_mesh(jax.devices()[:1]))
     self.abstract = one.abstract_state
     self.mngr = checkpointing.manager(source.run / "checkpoints", None)
