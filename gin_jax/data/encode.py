@@ -4,7 +4,8 @@
 described in meta); `encoder_for(meta)` is a dataset's, built once. `encode_file`,
 `iter_encode_file` and `encode_rows` parse and encode new files or in-memory rows for
 scoring, through the dataset's Format (module formats); their columns must be the
-dataset's fields.
+dataset's fields. `encode_records` encodes columns of values held in memory (a
+serving request's JSON) through formats.records and the same Encoder.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import numpy as np
 
 from gin_jax.data import formats, hashing, text, vocab
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
-from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk
-from gin_jax.data.formats.base import slot_name
+from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk, records
+from gin_jax.data.formats.base import Column, slot_name
 from gin_jax.data.meta import MISSING, OOV, DatasetMeta, FieldSpec, Split, ones_values
 
 _log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Encoder:
     self._bucket = _BucketTable([(j, f, meta.vocab[f.name]) for j, f in fields
                                  if f.transform == "bucketize"])  # fmt: skip
     self._scale = [(j, f) for j, f in fields if f.transform == "scale"]
+    self.records_layout = records_layout(meta)
 
   def encode(self, raw: RawChunk) -> tuple[np.ndarray, np.ndarray | None]:
     """Returns int32 ids [n, slots] and float32 values [n, slots] (None when all 1.0)."""
@@ -194,6 +196,38 @@ def encoder_for(meta: DatasetMeta) -> Encoder:
 
 
 # ------------------------------------------------------------------ scoring
+
+
+def records_layout(meta: DatasetMeta) -> Layout:
+  """The layout of in-memory records of a dataset (formats.records): one column a field."""
+  separators = {}
+  if meta.schema is not None:
+    separators = {m.name: m.separator for m in CsvSchema.from_dict(meta.schema).multi_valued}
+  columns = tuple(
+    Column(f.name, f.kind, j, separator=separators.get(f.name, ""), max_values=f.max_values,
+           pooling=f.pooling)
+    for j, f in enumerate(meta.fields)
+  )  # fmt: skip
+  return Layout(meta.format, b"", (), None, columns)
+
+
+def encode_records(meta: DatasetMeta, columns, rows: int) -> tuple[Split, dict[int, str]]:
+  """Encodes records held in memory, column by column, as their file's rows would be.
+
+  Args:
+    meta: the training dataset's metadata.
+    columns: field name -> its `rows` raw values (str, int, float, bool, None, lists;
+      see formats.records for what each field kind takes). Every field is present.
+    rows: the number of records.
+
+  Returns:
+    (a Split of all `rows` records, line_numbers 0..rows-1 and labels NaN;
+    {row: reason} of the records with a bad value: their ids are not to be used).
+  """
+  encoder = encoder_for(meta)
+  raw, bad = records.parse_records(columns, rows, encoder.records_layout)
+  ids, values = encoder.encode(raw)
+  return Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines), bad
 
 
 def _scoring_layout(

@@ -285,6 +285,33 @@ def column_tokens(
   return Tokens(data, _heads(data, starts)[:, None], starts[:, None], lens[:, None], lines)
 
 
+def nul_joined_tokens(data: bytes, rows: int, cols: int, lines: np.ndarray) -> Tokens | None:
+  """The Tokens of rows x cols values joined by NUL bytes, column after column.
+
+  Lets values held in memory (records.py: a request's columns) reuse the key and
+  number parsers of this module: value (r, j) is the (j * rows + r)-th of `data`.
+
+  Returns:
+    Tokens [rows, cols], or None when `data` does not hold rows * cols values (a
+    value had a NUL byte of its own).
+  """
+  if not rows * cols:
+    empty = np.zeros((rows, cols), np.int64)
+    return Tokens(data, empty.astype(np.uint64), empty, empty, lines)
+  arr = np.frombuffer(data, np.uint8)
+  ends = np.flatnonzero(arr == 0)
+  if len(ends) != rows * cols - 1:
+    return None
+  data = b"".join((data, b"\n"))  # As in a chunk: every token, even empty, starts in data.
+  starts = np.empty(rows * cols, np.int64)
+  starts[0] = 0
+  starts[1:] = ends + 1
+  lens = np.append(ends, len(arr)) - starts
+  heads = _heads(data, starts)
+  shape = lambda x: x.reshape(cols, rows).T
+  return Tokens(data, shape(heads), shape(starts), shape(lens), lines)
+
+
 def _special_positions(data: bytes, separators: bytes) -> tuple[np.ndarray, np.ndarray]:
   """The chunk as uint8, and the offsets of its separators, line ends and control bytes."""
   arr = np.frombuffer(data, np.uint8)

@@ -7,6 +7,8 @@ Adding a format is one module with a Format subclass and one line below.
 - criteo: Criteo TSV (module criteo).
 - csv: CSV whose columns a schema file names (modules csv, schema).
 - libfm: libfm/libsvm `idx:val` rows (module libfm).
+- records: not a file format: columns of values held in memory (a serving
+  request), read with the rules of the dataset's format (module records).
 - parquet: Parquet datasets, columns named by a schema as for csv (module parquet;
   pyarrow, an optional dependency, is imported only when a dataset is read).
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import types
 
 from gin_jax import config
-from gin_jax.data.formats import criteo, csv, libfm, parquet
+from gin_jax.data.formats import criteo, csv, libfm, parquet, records
 from gin_jax.data.formats.base import Column, Format, Layout, RawChunk
 from gin_jax.data.formats.schema import CsvSchema
 
@@ -40,4 +42,6 @@ def get(name: str) -> Format:
     raise ValueError(f"unknown format {name!r}; expected one of {tuple(FORMATS)}") from None
 
 
-__all__ = ["FORMATS", "Column", "CsvSchema", "Format", "Layout", "RawChunk", "get"]
+__all__ = [
+  "FORMATS", "Column", "CsvSchema", "Format", "Layout", "RawChunk", "get", "records"
+]  # fmt: skip
