@@ -2,6 +2,7 @@
 
   python -m gin_jax.score --checkpoint WORKDIR [--step N | --best] --data FILE --out FILE
   python -m gin_jax.score --checkpoint WORKDIR --export DIR
+  python -m gin_jax.score --checkpoint WORKDIR --export BASE --next-version
   python -m gin_jax.score --exported DIR --data FILE --out FILE
 
 The command line streams .csv, .npy and .parquet output chunk by chunk
@@ -16,7 +17,7 @@ import os
 
 from gin_jax import data, runtime
 from gin_jax.config import BAD_ROWS, FORMATS
-from gin_jax.scoring import Scorer, ScoringError, export, score_file
+from gin_jax.scoring import Scorer, ScoringError, export, export_version, score_file
 from gin_jax.training import checkpointing
 
 
@@ -35,6 +36,16 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--bad-rows", choices=BAD_ROWS, default="error")
   p.add_argument("--out", help="output .csv, .npy or .parquet")
   p.add_argument("--export", help="write a jax.export directory here (with --checkpoint)")
+  version = p.add_mutually_exclusive_group()
+  version.add_argument(
+    "--next-version",
+    action="store_true",
+    help="--export names a model base path (what gin_jax.serve serves): write the model "
+    "as its next numbered version, BASE/<highest + 1>",
+  )
+  version.add_argument(
+    "--version", type=int, metavar="N", help="like --next-version, as version N (never replaced)"
+  )
   p.add_argument(
     "--cluster-timeout",
     type=float,
@@ -45,11 +56,20 @@ def main(argv: list[str] | None = None) -> None:
   args = p.parse_args(argv)
   try:
     runtime.init_runtime(timeout=args.cluster_timeout)
+    if (args.next_version or args.version is not None) and not args.export:
+      p.error("--next-version and --version need --export BASE")
     if args.export:
       if not args.checkpoint:
         p.error("--export needs --checkpoint")
-      out = export(args.checkpoint, args.export, step=args.step, best=args.best)
-      print(f"exported to {out}")
+      which = {"step": args.step, "best": args.best}
+      if args.next_version or args.version is not None:
+        if args.version is not None and args.version < 1:
+          p.error("--version must be a positive integer")
+        out = export_version(args.checkpoint, args.export, version=args.version, **which)
+        print(f"exported to {out} (version {out.name})")
+      else:
+        out = export(args.checkpoint, args.export, **which)
+        print(f"exported to {out}")
       if not args.data:
         return
     if not args.data or not args.out:

@@ -2,12 +2,29 @@
 
 An exported directory holds the StableHLO of the scoring function, its
 parameters as a plain .npz (read with allow_pickle=False) and the dataset
-metadata; running it needs jax and numpy, not the model code.
+metadata; running it needs jax and numpy, not the model code. The files:
+
+  score.stablehlo  jax.export serialization of score(weights, ids [b, slots] int32,
+                   values [b, slots] float32) -> probabilities [b], b symbolic
+  params.npz       the weights: leaf_0, leaf_1, ... in the order score takes them
+  dataset.json     the dataset metadata: fields, vocabularies, encoding options
+  export.json      batch_size, fields, slots, table rows, source, platforms
+  seal.json        size and SHA-256 of every other file (verified before loading)
+
+An export is written to a temporary directory beside its target and renamed into
+place, so a reader never sees half of one. A model base path (what `gin_jax.serve`
+serves) holds exports as numbered versions, BASE/1, BASE/2, ...; `export_version`
+writes the next one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import os
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -22,13 +39,30 @@ from gin_jax.scoring.errors import ScoringError
 from gin_jax.training import checkpointing
 
 EXPORT_FILES = ("score.stablehlo", "params.npz", "dataset.json", "export.json")
+_TEMP_PREFIX = ".export-"  # Beside the target while it is written: never a version's name.
 
 
-def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> Path:
+class ExportExists(ScoringError):
+  """The export's directory exists and is not to be replaced (a version of a base path)."""
+
+
+def export(
+  workdir, out_dir, *, step: int | None = None, best: bool = False, replace: bool = True
+) -> Path:
   """Serialises the scoring function and its parameters with jax.export.
 
   The exported function takes `(weights, ids [b, f] int32, values [b, f]
   float32)` with a symbolic batch size b, and is lowered for CPU and CUDA.
+
+  Args:
+    workdir: the training workdir.
+    out_dir: the export's directory, written whole or not at all (a temporary
+      directory beside it, renamed into place).
+    step, best: which checkpoint (as for Scorer.from_checkpoint).
+    replace: replace an existing `out_dir` (else ScoringError).
+
+  Returns:
+    out_dir.
   """
   out_dir = Path(out_dir)
   models = checkpoints.load_models(workdir, step=step, best=best, devices=jax.local_devices()[:1])
@@ -69,19 +103,114 @@ def export(workdir, out_dir, *, step: int | None = None, best: bool = False) -> 
     "platforms": list(exported.platforms),
   }
   try:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "score.stablehlo").write_bytes(exported.serialize())
-    np.savez(out_dir / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
-    (out_dir / "dataset.json").write_text(loaded.dataset_meta.to_json())
-    (out_dir / "export.json").write_text(json.dumps(info, indent=2))
-    checkpointing.seal(out_dir)  # sizes and SHA-256 of every file, as a checkpoint's
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out_dir.parent))
+  except OSError as e:
+    raise ScoringError(f"{out_dir}: cannot write the export ({e.strerror})") from None
+  try:
+    (tmp / "score.stablehlo").write_bytes(exported.serialize())
+    np.savez(tmp / "params.npz", **{f"leaf_{i}": x for i, x in enumerate(leaves)})
+    (tmp / "dataset.json").write_text(loaded.dataset_meta.to_json())
+    (tmp / "export.json").write_text(json.dumps(info, indent=2))
+    checkpointing.seal(tmp)  # sizes and SHA-256 of every file, as a checkpoint's
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide it from a server run by another user
+    _put_in_place(tmp, out_dir, replace=replace)
+  except FileExistsError:
+    raise ExportExists(f"{out_dir}: exists already (an export is never replaced)") from None
   except OSError as e:
     raise ScoringError(f"{e.filename or out_dir}: cannot write the export ({e.strerror})") from None
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
 
 
-def load_export(directory) -> tuple:
-  """(dataset meta, score(ids, values), batch size) of an exported directory.
+def _put_in_place(tmp: Path, out_dir: Path, *, replace: bool) -> None:
+  """Renames the finished export `tmp` to `out_dir` (an existing one is replaced if asked).
+
+  Raises FileExistsError when `out_dir` exists and `replace` is False.
+  """
+  if not out_dir.exists():
+    try:
+      os.rename(tmp, out_dir)
+    except OSError as e:  # Another writer took the name meanwhile (a full directory).
+      if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+        raise FileExistsError(e.errno, "exists already", str(out_dir)) from None
+      raise
+    return
+  if not replace:
+    raise FileExistsError(errno.EEXIST, "exists already", str(out_dir))
+  old = out_dir.with_name(f"{_TEMP_PREFIX}old-{out_dir.name}-{os.getpid()}")
+  os.rename(out_dir, old)
+  try:
+    os.rename(tmp, out_dir)
+  finally:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ versions
+
+
+def versions(base) -> list[int]:
+  """The numbered versions in a model base path (subdirectories named 1, 2, ...), ascending.
+
+  Other entries (temporary directories of exports being written, files, names
+  that are not positive integers) are not versions.
+  """
+  try:
+    entries = list(os.scandir(base))
+  except FileNotFoundError:
+    return []
+  found = []
+  for e in entries:
+    if e.name.isdigit() and e.name.isascii() and not e.name.startswith("0") and e.is_dir():
+      found.append(int(e.name))
+  return sorted(found)
+
+
+def export_version(workdir, base, *, version: int | None = None, **which) -> Path:
+  """Exports the model of `workdir` as a version of the model base path `base`.
+
+  Args:
+    workdir: the training workdir.
+    base: the model base path (created if absent).
+    version: the version number; None: the next one (1 + the highest present).
+      A version that exists is never replaced.
+    **which: step / best, as for `export`.
+
+  Returns:
+    The version's directory. Raises ScoringError when `version` exists.
+  """
+  base = Path(base)
+  for _ in range(100):  # Another exporter may take the same next number first.
+    n = version if version is not None else (max(versions(base), default=0) + 1)
+    try:
+      return export(workdir, base / str(n), replace=False, **which)
+    except ExportExists:
+      if version is not None:
+        raise ScoringError(f"{base / str(n)}: version {n} exists already") from None
+  raise ScoringError(f"{base}: could not claim a new version number")
+
+
+# ------------------------------------------------------------------ loading
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedExport:
+  """An export read back and checked (read_export)."""
+
+  directory: Path
+  meta: data.DatasetMeta  # Its dataset: fields, vocabularies, encoding options.
+  exported: jax.export.Exported  # score(weights, ids, values) with a symbolic batch size.
+  weights: list[np.ndarray]  # The arrays `exported` takes first, from params.npz.
+  info: dict  # export.json.
+
+  @property
+  def batch_size(self) -> int:
+    return self.info["batch_size"]
+
+
+def read_export(directory) -> LoadedExport:
+  """Reads an exported directory, checked before and after deserializing.
 
   The directory is sealed as checkpoints are (seal.json: the size and SHA-256
   of every file), and the seal is verified before anything is deserialized;
@@ -104,7 +233,7 @@ def load_export(directory) -> tuple:
     exported = jax.export.deserialize(bytearray(path.read_bytes()))
   except Exception as e:  # noqa: BLE001 - any undecodable artifact is reported the same way
     raise ScoringError(f"{path}: not a serialized jax.export function ({e})") from None
-  weights = [jnp.asarray(x) for x in _export_params(directory / "params.npz", exported)]
+  weights = _export_params(directory / "params.npz", exported)
   path = directory / "dataset.json"
   try:
     dataset_meta = data.DatasetMeta.from_json(path.read_text())
@@ -121,11 +250,18 @@ def load_export(directory) -> tuple:
       f"{path}: num_table_rows={dataset_meta.num_table_rows}, but the exported table "
       f"has {info['num_table_rows']} (export.json)"
     )
+  return LoadedExport(directory, dataset_meta, exported, weights, info)
+
+
+def load_export(directory) -> tuple:
+  """(dataset meta, score(ids, values), batch size) of an exported directory (read_export)."""
+  loaded = read_export(directory)
+  weights = [jnp.asarray(x) for x in loaded.weights]
 
   def score(ids, values):
-    return np.asarray(exported.call(weights, jnp.asarray(ids), jnp.asarray(values)))
+    return np.asarray(loaded.exported.call(weights, jnp.asarray(ids), jnp.asarray(values)))
 
-  return dataset_meta, score, info["batch_size"]
+  return loaded.meta, score, loaded.batch_size
 
 
 def _export_info(path: Path) -> dict:
