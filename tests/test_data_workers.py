@@ -4,6 +4,7 @@ of several files (a directory or a glob) is one dataset."""
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -278,3 +279,37 @@ def test_two_workers_are_threads_and_more_are_processes(tmp_path, monkeypatch):
     )
     spent[n] = children() - before
   assert spent[2] == 0 and spent[3] > 0
+
+
+def test_a_killed_worker_is_one_line_and_exit_2_on_the_command_line(
+  tmp_path, monkeypatch, processes
+):
+  # Issue 33 item 2: WorkerDied was not among the CLI's handled errors (a traceback, exit 1).
+  from gin_jax import cli, runtime, training
+
+  tsv = tmp_path / "t.tsv"
+  write_criteo_tsv(tsv, SyntheticSpec(num_rows=300, max_vocab=50, seed=1))
+  # Each worker process dies (as if killed) when its first task arrives.
+  monkeypatch.setattr(workers, "_CHILD", "import os, sys; sys.stdin.buffer.read(8); os._exit(9)")
+  monkeypatch.setattr(runtime, "init_runtime", lambda *a, **k: None)
+  monkeypatch.setattr(
+    training, "run", lambda cfg, workdir, overwrite: prepare(cfg.data, tmp_path, workers=3)
+  )
+  lines = []
+
+  def exit_in_one_line(message, leave_job=True):
+    lines.append(message)
+    raise SystemExit(2)
+
+  monkeypatch.setattr(runtime, "_exit_in_one_line", exit_in_one_line)
+  args, overrides = cli.parse(["--train", str(tsv), "--workdir", str(tmp_path / "w")])
+  with pytest.raises(SystemExit) as e:
+    cli.train_main(args, overrides)
+  assert e.value.code == 2
+  (line,) = lines
+  assert re.fullmatch(
+    rf"worker process \d+ ended \(exit status 9\) during its chunk, preparing {tsv} "
+    r"\(killed, or out of memory\?\); with less memory, use fewer workers "
+    r"\(--data\.prepare_workers=N; 1 prepares in this process\)",
+    line,
+  )
