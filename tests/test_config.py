@@ -237,3 +237,25 @@ def test_duplicate_keys_a_binary_file_and_a_huge_file_are_refused_naming_the_fil
   nested.write_text("model: {mlp_hidden: [[1, 2], [3]]}\n")
   with pytest.raises(ValueError, match="model.mlp_hidden must be a value or a list of values"):
     config_lib.load_file(nested)
+
+
+@pytest.mark.parametrize("kind", ["experiment", "schema"])
+@pytest.mark.parametrize(
+  "body",
+  ["[" * 1000 + "]" * 1000, '{"a": ' * 1000 + "1" + "}" * 1000, "x: " + "[" * 32 + "]" * 32],
+  ids=["1000 lists", "1000 mappings", "33 levels"],
+)
+def test_a_deeply_nested_file_is_refused_in_one_line_naming_it(tmp_path, kind, body):
+  # Issue 33 item 4: 1,000 `[` in 2 KB were a RecursionError with a 998-frame traceback.
+  from gin_jax.config import yaml_files
+  from gin_jax.data.formats import CsvSchema
+
+  path = tmp_path / "deep.json"
+  path.write_text(body)
+  load = config_lib.load_file if kind == "experiment" else CsvSchema.load
+  with pytest.raises(ValueError) as e:
+    load(path)
+  assert str(e.value) == (
+    f"{path}: nested deeper than {yaml_files.MAX_DEPTH} levels (line 1); "
+    f"{'experiment file' if kind == 'experiment' else kind}s need a few"
+  )
