@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -55,7 +54,7 @@ from gin_jax.config import DataConfig
 from gin_jax.data import formats, split_files, synthetic, text, vocab
 from gin_jax.data import workers as workers_lib
 from gin_jax.data.encode import Encoder
-from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, no_space
+from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, write_error
 from gin_jax.data.formats import CsvSchema, Format, Layout
 from gin_jax.data.formats.base import key_names
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
@@ -249,9 +248,7 @@ def _save_meta(meta: DatasetMeta, directory: str) -> None:
   try:
     meta.save(directory)
   except OSError as e:
-    if e.errno != errno.ENOSPC:
-      raise
-    raise no_space(os.path.join(directory, "meta.json"), len(meta.to_json())) from None
+    raise write_error(os.path.join(directory, "meta.json"), e, len(meta.to_json())) from None
 
 
 def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, Split]]:

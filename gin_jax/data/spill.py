@@ -24,13 +24,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from gin_jax.data.errors import DataError, no_space
+from gin_jax.data.errors import DataError, write_error
 from gin_jax.data.formats.base import RawChunk
 
 
@@ -56,14 +55,10 @@ class Spill:
       self._memory.append((raw, split))
       self._bytes += size
       return
-    if self._file is None:
-      self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
-    try:
+    with _writing(self.path, self._spilled + size):
+      if self._file is None:
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
       _write_chunk(self._file, raw, split)
-    except OSError as e:
-      if e.errno != errno.ENOSPC:
-        raise
-      raise no_space(self.path, self._spilled + size, at_least=True) from None
     self._spilled += size
 
   def chunks(self, cat: tuple[str, ...], num: tuple[str, ...]):
@@ -71,10 +66,26 @@ class Spill:
     memory, self._memory = self._memory, []
     yield from memory
     if self._file is not None:
-      self._file.close()
+      with _writing(self.path, self._spilled):
+        self._file.close()  # (writes what is still buffered)
       with open(self.path, "rb") as f:
         yield from _read_chunks(f, cat, num)
       os.remove(self.path)
+
+
+@contextlib.contextmanager
+def _writing(path: str, nbytes: int):
+  """Turns an OSError while writing `path` (nbytes so far) into write_error's."""
+  try:
+    yield
+  except OSError as e:
+    raise write_error(path, e, nbytes, at_least=True) from None
+
+
+def _write(f, arr: np.ndarray) -> None:
+  """An array's bytes into file f. Not arr.tofile(f): numpy's own buffered write
+  raises no errno (no telling a full disk), and the error of its last buffer is lost."""
+  f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
 
 def _write_chunk(f, raw: RawChunk, split: np.ndarray) -> None:
@@ -84,13 +95,13 @@ def _write_chunk(f, raw: RawChunk, split: np.ndarray) -> None:
   small = raw.bucketized and bool((np.abs(np.nan_to_num(raw.numbers)) < 2**24).all())
   numbers = raw.numbers.astype(np.float32 if small else np.float64)
   head = [len(raw), len(longs), len(blob), raw.values is not None, raw.bucketized, small]
-  np.array(head, np.int64).tofile(f)
+  _write(f, np.array(head, np.int64))
   for arr in (raw.lines, raw.labels, split, raw.keys, numbers):
-    np.ascontiguousarray(arr).tofile(f)
+    _write(f, arr)
   if raw.values is not None:
-    np.ascontiguousarray(raw.values).tofile(f)
+    _write(f, raw.values)
   if longs:
-    np.array([[r, j, len(t)] for (r, j), t in longs], np.int64).tofile(f)
+    _write(f, np.array([[r, j, len(t)] for (r, j), t in longs], np.int64))
     f.write(blob)
 
 
@@ -117,14 +128,8 @@ def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
 
 def write_part(path: str, raw: RawChunk, split: np.ndarray) -> None:
   """Writes one parsed chunk to a part file of its own (a worker's spill)."""
-  try:
-    with open(path, "wb") as f:
-      _write_chunk(f, raw, split)
-  except OSError as e:
-    if e.errno != errno.ENOSPC:
-      raise
-    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
-    raise no_space(path, size, at_least=True) from None
+  with _writing(path, raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)), open(path, "wb") as f:
+    _write_chunk(f, raw, split)
 
 
 def read_part(path: str, cat: tuple[str, ...], num: tuple[str, ...]):
