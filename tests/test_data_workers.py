@@ -26,11 +26,12 @@ multi_valued:
 
 @pytest.fixture
 def processes(monkeypatch):
-  """Worker processes for these small inputs and any number of workers, in chunks of
-  ~64 KiB (many per file)."""
+  """Worker processes for these small inputs and any number of workers (up to 8, as
+  if there were 8 cores), in chunks of ~64 KiB (many per file)."""
   monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
   monkeypatch.setattr(PREPARE, "THREADS_UP_TO", 1)
   monkeypatch.setattr(text, "CHUNK_BYTES", 64 << 10)
+  monkeypatch.setattr(workers, "available_cores", lambda: 8)
 
 
 def _digest(directory: Path) -> dict[str, str]:
@@ -268,6 +269,7 @@ def test_a_glob_that_matches_nothing_is_named(tmp_path):
 
 def test_two_workers_are_threads_and_more_are_processes(tmp_path, monkeypatch):
   monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
+  monkeypatch.setattr(workers, "available_cores", lambda: 8)  # (workers are capped at the cores)
   tsv = tmp_path / "t.tsv"
   write_criteo_tsv(tsv, SyntheticSpec(num_rows=500, max_vocab=50, seed=1))
   children = lambda: os.times().children_user + os.times().children_system  # noqa: E731
@@ -313,3 +315,25 @@ def test_a_killed_worker_is_one_line_and_exit_2_on_the_command_line(
     r"\(--data\.prepare_workers=N; 1 prepares in this process\)",
     line,
   )
+
+
+def test_many_workers_on_a_small_input_start_no_more_processes_than_chunks_or_cores(
+  tmp_path, monkeypatch, processes
+):
+  # Issue 33: 32 workers on a 4-chunk input started 32 processes (1.5 GB).
+  tsv = tmp_path / "t.tsv"
+  write_criteo_tsv(tsv, SyntheticSpec(num_rows=1000, max_vocab=50, seed=1))
+  chunks = len(list(text.iter_chunks(tsv)))
+  assert 2 < chunks < 8
+  started = []
+  popen = workers.subprocess.Popen
+  monkeypatch.setattr(
+    workers.subprocess, "Popen", lambda *a, **k: started.append(1) or popen(*a, **k)
+  )
+  one = _prepared(DataConfig(format="criteo", train=str(tsv)), tmp_path / "a", workers=1)
+  for cores, most in ((64, chunks), (2, 2)):
+    monkeypatch.setattr(workers, "available_cores", lambda: cores)  # noqa: B023
+    started.clear()
+    cfg = DataConfig(format="criteo", train=str(tsv))
+    assert _prepared(cfg, tmp_path / str(cores), workers=32) == one
+    assert 0 < len(started) <= most, (cores, len(started))

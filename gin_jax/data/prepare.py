@@ -101,9 +101,10 @@ def prepare(
       (cfg.synthetic_*) into cache_dir and prepares that; meta.planted_pairs lists them.
     cache_dir: where prepared datasets live (one subdirectory per inputs+options key).
     progress: show tqdm progress bars on stderr.
-    workers: how many parse and encode chunks at once (default: the cores available,
-      workers.available_cores): threads of this process up to THREADS_UP_TO, worker
-      processes beyond (module workers), except for an input under
+    workers: how many parse and encode chunks at once (default and at most: the cores
+      available, workers.available_cores): threads of this process up to
+      THREADS_UP_TO, worker processes beyond (module workers; started as chunks wait,
+      so no more than the input has chunks), except for an input under
       PROCESS_MIN_BYTES. The result is the same bytes for any number.
     spill_memory: bytes of parsed rows kept in memory between the passes (~0.3 KB per
       Criteo row; with worker processes, over all of them); beyond it they go to
@@ -140,7 +141,9 @@ def prepare(
   ).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, f"{cfg.format}-{key}")
   if not os.path.exists(os.path.join(out_dir, "meta.json")):
-    workers = workers or default_workers()
+    # More workers than cores only take memory (32 processes on 4 cores: 1.5 GB); and
+    # worker processes start as chunks wait for them (workers.ProcessPool).
+    workers = min(workers or default_workers(), workers_lib.available_cores())
     _build_once(
       out_dir,
       cache_dir,

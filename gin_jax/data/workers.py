@@ -90,45 +90,63 @@ class ProcessPool(concurrent.futures.Executor):
   this module, and talk through their stdin and stdout (length-prefixed pickles of
   module-level functions and their arguments: tasks and results stay inside one
   process tree). One thread per child sends it the tasks of its queue and resolves
-  their futures; a task goes to the least busy child, or to the one `submit_to`
-  names (the child that holds a parsed chunk encodes it); `set_context` hands every
-  child an object (pass 2's encoder) once, before its next task.
+  their futures; a task goes to an idle child, else to a new one while there are
+  fewer than `workers`, else to the least busy, or to the one `submit_to` names
+  (the child that holds a parsed chunk encodes it): children are started only for
+  tasks, never more than run at once. `set_context` hands every child an object
+  (pass 2's encoder) once, before its next task.
   """
 
   def __init__(self, workers: int):
-    self._queues = [queue.SimpleQueue() for _ in range(workers)]
-    self._pending = [0] * workers  # tasks queued or running, per child
+    self._size = workers  # children at most: one is started when a task finds none idle
+    self._queues: list[queue.SimpleQueue] = []
+    self._pending: list[int] = []  # tasks queued or running, per child
+    self._dead: list[bool] = []  # per child: whether it ended (its tasks fail at once)
+    self._procs: list[subprocess.Popen] = []
+    self._threads: list[threading.Thread] = []
     self._lock = threading.Lock()
     self._context: tuple[int, bytes] | None = None
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    self._procs = [
+    self._env = env
+
+  def _start(self) -> int:
+    """Starts one more child and its feeding thread (under the lock); returns its index."""
+    k = len(self._procs)
+    self._procs.append(
       subprocess.Popen(
         [sys.executable, "-c", _CHILD],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env={**env, _INDEX_VARIABLE: str(k)},
+        env={**self._env, _INDEX_VARIABLE: str(k)},
       )
-      for k in range(workers)
-    ]
-    self._threads = [
-      threading.Thread(target=self._feed, args=(k,), daemon=True) for k in range(workers)
-    ]
-    for t in self._threads:
-      t.start()
+    )
+    self._queues.append(queue.SimpleQueue())
+    self._pending.append(0)
+    self._dead.append(False)
+    self._threads.append(threading.Thread(target=self._feed, args=(k,), daemon=True))
+    self._threads[k].start()
+    return k
 
   def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
-    """fn(*args, **kwargs) in the child with the fewest tasks waiting."""
+    """fn(*args, **kwargs) in an idle child, a new one, or the one with the fewest tasks."""
     return self.submit_to(None, fn, *args, **kwargs)
 
   def submit_to(self, worker: int | None, fn, /, *args, **kwargs) -> concurrent.futures.Future:
-    """fn(*args, **kwargs) in child `worker` (its index; None: the least busy)."""
+    """fn(*args, **kwargs) in child `worker` (its index; None: see submit)."""
     future: concurrent.futures.Future = concurrent.futures.Future()
     task = pickle.dumps((fn, args, kwargs), protocol=5)
     with self._lock:
       if worker is None:
-        worker = min(range(len(self._pending)), key=self._pending.__getitem__)
+        live = [k for k, dead in enumerate(self._dead) if not dead] or range(len(self._procs))
+        idle = [k for k in live if self._pending[k] == 0]
+        if idle:
+          worker = idle[0]
+        elif len(self._procs) < self._size:
+          worker = self._start()  # so an input of 4 chunks starts 4 children at most
+        else:
+          worker = min(live, key=self._pending.__getitem__)
       self._pending[worker] += 1
     self._queues[worker].put((future, task))
     return future
@@ -172,7 +190,7 @@ class ProcessPool(concurrent.futures.Executor):
             _send(proc.stdin, b"T" + task)
             reply = _receive(proc.stdout)
           except (OSError, EOFError):
-            dead = True
+            dead = self._dead[k] = True
             try:
               code = proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
