@@ -67,23 +67,30 @@ def list_value_type(pa, t, path: str, name: str):
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return t.value_type
   raise DataError(
-    f"{path}: column {name!r} has type {t}; a multi_valued column is a list column "
-    "(list<string> or list<int>)"
+    f"{path}: column {name!r} has type {t}; a multi_valued column is a list column ({LIST_TYPES})"
   )
+
+
+LIST_TYPES = "lists of strings, binary, integers, booleans or floats holding integers"
 
 
 def arrow_lists(pa, pc, arr, name: str, row_bad: dict[int, str]) -> list:
   """Each row's list as a list of value tokens (None for a null list); bad rows marked.
 
-  Integer values become their decimal text, as a CSV list's would; a null value
-  or a value with a NUL byte or invalid UTF-8 makes the row bad.
+  Values are read as a categorical column's single values are: integers become
+  their decimal text, as a CSV list's would, booleans 0 or 1, floats must hold
+  integers (another float is a bad row; NaN is a missing value, so a bad row as a
+  null value is); a null value or a value with a NUL byte or invalid UTF-8 makes
+  the row bad.
   """
   flat = arr.flatten()  # the values of the non-null lists, in order
+  offsets = arr.offsets.to_numpy()[: len(arr) + 1]
+  offsets = offsets - offsets[0]
+  if pa.types.is_floating(flat.type) or pa.types.is_boolean(flat.type):
+    flat = _whole_numbers(pa, flat, np.repeat(np.arange(len(arr)), np.diff(offsets)), name, row_bad)
   if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)
           or pa.types.is_binary(flat.type) or pa.types.is_large_binary(flat.type)):  # fmt: skip
     flat = pc.cast(flat, pa.string())
-  offsets = arr.offsets.to_numpy()[: len(arr) + 1]
-  offsets = offsets - offsets[0]
   values = flat.to_pylist()
   out = []
   for r in range(len(arr)):
@@ -107,3 +114,19 @@ def arrow_lists(pa, pc, arr, name: str, row_bad: dict[int, str]) -> list:
         )
     out.append(row)
   return out
+
+
+def _whole_numbers(pa, flat, rows: np.ndarray, name: str, row_bad: dict[int, str]):
+  """Float or boolean list values as int64 (null where NaN or null); bad rows marked.
+
+  rows: the row of each value.
+  """
+  if pa.types.is_boolean(flat.type):
+    return flat.cast(pa.int8())
+  x = flat.to_numpy(zero_copy_only=False)  # null: NaN
+  whole = np.isfinite(x) & (x == np.trunc(x))
+  nan = np.isnan(x) & flat.is_valid().to_numpy(zero_copy_only=False)
+  for k in np.flatnonzero(nan | ~(whole | np.isnan(x))):  # (the caller marks null values)
+    why = "a NaN value in the list" if nan[k] else f"{float(x[k])!r} is not an integer category"
+    row_bad.setdefault(int(rows[k]), f"{name}: {why}")
+  return pa.array(np.where(whole, x, 0).astype(np.int64), mask=~whole)

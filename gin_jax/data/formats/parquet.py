@@ -30,6 +30,11 @@ Column types, by role (null is a missing value, like an empty text field):
   booleans (their decimal text is the token: 7 and "7" are one category, a boolean is
   0 or 1); floats that hold integers (pandas' integer columns with missing values;
   any other value is a bad row).
+- multi_valued: lists (list or large_list) of any type a categorical column takes,
+  each value read as a categorical value is: `[7.0, 12.0]` and `[7, 12]` are one
+  list, `[true]` is `[1]`; 135.5 or inf is a bad row, and a NaN value is a bad row
+  as a null value is (an empty list is the missing value). Lists of lists or of
+  structs are refused, naming the column.
 Dictionary-encoded columns are read as their values; any other type is an error
 naming the column.
 """
@@ -155,8 +160,13 @@ def detect_layout(
     for name, role in roles:
       t = arrow.field(name).type
       if role == "multi_valued":
-        t = lists.list_value_type(pa, t, f, name)
-        role = "categorical"  # its values are categories
+        value_type = lists.list_value_type(pa, t, f, name)
+        if _kind(pa, value_type) not in _ROLES["categorical"][0]:  # its values are categories
+          raise DataError(
+            f"{f}: column {name!r} has type {t}: a list of {value_type}, which is not "
+            f"supported; multi_valued columns take {lists.LIST_TYPES}"
+          )
+        continue
       allowed, words = _ROLES[role]
       if _kind(pa, t) not in allowed:
         raise DataError(f"{f}: column {name!r} has type {t}; {role} columns take {words}")
