@@ -482,3 +482,19 @@ def test_a_list_of_lists_or_structs_is_named_as_unsupported(tmp_path, values, sh
     "multi_valued columns take lists of strings, binary, integers, booleans or floats "
     "holding integers"
   )
+
+
+def test_a_0_byte_part_is_an_empty_part(tmp_path):
+  # docs/data.md allows empty parts; a 0-byte Parquet part was "not a readable Parquet file".
+  parts = tmp_path / "parts"
+  parts.mkdir()
+  pq.write_table(_table(**GOOD), parts / "a.parquet")
+  (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
+  want = prepare(_cfg("parquet", parts, str(tmp_path / "s.json")), tmp_path / "a", progress=False)
+  for name in ("0.parquet", "b.parquet"):  # before and after the part with rows
+    (parts / name).write_bytes(b"")
+  got = prepare(_cfg("parquet", parts, str(tmp_path / "s.json")), tmp_path / "b", progress=False)
+  _assert_same(want, got)
+  (parts / "a.parquet").write_bytes(b"")
+  with pytest.raises(DataError, match=f"^{parts / '0.parquet'}: empty file$"):
+    prepare(_cfg("parquet", parts, str(tmp_path / "s.json")), tmp_path / "c", progress=False)

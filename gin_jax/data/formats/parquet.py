@@ -6,9 +6,10 @@ that says so. Scores are written to Parquet by module parquet_writer.
 
 A dataset is one file, a directory of part files (every file under it, recursively,
 except names starting with "_" or "." such as Spark's _SUCCESS and .crc files), or a
-glob of files. Its parts are read in sorted path order, row group by row group, in
-record batches of at most CHUNK_ROWS rows of the schema's columns only, so memory is
-bounded by one row group's column chunks, never by the dataset.
+glob of files; a 0-byte part is an empty part, as for text. Its parts are read in
+sorted path order, row group by row group, in record batches of at most CHUNK_ROWS
+rows of the schema's columns only, so memory is bounded by one row group's column
+chunks, never by the dataset.
 
 The schema names the label, categorical, numeric and ignored columns as for csv
 (schema.CsvSchema; its `separator` and `columns` apply to csv only), and every
@@ -80,6 +81,15 @@ def part_files(path: str | os.PathLike) -> list[str]:
   return parts.part_files(path, "Parquet files")
 
 
+def _nonempty(path: str | os.PathLike) -> list[str]:
+  """part_files without 0-byte files (an empty part, as of text); DataError if all are."""
+  files = part_files(path)
+  nonempty = [f for f in files if os.path.getsize(f) > 0]
+  if not nonempty:
+    raise DataError(f"{files[0]}: empty file")
+  return nonempty
+
+
 def fingerprint(path: str | os.PathLike) -> dict:
   """What prepare's cache key hashes: total size, newest mtime and every part's stat."""
   return parts.fingerprint(path, "Parquet files", list_one=True)
@@ -144,7 +154,7 @@ def detect_layout(
     raise DataError(f"{path}: parquet input needs a schema file (--schema)")
   if schema.columns or schema.separator != ",":
     raise DataError(f"{path}: the schema's 'separator' and 'columns' apply to csv only")
-  files = part_files(path)
+  files = _nonempty(path)
   first, layout = None, None
   for f in files:
     arrow = _open(pq, f).schema_arrow
@@ -210,7 +220,7 @@ def iter_chunks(
   pa, _, pq = pyarrow_modules()
   columns = _read_columns(layout)
   line = 1
-  for f in part_files(path):
+  for f in _nonempty(path):
     pf = _open(pq, f)
     meta = pf.metadata
     for g in range(meta.num_row_groups):
