@@ -165,6 +165,8 @@ def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
     ("train.lr_decay", "0", "train.lr_decay must be > 0 and <= 1, got 0.0"),
     ("data.min_count", "0", "data.min_count must be >= 1, got 0"),
     ("data.hash_buckets", "-3", "data.hash_buckets must be >= 0, got -3"),
+    ("data.max_values", "0", "data.max_values must be >= 1 and <= 1024, got 0"),
+    ("data.max_values", "1000000", "data.max_values must be >= 1 and <= 1024, got 1000000"),
     ("model.embed_init_std", "-0.1", "model.embed_init_std must be >= 0, got -0.1"),
     ("model.mlp_hidden", "16,0", "model.mlp_hidden must be widths >= 1"),
   ],

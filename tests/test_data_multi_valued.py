@@ -73,7 +73,8 @@ def test_schema_takes_a_separator_alone_or_the_options():
   [
     ({"separator": ","}, "is the file's column separator"),
     ({"pooling": "max"}, "pooling must be one of"),
-    ({"max_values": 0}, "max_values must be an integer >= 1"),
+    ({"max_values": 0}, "max_values must be an integer from 1 to 1024"),
+    ({"max_values": 1000000}, "max_values must be an integer from 1 to 1024, got 1000000"),
     ({"separator": "ab"}, "separator must be one ASCII character"),
     ({"sep": "|"}, "unknown key"),
   ],
