@@ -56,7 +56,7 @@ from gin_jax.data import workers as workers_lib
 from gin_jax.data.encode import Encoder
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, write_error
 from gin_jax.data.formats import CsvSchema, Format, Layout
-from gin_jax.data.formats.base import key_names
+from gin_jax.data.formats.base import key_names, list_names
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
 from gin_jax.data.workers import assign_splits  # noqa: F401 (re-exported)
@@ -440,17 +440,17 @@ class _Builder:
     encoder = Encoder(meta)
     columns = self.layouts[0].columns
     cat, num = key_names(columns), tuple(c.name for c in columns if c.kind == "numeric")
+    lists = list_names(columns)
     with self._bar(int(rows.sum()), "pass 2/2 encoding", "rows") as bar:
       if self.processes:
-        self._encode_parts(
-          pool, out_dir, workers_lib.Encoding(encoder, [], cat, num), arrays, filled, bar
-        )
-      else:
-        chunks = spill.chunks(cat, num)
-        encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
-        for raw, split, (ids, values) in encoded:
-          bar.update(len(raw))
-          workers_lib.write_rows(arrays, filled, raw, split, ids, values)
+        encoding = workers_lib.Encoding(encoder, [], cat, num, lists)
+        self._encode_parts(pool, out_dir, encoding, arrays, filled, bar)
+      else:  # each thread writes its chunk's rows at the chunk's offsets
+        chunks = _with_offsets(spill.chunks(cat, num, lists))
+        write = lambda c: workers_lib.encode_and_write(encoder, arrays, *c)  # noqa: E731
+        for written in ordered_map(write, chunks, self.workers):
+          bar.update(int(written.sum()))
+          filled += written
     if (filled != rows).any():
       raise RuntimeError(f"pass 2 wrote {filled} rows, pass 1 counted {rows}")
     for out in arrays:
@@ -556,6 +556,14 @@ class _Builder:
       "oov_after": (1 - (seen_old + seen_added) / total) if total else 0.0,
     }
     return old + added
+
+
+def _with_offsets(chunks):
+  """(raw, split, int64 [3] rows of each split before the chunk) of every chunk."""
+  offsets = np.zeros(3, np.int64)
+  for raw, split in chunks:
+    yield raw, split, offsets.copy()
+    offsets += np.bincount(split, minlength=3)
 
 
 def _constant_columns(counters: dict, missing: dict) -> list[str]:

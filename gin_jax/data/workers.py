@@ -46,7 +46,6 @@ import numpy as np
 from gin_jax.data import hashing, spill, text, vocab
 from gin_jax.data.encode import Encoder
 from gin_jax.data.formats import Format, Layout, RawChunk
-from gin_jax.data.formats.base import slot_name
 
 SPLITS = 3  # train, valid, test
 
@@ -340,7 +339,7 @@ class ParseTask:
       out.raw, out.split = raw, split
       return out
     name = f"{self.input_index:04d}-{index:09d}"
-    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    size = raw.nbytes
     if _HELD_BYTES[0] + size <= self.hold_bytes:
       _HELD[name] = (raw, split)
       _HELD_BYTES[0] += size
@@ -396,11 +395,11 @@ def count_categories(raw: RawChunk, split: np.ndarray, counted) -> dict:
 
 def _count_list(raw: RawChunk, col) -> tuple:
   """A multi-valued column's (keys, counts, long tokens, rows with an empty list)."""
-  cols = [raw.cat_names.index(slot_name(col.name, k)) for k in range(col.max_values)]
-  keys, n = vocab.count_unique(text.select_columns(raw.keys, cols).reshape(-1))
+  values = raw.lists[col.name]
+  keys, n = vocab.count_unique(values.keys)
   real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
-  longs = collections.Counter(t for (_, c), t in raw.long_tokens.items() if c in set(cols))
-  empty = int(np.count_nonzero(raw.keys[:, cols[0]] == text.MISSING_KEY))
+  longs = collections.Counter(values.long_tokens.values())
+  empty = int(np.count_nonzero(values.lengths == 0))
   return keys[real], n[real], longs, empty
 
 
@@ -415,6 +414,7 @@ class Encoding:
   files: list[dict[str, str]]  # per split: {"ids", "labels", ...} -> .npy path
   cat: tuple[str, ...]
   num: tuple[str, ...]
+  lists: tuple[str, ...] = ()
   arrays: list | None = None  # the files' memory maps, opened on first use
 
   def __getstate__(self):
@@ -438,11 +438,35 @@ def encode_part(task: tuple[str, np.ndarray]) -> np.ndarray:
   if path in _HELD:
     raw, split = _HELD.pop(path)
   else:
-    raw, split = spill.read_part(path, enc.cat, enc.num)
+    raw, split = spill.read_part(path, enc.cat, enc.num, enc.lists)
     os.remove(path)
-  ids, values = enc.encoder.encode(raw)
+  return encode_and_write(enc.encoder, enc.arrays, raw, split, offsets)
+
+
+# The padded ids and values pass 2 builds at a time (a Criteo chunk's are ~9 MB: one
+# block; lists padded to max_values 1024 take 8 KB a row: blocks of ~2,000 rows).
+ENCODE_BLOCK_BYTES = 16 << 20
+
+
+def encode_and_write(encoder: Encoder, arrays, raw: RawChunk, split, offsets) -> np.ndarray:
+  """Encodes a chunk a block of rows at a time and writes them into the splits' arrays.
+
+  Args:
+    encoder: the dataset's.
+    arrays: per split, {"ids", "labels", ...} -> writable array (the .npy files).
+    raw, split: the chunk and the split of each row.
+    offsets: int64 [3] rows of each split before the chunk's.
+
+  Returns:
+    int64 [3]: the rows written to each split.
+  """
   filled = np.array(offsets, np.int64)
-  write_rows(enc.arrays, filled, raw, split, ids, values)
+  block = max(1, ENCODE_BLOCK_BYTES // (8 * max(encoder.num_slots, 1)))
+  for a in range(0, len(raw), block):
+    b = min(a + block, len(raw))
+    part = raw if b - a == len(raw) else raw.rows(a, b)
+    ids, values = encoder.encode(part)
+    write_rows(arrays, filled, part, split[a:b], ids, values)
   return filled - offsets
 
 

@@ -1,4 +1,4 @@
-"""Multi-valued (list) columns: each row's values as keys of max_values slots.
+"""Multi-valued (list) columns: each row's values as keys (the last max_values of them).
 
 A csv list is one token, its values joined by the column's separator; a Parquet
 list column (list<string> or list<int>) holds them as an Arrow list array. Both
@@ -13,7 +13,7 @@ import numpy as np
 
 from gin_jax.data import text
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats.base import MAX_CATEGORY_BYTES, Column, show_token
+from gin_jax.data.formats.base import MAX_CATEGORY_BYTES, Column, ListValues, show_token
 
 
 def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes | None = None):
@@ -26,14 +26,15 @@ def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes |
     column: the multi-valued column (its name, separator and max_values).
 
   Returns:
-    (keys uint64 [n, max_values] of the LAST max_values values, left-aligned, 0
-    past them; {(row, slot): value} for values over 8 bytes (key LONG_KEY); rows
-    truncated; {row: reason} for bad rows: an empty value or one over
-    MAX_CATEGORY_BYTES).
+    (ListValues: the LAST max_values values of each row, and no more (the keys
+    of values over 8 bytes are LONG_KEY, the values kept aside); rows truncated;
+    {row: reason} for bad rows (their lists are left empty): an empty value or
+    one over MAX_CATEGORY_BYTES).
   """
   k = column.max_values
   sep = column.separator.encode() if separator is None else separator
-  keys = np.zeros((len(tokens), k), np.uint64)
+  lengths = np.zeros(len(tokens), np.int64)
+  flat: list[bytes] = []  # the values kept, row after row (b"" for a long one)
   longs, bad, truncated = {}, {}, 0
   for r, tok in enumerate(tokens):
     if not tok:
@@ -49,13 +50,17 @@ def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes |
     if len(values) > k:
       truncated += 1
       values = values[-k:]
-    short = [v if len(v) <= 8 else b"" for v in values]
-    keys[r, : len(values)] = text.bytes_to_keys(short)
-    for j, v in enumerate(values):
+    for v in values:
       if len(v) > 8:
-        keys[r, j] = text.LONG_KEY
-        longs[(r, j)] = v
-  return keys, longs, truncated, bad
+        longs[len(flat)] = v
+        v = b""
+      flat.append(v)
+    lengths[r] = len(values)
+  keys = text.bytes_to_keys(flat)
+  keys[list(longs)] = text.LONG_KEY
+  offsets = np.zeros(len(tokens) + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  return ListValues(offsets, keys, longs), truncated, bad
 
 
 def _joined(tok, sep: bytes) -> bytes:

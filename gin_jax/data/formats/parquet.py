@@ -271,23 +271,18 @@ def parse_chunk(chunk: Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int,
   for j, name in enumerate(categorical):
     keys[:, j], longs = _category_keys(pa, pc, _column(pa, batch, name), name, lines, row_bad)
     long_tokens.update({(r, j): token for r, token in longs.items()})
-  truncated, first = {}, len(categorical)
-  list_keys_ = [keys]
+  truncated, list_values = {}, {}
   for col in (c for c in layout.columns if c.kind == "multi_valued"):
     values = lists.arrow_lists(pa, pc, _column(pa, batch, col.name), col.name, row_bad)
-    col_keys, longs, truncated[col.name], bad_lists = lists.list_keys(values, col)
+    list_values[col.name], truncated[col.name], bad_lists = lists.list_keys(values, col)
     for r, reason in bad_lists.items():
       row_bad.setdefault(r, reason)
-    long_tokens.update({(r, first + k): t for (r, k), t in longs.items()})
-    list_keys_.append(col_keys)
-    first += col.max_values
-  keys = np.concatenate(list_keys_, axis=1)
   numbers = np.zeros((n, len(numeric)))
   for j, name in enumerate(numeric):
     numbers[:, j] = _numbers(pa, _column(pa, batch, name), name, lines, row_bad)
   raw = RawChunk(
     lines, labels, key_names(layout.columns), keys, long_tokens, tuple(numeric), numbers,
-    truncated=truncated,
+    truncated=truncated, lists=list_values,
   )  # fmt: skip
   if not row_bad:
     return raw, []
