@@ -1,8 +1,9 @@
 """Multi-valued (list) columns: each row's values as keys (the last max_values of them).
 
 A csv list is one token, its values joined by the column's separator; a Parquet
-list column (list<string> or list<int>) holds them as an Arrow list array. Both
-come to `list_keys`, so the same rows give the same keys whatever the format.
+list column (of strings, binary, integers, booleans or floats holding integers:
+LIST_TYPES) holds them as an Arrow list array. Both come to `list_keys`, so the
+same rows give the same keys whatever the format.
 """
 
 from __future__ import annotations
