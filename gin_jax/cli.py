@@ -131,6 +131,7 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   """Joins the job, builds the config and trains; a bad input or environment exits 2."""
   from gin_jax import runtime, training  # imports jax: after XLA_FLAGS is final
   from gin_jax.data import DataError
+  from gin_jax.data.workers import WorkerDied
   from gin_jax.training import checkpointing
 
   try:
@@ -144,6 +145,7 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     training.TrainingError,
     checkpointing.CheckpointError,
     DataError,
+    WorkerDied,  # a preparation worker killed (out of memory?): its message says what to do
     ValueError,
     OSError,
   ) as e:

@@ -165,6 +165,8 @@ def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
     ("train.lr_decay", "0", "train.lr_decay must be > 0 and <= 1, got 0.0"),
     ("data.min_count", "0", "data.min_count must be >= 1, got 0"),
     ("data.hash_buckets", "-3", "data.hash_buckets must be >= 0, got -3"),
+    ("data.max_values", "0", "data.max_values must be >= 1 and <= 1024, got 0"),
+    ("data.max_values", "1000000", "data.max_values must be >= 1 and <= 1024, got 1000000"),
     ("model.embed_init_std", "-0.1", "model.embed_init_std must be >= 0, got -0.1"),
     ("model.mlp_hidden", "16,0", "model.mlp_hidden must be widths >= 1"),
   ],
@@ -237,3 +239,25 @@ def test_duplicate_keys_a_binary_file_and_a_huge_file_are_refused_naming_the_fil
   nested.write_text("model: {mlp_hidden: [[1, 2], [3]]}\n")
   with pytest.raises(ValueError, match="model.mlp_hidden must be a value or a list of values"):
     config_lib.load_file(nested)
+
+
+@pytest.mark.parametrize("kind", ["experiment", "schema"])
+@pytest.mark.parametrize(
+  "body",
+  ["[" * 1000 + "]" * 1000, '{"a": ' * 1000 + "1" + "}" * 1000, "x: " + "[" * 32 + "]" * 32],
+  ids=["1000 lists", "1000 mappings", "33 levels"],
+)
+def test_a_deeply_nested_file_is_refused_in_one_line_naming_it(tmp_path, kind, body):
+  # Issue 33 item 4: 1,000 `[` in 2 KB were a RecursionError with a 998-frame traceback.
+  from gin_jax.config import yaml_files
+  from gin_jax.data.formats import CsvSchema
+
+  path = tmp_path / "deep.json"
+  path.write_text(body)
+  load = config_lib.load_file if kind == "experiment" else CsvSchema.load
+  with pytest.raises(ValueError) as e:
+    load(path)
+  assert str(e.value) == (
+    f"{path}: nested deeper than {yaml_files.MAX_DEPTH} levels (line 1); "
+    f"{'experiment file' if kind == 'experiment' else kind}s need a few"
+  )

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import jax
@@ -73,7 +74,8 @@ def test_schema_takes_a_separator_alone_or_the_options():
   [
     ({"separator": ","}, "is the file's column separator"),
     ({"pooling": "max"}, "pooling must be one of"),
-    ({"max_values": 0}, "max_values must be an integer >= 1"),
+    ({"max_values": 0}, "max_values must be an integer from 1 to 1024"),
+    ({"max_values": 1000000}, "max_values must be an integer from 1 to 1024, got 1000000"),
     ({"separator": "ab"}, "separator must be one ASCII character"),
     ({"sep": "|"}, "unknown key"),
   ],
@@ -307,3 +309,58 @@ def test_hashing_mode_hashes_list_values_like_single_values(tmp_path):
   want = genres.offset + 2 + int(hashing.hash_keys(key)[0] % np.uint64(64))
   assert ids[0, 1] == want and ids[2, 1] == want  # the same value, the same row
   assert user.offset <= ids[0, 0] < user.offset + user.size
+
+
+# ------------------------------------------------------------------ memory (issue 33 item 5)
+
+
+def _wide_lists(tmp_path, rows):
+  """A CSV of `rows` rows with a list of 0-6 tags kept up to max_values 1024."""
+  path = tmp_path / "wide.csv"
+  schema, _ = synthetic.write_list_csv(path, num_rows=rows, seed=0)
+  schema["multi_valued"] = {"tags": {"separator": "|", "max_values": 1024}}
+  (tmp_path / "wide.json").write_text(json.dumps(schema))
+  return DataConfig(format="csv", train=str(path), schema=str(tmp_path / "wide.json"), min_count=1)
+
+
+def _peak_bytes(fn):
+  """fn()'s result and the peak of the memory Python and numpy allocated while it ran."""
+  tracemalloc.start()
+  try:
+    out = fn()
+    return out, tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def test_pass_1_holds_the_values_of_a_list_not_its_padding(tmp_path):
+  # It held rows x max_values x 8 B per list column, several times over (1.2 GB for
+  # 3,000 rows at max_values 5,000).
+  from gin_jax.data import formats, workers
+
+  cfg = _wide_lists(tmp_path, rows=2000)
+  fmt = formats.get("csv")
+  layout = fmt.detect_layout(cfg.train, CsvSchema.load(cfg.schema).with_max_values(32), True)
+  (chunk,) = fmt.iter_chunks(cfg.train, layout)
+  counted = tuple(c for c in layout.columns if c.keyed)
+  task = workers.ParseTask(fmt, layout, (0.8, 0.1, 0.1), 0, None, True, counted)
+  parsed, peak = _peak_bytes(lambda: task((0, chunk)))
+  padded = 2000 * 1024 * 8  # one copy of the list's keys padded to max_values: 16 MB
+  assert peak < padded / 8, peak
+  assert sum(parsed.rows) == 2000 and len(parsed.counts["tags"][0]) == 40
+
+
+def test_pass_2_writes_padded_lists_a_block_of_rows_at_a_time(tmp_path, monkeypatch):
+  # The padded ids and values (3,000 rows x 1,030 slots x 8 B: 25 MB) were built for
+  # a whole chunk at once; the prepared files are the same bytes either way.
+  from gin_jax.data import text, workers
+
+  cfg = _wide_lists(tmp_path, rows=3000)
+  _, whole = prepare(cfg, tmp_path / "a", progress=False, workers=1)
+  monkeypatch.setattr(workers, "ENCODE_BLOCK_BYTES", 1 << 20, raising=False)
+  monkeypatch.setattr(text, "CHUNK_BYTES", 256 << 10)  # (reading a chunk takes this; 100 KB here)
+  (_, blocks), peak = _peak_bytes(lambda: prepare(cfg, tmp_path / "b", progress=False, workers=1))
+  assert peak < 3000 * 1030 * 8 / 4, peak
+  for name in whole:
+    for arr in ("ids", "values", "labels", "line_numbers"):
+      np.testing.assert_array_equal(getattr(whole[name], arr), getattr(blocks[name], arr))

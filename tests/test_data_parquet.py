@@ -429,3 +429,72 @@ def test_an_unreadable_footer_is_one_line(tmp_path):
   with pytest.raises(DataError, match=f"{bad}: not a readable Parquet file") as e:
     prepare(DataConfig(format="parquet", train=str(bad), schema=str(schema)), tmp_path / "c")
   assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ issue 33
+
+LIST_SCHEMA = {"label": "y", "categorical": ["c"], "multi_valued": {"t": "|"}}
+
+
+def _list_table(values, value_type):
+  n = len(values)
+  return _table(y=[i % 2 for i in range(n)], c=["a"] * n, t=pa.array(values, pa.list_(value_type)))
+
+
+def test_list_floats_and_booleans_follow_the_single_valued_rules(tmp_path):
+  # They became the categories '135.5', 'nan', 'inf', 'true' and 'false'.
+  ints = [[7, 12], [3], [], [1, 0]]
+  want = _prepare_table(tmp_path, _list_table(ints, pa.int64()), LIST_SCHEMA, "ints")[1]
+  floats = [[7.0, 12.0], [3.0], [], [1.0, 0.0]]
+  got = _prepare_table(tmp_path, _list_table(floats, pa.float64()), LIST_SCHEMA, "floats")[1]
+  _assert_same(want, got)
+  bools = [[True], [False, True]]
+  got = _prepare_table(tmp_path, _list_table(bools, pa.bool_()), LIST_SCHEMA, "bools")[1]
+  assert got[0].vocab["t"] == ["1", "0"]  # as a single boolean category: 0 or 1
+  bad = [[7.0], [135.5], [float("nan")], [2.0, float("inf")], [8.0]]
+  path, (meta, splits) = _prepare_table(
+    tmp_path, _list_table(bad, pa.float64()), LIST_SCHEMA, "bad", bad_rows="skip"
+  )
+  assert meta.skipped_rows[str(path)]["examples"] == [
+    f"{path}:0:1: t: 135.5 is not an integer category",
+    f"{path}:0:2: t: a NaN value in the list",
+    f"{path}:0:3: t: inf is not an integer category",
+  ]
+  assert meta.vocab["t"] == ["7", "8"]
+  np.testing.assert_array_equal(splits["train"].line_numbers, [1, 5])
+
+
+@pytest.mark.parametrize(
+  "values,shown",
+  [
+    ([[[1]], [[2]]], "list<element: list<element: int64>>: a list of list<element: int64>"),
+    ([[{"a": 1}], [{"a": 2}]], "list<element: struct<a: int64>>: a list of struct<a: int64>"),
+  ],
+  ids=["list<list>", "list<struct>"],
+)
+def test_a_list_of_lists_or_structs_is_named_as_unsupported(tmp_path, values, shown):
+  # Was "column 't' has type list<element: int64>; categorical columns take ...".
+  table = _table(y=[0, 1], c=["a", "b"], t=pa.array(values))
+  with pytest.raises(DataError) as e:
+    _prepare_table(tmp_path, table, LIST_SCHEMA)
+  assert str(e.value) == (
+    f"{tmp_path / 't.parquet'}: column 't' has type {shown}, which is not supported; "
+    "multi_valued columns take lists of strings, binary, integers, booleans or floats "
+    "holding integers"
+  )
+
+
+def test_a_0_byte_part_is_an_empty_part(tmp_path):
+  # docs/data.md allows empty parts; a 0-byte Parquet part was "not a readable Parquet file".
+  parts = tmp_path / "parts"
+  parts.mkdir()
+  pq.write_table(_table(**GOOD), parts / "a.parquet")
+  (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
+  want = prepare(_cfg("parquet", parts, str(tmp_path / "s.json")), tmp_path / "a", progress=False)
+  for name in ("0.parquet", "b.parquet"):  # before and after the part with rows
+    (parts / name).write_bytes(b"")
+  got = prepare(_cfg("parquet", parts, str(tmp_path / "s.json")), tmp_path / "b", progress=False)
+  _assert_same(want, got)
+  (parts / "a.parquet").write_bytes(b"")
+  with pytest.raises(DataError, match=f"^{parts / '0.parquet'}: empty file$"):
+    prepare(_cfg("parquet", parts, str(tmp_path / "s.json")), tmp_path / "c", progress=False)

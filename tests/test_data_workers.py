@@ -4,6 +4,7 @@ of several files (a directory or a glob) is one dataset."""
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,11 +26,12 @@ multi_valued:
 
 @pytest.fixture
 def processes(monkeypatch):
-  """Worker processes for these small inputs and any number of workers, in chunks of
-  ~64 KiB (many per file)."""
+  """Worker processes for these small inputs and any number of workers (up to 8, as
+  if there were 8 cores), in chunks of ~64 KiB (many per file)."""
   monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
   monkeypatch.setattr(PREPARE, "THREADS_UP_TO", 1)
   monkeypatch.setattr(text, "CHUNK_BYTES", 64 << 10)
+  monkeypatch.setattr(workers, "available_cores", lambda: 8)
 
 
 def _digest(directory: Path) -> dict[str, str]:
@@ -267,6 +269,7 @@ def test_a_glob_that_matches_nothing_is_named(tmp_path):
 
 def test_two_workers_are_threads_and_more_are_processes(tmp_path, monkeypatch):
   monkeypatch.setattr(PREPARE, "PROCESS_MIN_BYTES", 0)
+  monkeypatch.setattr(workers, "available_cores", lambda: 8)  # (workers are capped at the cores)
   tsv = tmp_path / "t.tsv"
   write_criteo_tsv(tsv, SyntheticSpec(num_rows=500, max_vocab=50, seed=1))
   children = lambda: os.times().children_user + os.times().children_system  # noqa: E731
@@ -278,3 +281,59 @@ def test_two_workers_are_threads_and_more_are_processes(tmp_path, monkeypatch):
     )
     spent[n] = children() - before
   assert spent[2] == 0 and spent[3] > 0
+
+
+def test_a_killed_worker_is_one_line_and_exit_2_on_the_command_line(
+  tmp_path, monkeypatch, processes
+):
+  # Issue 33 item 2: WorkerDied was not among the CLI's handled errors (a traceback, exit 1).
+  from gin_jax import cli, runtime, training
+
+  tsv = tmp_path / "t.tsv"
+  write_criteo_tsv(tsv, SyntheticSpec(num_rows=300, max_vocab=50, seed=1))
+  # Each worker process dies (as if killed) when its first task arrives.
+  monkeypatch.setattr(workers, "_CHILD", "import os, sys; sys.stdin.buffer.read(8); os._exit(9)")
+  monkeypatch.setattr(runtime, "init_runtime", lambda *a, **k: None)
+  monkeypatch.setattr(
+    training, "run", lambda cfg, workdir, overwrite: prepare(cfg.data, tmp_path, workers=3)
+  )
+  lines = []
+
+  def exit_in_one_line(message, leave_job=True):
+    lines.append(message)
+    raise SystemExit(2)
+
+  monkeypatch.setattr(runtime, "_exit_in_one_line", exit_in_one_line)
+  args, overrides = cli.parse(["--train", str(tsv), "--workdir", str(tmp_path / "w")])
+  with pytest.raises(SystemExit) as e:
+    cli.train_main(args, overrides)
+  assert e.value.code == 2
+  (line,) = lines
+  assert re.fullmatch(
+    rf"worker process \d+ ended \(exit status 9\) during its chunk, preparing {tsv} "
+    r"\(killed, or out of memory\?\); with less memory, use fewer workers "
+    r"\(--data\.prepare_workers=N; 1 prepares in this process\)",
+    line,
+  )
+
+
+def test_many_workers_on_a_small_input_start_no_more_processes_than_chunks_or_cores(
+  tmp_path, monkeypatch, processes
+):
+  # Issue 33: 32 workers on a 4-chunk input started 32 processes (1.5 GB).
+  tsv = tmp_path / "t.tsv"
+  write_criteo_tsv(tsv, SyntheticSpec(num_rows=1000, max_vocab=50, seed=1))
+  chunks = len(list(text.iter_chunks(tsv)))
+  assert 2 < chunks < 8
+  started = []
+  popen = workers.subprocess.Popen
+  monkeypatch.setattr(
+    workers.subprocess, "Popen", lambda *a, **k: started.append(1) or popen(*a, **k)
+  )
+  one = _prepared(DataConfig(format="criteo", train=str(tsv)), tmp_path / "a", workers=1)
+  for cores, most in ((64, chunks), (2, 2)):
+    monkeypatch.setattr(workers, "available_cores", lambda: cores)  # noqa: B023
+    started.clear()
+    cfg = DataConfig(format="criteo", train=str(tsv))
+    assert _prepared(cfg, tmp_path / str(cores), workers=32) == one
+    assert 0 < len(started) <= most, (cores, len(started))

@@ -13,11 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gin_jax.config import DataConfig
 from gin_jax.data import DataError, SyntheticSpec, prepare, write_criteo_tsv
 from gin_jax.data import spill as spill_lib
+from gin_jax.data.formats import RawChunk
 from gin_jax.training import checkpointing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,26 @@ def test_reserving_the_memory_maps_fails_cleanly(tsv, tmp_path, monkeypatch):
   assert _leftovers(tmp_path) == []
 
 
+def _efbig(*args, **kwargs):
+  raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+
+_TOO_LARGE = (
+  r"{}: file too large \((the file size limit, ulimit -f, is [\d,]+ bytes"
+  r"|the largest file of its filesystem); {}\d+\.\d MB needed\)"
+)
+
+
+def test_the_file_size_limit_while_reserving_the_memory_maps_names_the_file(
+  tsv, tmp_path, monkeypatch
+):
+  monkeypatch.setattr(os, "posix_fallocate", _efbig)  # was "File too large", naming nothing
+  with pytest.raises(DataError) as e:
+    prepare(_cfg(tsv), tmp_path, progress=False)
+  assert re.fullmatch(_TOO_LARGE.format(r"\S+\.tmp-\d+/train/ids\.npy", ""), str(e.value))
+  assert _leftovers(tmp_path) == []
+
+
 def test_too_little_free_space_is_refused_before_writing(tsv, tmp_path, monkeypatch):
   real = prepare_lib.shutil.disk_usage
   monkeypatch.setattr(prepare_lib.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
@@ -72,15 +94,23 @@ def test_a_full_disk_while_spilling_fails_cleanly(tsv, tmp_path, monkeypatch):
   assert _leftovers(tmp_path) == []
 
 
-def test_a_full_disk_while_writing_the_demo_data_fails_cleanly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", [_enospc, _efbig], ids=["ENOSPC", "EFBIG"])
+def test_a_full_disk_while_writing_the_demo_data_fails_cleanly(tmp_path, monkeypatch, fault):
   def half_then_full(path, spec):
     Path(path).write_bytes(b"x" * 1000)
-    _enospc()
+    fault()
 
   monkeypatch.setattr(prepare_lib.synthetic, "write_criteo_tsv", half_then_full)
   cfg = DataConfig(format="synthetic", synthetic_rows=100)
-  with pytest.raises(DataError, match=r"while writing \S+synthetic-\w+\.tsv \(over 0\.0 MB"):
+  with pytest.raises(DataError) as e:
     prepare(cfg, tmp_path, progress=False)
+  path = r"\S+synthetic-\w+\.tsv"
+  if fault is _enospc:
+    assert re.fullmatch(
+      rf"no space left on device while writing {path} \(over 0\.0 MB needed\)", str(e.value)
+    )
+  else:  # was "File too large", naming nothing
+    assert re.fullmatch(_TOO_LARGE.format(path, "over "), str(e.value)), str(e.value)
   assert list(tmp_path.glob("*.tsv")) == []  # the partial file gave its space back
 
 
@@ -112,6 +142,83 @@ def test_the_error_line_is_the_last_thing_printed_even_with_work_left_in_flight(
   proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
   assert proc.returncode == 2
   assert proc.stderr == "error: no space left on device while writing /wd/checkpoints/3\n"
+
+
+# ------------------------------------------------------------- /dev/full and ulimit -f
+
+
+def _parsed(rows: int):
+  """A parsed chunk of `rows` rows (one categorical column, one numeric)."""
+  raw = RawChunk(
+    lines=np.arange(1, rows + 1, dtype=np.int64),
+    labels=np.zeros(rows, np.float32),
+    cat_names=("c",),
+    keys=np.arange(rows, dtype=np.uint64).reshape(rows, 1),
+    long_tokens={},
+    num_names=("x",),
+    numbers=np.ones((rows, 1)),
+  )
+  return raw, np.zeros(rows, np.uint8)
+
+
+def _full_disk(tmp_path):
+  """A path that is a full disk: a link to /dev/full (removing it leaves /dev/full alone)."""
+  if not os.path.exists("/dev/full"):
+    pytest.skip("no /dev/full here")
+  link = tmp_path / "full.bin"
+  link.symlink_to("/dev/full")
+  return link
+
+
+_FULL = r"no space left on device while writing {} \(over \d+\.\d MB needed\)"
+
+
+# numpy's tofile lost a small write on a full disk silently (its stdio buffer's
+# error is dropped) and said "390052 requested and 61563 written" for a large one.
+@pytest.mark.parametrize("rows", [3, 30_000], ids=["small", "large"])
+def test_a_full_disk_while_writing_a_part_file_names_it(tmp_path, rows):
+  path = _full_disk(tmp_path)
+  with pytest.raises(DataError) as e:
+    spill_lib.write_part(str(path), *_parsed(rows))
+  assert re.fullmatch(_FULL.format(re.escape(str(path))), str(e.value)), str(e.value)
+
+
+@pytest.mark.parametrize("rows", [3, 30_000], ids=["small", "large"])
+def test_a_full_disk_while_spilling_names_the_spill_file(tmp_path, rows):
+  path = _full_disk(tmp_path)
+  spill = spill_lib.Spill(str(path), memory_budget=0)
+  with pytest.raises(DataError) as e:
+    spill.append(*_parsed(rows))
+    next(spill.chunks(("c",), ("x",)))  # a small chunk fails only when the file is closed
+  assert re.fullmatch(_FULL.format(re.escape(str(path))), str(e.value)), str(e.value)
+
+
+_FILE_SIZE_LIMIT = """
+import resource, sys
+import numpy as np
+from gin_jax.data import DataError, spill
+from gin_jax.data.formats import RawChunk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+n = 3000
+raw = RawChunk(np.arange(n), np.zeros(n, np.float32), ("c",), np.zeros((n, 1), np.uint64), {},
+               ("x",), np.ones((n, 1)))
+try:
+  spill.write_part(sys.argv[1], raw, np.zeros(n, np.uint8))
+except DataError as e:
+  print(e)
+"""
+
+
+def test_the_file_size_limit_while_writing_a_part_file_names_it(tmp_path):
+  # ulimit -f: Python ignores SIGXFSZ, so the write fails with EFBIG (errno None from tofile).
+  path = tmp_path / "part.bin"
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  proc = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT, str(path)], env=env,
+                        capture_output=True, text=True, timeout=60)  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout == (
+    f"{path}: file too large (the file size limit, ulimit -f, is 4,096 bytes; over 0.1 MB needed)\n"
+  )
 
 
 # ------------------------------------------------------------- stale temporaries

@@ -31,6 +31,7 @@ from gin_jax.config.schema import (
   FORMATS,
   INTERACTION_IMPLS,
   L2_PRIOR,
+  MAX_VALUES,
   NUMERIC_MODES,
   PRUNABLE,
   PRUNE_SCOPES,
@@ -48,9 +49,9 @@ from gin_jax.config.schema import (
 
 __all__ = [
   "ARCHS", "ARCH_DEFAULTS", "BAD_ROWS", "DEVICE_RESIDENT", "EMBEDDING_OPTIMIZERS", "FORMATS",
-  "INTERACTION_IMPLS", "L2_PRIOR", "NUMERIC_MODES", "PRESETS", "PRUNABLE", "PRUNE_SCOPES",
-  "READOUTS", "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig", "ModelConfig",
-  "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars", "criteo_paper", "criteo_x1",
-  "default", "demo", "frappe", "frappe_x1", "load_file", "override", "preset", "resolve_auto",
-  "tiny",
+  "INTERACTION_IMPLS", "L2_PRIOR", "MAX_VALUES", "NUMERIC_MODES", "PRESETS", "PRUNABLE",
+  "PRUNE_SCOPES", "READOUTS", "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig",
+  "ModelConfig", "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars",
+  "criteo_paper", "criteo_x1", "default", "demo", "frappe", "frappe_x1", "load_file", "override",
+  "preset", "resolve_auto", "tiny",
 ]  # fmt: skip

@@ -4,7 +4,9 @@ A YAML file is the user's input: it is read with a loader that refuses what can
 make a small file expensive or ambiguous. No aliases (`*name`: ten nested
 aliases in a 1 KB file expand to billions of nodes), no duplicate keys (a
 second `train:` would silently replace the first), at most MAX_FILE_BYTES,
-UTF-8 text. Every error is one line that names the file (and the line).
+UTF-8 text, collections nested at most MAX_DEPTH deep (the parser recurses
+per level: 1,000 `[` in 2 KB were a RecursionError). Every error is one line
+that names the file (and the line).
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import os
 import yaml
 
 MAX_FILE_BYTES = 1 << 20  # An experiment file or a schema is a few hundred bytes.
+MAX_DEPTH = 32  # Nesting of lists and mappings; these files need 3 or 4 levels.
+
+
+class _TooDeep(yaml.YAMLError):
+  def __init__(self, mark):
+    super().__init__()
+    self.mark = mark
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -25,7 +34,15 @@ class _BoundedLoader(yaml.SafeLoader):
       raise yaml.MarkedYAMLError(
         problem=f"an alias (*{event.anchor}) is not allowed here", problem_mark=event.start_mark
       )
-    return super().compose_node(parent, index)
+    if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+      return super().compose_node(parent, index)
+    self._depth = getattr(self, "_depth", 0) + 1  # composing recurses once per level
+    try:
+      if self._depth > MAX_DEPTH:
+        raise _TooDeep(self.peek_event().start_mark)
+      return super().compose_node(parent, index)
+    finally:
+      self._depth -= 1
 
   def construct_mapping(self, node, deep=False):
     seen = set()
@@ -63,6 +80,10 @@ def load(path: str | os.PathLike, what: str = "file", invalid: str = "not valid 
     ) from None
   try:
     return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+  except _TooDeep as e:
+    raise ValueError(
+      f"{path}: nested deeper than {MAX_DEPTH} levels (line {e.mark.line + 1}); {what}s need a few"
+    ) from None
   except yaml.MarkedYAMLError as e:
     mark = e.problem_mark or e.context_mark
     line = f"line {mark.line + 1}: " if mark is not None else ""

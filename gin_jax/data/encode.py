@@ -21,7 +21,7 @@ import numpy as np
 from gin_jax.data import formats, hashing, text, vocab
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk, records
-from gin_jax.data.formats.base import Column, slot_name
+from gin_jax.data.formats.base import Column
 from gin_jax.data.meta import MISSING, OOV, DatasetMeta, FieldSpec, Split, ones_values
 
 _log = logging.getLogger(__name__)
@@ -78,31 +78,31 @@ class Encoder:
       ids[:, j] = np.where(missing, f.offset + MISSING, f.offset + OOV)
       values[:, j] = np.where(missing, np.float32(1.0), vocab.scale(np.where(missing, 0.0, x)))
     for j, f, table in self._multi:
-      ids[:, j : j + f.max_values], values[:, j : j + f.max_values] = self._lists(raw, f, table)
+      self._lists(raw, f, table, ids[:, j : j + f.max_values], values[:, j : j + f.max_values])
     return ids, values
 
-  def _lists(self, raw: RawChunk, f: FieldSpec, table) -> tuple[np.ndarray, np.ndarray]:
-    """ids and values [n, max_values] of a multi-valued field's slots.
+  def _lists(self, raw: RawChunk, f: FieldSpec, table, ids, values) -> None:
+    """Fills ids and values [n, max_values], a multi-valued field's slots.
 
     A value's id is its category's (OOV when unseen), weighing 1/count (mean) or 1
     (sum); an empty slot gets the pad id (past the real rows) and weight 0; an empty
     list is the field's missing id in slot 0 with weight 1, as an empty field.
     """
-    cols = [raw.cat_names.index(slot_name(f.name, k)) for k in range(f.max_values)]
-    keys = text.select_columns(raw.keys, cols)
-    ids = table.encode(keys.reshape(-1)).reshape(keys.shape)
-    where = {c: k for k, c in enumerate(cols)}
-    for (r, c), tok in raw.long_tokens.items():
-      if c in where:
-        ids[r, where[c]] = table.encode_long(tok)
-    present = keys != text.MISSING_KEY
-    count = present.sum(axis=1)
-    empty = count == 0
-    present[empty, 0] = True  # the missing id, as an empty single-valued field
-    ids = np.where(present, ids, self.pad_id).astype(np.int32)
-    weight = 1.0 / np.maximum(count, 1) if f.pooling == "mean" else np.ones(len(count))
-    values = np.where(present, weight[:, None], 0.0).astype(np.float32)
-    return ids, values
+    lv = raw.lists[f.name]
+    flat = table.encode(lv.keys)
+    for i, tok in lv.long_tokens.items():
+      flat[i] = table.encode_long(tok)
+    lengths = lv.lengths
+    row = np.repeat(np.arange(len(lengths)), lengths)  # of each value
+    slot = np.arange(len(lv.keys)) - np.repeat(lv.offsets[:-1], lengths)
+    empty = lengths == 0
+    weight = 1.0 / np.maximum(lengths, 1) if f.pooling == "mean" else np.ones(len(lengths))
+    ids[:] = self.pad_id
+    ids[row, slot] = flat
+    ids[empty, 0] = table.encode(np.array([text.MISSING_KEY]))[0]  # the missing id
+    values[:] = 0.0
+    values[row, slot] = weight[row]
+    values[empty, 0] = 1.0
 
 
 class _CategoricalTable:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import resource
 
 # How many skipped rows a report keeps with their reasons (the count is always exact).
 MAX_EXAMPLES = 5
@@ -19,6 +21,29 @@ def no_space(path, nbytes: int, at_least: bool = False) -> DataError:
   return DataError(
     f"no space left on device while writing {path} ({'over ' if at_least else ''}{mb} MB needed)"
   )
+
+
+def write_error(path, e: OSError, nbytes: int, at_least: bool = False) -> Exception:
+  """What to raise for `e`, raised while writing `path`, which needs `nbytes` (or more).
+
+  A full disk (no_space) and a file over the size limit (ulimit -f, or the
+  filesystem's largest file) are DataErrors that say so; any other error is `e`
+  naming `path`.
+  """
+  if e.errno == errno.ENOSPC:
+    return no_space(path, nbytes, at_least)
+  if e.errno == errno.EFBIG:
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    why = (
+      "the largest file of its filesystem"
+      if limit == resource.RLIM_INFINITY
+      else f"the file size limit, ulimit -f, is {limit:,} bytes"
+    )
+    needed = f"{'over ' if at_least else ''}{nbytes / 2**20:.1f} MB needed"
+    return DataError(f"{path}: file too large ({why}; {needed})")
+  if e.filename is None:
+    return OSError(e.errno, e.strerror or str(e), str(path))
+  return e
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -55,9 +54,9 @@ from gin_jax.config import DataConfig
 from gin_jax.data import formats, split_files, synthetic, text, vocab
 from gin_jax.data import workers as workers_lib
 from gin_jax.data.encode import Encoder
-from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, no_space
+from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError, write_error
 from gin_jax.data.formats import CsvSchema, Format, Layout
-from gin_jax.data.formats.base import key_names
+from gin_jax.data.formats.base import key_names, list_names
 from gin_jax.data.meta import DatasetMeta, FieldSpec, Split, load_split
 from gin_jax.data.spill import Spill, ordered_map
 from gin_jax.data.workers import assign_splits  # noqa: F401 (re-exported)
@@ -102,9 +101,10 @@ def prepare(
       (cfg.synthetic_*) into cache_dir and prepares that; meta.planted_pairs lists them.
     cache_dir: where prepared datasets live (one subdirectory per inputs+options key).
     progress: show tqdm progress bars on stderr.
-    workers: how many parse and encode chunks at once (default: the cores available,
-      workers.available_cores): threads of this process up to THREADS_UP_TO, worker
-      processes beyond (module workers), except for an input under
+    workers: how many parse and encode chunks at once (default and at most: the cores
+      available, workers.available_cores): threads of this process up to
+      THREADS_UP_TO, worker processes beyond (module workers; started as chunks wait,
+      so no more than the input has chunks), except for an input under
       PROCESS_MIN_BYTES. The result is the same bytes for any number.
     spill_memory: bytes of parsed rows kept in memory between the passes (~0.3 KB per
       Criteo row; with worker processes, over all of them); beyond it they go to
@@ -141,7 +141,9 @@ def prepare(
   ).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, f"{cfg.format}-{key}")
   if not os.path.exists(os.path.join(out_dir, "meta.json")):
-    workers = workers or default_workers()
+    # More workers than cores only take memory (32 processes on 4 cores: 1.5 GB); and
+    # worker processes start as chunks wait for them (workers.ProcessPool).
+    workers = min(workers or default_workers(), workers_lib.available_cores())
     _build_once(
       out_dir,
       cache_dir,
@@ -249,9 +251,7 @@ def _save_meta(meta: DatasetMeta, directory: str) -> None:
   try:
     meta.save(directory)
   except OSError as e:
-    if e.errno != errno.ENOSPC:
-      raise
-    raise no_space(os.path.join(directory, "meta.json"), len(meta.to_json())) from None
+    raise write_error(os.path.join(directory, "meta.json"), e, len(meta.to_json())) from None
 
 
 def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, Split]]:
@@ -440,17 +440,17 @@ class _Builder:
     encoder = Encoder(meta)
     columns = self.layouts[0].columns
     cat, num = key_names(columns), tuple(c.name for c in columns if c.kind == "numeric")
+    lists = list_names(columns)
     with self._bar(int(rows.sum()), "pass 2/2 encoding", "rows") as bar:
       if self.processes:
-        self._encode_parts(
-          pool, out_dir, workers_lib.Encoding(encoder, [], cat, num), arrays, filled, bar
-        )
-      else:
-        chunks = spill.chunks(cat, num)
-        encoded = ordered_map(lambda c: (*c, encoder.encode(c[0])), chunks, self.workers)
-        for raw, split, (ids, values) in encoded:
-          bar.update(len(raw))
-          workers_lib.write_rows(arrays, filled, raw, split, ids, values)
+        encoding = workers_lib.Encoding(encoder, [], cat, num, lists)
+        self._encode_parts(pool, out_dir, encoding, arrays, filled, bar)
+      else:  # each thread writes its chunk's rows at the chunk's offsets
+        chunks = _with_offsets(spill.chunks(cat, num, lists))
+        write = lambda c: workers_lib.encode_and_write(encoder, arrays, *c)  # noqa: E731
+        for written in ordered_map(write, chunks, self.workers):
+          bar.update(int(written.sum()))
+          filled += written
     if (filled != rows).any():
       raise RuntimeError(f"pass 2 wrote {filled} rows, pass 1 counted {rows}")
     for out in arrays:
@@ -556,6 +556,14 @@ class _Builder:
       "oov_after": (1 - (seen_old + seen_added) / total) if total else 0.0,
     }
     return old + added
+
+
+def _with_offsets(chunks):
+  """(raw, split, int64 [3] rows of each split before the chunk) of every chunk."""
+  offsets = np.zeros(3, np.int64)
+  for raw, split in chunks:
+    yield raw, split, offsets.copy()
+    offsets += np.bincount(split, minlength=3)
 
 
 def _constant_columns(counters: dict, missing: dict) -> list[str]:

@@ -10,7 +10,9 @@ them to a file of raw numpy bytes (no pickle), each chunk as:
   uint64 [n, c]      keys of the c categorical columns
   float32|64 [n, m]  numbers of the m numeric columns (float32 when `small`)
   float32 [n, c]     values, only when `has values`
+  per list column:   int64 [n + 1] offsets, uint64 [offsets[-1]] keys (ListValues)
   int64 [k, 3]       (row, column, length) of each long token, then the blob of them
+                     (a list's: (value index, c + the list's index, length))
 
 With worker processes (module workers) each parsed chunk is one such record in a part
 file of its own (write_part / read_part), written and read by the workers.
@@ -24,14 +26,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from gin_jax.data.errors import DataError, no_space
-from gin_jax.data.formats.base import RawChunk
+from gin_jax.data.errors import DataError, write_error
+from gin_jax.data.formats.base import ListValues, RawChunk
 
 
 class Spill:
@@ -51,50 +52,73 @@ class Spill:
     self._file = None
 
   def append(self, raw: RawChunk, split: np.ndarray) -> None:
-    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    size = raw.nbytes
     if self._file is None and self._bytes + size <= self.budget:
       self._memory.append((raw, split))
       self._bytes += size
       return
-    if self._file is None:
-      self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
-    try:
+    with _writing(self.path, self._spilled + size):
+      if self._file is None:
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in chunks()).
       _write_chunk(self._file, raw, split)
-    except OSError as e:
-      if e.errno != errno.ENOSPC:
-        raise
-      raise no_space(self.path, self._spilled + size, at_least=True) from None
     self._spilled += size
 
-  def chunks(self, cat: tuple[str, ...], num: tuple[str, ...]):
-    """Yields the (raw chunk, split) pairs in the order they were appended, once."""
+  def chunks(self, cat: tuple[str, ...], num: tuple[str, ...], lists: tuple[str, ...] = ()):
+    """Yields the (raw chunk, split) pairs in the order they were appended, once.
+
+    cat, num, lists: the chunks' categorical, numeric and list columns.
+    """
     memory, self._memory = self._memory, []
     yield from memory
     if self._file is not None:
-      self._file.close()
+      with _writing(self.path, self._spilled):
+        self._file.close()  # (writes what is still buffered)
       with open(self.path, "rb") as f:
-        yield from _read_chunks(f, cat, num)
+        yield from _read_chunks(f, cat, num, lists)
       os.remove(self.path)
 
 
+@contextlib.contextmanager
+def _writing(path: str, nbytes: int):
+  """Turns an OSError while writing `path` (nbytes so far) into write_error's."""
+  try:
+    yield
+  except OSError as e:
+    raise write_error(path, e, nbytes, at_least=True) from None
+
+
+def _write(f, arr: np.ndarray) -> None:
+  """An array's bytes into file f. Not arr.tofile(f): numpy's own buffered write
+  raises no errno (no telling a full disk), and the error of its last buffer is lost."""
+  f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
 def _write_chunk(f, raw: RawChunk, split: np.ndarray) -> None:
-  longs = list(raw.long_tokens.items())
+  c = len(raw.cat_names)
+  # Long tokens: the categorical columns' by (row, column), then each list's by
+  # (value index, c + the list's index).
+  longs = [((r, j), t) for (r, j), t in raw.long_tokens.items()]
+  for k, lv in enumerate(raw.lists.values()):
+    longs += [((i, c + k), t) for i, t in lv.long_tokens.items()]
   blob = b"".join(t for _, t in longs)
   # Bucket values are small integers: float32 holds them exactly and halves the I/O.
   small = raw.bucketized and bool((np.abs(np.nan_to_num(raw.numbers)) < 2**24).all())
   numbers = raw.numbers.astype(np.float32 if small else np.float64)
   head = [len(raw), len(longs), len(blob), raw.values is not None, raw.bucketized, small]
-  np.array(head, np.int64).tofile(f)
+  _write(f, np.array(head, np.int64))
   for arr in (raw.lines, raw.labels, split, raw.keys, numbers):
-    np.ascontiguousarray(arr).tofile(f)
+    _write(f, arr)
   if raw.values is not None:
-    np.ascontiguousarray(raw.values).tofile(f)
+    _write(f, raw.values)
+  for lv in raw.lists.values():
+    _write(f, lv.offsets)
+    _write(f, lv.keys)
   if longs:
-    np.array([[r, j, len(t)] for (r, j), t in longs], np.int64).tofile(f)
+    _write(f, np.array([[r, j, len(t)] for (r, j), t in longs], np.int64))
     f.write(blob)
 
 
-def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
+def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...], lists: tuple[str, ...]):
   while len(head := np.fromfile(f, np.int64, 6)):
     n, n_long, blob_len, has_values, bucketized, small = (int(x) for x in head)
     lines = np.fromfile(f, np.int64, n)
@@ -104,33 +128,38 @@ def _read_chunks(f, cat: tuple[str, ...], num: tuple[str, ...]):
     numbers = np.fromfile(f, np.float32 if small else np.float64, n * len(num))
     numbers = numbers.astype(np.float64).reshape(n, len(num))
     values = np.fromfile(f, np.float32, n * len(cat)).reshape(n, len(cat)) if has_values else None
+    list_values = {}
+    for name in lists:
+      offsets = np.fromfile(f, np.int64, n + 1)
+      list_values[name] = ListValues(offsets, np.fromfile(f, np.uint64, int(offsets[-1])))
     long_tokens = {}
     if n_long:
       index = np.fromfile(f, np.int64, 3 * n_long).reshape(n_long, 3)
       blob, at = f.read(blob_len), 0
       for r, j, length in index.tolist():
-        long_tokens[(r, j)] = blob[at : at + length]
+        token = blob[at : at + length]
+        if j < len(cat):
+          long_tokens[(r, j)] = token
+        else:
+          list_values[lists[j - len(cat)]].long_tokens[r] = token
         at += length
-    raw = RawChunk(lines, labels, cat, keys, long_tokens, num, numbers, values, bool(bucketized))
+    raw = RawChunk(
+      lines, labels, cat, keys, long_tokens, num, numbers, values, bool(bucketized),
+      lists=list_values,
+    )  # fmt: skip
     yield raw, split
 
 
 def write_part(path: str, raw: RawChunk, split: np.ndarray) -> None:
   """Writes one parsed chunk to a part file of its own (a worker's spill)."""
-  try:
-    with open(path, "wb") as f:
-      _write_chunk(f, raw, split)
-  except OSError as e:
-    if e.errno != errno.ENOSPC:
-      raise
-    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
-    raise no_space(path, size, at_least=True) from None
+  with _writing(path, raw.nbytes), open(path, "wb") as f:
+    _write_chunk(f, raw, split)
 
 
-def read_part(path: str, cat: tuple[str, ...], num: tuple[str, ...]):
+def read_part(path: str, cat: tuple[str, ...], num: tuple[str, ...], lists: tuple[str, ...]):
   """The (raw chunk, split) of a part file written by write_part."""
   with open(path, "rb") as f:
-    (out,) = _read_chunks(f, cat, num)
+    (out,) = _read_chunks(f, cat, num, lists)
   return out
 
 

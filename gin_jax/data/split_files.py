@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from gin_jax.data.errors import no_space
+from gin_jax.data.errors import no_space, write_error
 
 _NPY_HEADER_BYTES = 128  # Counted for the header of each .npy file.
 
@@ -27,8 +27,9 @@ def allocate(
 
   The maps are filled by storing into pages; on a full disk (a tmpfs above
   all) that is SIGBUS, a crash without a message. So every file's blocks are
-  allocated (posix_fallocate) before any page is touched, and a full disk is
-  a DataError naming the file and the space needed.
+  allocated (posix_fallocate) before any page is touched, and a full disk (or
+  a file over the size limit, ulimit -f) is a DataError naming the file and
+  the space needed.
 
   Args:
     directory: the dataset directory; split s goes to directory/s/.
@@ -60,9 +61,7 @@ def allocate(
         out[k] = open_memmap(path, mode="w+", dtype=dt, shape=shape)
         _reserve(path, out[k].offset + out[k].nbytes)
       except OSError as e:
-        if e.errno != errno.ENOSPC:
-          raise
-        raise no_space(path, needed) from None
+        raise write_error(path, e, needed) from None
     arrays.append(out)
   return arrays
 

@@ -38,7 +38,7 @@ import numpy as np
 from gin_jax import files
 from gin_jax.config import DataConfig
 from gin_jax.data import vocab
-from gin_jax.data.errors import no_space
+from gin_jax.data.errors import write_error
 from gin_jax.data.formats import criteo
 
 SYNTHETIC = "synthetic"  # DataConfig.format of the demo data (generated, not a file format).
@@ -387,12 +387,12 @@ def _write_demo_files(path: str, pairs_path: str, spec: SyntheticSpec) -> None:
     pairs = write_criteo_tsv(path, spec)
     files.atomic_write(pairs_path, json.dumps(pairs))
   except OSError as e:
-    if e.errno != errno.ENOSPC:
+    if e.errno not in (errno.ENOSPC, errno.EFBIG):
       raise
     written = os.path.getsize(path) if os.path.exists(path) else 0
     if os.path.exists(path):
       os.remove(path)  # A partial file: give the space back.
-    raise no_space(path, written, at_least=True) from None
+    raise write_error(path, e, written, at_least=True) from None
 
 
 def write_list_csv(path: str | os.PathLike, num_rows: int = 8000, seed: int = 0):

@@ -46,7 +46,6 @@ import numpy as np
 from gin_jax.data import hashing, spill, text, vocab
 from gin_jax.data.encode import Encoder
 from gin_jax.data.formats import Format, Layout, RawChunk
-from gin_jax.data.formats.base import slot_name
 
 SPLITS = 3  # train, valid, test
 
@@ -90,45 +89,63 @@ class ProcessPool(concurrent.futures.Executor):
   this module, and talk through their stdin and stdout (length-prefixed pickles of
   module-level functions and their arguments: tasks and results stay inside one
   process tree). One thread per child sends it the tasks of its queue and resolves
-  their futures; a task goes to the least busy child, or to the one `submit_to`
-  names (the child that holds a parsed chunk encodes it); `set_context` hands every
-  child an object (pass 2's encoder) once, before its next task.
+  their futures; a task goes to an idle child, else to a new one while there are
+  fewer than `workers`, else to the least busy, or to the one `submit_to` names
+  (the child that holds a parsed chunk encodes it): children are started only for
+  tasks, never more than run at once. `set_context` hands every child an object
+  (pass 2's encoder) once, before its next task.
   """
 
   def __init__(self, workers: int):
-    self._queues = [queue.SimpleQueue() for _ in range(workers)]
-    self._pending = [0] * workers  # tasks queued or running, per child
+    self._size = workers  # children at most: one is started when a task finds none idle
+    self._queues: list[queue.SimpleQueue] = []
+    self._pending: list[int] = []  # tasks queued or running, per child
+    self._dead: list[bool] = []  # per child: whether it ended (its tasks fail at once)
+    self._procs: list[subprocess.Popen] = []
+    self._threads: list[threading.Thread] = []
     self._lock = threading.Lock()
     self._context: tuple[int, bytes] | None = None
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    self._procs = [
+    self._env = env
+
+  def _start(self) -> int:
+    """Starts one more child and its feeding thread (under the lock); returns its index."""
+    k = len(self._procs)
+    self._procs.append(
       subprocess.Popen(
         [sys.executable, "-c", _CHILD],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env={**env, _INDEX_VARIABLE: str(k)},
+        env={**self._env, _INDEX_VARIABLE: str(k)},
       )
-      for k in range(workers)
-    ]
-    self._threads = [
-      threading.Thread(target=self._feed, args=(k,), daemon=True) for k in range(workers)
-    ]
-    for t in self._threads:
-      t.start()
+    )
+    self._queues.append(queue.SimpleQueue())
+    self._pending.append(0)
+    self._dead.append(False)
+    self._threads.append(threading.Thread(target=self._feed, args=(k,), daemon=True))
+    self._threads[k].start()
+    return k
 
   def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
-    """fn(*args, **kwargs) in the child with the fewest tasks waiting."""
+    """fn(*args, **kwargs) in an idle child, a new one, or the one with the fewest tasks."""
     return self.submit_to(None, fn, *args, **kwargs)
 
   def submit_to(self, worker: int | None, fn, /, *args, **kwargs) -> concurrent.futures.Future:
-    """fn(*args, **kwargs) in child `worker` (its index; None: the least busy)."""
+    """fn(*args, **kwargs) in child `worker` (its index; None: see submit)."""
     future: concurrent.futures.Future = concurrent.futures.Future()
     task = pickle.dumps((fn, args, kwargs), protocol=5)
     with self._lock:
       if worker is None:
-        worker = min(range(len(self._pending)), key=self._pending.__getitem__)
+        live = [k for k, dead in enumerate(self._dead) if not dead] or range(len(self._procs))
+        idle = [k for k in live if self._pending[k] == 0]
+        if idle:
+          worker = idle[0]
+        elif len(self._procs) < self._size:
+          worker = self._start()  # so an input of 4 chunks starts 4 children at most
+        else:
+          worker = min(live, key=self._pending.__getitem__)
       self._pending[worker] += 1
     self._queues[worker].put((future, task))
     return future
@@ -172,7 +189,7 @@ class ProcessPool(concurrent.futures.Executor):
             _send(proc.stdin, b"T" + task)
             reply = _receive(proc.stdout)
           except (OSError, EOFError):
-            dead = True
+            dead = self._dead[k] = True
             try:
               code = proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -322,7 +339,7 @@ class ParseTask:
       out.raw, out.split = raw, split
       return out
     name = f"{self.input_index:04d}-{index:09d}"
-    size = raw.keys.nbytes + raw.numbers.nbytes + 16 * len(raw)
+    size = raw.nbytes
     if _HELD_BYTES[0] + size <= self.hold_bytes:
       _HELD[name] = (raw, split)
       _HELD_BYTES[0] += size
@@ -378,11 +395,11 @@ def count_categories(raw: RawChunk, split: np.ndarray, counted) -> dict:
 
 def _count_list(raw: RawChunk, col) -> tuple:
   """A multi-valued column's (keys, counts, long tokens, rows with an empty list)."""
-  cols = [raw.cat_names.index(slot_name(col.name, k)) for k in range(col.max_values)]
-  keys, n = vocab.count_unique(text.select_columns(raw.keys, cols).reshape(-1))
+  values = raw.lists[col.name]
+  keys, n = vocab.count_unique(values.keys)
   real = (keys != text.MISSING_KEY) & (keys != text.LONG_KEY)
-  longs = collections.Counter(t for (_, c), t in raw.long_tokens.items() if c in set(cols))
-  empty = int(np.count_nonzero(raw.keys[:, cols[0]] == text.MISSING_KEY))
+  longs = collections.Counter(values.long_tokens.values())
+  empty = int(np.count_nonzero(values.lengths == 0))
   return keys[real], n[real], longs, empty
 
 
@@ -397,6 +414,7 @@ class Encoding:
   files: list[dict[str, str]]  # per split: {"ids", "labels", ...} -> .npy path
   cat: tuple[str, ...]
   num: tuple[str, ...]
+  lists: tuple[str, ...] = ()
   arrays: list | None = None  # the files' memory maps, opened on first use
 
   def __getstate__(self):
@@ -420,11 +438,35 @@ def encode_part(task: tuple[str, np.ndarray]) -> np.ndarray:
   if path in _HELD:
     raw, split = _HELD.pop(path)
   else:
-    raw, split = spill.read_part(path, enc.cat, enc.num)
+    raw, split = spill.read_part(path, enc.cat, enc.num, enc.lists)
     os.remove(path)
-  ids, values = enc.encoder.encode(raw)
+  return encode_and_write(enc.encoder, enc.arrays, raw, split, offsets)
+
+
+# The padded ids and values pass 2 builds at a time (a Criteo chunk's are ~9 MB: one
+# block; lists padded to max_values 1024 take 8 KB a row: blocks of ~2,000 rows).
+ENCODE_BLOCK_BYTES = 16 << 20
+
+
+def encode_and_write(encoder: Encoder, arrays, raw: RawChunk, split, offsets) -> np.ndarray:
+  """Encodes a chunk a block of rows at a time and writes them into the splits' arrays.
+
+  Args:
+    encoder: the dataset's.
+    arrays: per split, {"ids", "labels", ...} -> writable array (the .npy files).
+    raw, split: the chunk and the split of each row.
+    offsets: int64 [3] rows of each split before the chunk's.
+
+  Returns:
+    int64 [3]: the rows written to each split.
+  """
   filled = np.array(offsets, np.int64)
-  write_rows(enc.arrays, filled, raw, split, ids, values)
+  block = max(1, ENCODE_BLOCK_BYTES // (8 * max(encoder.num_slots, 1)))
+  for a in range(0, len(raw), block):
+    b = min(a + block, len(raw))
+    part = raw if b - a == len(raw) else raw.rows(a, b)
+    ids, values = encoder.encode(part)
+    write_rows(arrays, filled, part, split[a:b], ids, values)
   return filled - offsets
 
 

@@ -43,18 +43,14 @@ class Column:
     return self.kind in ("categorical", "multi_valued")
 
 
-def slot_name(name: str, k: int) -> str:
-  """The key column of value slot k of multi-valued column `name` in a RawChunk."""
-  return f"{name}[{k}]"
-
-
 def key_names(columns) -> tuple[str, ...]:
-  """A RawChunk's key columns: the categorical columns, then max_values slots per list."""
-  out = [c.name for c in columns if c.kind == "categorical"]
-  for c in columns:
-    if c.kind == "multi_valued":
-      out += [slot_name(c.name, k) for k in range(c.max_values)]
-  return tuple(out)
+  """A RawChunk's key columns: the categorical columns."""
+  return tuple(c.name for c in columns if c.kind == "categorical")
+
+
+def list_names(columns) -> tuple[str, ...]:
+  """A RawChunk's list columns: the multi-valued columns, in order."""
+  return tuple(c.name for c in columns if c.kind == "multi_valued")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,15 +71,59 @@ class Layout:
 
 
 @dataclasses.dataclass
+class ListValues:
+  """One multi-valued column's values in a chunk, as many as the rows have.
+
+  Row r's values are keys[offsets[r]:offsets[r + 1]]: the last max_values of its
+  list, in order (none: an empty list, the missing value). Held so, not padded to
+  max_values, until pass 2 writes the padded arrays (Encoder).
+
+  Attributes:
+    offsets: int64 [n + 1], offsets[0] = 0.
+    keys: uint64 [offsets[-1]] value keys (text.short_keys; LONG_KEY for a value
+      over 8 bytes).
+    long_tokens: {index into keys: value} of the values over 8 bytes.
+  """
+
+  offsets: np.ndarray
+  keys: np.ndarray
+  long_tokens: dict[int, bytes] = dataclasses.field(default_factory=dict)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """int64 [n]: the values of each row."""
+    return np.diff(self.offsets)
+
+  @property
+  def nbytes(self) -> int:
+    longs = sum(64 + len(t) for t in self.long_tokens.values())
+    return self.offsets.nbytes + self.keys.nbytes + longs
+
+  def take(self, keep: np.ndarray) -> ListValues:
+    """The rows where the boolean mask `keep` is True."""
+    lengths = self.lengths
+    kept = np.repeat(keep, lengths)  # per value
+    offsets = np.zeros(int(np.count_nonzero(keep)) + 1, np.int64)
+    np.cumsum(lengths[keep], out=offsets[1:])
+    new_index = np.cumsum(kept) - 1
+    longs = {int(new_index[i]): t for i, t in self.long_tokens.items() if kept[i]}
+    return ListValues(offsets, self.keys[kept], longs)
+
+  def rows(self, a: int, b: int) -> ListValues:
+    """Rows a to b (b excluded)."""
+    lo, hi = int(self.offsets[a]), int(self.offsets[b])
+    longs = {i - lo: t for i, t in self.long_tokens.items() if lo <= i < hi}
+    return ListValues(self.offsets[a : b + 1] - lo, self.keys[lo:hi], longs)
+
+
+@dataclasses.dataclass
 class RawChunk:
   """The good rows of one chunk, before vocabularies are applied.
 
   Attributes:
     lines: int64 [n] 1-based source lines.
     labels: float32 [n] in {0, 1}; NaN when the file has no labels.
-    cat_names: the key columns (key_names): categorical columns, and for a
-      multi-valued column one per value slot, its values left-aligned (the last
-      max_values of the row's list; key 0 past them, all 0 for an empty list).
+    cat_names: the key columns (key_names): the categorical columns.
     keys: uint64 [n, len(cat_names)] token keys (text.short_keys; 0 = missing).
     long_tokens: {(row, j): token} for categorical tokens over 8 bytes.
     num_names: the numeric columns.
@@ -92,6 +132,7 @@ class RawChunk:
     bucketized: whether `numbers` already went through vocab.bucketize.
     truncated: {multi-valued column: rows whose list was longer than max_values}
       (pass 1's summary; not kept by the spill).
+    lists: {multi-valued column: its ListValues}, in the order of list_names.
   """
 
   lines: np.ndarray
@@ -104,9 +145,18 @@ class RawChunk:
   values: np.ndarray | None = None
   bucketized: bool = False
   truncated: dict[str, int] = dataclasses.field(default_factory=dict)
+  lists: dict[str, ListValues] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.lines)
+
+  @property
+  def nbytes(self) -> int:
+    """About the memory the chunk holds."""
+    arrays = [self.lines, self.labels, self.keys, self.numbers]
+    arrays += [self.values] if self.values is not None else []
+    held = sum(a.nbytes for a in arrays) + sum(v.nbytes for v in self.lists.values())
+    return held + sum(64 + len(t) for t in self.long_tokens.values())
 
   def keys_of(self, name: str) -> np.ndarray:
     return self.keys[:, self.cat_names.index(name)]
@@ -132,6 +182,20 @@ class RawChunk:
       long_tokens={(int(new_index[r]), j): t for (r, j), t in self.long_tokens.items() if keep[r]},
       numbers=self.numbers[keep],
       values=None if self.values is None else self.values[keep],
+      lists={name: v.take(keep) for name, v in self.lists.items()},
+    )
+
+  def rows(self, a: int, b: int) -> RawChunk:
+    """Rows a to b (b excluded), sharing the arrays' memory."""
+    return dataclasses.replace(
+      self,
+      lines=self.lines[a:b],
+      labels=self.labels[a:b],
+      keys=self.keys[a:b],
+      long_tokens={(r - a, j): t for (r, j), t in self.long_tokens.items() if a <= r < b},
+      numbers=self.numbers[a:b],
+      values=None if self.values is None else self.values[a:b],
+      lists={name: v.rows(a, b) for name, v in self.lists.items()},
     )
 
 

@@ -140,17 +140,11 @@ class DelimitedText(Format):
     if categorical:
       raw.keys, longs = text.short_keys(tokens, [c.token for c in categorical])
       raw.long_tokens = {(r, j): tokens.token(r, categorical[j].token) for r, j in longs}
-    multi = [c for c in layout.columns if c.kind == "multi_valued"]
-    if multi:
-      lists = [list_keys([tokens.token(r, c.token) for r in range(len(tokens))], c) for c in multi]
-      first = len(categorical)
-      for c, (_, longs, truncated, bad_lists) in zip(multi, lists):
-        raw.long_tokens.update({(r, first + k): t for (r, k), t in longs.items()})
-        raw.truncated[c.name] = truncated
-        for r, reason in bad_lists.items():
-          row_bad.setdefault(r, reason)
-        first += c.max_values
-      raw.keys = np.concatenate([raw.keys, *(keys for keys, *_ in lists)], axis=1)
+    for c in (c for c in layout.columns if c.kind == "multi_valued"):
+      tokens_c = [tokens.token(r, c.token) for r in range(len(tokens))]
+      raw.lists[c.name], raw.truncated[c.name], bad_lists = list_keys(tokens_c, c)
+      for r, reason in bad_lists.items():
+        row_bad.setdefault(r, reason)
     if row_bad:
       keep = np.ones(len(tokens), bool)
       keep[list(row_bad)] = False

@@ -1,8 +1,9 @@
-"""Multi-valued (list) columns: each row's values as keys of max_values slots.
+"""Multi-valued (list) columns: each row's values as keys (the last max_values of them).
 
 A csv list is one token, its values joined by the column's separator; a Parquet
-list column (list<string> or list<int>) holds them as an Arrow list array. Both
-come to `list_keys`, so the same rows give the same keys whatever the format.
+list column (of strings, binary, integers, booleans or floats holding integers:
+LIST_TYPES) holds them as an Arrow list array. Both come to `list_keys`, so the
+same rows give the same keys whatever the format.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from gin_jax.data import text
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats.base import MAX_CATEGORY_BYTES, Column, show_token
+from gin_jax.data.formats.base import MAX_CATEGORY_BYTES, Column, ListValues, show_token
 
 
 def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes | None = None):
@@ -26,14 +27,15 @@ def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes |
     column: the multi-valued column (its name, separator and max_values).
 
   Returns:
-    (keys uint64 [n, max_values] of the LAST max_values values, left-aligned, 0
-    past them; {(row, slot): value} for values over 8 bytes (key LONG_KEY); rows
-    truncated; {row: reason} for bad rows: an empty value or one over
-    MAX_CATEGORY_BYTES).
+    (ListValues: the LAST max_values values of each row, and no more (the keys
+    of values over 8 bytes are LONG_KEY, the values kept aside); rows truncated;
+    {row: reason} for bad rows (their lists are left empty): an empty value or
+    one over MAX_CATEGORY_BYTES).
   """
   k = column.max_values
   sep = column.separator.encode() if separator is None else separator
-  keys = np.zeros((len(tokens), k), np.uint64)
+  lengths = np.zeros(len(tokens), np.int64)
+  flat: list[bytes] = []  # the values kept, row after row (b"" for a long one)
   longs, bad, truncated = {}, {}, 0
   for r, tok in enumerate(tokens):
     if not tok:
@@ -49,13 +51,17 @@ def list_keys(tokens: Sequence[bytes | None], column: Column, separator: bytes |
     if len(values) > k:
       truncated += 1
       values = values[-k:]
-    short = [v if len(v) <= 8 else b"" for v in values]
-    keys[r, : len(values)] = text.bytes_to_keys(short)
-    for j, v in enumerate(values):
+    for v in values:
       if len(v) > 8:
-        keys[r, j] = text.LONG_KEY
-        longs[(r, j)] = v
-  return keys, longs, truncated, bad
+        longs[len(flat)] = v
+        v = b""
+      flat.append(v)
+    lengths[r] = len(values)
+  keys = text.bytes_to_keys(flat)
+  keys[list(longs)] = text.LONG_KEY
+  offsets = np.zeros(len(tokens) + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  return ListValues(offsets, keys, longs), truncated, bad
 
 
 def _joined(tok, sep: bytes) -> bytes:
@@ -67,23 +73,30 @@ def list_value_type(pa, t, path: str, name: str):
   if pa.types.is_list(t) or pa.types.is_large_list(t):
     return t.value_type
   raise DataError(
-    f"{path}: column {name!r} has type {t}; a multi_valued column is a list column "
-    "(list<string> or list<int>)"
+    f"{path}: column {name!r} has type {t}; a multi_valued column is a list column ({LIST_TYPES})"
   )
+
+
+LIST_TYPES = "lists of strings, binary, integers, booleans or floats holding integers"
 
 
 def arrow_lists(pa, pc, arr, name: str, row_bad: dict[int, str]) -> list:
   """Each row's list as a list of value tokens (None for a null list); bad rows marked.
 
-  Integer values become their decimal text, as a CSV list's would; a null value
-  or a value with a NUL byte or invalid UTF-8 makes the row bad.
+  Values are read as a categorical column's single values are: integers become
+  their decimal text, as a CSV list's would, booleans 0 or 1, floats must hold
+  integers (another float is a bad row; NaN is a missing value, so a bad row as a
+  null value is); a null value or a value with a NUL byte or invalid UTF-8 makes
+  the row bad.
   """
   flat = arr.flatten()  # the values of the non-null lists, in order
+  offsets = arr.offsets.to_numpy()[: len(arr) + 1]
+  offsets = offsets - offsets[0]
+  if pa.types.is_floating(flat.type) or pa.types.is_boolean(flat.type):
+    flat = _whole_numbers(pa, flat, np.repeat(np.arange(len(arr)), np.diff(offsets)), name, row_bad)
   if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)
           or pa.types.is_binary(flat.type) or pa.types.is_large_binary(flat.type)):  # fmt: skip
     flat = pc.cast(flat, pa.string())
-  offsets = arr.offsets.to_numpy()[: len(arr) + 1]
-  offsets = offsets - offsets[0]
   values = flat.to_pylist()
   out = []
   for r in range(len(arr)):
@@ -107,3 +120,19 @@ def arrow_lists(pa, pc, arr, name: str, row_bad: dict[int, str]) -> list:
         )
     out.append(row)
   return out
+
+
+def _whole_numbers(pa, flat, rows: np.ndarray, name: str, row_bad: dict[int, str]):
+  """Float or boolean list values as int64 (null where NaN or null); bad rows marked.
+
+  rows: the row of each value.
+  """
+  if pa.types.is_boolean(flat.type):
+    return flat.cast(pa.int8())
+  x = flat.to_numpy(zero_copy_only=False)  # null: NaN
+  whole = np.isfinite(x) & (x == np.trunc(x))
+  nan = np.isnan(x) & flat.is_valid().to_numpy(zero_copy_only=False)
+  for k in np.flatnonzero(nan | ~(whole | np.isnan(x))):  # (the caller marks null values)
+    why = "a NaN value in the list" if nan[k] else f"{float(x[k])!r} is not an integer category"
+    row_bad.setdefault(int(rows[k]), f"{name}: {why}")
+  return pa.array(np.where(whole, x, 0).astype(np.int64), mask=~whole)

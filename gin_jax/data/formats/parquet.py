@@ -6,9 +6,10 @@ that says so. Scores are written to Parquet by module parquet_writer.
 
 A dataset is one file, a directory of part files (every file under it, recursively,
 except names starting with "_" or "." such as Spark's _SUCCESS and .crc files), or a
-glob of files. Its parts are read in sorted path order, row group by row group, in
-record batches of at most CHUNK_ROWS rows of the schema's columns only, so memory is
-bounded by one row group's column chunks, never by the dataset.
+glob of files; a 0-byte part is an empty part, as for text. Its parts are read in
+sorted path order, row group by row group, in record batches of at most CHUNK_ROWS
+rows of the schema's columns only, so memory is bounded by one row group's column
+chunks, never by the dataset.
 
 The schema names the label, categorical, numeric and ignored columns as for csv
 (schema.CsvSchema; its `separator` and `columns` apply to csv only), and every
@@ -30,6 +31,11 @@ Column types, by role (null is a missing value, like an empty text field):
   booleans (their decimal text is the token: 7 and "7" are one category, a boolean is
   0 or 1); floats that hold integers (pandas' integer columns with missing values;
   any other value is a bad row).
+- multi_valued: lists (list or large_list) of any type a categorical column takes,
+  each value read as a categorical value is: `[7.0, 12.0]` and `[7, 12]` are one
+  list, `[true]` is `[1]`; 135.5 or inf is a bad row, and a NaN value is a bad row
+  as a null value is (an empty list is the missing value). Lists of lists or of
+  structs are refused, naming the column.
 Dictionary-encoded columns are read as their values; any other type is an error
 naming the column.
 """
@@ -73,6 +79,15 @@ def part_files(path: str | os.PathLike) -> list[str]:
   Raises DataError when nothing matches.
   """
   return parts.part_files(path, "Parquet files")
+
+
+def _nonempty(path: str | os.PathLike) -> list[str]:
+  """part_files without 0-byte files (an empty part, as of text); DataError if all are."""
+  files = part_files(path)
+  nonempty = [f for f in files if os.path.getsize(f) > 0]
+  if not nonempty:
+    raise DataError(f"{files[0]}: empty file")
+  return nonempty
 
 
 def fingerprint(path: str | os.PathLike) -> dict:
@@ -139,7 +154,7 @@ def detect_layout(
     raise DataError(f"{path}: parquet input needs a schema file (--schema)")
   if schema.columns or schema.separator != ",":
     raise DataError(f"{path}: the schema's 'separator' and 'columns' apply to csv only")
-  files = part_files(path)
+  files = _nonempty(path)
   first, layout = None, None
   for f in files:
     arrow = _open(pq, f).schema_arrow
@@ -155,8 +170,13 @@ def detect_layout(
     for name, role in roles:
       t = arrow.field(name).type
       if role == "multi_valued":
-        t = lists.list_value_type(pa, t, f, name)
-        role = "categorical"  # its values are categories
+        value_type = lists.list_value_type(pa, t, f, name)
+        if _kind(pa, value_type) not in _ROLES["categorical"][0]:  # its values are categories
+          raise DataError(
+            f"{f}: column {name!r} has type {t}: a list of {value_type}, which is not "
+            f"supported; multi_valued columns take {lists.LIST_TYPES}"
+          )
+        continue
       allowed, words = _ROLES[role]
       if _kind(pa, t) not in allowed:
         raise DataError(f"{f}: column {name!r} has type {t}; {role} columns take {words}")
@@ -200,7 +220,7 @@ def iter_chunks(
   pa, _, pq = pyarrow_modules()
   columns = _read_columns(layout)
   line = 1
-  for f in part_files(path):
+  for f in _nonempty(path):
     pf = _open(pq, f)
     meta = pf.metadata
     for g in range(meta.num_row_groups):
@@ -251,23 +271,18 @@ def parse_chunk(chunk: Chunk, layout: Layout) -> tuple[RawChunk, list[tuple[int,
   for j, name in enumerate(categorical):
     keys[:, j], longs = _category_keys(pa, pc, _column(pa, batch, name), name, lines, row_bad)
     long_tokens.update({(r, j): token for r, token in longs.items()})
-  truncated, first = {}, len(categorical)
-  list_keys_ = [keys]
+  truncated, list_values = {}, {}
   for col in (c for c in layout.columns if c.kind == "multi_valued"):
     values = lists.arrow_lists(pa, pc, _column(pa, batch, col.name), col.name, row_bad)
-    col_keys, longs, truncated[col.name], bad_lists = lists.list_keys(values, col)
+    list_values[col.name], truncated[col.name], bad_lists = lists.list_keys(values, col)
     for r, reason in bad_lists.items():
       row_bad.setdefault(r, reason)
-    long_tokens.update({(r, first + k): t for (r, k), t in longs.items()})
-    list_keys_.append(col_keys)
-    first += col.max_values
-  keys = np.concatenate(list_keys_, axis=1)
   numbers = np.zeros((n, len(numeric)))
   for j, name in enumerate(numeric):
     numbers[:, j] = _numbers(pa, _column(pa, batch, name), name, lines, row_bad)
   raw = RawChunk(
     lines, labels, key_names(layout.columns), keys, long_tokens, tuple(numeric), numbers,
-    truncated=truncated,
+    truncated=truncated, lists=list_values,
   )  # fmt: skip
   if not row_bad:
     return raw, []

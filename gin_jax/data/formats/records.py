@@ -75,29 +75,25 @@ def parse_records(
   else:
     texts = [columns[c.name] for c in categorical]
   keys, long_tokens = _category_keys(texts, categorical, rows, bad, libfm)
-  list_cols = [keys]
-  first = len(categorical)
-  truncated = {}
+  truncated, list_values = {}, {}
   for c in (c for c in layout.columns if c.kind == "multi_valued"):
     tokens = _list_tokens(columns[c.name], c, bad)
     shown = (c.separator or ",").encode()  # Joins a list's values in error messages.
-    col_keys, longs, truncated[c.name], bad_lists = list_keys(tokens, c, shown)
+    list_values[c.name], truncated[c.name], bad_lists = list_keys(tokens, c, shown)
     for r, reason in bad_lists.items():
       bad.setdefault(r, reason)
-    long_tokens.update({(r, first + k): t for (r, k), t in longs.items()})
-    list_cols.append(col_keys)
-    first += c.max_values
   numbers = _numbers([columns[c.name] for c in numeric], numeric, rows, layout.format, bad)
   raw = RawChunk(
     lines=lines,
     labels=np.full(rows, np.nan, np.float32),
     cat_names=key_names(layout.columns),
-    keys=np.concatenate(list_cols, axis=1),
+    keys=keys,
     long_tokens=long_tokens,
     num_names=tuple(c.name for c in numeric),
     numbers=numbers,
     values=values,
     truncated=truncated,
+    lists=list_values,
   )
   return raw, bad
 

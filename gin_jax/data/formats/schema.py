@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from gin_jax.config import yaml_files
+from gin_jax.config import MAX_VALUES, yaml_files
 from gin_jax.data.errors import DataError
 
 POOLINGS = ("mean", "sum")  # How a multi-valued field's values make one field vector.
@@ -45,8 +45,13 @@ class MultiValued:
         f"{where}: multi_valued.{name}: its separator {sep!r} is the file's column separator"
       )
     k = entry.get("max_values")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-      raise DataError(f"{where}: multi_valued.{name}: max_values must be an integer >= 1")
+    if k is not None and (
+      isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_VALUES
+    ):
+      raise DataError(
+        f"{where}: multi_valued.{name}: max_values must be an integer from 1 to {MAX_VALUES}, "
+        f"got {yaml_files.short(k)}"
+      )
     pooling = entry.get("pooling", "mean")
     if pooling not in POOLINGS:
       raise DataError(f"{where}: multi_valued.{name}: pooling must be one of {POOLINGS}")
