@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import jax
@@ -94,6 +95,30 @@ def source_of(init_from: str | Path) -> Source:
     raise TrainingError(f"{where}: {run.checkpoints}/{step} was trained with another config "
                         f"than {run.config}")  # fmt: skip
   return Source(run.root, step, meta, dataset, cfg)
+
+
+def check_start(cfg: Config, workdir: Workdir) -> None:
+  """What a continued run refuses before it takes its workdir's lock or writes anything.
+
+  RUN_DIR is only read, while a run writes its workdir and --overwrite
+  discards it: so neither may lie in the other (their real paths, links
+  followed). Raises TrainingError.
+  """
+  init_from = cfg.train.init_from
+  if not init_from:
+    return
+  source, target = Path(os.path.realpath(init_from)), Path(os.path.realpath(workdir.root))
+  relation = (
+    "and --workdir {} are the same folder" if source == target
+    else "holds --workdir {}" if target.is_relative_to(source)
+    else "lies inside --workdir {}" if source.is_relative_to(target)
+    else None
+  )  # fmt: skip
+  if relation:
+    raise TrainingError(
+      f"--init-from {init_from} {relation.format(workdir.root)}: a continued run never writes "
+      "the run it continues; use a --workdir outside it"
+    )
 
 
 def member_init_from(init_from: str, i: int) -> str:
