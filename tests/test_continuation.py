@@ -377,6 +377,21 @@ def test_a_workdir_overlapping_the_source_is_refused(day0, days, tmp_path, where
   assert not (src.parent / ".lock").exists()
 
 
+def test_an_ensemble_larger_than_the_sources_is_refused_before_member_0_trains(
+  day0, days, tmp_path
+):
+  """Issue 33: member 0 trained for nothing before member 1 found no source member."""
+  src = _copy_of(day0, tmp_path)
+  cfg = _cfg(days[1], src, embedding_optimizer="lazy_adam", ensemble=3)
+  with pytest.raises(TrainingError) as refused:
+    training.run(cfg, tmp_path / "bigger", devices=ONE)
+  assert str(refused.value) == (
+    f"--init-from {src} delivers 1 model, fewer than train.ensemble=3: member i continues "
+    "the source's member i (lower train.ensemble to 1, or continue an ensemble of 3)"
+  )
+  assert not (tmp_path / "bigger" / "checkpoints").exists()
+
+
 # ---------------------------------------------------------------------- resume, devices
 
 

@@ -102,7 +102,8 @@ def check_start(cfg: Config, workdir: Workdir) -> None:
 
   RUN_DIR is only read, while a run writes its workdir and --overwrite
   discards it: so neither may lie in the other (their real paths, links
-  followed). Raises TrainingError.
+  followed). And train.ensemble may ask for no more members than RUN_DIR
+  delivers, since member i continues RUN_DIR's member i. Raises TrainingError.
   """
   init_from = cfg.train.init_from
   if not init_from:
@@ -119,6 +120,18 @@ def check_start(cfg: Config, workdir: Workdir) -> None:
       f"--init-from {init_from} {relation.format(workdir.root)}: a continued run never writes "
       "the run it continues; use a --workdir outside it"
     )
+  k = cfg.train.ensemble
+  if k > 1:
+    try:
+      n = len(Workdir(init_from).ensemble())
+    except DeliveryError as e:
+      raise TrainingError(f"--init-from {init_from}: {e}") from None
+    if n < k:
+      raise TrainingError(
+        f"--init-from {init_from} delivers {n} model{'s' if n > 1 else ''}, fewer than "
+        f"train.ensemble={k}: member i continues the source's member i (lower "
+        f"train.ensemble to {n}, or continue an ensemble of {k})"
+      )
 
 
 def member_init_from(init_from: str, i: int) -> str:
