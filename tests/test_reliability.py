@@ -400,6 +400,28 @@ def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
   assert _metrics_lines(wd) == _metrics_lines(trained[0])
 
 
+def test_a_fresh_start_begins_a_fresh_metrics_log(tmp_path, monkeypatch):
+  """Issue 33 item 6: a run killed before its first checkpoint leaves its config.json and
+  log lines (here step 5's); its rerun starts afresh and appended to them: step 5 twice.
+  The rerun stops as its first stage begins, so no train step is compiled."""
+  from gin_jax.training import loop
+
+  (tmp_path / "config.json").write_text(config_lib.tiny().to_json())
+  stale = {"stage": "search", "step": 5, "epoch": 0, "loss": 0.7}
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
+
+  class Stop(Exception):
+    pass
+
+  def stop(*args):
+    raise Stop
+
+  monkeypatch.setattr(loop, "_train_stage", stop)
+  with pytest.raises(Stop):
+    training.run(config_lib.tiny(), tmp_path, devices=jax.devices()[:1])
+  assert "step" not in (tmp_path / "metrics.jsonl").read_text()
+
+
 def test_metrics_log_rewinds_by_size_or_by_step(tmp_path):
   from gin_jax.training import report as report_lib
 

@@ -110,6 +110,8 @@ def train(
   plan = cfg.train.stages
   restored = resume(ctx, overwrite)
   if restored is None:
+    # A run killed before its first checkpoint left log lines that this one replays.
+    ctx.log.rewind(0, 0)
     first = stages.plan(plan)[0]
     progress = Progress(stage=first.name, stage_start_time=time.time())
     began = time.perf_counter()
