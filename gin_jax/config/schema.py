@@ -76,6 +76,7 @@ class ModelConfig:
   attention_head_dim: int = 16  # AutoInt: d, query / key / value size per head (Table 4).
 
   def __post_init__(self):
+    _check_finite("model", self)
     if self.arch not in ARCHS:
       raise ValueError(f"unknown model.arch {self.arch!r}; choose from {ARCHS}")
     if self.readout not in READOUTS:
@@ -128,6 +129,7 @@ class DataConfig:
   synthetic_noise: float = 0.5  # Std of the logit noise in synthetic labels.
 
   def __post_init__(self):
+    _check_finite("data", self)
     if self.format not in (*FORMATS, "synthetic"):
       raise ValueError(f"unknown data format {self.format!r}")
     if self.bad_rows not in BAD_ROWS:
@@ -201,6 +203,7 @@ class TrainConfig:
   reset_optimizer: bool = False  # --init-from: restart the optimizers' state from zero.
 
   def __post_init__(self):
+    _check_finite("train", self)
     if self.stages in STAGE_PLAN_ALIASES:
       object.__setattr__(self, "stages", STAGE_PLAN_ALIASES[self.stages])
     if self.stages not in STAGE_PLANS:
@@ -265,6 +268,23 @@ class Config:
       data=_from_dict(DataConfig, d["data"]),
       train=_from_dict(TrainConfig, d["train"]),
     )
+
+
+def _check_finite(section: str, obj) -> None:
+  """Raises ValueError naming `section.field` for any NaN or infinite number in `obj`.
+
+  Every field, whatever its declared type (config.json and YAML can hold NaN
+  anywhere): NaN passes every range check (nan < 0 is False), and no field
+  means anything by an infinity.
+  """
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{section}.{f.name} must be a finite number, got {value}")
+    if isinstance(value, tuple | list) and any(
+      isinstance(v, float) and not math.isfinite(v) for v in value
+    ):
+      raise ValueError(f"{section}.{f.name} must be finite numbers, got {tuple(value)}")
 
 
 def _check_ranges(section: str, obj, ranges: dict) -> None:
