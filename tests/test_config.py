@@ -167,6 +167,8 @@ def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
     ("data.hash_buckets", "-3", "data.hash_buckets must be >= 0, got -3"),
     ("model.embed_init_std", "-0.1", "model.embed_init_std must be >= 0, got -0.1"),
     ("model.mlp_hidden", "16,0", "model.mlp_hidden must be widths >= 1"),
+    ("train.seed", "-1", "train.seed must be >= 0, got -1"),  # was: no field named
+    ("data.seed", "-1", "data.seed must be >= 0, got -1"),
   ],
 )
 def test_every_numeric_field_is_checked_against_its_range(field, value, message):

@@ -41,7 +41,7 @@ MODEL_RANGES = {
 }  # fmt: skip
 DATA_RANGES = {
   "min_count": (1, None, False), "hash_buckets": (0, None, False), "num_workers": (0, None, False),
-  "prepare_workers": (0, None, False),
+  "prepare_workers": (0, None, False), "seed": (0, None, False),
   "synthetic_rows": (1, None, False), "synthetic_vocab": (3, None, False),
   "synthetic_planted": (0, None, False), "synthetic_noise": (0, None, False),
 }  # fmt: skip
@@ -50,6 +50,7 @@ TRAIN_RANGES = {
   "lr_decay": (0, 1, True), "patience": (1, None, False), "log_every": (1, None, False),
   "embedding_lr_scale": (0, None, True),
   "checkpoint_every": (1, None, False), "keep_checkpoints": (1, None, False),
+  "seed": (0, None, False),
 }  # fmt: skip
 
 
