@@ -392,6 +392,22 @@ def test_an_ensemble_larger_than_the_sources_is_refused_before_member_0_trains(
   assert not (tmp_path / "bigger" / "checkpoints").exists()
 
 
+def test_a_tampered_final_checkpoint_is_named_not_called_unfinished(day0, days, tmp_path):
+  """Issue 33: its metadata altered, the newest checkpoint was skipped for an older,
+  mid-training one, and the run was said to be "not finished"."""
+  src = _copy_of(day0, tmp_path)
+  newest = src / "checkpoints" / str(max(int(p.name) for p in (src / "checkpoints").iterdir()))
+  meta = newest / "meta" / "metadata"
+  meta.write_text(meta.read_text().replace('"done"', '"DONE"'))
+  with pytest.raises(TrainingError) as refused:
+    training.run(_cfg(days[1], src), tmp_path / "next", devices=ONE)
+  assert str(refused.value) == (
+    f"--init-from {src}: checkpoint {newest} is unusable: meta/metadata does not match its "
+    "seal (corrupted or altered on disk); it is the run's newest checkpoint, for which no "
+    "older one stands in"
+  )
+
+
 # ---------------------------------------------------------------------- resume, devices
 
 

@@ -77,6 +77,13 @@ def source_of(init_from: str | Path) -> Source:
     run = layout.ensemble()[0]
   except DeliveryError as e:
     raise TrainingError(f"{where}: {e}") from None
+  steps = checkpointing.all_steps(run.checkpoints)
+  if steps:  # the newest is the finished model: an unusable one is named, not skipped
+    try:
+      checkpointing.verify_seal(run.checkpoints / str(steps[0]), only="meta/")
+    except checkpointing.UnusableCheckpoint as e:
+      raise TrainingError(f"{where}: {e}; it is the run's newest checkpoint, for which no "
+                          "older one stands in") from None  # fmt: skip
   found = checkpointing.newest_meta(run.checkpoints)
   if found is None:
     raise TrainingError(f"{where}: {run.checkpoints} holds no usable checkpoint")
