@@ -314,6 +314,26 @@ def lock(workdir: Workdir):
     os.close(fd)  # releases the lock
 
 
+def holder_lives(workdir: Workdir) -> bool:
+  """Whether the process named in WORKDIR/.lock lives here: a run that may be writing.
+
+  The pid of the last run stays in the file after it ends, so a live process
+  with the same pid (or the file written by a run on another host) reads as
+  live too: callers bound what they wait for.
+  """
+  try:
+    pid = int((workdir.root / LOCK_FILE).read_text().split()[0])
+  except (OSError, ValueError, IndexError):
+    return False
+  try:
+    os.kill(pid, 0)
+  except (ProcessLookupError, OverflowError):
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return pid > 0
+
+
 def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
   """Refuses a workdir that holds another config's run; True: discard it (`overwrite`).
 
