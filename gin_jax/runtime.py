@@ -127,7 +127,28 @@ def cluster_job(coordinator=None, num_processes=None, process_id=None, env=None)
   if launcher:  # jax asks the platform (Kubernetes API, TPU metadata) for the coordinator
     _local_device_ids(env, _read(env, _ALWAYS))
     return ClusterJob(launcher, None, None, None, f"{launcher} job; jax.distributed finds it")
+  _refuse_a_job_without_coordinator(given)
   return None
+
+
+def _refuse_a_job_without_coordinator(given: dict) -> None:
+  """A process count or id with no coordinator and no launcher: they must say one process.
+
+  Else this process would run alone while the job's others wait for it (or run
+  alone too): ClusterError naming what was read.
+  """
+  read = _read(given, given)
+  names, multi = [], False
+  for (flag, var), low in zip(_EXPLICIT[1:], (1, 0)):
+    name = flag if flag in given else var if var in given else None
+    if name is not None:
+      names.append(name)
+      multi |= _int(given, name, read, low=low) > low
+  if multi:
+    raise ClusterError(
+      f"{' and '.join(names)} ask{'s' if len(names) == 1 else ''} for a multi-process job, but "
+      f"no coordinator is given (--coordinator or JAX_COORDINATOR_ADDRESS; {read})"
+    )
 
 
 def detect_cluster(env=None) -> str | None:
@@ -190,15 +211,23 @@ def _explicit_job(given: dict) -> ClusterJob | None:
   """The job of --coordinator / JAX_COORDINATOR_ADDRESS (and the count and id beside it)."""
   read = _read(given, given)
   name = lambda flag, var: flag if flag in given else var
-  count = _int(given, name("--num-processes", "JAX_NUM_PROCESSES"), read, low=1, default=1)
+  what, count_name = name("--coordinator", "JAX_COORDINATOR_ADDRESS"), name(*_EXPLICIT[1])
+  if count_name not in given:  # jax would not run it alone either
+    raise ClusterError(
+      f"{what} is set, but the job's process count is not (--num-processes or "
+      f"JAX_NUM_PROCESSES; {read})"
+    )
+  count = _int(given, count_name, read, low=1)
+  pid_name = name("--process-id", "JAX_PROCESS_ID")
+  _port(given, read)  # jax reads no port beside an address, but a bad one is still a mistake
   if count == 1:
+    if pid_name in given:
+      _int(given, pid_name, read, high=0)
     return None  # a coordinator for one process: nothing to join
   address = given.get("--coordinator") or given["JAX_COORDINATOR_ADDRESS"]
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit() or not 0 < int(port) < 65536:
-    what = name("--coordinator", "JAX_COORDINATOR_ADDRESS")
     raise ClusterError(f"{what}={address!r} is not host:port ({read})")
-  pid_name = name("--process-id", "JAX_PROCESS_ID")
   if pid_name not in given:
     raise ClusterError(f"this process's id is not given (--process-id or JAX_PROCESS_ID; {read})")
   pid = _int(given, pid_name, read, high=count - 1)

@@ -135,6 +135,9 @@ def test_a_coordinator_whose_other_processes_never_join_gives_up_after_the_timeo
       "JAX_PROCESS_ID='z'",
     ),
     ({"JAX_COORDINATOR_ADDRESS": "nocolon", "JAX_NUM_PROCESSES": "2"}, "host:port"),
+    # Issue 33 item 9: each ran one process alone, exit 0.
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, "but no coordinator is given"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_PROCESS_ID": "5"}, "process count is not"),
   ],
 )
 def test_bad_cluster_variables_are_named_before_the_runtime_is_called(tmp_path, env, variable):
@@ -166,3 +169,51 @@ def test_the_coordinator_address_is_the_one_jax_would_use():
     "h:5",
     "process 1 of 2; read --coordinator=h:5, --num-processes=2, --process-id=1",
   )
+
+
+@pytest.mark.parametrize(
+  "env, message",
+  [
+    (
+      {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+      "JAX_NUM_PROCESSES and JAX_PROCESS_ID ask for a multi-process job, but no coordinator "
+      "is given (--coordinator or JAX_COORDINATOR_ADDRESS; read JAX_NUM_PROCESSES=2, "
+      "JAX_PROCESS_ID=1)",
+    ),
+    (
+      {"JAX_PROCESS_ID": "3"},
+      "JAX_PROCESS_ID asks for a multi-process job, but no coordinator is given (--coordinator "
+      "or JAX_COORDINATOR_ADDRESS; read JAX_PROCESS_ID=3)",
+    ),
+    (
+      {"JAX_COORDINATOR_ADDRESS": "h:5", "JAX_PROCESS_ID": "5"},
+      "JAX_COORDINATOR_ADDRESS is set, but the job's process count is not (--num-processes or "
+      "JAX_NUM_PROCESSES; read JAX_COORDINATOR_ADDRESS=h:5, JAX_PROCESS_ID=5)",
+    ),
+    (
+      {"JAX_COORDINATOR_ADDRESS": "h:5", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "5"},
+      "JAX_PROCESS_ID=5 is out of range: it must be 0..0 (read JAX_COORDINATOR_ADDRESS=h:5, "
+      "JAX_NUM_PROCESSES=1, JAX_PROCESS_ID=5)",
+    ),
+    (
+      {"JAX_COORDINATOR_ADDRESS": "h:5", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+       "JAX_COORDINATOR_PORT": "70000"},
+      "JAX_COORDINATOR_PORT=70000 is out of range: it must be 1..65535 (read "
+      "JAX_COORDINATOR_ADDRESS=h:5, JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=1, "
+      "JAX_COORDINATOR_PORT=70000)",
+    ),
+  ],
+)  # fmt: skip
+def test_inconsistent_cluster_variables_are_named_not_run_alone(env, message):
+  """Issue 33 item 9: a count or id without a coordinator, or a coordinator and an id
+  without a count, ran one process alone (exit 0); a bad port beside an address passed."""
+  with pytest.raises(runtime.ClusterError) as refused:
+    runtime.cluster_job(env=env)
+  assert str(refused.value) == message
+
+
+def test_consistent_single_process_variables_still_run_alone():
+  one = {"JAX_COORDINATOR_ADDRESS": "h:5", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
+  for env in ({"JAX_NUM_PROCESSES": "1"}, {"JAX_PROCESS_ID": "0"}, one):
+    assert runtime.cluster_job(env=env) is None
+  assert runtime.cluster_job("h:5", 1, env={}) is None

@@ -169,11 +169,50 @@ def test_ensemble_members_have_their_own_seeds_and_the_floor_is_one_model():
     ("data.max_values", "1000000", "data.max_values must be >= 1 and <= 1024, got 1000000"),
     ("model.embed_init_std", "-0.1", "model.embed_init_std must be >= 0, got -0.1"),
     ("model.mlp_hidden", "16,0", "model.mlp_hidden must be widths >= 1"),
+    ("train.seed", "-1", "train.seed must be >= 0, got -1"),  # was: no field named
+    ("data.seed", "-1", "data.seed must be >= 0, got -1"),
   ],
 )
 def test_every_numeric_field_is_checked_against_its_range(field, value, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     config_lib.override(config_lib.tiny(), {field: value})
+
+
+def _float_fields():
+  """section.field of every float config field (optional ones included)."""
+  import dataclasses
+  import typing
+
+  sections = {"model": config_lib.ModelConfig, "data": config_lib.DataConfig}
+  sections["train"] = config_lib.TrainConfig
+  return [
+    f"{section}.{f.name}"
+    for section, cls in sections.items()
+    for f in dataclasses.fields(cls)
+    if "float" in str(typing.get_type_hints(cls)[f.name]) and "tuple" not in str(f.type)
+  ]
+
+
+def test_the_float_fields_are_all_found():
+  assert {"train.learning_rate", "train.lr_decay", "train.embedding_l2", "train.clip_norm",
+          "train.embedding_lr_scale", "model.embed_init_std"} <= set(_float_fields())  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("field", _float_fields())
+def test_every_float_field_refuses_a_non_finite_value(field, value):
+  """Issue 33 item 7: NaN passed every range check (nan < 0 is False); lr_decay=nan trained."""
+  with pytest.raises(ValueError, match=re.escape(f"{field} must be a finite number, got {value}")):
+    config_lib.override(config_lib.tiny(), {field: value})
+
+
+def test_a_non_finite_number_from_a_saved_config_is_refused_whatever_the_fields_type():
+  saved = config_lib.tiny().to_dict()
+  saved["train"]["epochs"] = float("nan")  # config.json may say NaN for an int field
+  with pytest.raises(ValueError, match=re.escape("train.epochs must be a finite number, got nan")):
+    config_lib.Config.from_dict(saved)
+  with pytest.raises(ValueError, match=re.escape("data.split must be finite numbers, got")):
+    config_lib.override(config_lib.tiny(), {"data.split": "0.8,nan,0.1"})
 
 
 def test_an_out_of_range_value_is_one_line_and_exit_2_on_the_command_line(tmp_path):
@@ -183,6 +222,10 @@ def test_an_out_of_range_value_is_one_line_and_exit_2_on_the_command_line(tmp_pa
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode == 2
   assert proc.stderr.strip() == "error: train.checkpoint_every must be >= 1, got 0"
+  cmd[-1] = "--split=nan,0.5,0.5"  # was: "Out of range float values are not JSON compliant"
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: data.split must be finite numbers, got (nan, 0.5, 0.5)"
 
 
 def _alias_bomb(body: str) -> str:

@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -323,6 +325,87 @@ def test_an_unfinished_run_cannot_be_continued(days, tmp_path):
     training.run(_cfg(days[0], stages="single"), wd0, devices=ONE, on_step=stop)
   with pytest.raises(TrainingError, match="not finished"):
     training.run(_cfg(days[1], wd0), tmp_path / "next", devices=ONE)
+
+
+def _copy_of(day0, tmp_path):
+  """A copy of day 0's lazy Adam run in tmp_path/runs/src (the other optimizer skips)."""
+  wd0, opt = day0
+  if opt != "lazy_adam":
+    pytest.skip("one source is enough")
+  src = tmp_path / "runs" / "src"
+  shutil.copytree(wd0, src)
+  return src
+
+
+def test_init_from_its_own_workdir_with_overwrite_is_refused_before_anything_is_touched(
+  day0, days, tmp_path
+):
+  """Issue 33 item 1: it discarded the source, then failed to read it ("it has no seal")."""
+  src = _copy_of(day0, tmp_path)
+  before = _hashes(src)  # .lock included: a refused run must not rewrite it either
+  for extra in (["--overwrite"], []):
+    cmd = [
+      sys.executable, "-m", "train", "--preset", "tiny", "--format", "criteo",
+      "--train", str(days[1]), "--init-from", str(src), "--workdir", str(src), *extra,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+      f"error: --init-from {src} and --workdir {src} are the same folder: a continued run "
+      "never writes the run it continues; use a --workdir outside it"
+    ]
+    assert _hashes(src) == before
+
+
+@pytest.mark.parametrize("where", ["a link to it", "inside it", "above it"])
+def test_a_workdir_overlapping_the_source_is_refused(day0, days, tmp_path, where):
+  src = _copy_of(day0, tmp_path)
+  before = _hashes(src)
+  if where == "a link to it":
+    workdir = tmp_path / "link"
+    workdir.symlink_to(src, target_is_directory=True)
+    relation = f"and --workdir {workdir} are the same folder"
+  elif where == "inside it":
+    workdir = src / "next"
+    relation = f"holds --workdir {workdir}"
+  else:
+    workdir = src.parent
+    relation = f"lies inside --workdir {workdir}"
+  with pytest.raises(TrainingError, match=re.escape(f"--init-from {src} {relation}: ")):
+    training.run(_cfg(days[1], src), workdir, overwrite=True, devices=ONE)
+  assert _hashes(src) == before
+  assert not (src.parent / ".lock").exists()
+
+
+def test_an_ensemble_larger_than_the_sources_is_refused_before_member_0_trains(
+  day0, days, tmp_path
+):
+  """Issue 33: member 0 trained for nothing before member 1 found no source member."""
+  src = _copy_of(day0, tmp_path)
+  cfg = _cfg(days[1], src, embedding_optimizer="lazy_adam", ensemble=3)
+  with pytest.raises(TrainingError) as refused:
+    training.run(cfg, tmp_path / "bigger", devices=ONE)
+  assert str(refused.value) == (
+    f"--init-from {src} delivers 1 model, fewer than train.ensemble=3: member i continues "
+    "the source's member i (lower train.ensemble to 1, or continue an ensemble of 3)"
+  )
+  assert not (tmp_path / "bigger" / "checkpoints").exists()
+
+
+def test_a_tampered_final_checkpoint_is_named_not_called_unfinished(day0, days, tmp_path):
+  """Issue 33: its metadata altered, the newest checkpoint was skipped for an older,
+  mid-training one, and the run was said to be "not finished"."""
+  src = _copy_of(day0, tmp_path)
+  newest = src / "checkpoints" / str(max(int(p.name) for p in (src / "checkpoints").iterdir()))
+  meta = newest / "meta" / "metadata"
+  meta.write_text(meta.read_text().replace('"done"', '"DONE"'))
+  with pytest.raises(TrainingError) as refused:
+    training.run(_cfg(days[1], src), tmp_path / "next", devices=ONE)
+  assert str(refused.value) == (
+    f"--init-from {src}: checkpoint {newest} is unusable: meta/metadata does not match its "
+    "seal (corrupted or altered on disk); it is the run's newest checkpoint, for which no "
+    "older one stands in"
+  )
 
 
 # ---------------------------------------------------------------------- resume, devices

@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from test_train import _KILL_SCRIPT, _env  # the SIGKILL script; a subprocess environment
 
+from gin_jax import config as config_lib
+from gin_jax import training
 from gin_jax.training import checkpointing
+from gin_jax.training.workdir import Workdir, check_config, discard_run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +238,98 @@ def test_an_unparsable_config_json_is_named(workdir):
   assert_clean(proc)
 
 
+# Issue 33 item 1: what --overwrite may delete. Only a gin_jax run's own outputs:
+# never a folder that is not a run, an input file, a link's target, nor a file
+# that merely starts with best_.
+
+
+def _someone_elses(root):
+  """A folder that is not a gin_jax run: another program's config.json, checkpoints, log."""
+  (root / "checkpoints" / "7").mkdir(parents=True)
+  (root / "checkpoints" / "7" / "weights.bin").write_bytes(b"w")
+  (root / "config.json").write_text('{"theme": "dark"}')
+  (root / "metrics.jsonl").write_text('{"epoch": 1}\n')
+  return root
+
+
+def _contents(root):
+  return {
+    str(p.relative_to(root)): p.read_bytes()
+    for p in sorted(Path(root).rglob("*"))
+    if p.is_file() and p.name != ".lock"
+  }
+
+
+def test_overwrite_never_discards_a_folder_that_is_not_a_gin_jax_run(tmp_path):
+  home = _someone_elses(tmp_path / "home")
+  before = _contents(home)
+  proc = train(home, "--overwrite")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines() == [
+    f"error: {home}/config.json: cannot read the run's config (not a gin_jax run's config: "
+    "it has no model, data and train sections); fix or delete it, or use another --workdir "
+    "(--overwrite discards only a gin_jax run, and this folder holds no sealed checkpoint)"
+  ]
+  assert _contents(home) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_with_a_runs_file_names_but_no_run_is_refused(tmp_path, overwrite):
+  """No config.json: a run there would append to its metrics.jsonl and rotate its checkpoints."""
+  wd = _someone_elses(tmp_path / "wd")
+  (wd / "config.json").unlink()
+  before = _contents(wd)
+  with pytest.raises(training.TrainingError) as refused:
+    check_config(Workdir(wd), config_lib.tiny(), overwrite)
+  assert str(refused.value) == (
+    f"{wd} holds checkpoints, metrics.jsonl but no config.json nor sealed checkpoint: it is not "
+    "a gin_jax run, and a run there would overwrite them; use another --workdir"
+  )
+  assert _contents(wd) == before
+
+
+def _a_run_of_another_config(wd):
+  """A gin_jax workdir whose config.json differs from tiny's (discarded by --overwrite)."""
+  (wd / "predictions").mkdir(parents=True)
+  other = config_lib.override(config_lib.tiny(), {"train.keep_ratio": "0.5"})
+  (wd / "config.json").write_text(other.to_json())
+  return wd
+
+
+@pytest.mark.parametrize("role", ["train", "valid", "test", "schema"])
+def test_overwrite_never_deletes_an_input_file(tmp_path, role):
+  wd = _a_run_of_another_config(tmp_path / "wd")
+  data_file = wd / "predictions" / "day0.tsv"
+  data_file.write_text("1\t2\n")
+  cfg = config_lib.override(config_lib.tiny(), {f"data.{role}": str(data_file)})
+  with pytest.raises(training.TrainingError) as refused:
+    check_config(Workdir(wd), cfg, True)
+  assert str(refused.value) == (
+    f"--overwrite would delete {wd}/predictions, which holds the --{role} file {data_file}: "
+    "move it out of the run's outputs, or use another --workdir"
+  )
+  assert data_file.exists()
+
+
+def test_overwrite_deletes_no_links_target_and_only_the_stages_best_folders(tmp_path):
+  wd = _a_run_of_another_config(tmp_path / "wd")
+  (wd / "best_notes.txt").write_text("mine")  # not a stage's best checkpoint
+  (wd / "best_search" / "9").mkdir(parents=True)
+  elsewhere = tmp_path / "scratch"
+  elsewhere.mkdir()
+  (wd / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+  with pytest.raises(training.TrainingError) as refused:
+    check_config(Workdir(wd), config_lib.tiny(), True)
+  assert str(refused.value) == (
+    f"--overwrite would delete {wd}/checkpoints, a link to {elsewhere}: it deletes no link's "
+    "target; remove the link yourself, or use another --workdir"
+  )
+  (wd / "checkpoints").unlink()
+  assert check_config(Workdir(wd), config_lib.tiny(), True)
+  discard_run(Workdir(wd))
+  assert sorted(p.name for p in wd.iterdir()) == ["best_notes.txt"]
+
+
 # ------------------------------------------------------------- 6. a corrupt best_<stage>
 
 # `python -m train --preset tiny`, SIGKILLed when the search stage ends, after its
@@ -303,6 +398,28 @@ def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from step 30" in proc.stdout
   assert _metrics_lines(wd) == _metrics_lines(trained[0])
+
+
+def test_a_fresh_start_begins_a_fresh_metrics_log(tmp_path, monkeypatch):
+  """Issue 33 item 6: a run killed before its first checkpoint leaves its config.json and
+  log lines (here step 5's); its rerun starts afresh and appended to them: step 5 twice.
+  The rerun stops as its first stage begins, so no train step is compiled."""
+  from gin_jax.training import loop
+
+  (tmp_path / "config.json").write_text(config_lib.tiny().to_json())
+  stale = {"stage": "search", "step": 5, "epoch": 0, "loss": 0.7}
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
+
+  class Stop(Exception):
+    pass
+
+  def stop(*args):
+    raise Stop
+
+  monkeypatch.setattr(loop, "_train_stage", stop)
+  with pytest.raises(Stop):
+    training.run(config_lib.tiny(), tmp_path, devices=jax.devices()[:1])
+  assert "step" not in (tmp_path / "metrics.jsonl").read_text()
 
 
 def test_metrics_log_rewinds_by_size_or_by_step(tmp_path):

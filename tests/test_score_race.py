@@ -9,9 +9,11 @@ the fix each was exit 2 (FileNotFoundError, "cannot read its metadata",
 and --step N is never swapped for another.
 """
 
+import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -143,3 +145,74 @@ def test_a_present_but_altered_newest_checkpoint_is_still_refused(workdir):
   assert not any("removed while" in m for m in said), said
   with pytest.raises(scoring.ScoringError, match="does not match its seal"):
     _load(workdir, step=newest)
+
+
+# Issue 33: two gaps the loop of a live trainer (keep 2, a save every 2 steps) still hit.
+
+
+def test_a_committed_checkpoint_is_given_time_for_its_seal(workdir, monkeypatch):
+  """Caught after orbax committed it but before the trainer sealed it, while the older
+  ones rotate out: it was called unsealed, and the relist then skipped it ("no usable
+  checkpoint"). Now the scorer waits for the seal while the workdir's run lives."""
+  *older, newest = _steps(workdir)
+  victim = workdir / "checkpoints" / str(newest)
+  seal = (victim / checkpointing.SEAL_FILE).read_bytes()
+  (victim / checkpointing.SEAL_FILE).unlink()
+  (workdir / ".lock").write_text(f"{os.getpid()}\n")  # the run is alive: this process
+
+  def trainer_meanwhile():  # the trainer seals the newest and has rotated the others out
+    for step in older:
+      shutil.rmtree(workdir / "checkpoints" / str(step))
+    (victim / checkpointing.SEAL_FILE).write_bytes(seal)
+
+  real_sleep, pauses = time.sleep, []
+
+  def sleep(seconds):  # the scorer's first pause is when the trainer acts
+    pauses.append(seconds)
+    if len(pauses) == 1:
+      trainer_meanwhile()
+    real_sleep(seconds)
+
+  monkeypatch.setattr(
+    checkpoints_lib, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic)
+  )
+  loaded, said = _load(workdir)
+  assert loaded.description == f"{workdir}/checkpoints/{newest}"
+  assert said == []
+
+
+def test_an_unsealed_checkpoint_of_a_run_that_is_gone_is_not_waited_for(workdir, monkeypatch):
+  *_, previous, newest = _steps(workdir)
+  (workdir / "checkpoints" / str(newest) / checkpointing.SEAL_FILE).unlink()
+  (workdir / ".lock").write_text("999999999\n")  # no such process: nobody will seal it
+
+  def sleep(seconds):
+    raise AssertionError("the scorer waits for a seal that nobody will write")
+
+  monkeypatch.setattr(
+    checkpoints_lib, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic)
+  )
+  monkeypatch.setattr(checkpoints_lib, "_DELETION_GRACE", 0.0)
+  loaded, said = _load(workdir)
+  assert loaded.description == f"{workdir}/checkpoints/{previous}"
+  assert len(said) == 2 and "has no seal" in said[0], said
+
+
+def test_another_checkpoint_removed_while_the_manager_lists_them_is_no_error(workdir, monkeypatch):
+  """orbax's CheckpointManager reads every step's metadata as it is built: one rotated
+  out meanwhile raised FileNotFoundError, and only the step being read was checked."""
+  oldest, *_, newest = _steps(workdir)
+  real, built = checkpointing.ocp.CheckpointManager, []
+
+  def listing(directory, *args, **kwargs):
+    built.append(directory)
+    if len(built) == 2:  # the scorer's manager for reading the newest
+      gone = workdir / "checkpoints" / str(oldest)
+      shutil.rmtree(gone)
+      raise FileNotFoundError(2, "No such file or directory", str(gone / "_CHECKPOINT_METADATA"))
+    return real(directory, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.ocp, "CheckpointManager", listing)
+  loaded, said = _load(workdir)
+  assert loaded.description == f"{workdir}/checkpoints/{newest}"
+  assert said == [] and len(built) > 2

@@ -117,6 +117,28 @@ def test_different_config_is_refused_unless_overwrite(one_device_run, tmp_path):
   assert rep["config"]["train"]["keep_ratio"] == 0.5
 
 
+def test_the_nonfinite_loss_message_names_only_a_checkpoint_that_exists(tmp_path):
+  """Issue 33 item 7: it said the last good checkpoint in checkpoints/ was intact, with none."""
+  from types import SimpleNamespace
+
+  from gin_jax.training import loop, stages
+  from gin_jax.training.workdir import Workdir
+
+  ckpt = checkpointing.manager(tmp_path / "checkpoints", 3)
+  ctx = SimpleNamespace(workdir=Workdir(tmp_path), ckpt=ckpt)
+  state = {"nonfinite": np.int32(2), "step": np.int32(5)}
+  said = "stage search: the loss was NaN or Inf in 2 step(s) before step 5; stopping without "
+  advice = " (try a lower train.learning_rate or train.clip_norm)"
+  with pytest.raises(training.TrainingError) as none_yet:
+    loop._check_finite(ctx, state, stages.SEARCH)
+  assert str(none_yet.value) == said + "saving. No checkpoint was saved before it" + advice
+  checkpointing.save(ckpt, 4, {"w": np.zeros(2, np.float32)}, {"note": "finite"})
+  with pytest.raises(training.TrainingError) as one:
+    loop._check_finite(ctx, state, stages.SEARCH)
+  newest = tmp_path / "checkpoints" / "4"
+  assert str(one.value) == said + f"saving. The newest checkpoint, {newest}, is intact" + advice
+
+
 def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
   cfg = tiny(learning_rate=1e30, clip_norm=0.0, checkpoint_every=1000, log_every=1)
   with pytest.raises(training.TrainingError, match="NaN or Inf"):

@@ -47,7 +47,7 @@ MAX_VALUES = 1024
 DATA_RANGES = {
   "max_values": (1, MAX_VALUES, False),
   "min_count": (1, None, False), "hash_buckets": (0, None, False), "num_workers": (0, None, False),
-  "prepare_workers": (0, None, False),
+  "prepare_workers": (0, None, False), "seed": (0, None, False),
   "synthetic_rows": (1, None, False), "synthetic_vocab": (3, None, False),
   "synthetic_planted": (0, None, False), "synthetic_noise": (0, None, False),
 }  # fmt: skip
@@ -56,6 +56,7 @@ TRAIN_RANGES = {
   "lr_decay": (0, 1, True), "patience": (1, None, False), "log_every": (1, None, False),
   "embedding_lr_scale": (0, None, True),
   "checkpoint_every": (1, None, False), "keep_checkpoints": (1, None, False),
+  "seed": (0, None, False),
 }  # fmt: skip
 
 
@@ -82,6 +83,7 @@ class ModelConfig:
   attention_head_dim: int = 16  # AutoInt: d, query / key / value size per head (Table 4).
 
   def __post_init__(self):
+    _check_finite("model", self)
     if self.arch not in ARCHS:
       raise ValueError(f"unknown model.arch {self.arch!r}; choose from {ARCHS}")
     if self.readout not in READOUTS:
@@ -134,6 +136,7 @@ class DataConfig:
   synthetic_noise: float = 0.5  # Std of the logit noise in synthetic labels.
 
   def __post_init__(self):
+    _check_finite("data", self)
     if self.format not in (*FORMATS, "synthetic"):
       raise ValueError(f"unknown data format {self.format!r}")
     if self.bad_rows not in BAD_ROWS:
@@ -205,6 +208,7 @@ class TrainConfig:
   reset_optimizer: bool = False  # --init-from: restart the optimizers' state from zero.
 
   def __post_init__(self):
+    _check_finite("train", self)
     if self.stages in STAGE_PLAN_ALIASES:
       object.__setattr__(self, "stages", STAGE_PLAN_ALIASES[self.stages])
     if self.stages not in STAGE_PLANS:
@@ -269,6 +273,23 @@ class Config:
       data=_from_dict(DataConfig, d["data"]),
       train=_from_dict(TrainConfig, d["train"]),
     )
+
+
+def _check_finite(section: str, obj) -> None:
+  """Raises ValueError naming `section.field` for any NaN or infinite number in `obj`.
+
+  Every field, whatever its declared type (config.json and YAML can hold NaN
+  anywhere): NaN passes every range check (nan < 0 is False), and no field
+  means anything by an infinity.
+  """
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"{section}.{f.name} must be a finite number, got {value}")
+    if isinstance(value, tuple | list) and any(
+      isinstance(v, float) and not math.isfinite(v) for v in value
+    ):
+      raise ValueError(f"{section}.{f.name} must be finite numbers, got {tuple(value)}")
 
 
 def _check_ranges(section: str, obj, ranges: dict) -> None:

@@ -25,6 +25,7 @@ from gin_jax.training.workdir import (
   Workdir,
   config_fingerprint,
   fingerprint,
+  holder_lives,
   read_config,
 )
 
@@ -56,7 +57,9 @@ def load_checkpoint(
   regular checkpoint of that stage, or of the finished run, which holds the
   restored best weights), saying so. Without `step`, a checkpoint removed while
   it is read (a run still training keeps only its newest) is no error: the
-  checkpoints are listed again and the newest is read, a few times at most.
+  checkpoints are listed again and the newest is read, a few times at most. A
+  checkpoint committed but not sealed yet by a live run gets a while for its
+  seal (_await_seal).
 
   Args:
     workdir: a `python -m train` workdir.
@@ -89,6 +92,7 @@ def load_checkpoint(
 
 _RELISTS = 5  # times in a row the checkpoint being read may vanish before the scorer gives up
 _DELETION_GRACE = 2.0  # seconds a checkpoint that is losing files gets to disappear
+_SEAL_WAIT = 60.0  # seconds a committed checkpoint of a live run gets for its seal
 
 
 def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed):
@@ -107,6 +111,7 @@ def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed
   for directory, s in candidates:
     if (directory, s) in passed:
       continue
+    _await_seal(Path(directory) / str(s), layout)
     try:
       loaded = _restore_checkpoint(directory, s, devices, stages_wanted if skipped else None)
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
@@ -115,9 +120,11 @@ def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed
                "checkpoints); trying the newest again")  # fmt: skip
         return None
       _refuse(e, step)
-      report(f"{e}; trying the previous one")
-      skipped.append(e)
-      passed.add((directory, s))
+      if all(str(e) != str(x) for x in skipped):  # said once, however often it is listed
+        report(f"{e}; trying the previous one")
+        skipped.append(e)
+      if getattr(e, "kind", None) != "unsealed":  # its seal may come by the next listing
+        passed.add((directory, s))
       continue
     if loaded is None:
       passed.add((directory, s))
@@ -144,6 +151,23 @@ def _refuse(e: Exception, step) -> None:
     raise ScoringError(
       f"{e}; refusing to score with it (omit --step to use the newest usable checkpoint)"
     ) from None
+
+
+def _await_seal(path: Path, layout: Workdir) -> None:
+  """Gives checkpoint `path`, listed (so committed by orbax) but not sealed yet, time for
+  its seal, while the run holding the workdir lives.
+
+  The trainer seals a checkpoint right after orbax commits it, hashing every
+  file (seconds for a large table); a scorer that lists the checkpoints in
+  between would call it unsealed. Waits at most _SEAL_WAIT seconds, and not at
+  all when the workdir's run is gone (a killed run's checkpoint stays unsealed)
+  or the checkpoint is removed.
+  """
+  seal, deadline = path / checkpointing.SEAL_FILE, time.monotonic() + _SEAL_WAIT
+  while not seal.is_file() and path.is_dir() and time.monotonic() < deadline:
+    if not holder_lives(layout):
+      return
+    time.sleep(0.05)
 
 
 def _rotated_out(path: Path) -> bool:

@@ -92,9 +92,27 @@ def manager(directory: str | os.PathLike, max_to_keep: int | None) -> ocp.Checkp
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
   )
-  return ocp.CheckpointManager(
-    Path(directory).absolute(), options=options, item_names=("state", "meta")
+  return _listing(
+    lambda: ocp.CheckpointManager(
+      Path(directory).absolute(), options=options, item_names=("state", "meta")
+    )
   )
+
+
+_LISTING_TRIES = 5  # times a manager is built again when a step vanishes as it lists them
+
+
+def _listing(build: Callable[[], ocp.CheckpointManager]) -> ocp.CheckpointManager:
+  """build(), again if it raised FileNotFoundError: a CheckpointManager reads every
+  step's metadata as it is built, and a run rotating its checkpoints (a scorer reads
+  beside a trainer) may remove one meanwhile."""
+  for attempt in range(_LISTING_TRIES):
+    try:
+      return build()
+    except FileNotFoundError:
+      if attempt == _LISTING_TRIES - 1:
+        raise
+  raise AssertionError("unreachable")
 
 
 def step_dir(mngr: ocp.CheckpointManager, step: int) -> Path:
@@ -477,5 +495,7 @@ def all_steps(directory: str | os.PathLike) -> list[int]:
   """Every step in `directory`, newest first (none if it does not exist)."""
   if not Path(directory).is_dir():
     return []
-  mngr = ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "meta"))
+  mngr = _listing(
+    lambda: ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "meta"))
+  )
   return sorted(mngr.all_steps(), reverse=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import jax
@@ -76,6 +77,13 @@ def source_of(init_from: str | Path) -> Source:
     run = layout.ensemble()[0]
   except DeliveryError as e:
     raise TrainingError(f"{where}: {e}") from None
+  steps = checkpointing.all_steps(run.checkpoints)
+  if steps:  # the newest is the finished model: an unusable one is named, not skipped
+    try:
+      checkpointing.verify_seal(run.checkpoints / str(steps[0]), only="meta/")
+    except checkpointing.UnusableCheckpoint as e:
+      raise TrainingError(f"{where}: {e}; it is the run's newest checkpoint, for which no "
+                          "older one stands in") from None  # fmt: skip
   found = checkpointing.newest_meta(run.checkpoints)
   if found is None:
     raise TrainingError(f"{where}: {run.checkpoints} holds no usable checkpoint")
@@ -94,6 +102,43 @@ def source_of(init_from: str | Path) -> Source:
     raise TrainingError(f"{where}: {run.checkpoints}/{step} was trained with another config "
                         f"than {run.config}")  # fmt: skip
   return Source(run.root, step, meta, dataset, cfg)
+
+
+def check_start(cfg: Config, workdir: Workdir) -> None:
+  """What a continued run refuses before it takes its workdir's lock or writes anything.
+
+  RUN_DIR is only read, while a run writes its workdir and --overwrite
+  discards it: so neither may lie in the other (their real paths, links
+  followed). And train.ensemble may ask for no more members than RUN_DIR
+  delivers, since member i continues RUN_DIR's member i. Raises TrainingError.
+  """
+  init_from = cfg.train.init_from
+  if not init_from:
+    return
+  source, target = Path(os.path.realpath(init_from)), Path(os.path.realpath(workdir.root))
+  relation = (
+    "and --workdir {} are the same folder" if source == target
+    else "holds --workdir {}" if target.is_relative_to(source)
+    else "lies inside --workdir {}" if source.is_relative_to(target)
+    else None
+  )  # fmt: skip
+  if relation:
+    raise TrainingError(
+      f"--init-from {init_from} {relation.format(workdir.root)}: a continued run never writes "
+      "the run it continues; use a --workdir outside it"
+    )
+  k = cfg.train.ensemble
+  if k > 1:
+    try:
+      n = len(Workdir(init_from).ensemble())
+    except DeliveryError as e:
+      raise TrainingError(f"--init-from {init_from}: {e}") from None
+    if n < k:
+      raise TrainingError(
+        f"--init-from {init_from} delivers {n} model{'s' if n > 1 else ''}, fewer than "
+        f"train.ensemble={k}: member i continues the source's member i (lower "
+        f"train.ensemble to {n}, or continue an ensemble of {k})"
+      )
 
 
 def member_init_from(init_from: str, i: int) -> str:

@@ -19,7 +19,15 @@ from gin_jax import models as model_lib
 from gin_jax.config import Config, resolve_auto
 from gin_jax.data import pipeline
 from gin_jax.models import pruning
-from gin_jax.training import continuation, device_input, partitioning, report, stages, steps
+from gin_jax.training import (
+  checkpointing,
+  continuation,
+  device_input,
+  partitioning,
+  report,
+  stages,
+  steps,
+)
 from gin_jax.training.best import keep_as_best, restore_best
 from gin_jax.training.context import RunContext
 from gin_jax.training.errors import TrainingError
@@ -110,6 +118,8 @@ def train(
   plan = cfg.train.stages
   restored = resume(ctx, overwrite)
   if restored is None:
+    # A run killed before its first checkpoint left log lines that this one replays.
+    ctx.log.rewind(0, 0)
     first = stages.plan(plan)[0]
     progress = Progress(stage=first.name, stage_start_time=time.time())
     began = time.perf_counter()
@@ -195,11 +205,15 @@ def _load_data(cfg: Config, workdir: Workdir, source=None):
 def _check_finite(ctx: RunContext, state, stage: Stage) -> None:
   bad = int(state["nonfinite"])
   if bad:
+    saved = checkpointing.steps_of(ctx.ckpt)  # each was checked finite before it was saved
+    newest = (
+      f"The newest checkpoint, {ctx.workdir.checkpoints / str(saved[-1])}, is intact" if saved
+      else "No checkpoint was saved before it"
+    )  # fmt: skip
     raise TrainingError(
       f"stage {stage.name}: the loss was NaN or Inf in {bad} step(s) before step "
-      f"{int(state['step'])}; stopping without saving. The last good checkpoint in "
-      f"{ctx.workdir.checkpoints} is intact (try a lower train.learning_rate or "
-      "train.clip_norm)"
+      f"{int(state['step'])}; stopping without saving. {newest} (try a lower "
+      "train.learning_rate or train.clip_norm)"
     )
 
 

@@ -96,6 +96,7 @@ def run(
   workdir stops with TrainingError naming the process that holds it.
   """
   workdir = Workdir(workdir)
+  continuation.check_start(cfg, workdir)  # before the lock: a source is never written
   with _locked(workdir):
     out = _train(cfg, workdir, overwrite, devices, on_step)[0]
     if cfg.train.beat_linear:

@@ -20,7 +20,7 @@ from gin_jax import files, runtime
 from gin_jax.training import checkpointing
 from gin_jax.training.context import RunContext
 from gin_jax.training.errors import TrainingError
-from gin_jax.training.workdir import config_diff, discard_run, resumable
+from gin_jax.training.workdir import check_discard, config_diff, discard_run, resumable
 
 
 @dataclasses.dataclass
@@ -84,6 +84,7 @@ def resume(ctx: RunContext, overwrite: bool):
     raise TrainingError(
       f"{problem}. Use --overwrite to discard the run and start afresh, or another --workdir"
     )
+  check_discard(ctx.workdir, ctx.cfg)
   runtime.log(f"WARNING: {problem}; --overwrite: discarding the run and starting afresh")
   if jax.process_index() == 0:
     discard_run(ctx.workdir)

@@ -21,7 +21,7 @@ from gin_jax import files
 from gin_jax.config import Config
 from gin_jax.training import checkpointing
 from gin_jax.training.errors import TrainingError
-from gin_jax.training.stages import Stage
+from gin_jax.training.stages import PLANS, Stage
 
 LOCK_FILE = ".lock"  # In the workdir: held (flock) by the run using it.
 # The runs a delivery record may name, relative to the workdir: a closed set.
@@ -268,8 +268,18 @@ class Workdir:
       self.delivered_file,
       self.members,
       self.predictions,
-      *self.root.glob("best_*"),
+      *sorted({self.best(stage) for plan in PLANS.values() for stage in plan}),
     ]
+
+  def has_sealed_checkpoint(self) -> bool:
+    """Whether a checkpoint here carries a seal (gin_jax writes them; nothing else does)."""
+    folders = [self.checkpoints, *(p for p in self.run_outputs() if p.name.startswith("best_"))]
+    return any(
+      (step / checkpointing.SEAL_FILE).is_file()
+      for folder in folders
+      if folder.is_dir()
+      for step in folder.iterdir()
+    )
 
   def write_delivered(self, record: dict) -> None:
     """delivered.json: which model(s) this run delivers (written atomically)."""
@@ -304,6 +314,26 @@ def lock(workdir: Workdir):
     os.close(fd)  # releases the lock
 
 
+def holder_lives(workdir: Workdir) -> bool:
+  """Whether the process named in WORKDIR/.lock lives here: a run that may be writing.
+
+  The pid of the last run stays in the file after it ends, so a live process
+  with the same pid (or the file written by a run on another host) reads as
+  live too: callers bound what they wait for.
+  """
+  try:
+    pid = int((workdir.root / LOCK_FILE).read_text().split()[0])
+  except (OSError, ValueError, IndexError):
+    return False
+  try:
+    os.kill(pid, 0)
+  except (ProcessLookupError, OverflowError):
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return pid > 0
+
+
 def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
   """Refuses a workdir that holds another config's run; True: discard it (`overwrite`).
 
@@ -313,19 +343,31 @@ def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
   checkpoints. config.json itself is written only once the data is prepared,
   so a run that fails on a data or schema error leaves nothing that would
   refuse its rerun.
+
+  `overwrite` discards only a gin_jax run (a config.json of gin_jax's, or a
+  sealed checkpoint), never an input file or a link's target (check_discard);
+  a folder holding files of a run's names but no run is refused either way.
   """
   new = resumable(cfg.to_dict())
   saved = []
   if workdir.config.exists():
     try:
-      saved.append((workdir.config, json.loads(workdir.config.read_text())))
+      saved.append((workdir.config, _read_saved_config(workdir.config)))
     except (OSError, ValueError) as e:
-      if not overwrite:
+      ours = workdir.has_sealed_checkpoint()  # a run whose config.json was damaged
+      if not (overwrite and ours):
+        advice = (
+          "or use --overwrite to discard the run" if ours
+          else "or use another --workdir (--overwrite discards only a gin_jax run, and this "
+          "folder holds no sealed checkpoint)"
+        )  # fmt: skip
         raise TrainingError(
-          f"{workdir.config}: cannot read the run's config ({e}); fix or delete it, "
-          "or use --overwrite to discard the run"
+          f"{workdir.config}: cannot read the run's config ({e}); fix or delete it, {advice}"
         ) from None
+      check_discard(workdir, cfg)
       return True
+  elif not workdir.has_sealed_checkpoint():
+    _refuse_someone_elses(workdir)
   newest = checkpointing.newest_meta(workdir.checkpoints)
   if newest is not None:
     saved.append((f"{workdir.checkpoints}/{newest[0]}", newest[1].get("config")))
@@ -333,6 +375,7 @@ def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
     old = resumable(old)
     if old != new:
       if overwrite:
+        check_discard(workdir, cfg)
         return True
       raise TrainingError(
         f"{workdir.root} holds a run with a different config "
@@ -340,6 +383,63 @@ def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
         "use another --workdir, or --overwrite to discard it"
       )
   return False
+
+
+def _read_saved_config(path: Path) -> dict:
+  """config.json as a dict; ValueError unless it has a config's sections (another program's)."""
+  saved = json.loads(path.read_text())
+  if not (isinstance(saved, dict) and all(isinstance(saved.get(k), dict) for k in _SECTIONS)):
+    raise ValueError("not a gin_jax run's config: it has no model, data and train sections")
+  return saved
+
+
+_SECTIONS = ("model", "data", "train")
+
+
+def _refuse_someone_elses(workdir: Workdir) -> None:
+  """A folder without config.json or sealed checkpoint holds no gin_jax run: if it holds
+  files of a run's names anyway, they are another program's, which a run would overwrite
+  (append to metrics.jsonl, rotate checkpoints out) and --overwrite would delete."""
+  present = [p.name for p in workdir.run_outputs() if p.exists() or p.is_symlink()]
+  if workdir.linear.is_symlink():  # a nested run's link to its parent's regression
+    present.remove(workdir.linear.name)
+  if present:
+    raise TrainingError(
+      f"{workdir.root} holds {', '.join(present[:4])} but no config.json nor sealed "
+      "checkpoint: it is not a gin_jax run, and a run there would overwrite them; use "
+      "another --workdir"
+    )
+
+
+def input_files(cfg: Config) -> list[tuple[str, str]]:
+  """(flag, path) of each file the run reads: its data files and schema."""
+  data = cfg.data
+  named = (("--train", data.train), ("--valid", data.valid), ("--test", data.test))
+  return [(flag, path) for flag, path in (*named, ("--schema", data.schema)) if path]
+
+
+def check_discard(workdir: Workdir, cfg: Config) -> None:
+  """Refuses (TrainingError) a discard_run that would delete more than the run's outputs.
+
+  Called on every process before process 0 discards: a link among the outputs
+  (discarding would delete its target, or fail half-way), and an input file of
+  `cfg` inside an output (e.g. a --train file kept in predictions/) are named.
+  """
+  doomed = [p for p in [workdir.config, *workdir.run_outputs()] if p.exists() or p.is_symlink()]
+  for path in doomed:
+    if path.is_symlink():
+      raise TrainingError(
+        f"--overwrite would delete {path}, a link to {os.readlink(path)}: it deletes no link's "
+        "target; remove the link yourself, or use another --workdir"
+      )
+  for flag, name in input_files(cfg):
+    real = Path(os.path.realpath(name))
+    for path in doomed:
+      if real.is_relative_to(os.path.realpath(path)):
+        raise TrainingError(
+          f"--overwrite would delete {path}, which holds the {flag} file {name}: move it out "
+          "of the run's outputs, or use another --workdir"
+        )
 
 
 def resumable(saved):
@@ -372,7 +472,10 @@ def with_defaults(saved):
 
 
 def discard_run(workdir: Workdir) -> None:
-  """Deletes config.json and everything a run wrote except the prepared data."""
+  """Deletes config.json and everything a run wrote except the prepared data.
+
+  check_discard first: nothing else (an input file, a link's target).
+  """
   for p in [workdir.config, *workdir.run_outputs()]:
     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
