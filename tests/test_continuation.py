@@ -8,7 +8,6 @@ a grown vocabulary; day 2 continues day 1. What is kept is kept bit for bit.
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -21,6 +20,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import subprocess_env
 
 from gin_jax import config as config_lib
 from gin_jax import data, scoring, training
@@ -412,13 +412,7 @@ def test_a_tampered_final_checkpoint_is_named_not_called_unfinished(day0, days, 
 
 
 def _env(devices=1):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(
-    JAX_PLATFORMS="cpu",
-    PYTHONPATH=str(REPO),
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-  )
-  return env
+  return subprocess_env(devices)
 
 
 _KILL = """

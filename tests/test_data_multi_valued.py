@@ -6,7 +6,6 @@ the field's missing id), with a vocabulary over the values.
 """
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from gin_jax import config, runtime, scoring, training
 from gin_jax.config import DataConfig
@@ -266,8 +266,7 @@ def test_sigkill_and_resume_with_a_list_field_are_bit_exact(tmp_path):
   cfg, _ = _list_config(tmp_path, rows=3000)
   cfg_path = tmp_path / "cfg.json"
   cfg_path.write_text(cfg.to_json())
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env(devices=None)
   run = lambda wd, step: subprocess.run(
     [sys.executable, "-c", _KILL_LISTS, str(wd), str(step), str(cfg_path)],
     env=env, capture_output=True, text=True, cwd=REPO,

@@ -9,7 +9,6 @@ not scored.
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from conftest import subprocess_env
 
 from gin_jax import config as config_lib
 from gin_jax import scoring, training
@@ -51,8 +51,7 @@ def _copy(src, tmp_path) -> Path:
 
 
 def _score_cli(wd, tmp_path):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env(devices=None)
   raw = tmp_path / "rows.tsv"
   data = next((wd / "data" / "cache").glob("*.tsv"), None)
   raw.write_text("\n".join(data.read_text().splitlines()[:50]) + "\n")

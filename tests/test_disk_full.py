@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from gin_jax.config import DataConfig
 from gin_jax.data import DataError, SyntheticSpec, prepare, write_criteo_tsv
@@ -260,8 +261,7 @@ def small_tmpfs(tmp_path, request):
 
 
 def _train(workdir):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env(devices=None)
   cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir)]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
   assert proc.returncode == 2, proc.stderr[-3000:]  # was 135 (SIGBUS) or a traceback

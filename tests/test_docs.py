@@ -167,3 +167,22 @@ def test_pages_name_the_entry_points():
   modules = _modules()
   for name in ("train", "gin_jax.score", "benchmarks.quality", "benchmarks.paper"):
     assert name in modules
+
+
+def _commands(text: str) -> list[str]:
+  """Shell commands of a script or a README block: `&&` and lines split, `\\` joined."""
+  text = text.replace("\\\n", " ")
+  out = []
+  for line in text.splitlines():
+    line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
+    out += [" ".join(c.split()) for c in line.split("&&") if c.strip()]
+  return out
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+  text = README.read_text()
+  at = text.index("Install and run the tests")
+  block = next(code for line, code in _blocks(README, "bash") if text.find(code) > at)
+  ci = [c for c in _commands((REPO / ".ci" / "run").read_text())
+        if not c.startswith(("set ", "cd "))]  # fmt: skip
+  assert _commands(block) == ci

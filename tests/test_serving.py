@@ -21,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from gin_jax import config as config_lib
 from gin_jax import scoring, training
@@ -382,8 +383,7 @@ def test_export_versions_are_numbered_never_replaced_and_written_whole(vocab, tm
 
 def test_sigterm_answers_the_queued_requests_and_exits_0(vocab, tmp_path):
   base = vocab[1]
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env = subprocess_env(devices=None)
   import socket
 
   with socket.socket() as s:

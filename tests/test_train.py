@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from gin_jax import config as config_lib
 from gin_jax import scoring, training
@@ -167,11 +167,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(one_device_run, tmp_
 
 
 def _env(devices=1):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = str(REPO)
-  return env
+  return subprocess_env(devices)
 
 
 def _train_cmd(workdir, *extra):
