@@ -210,3 +210,19 @@ def test_readme_python_snippet_runs_as_written(trained, tmp_path, monkeypatch):
   exec(compile(snippet, "README.md", "exec"), namespace)
   assert len(namespace["probs"]) == n_test and namespace["bad_rows"].count == 0
   np.testing.assert_allclose(namespace["row_probs"], namespace["probs"][:5], rtol=1e-6)
+
+
+def test_a_small_call_pads_to_a_small_batch_not_to_the_eval_batch_size():
+  """One row used to cost a 4,096-row batch (111 ms); now a 16-row one."""
+  seen = []
+
+  def score(ids, values):
+    seen.append(len(ids))
+    return np.zeros(len(ids), np.float32)
+
+  scorer = scoring.Scorer(None, score, 4096, "a stand-in model", batch_multiple=8)
+  for n in (1, 16, 17, 100, 4096, 5000):
+    probs = scorer.predict_batch(np.zeros((n, 3), np.int32), np.ones((n, 3), np.float32))
+    assert probs.shape == (n,)
+  assert seen == [16, 16, 32, 128, 4096, 4096, 4096]
+  assert scoring.Scorer(None, score, 4096, "6 devices", batch_multiple=6).batch_for(20) == 36

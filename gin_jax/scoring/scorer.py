@@ -22,11 +22,14 @@ class Scorer:
   Build with `Scorer.from_checkpoint(workdir)` (or `Scorer.from_export(dir)`).
   """
 
-  def __init__(self, dataset_meta, score_fn, batch_size: int, description: str):
+  def __init__(
+    self, dataset_meta, score_fn, batch_size: int, description: str, batch_multiple: int = 1
+  ):
     self.meta = dataset_meta
     self._score = score_fn
-    self.batch_size = batch_size
+    self.batch_size = batch_size  # The largest batch: a call of more rows is cut into these.
     self.description = description
+    self._multiple = batch_multiple  # Every batch a multiple of it (the devices it shards over).
 
   # ------------------------------------------------------------------ loading
   @classmethod
@@ -57,9 +60,11 @@ class Scorer:
       return predict.average_probabilities([f(ids, values) for f in scores]).astype(np.float32)
 
     first = models[0]
+    devices = first.mesh.devices.size
     return cls(
-      first.dataset_meta, score, first.cfg.train.eval_batch_size, checkpoints.describe(models)
-    )
+      first.dataset_meta, score, first.cfg.train.eval_batch_size, checkpoints.describe(models),
+      batch_multiple=devices,
+    )  # fmt: skip
 
   @classmethod
   def from_export(cls, directory) -> Scorer:
@@ -82,12 +87,28 @@ class Scorer:
     )
     return self._predict(split)
 
+  def batch_for(self, rows: int) -> int:
+    """The batch size a call of `rows` rows runs at.
+
+    A call of fewer rows than batch_size pads to the smallest power of two from 16
+    that holds them (a multiple of the devices), not to batch_size: one row costs
+    a 16-row batch, not a 4,096-row one. Each size compiles on its first use.
+    """
+    if rows >= self.batch_size:
+      return self.batch_size
+    size = 16
+    while size < rows:
+      size *= 2
+    size = -(-size // self._multiple) * self._multiple
+    return min(size, self.batch_size)
+
   def _predict(self, split) -> np.ndarray:
     def score_batch(batch):
       probs = np.asarray(self._score(batch["ids"], batch["values"]))
       return {"probs": probs, "labels": batch["labels"], "weights": batch["weights"]}
 
-    return predict.predict_split(split, self.batch_size, score_batch)[1]
+    size = self.batch_for(len(split.ids))
+    return predict.predict_split(split, size, score_batch)[1]
 
   def predict_split(self, split: data.Split) -> np.ndarray:
     """Probabilities for every row of a prepared split (from data.prepare), in order."""
