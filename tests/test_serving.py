@@ -222,26 +222,33 @@ def test_every_error_code_in_tf_servings_shape(vocab, served):
   assert status == 404 and "version 7 of model 'ctr' is not available (serving 1)" in out["error"]
   assert _request(port, "GET", "/v2/nothing")[:2] == (404, {"error": "no such path: /v2/nothing"})
   # 503 (queue full) and 504 (deadline): the model held at a gate.
-  version, gate = service.manager.current, threading.Event()
+  version, gate, entered = service.manager.current, threading.Event(), threading.Event()
   predict_fn = version.predict
-  version.predict = lambda ids, values: gate.wait(10) and predict_fn(ids, values)
+
+  def held(ids, values):
+    entered.set()
+    assert gate.wait(30)
+    return predict_fn(ids, values)
+
+  version.predict = held
   service.batcher.max_queue = 64
   replies = []
-  held = threading.Thread(target=lambda: replies.append(_request(port, "POST", predict, {
-    "instances": [{}] * 64})))  # fmt: skip
-  held.start()
-  deadline = time.monotonic() + 10
-  while service.batcher.depth == 0 and not replies and time.monotonic() < deadline:
-    queued = threading.Thread(target=lambda: replies.append(_request(port, "POST", predict, {
-      "instances": [{}] * 64})))  # fmt: skip
-    queued.start()
-    time.sleep(0.2)
+  post64 = lambda: replies.append(_request(port, "POST", predict, {"instances": [{}] * 64}))
+  first = threading.Thread(target=post64)  # taken at once, held in the call
+  first.start()
+  assert entered.wait(30)
+  second = threading.Thread(target=post64)  # fills the queue
+  second.start()
+  deadline = time.monotonic() + 30
+  while service.batcher.depth < 64 and time.monotonic() < deadline:
+    time.sleep(0.01)
   status, out, headers = _request(port, "POST", predict, {"instances": [{}] * 8})
   assert status == 503 and "queue is full" in out["error"] and headers["retry-after"] == "1"
   gate.set()
-  held.join(10)
-  queued.join(10)
+  first.join(30)
+  second.join(30)
   assert [r[0] for r in replies] == [200, 200]
+  version.predict = predict_fn
   gate.clear()
   short = Service(ServeOptions(str(vocab[1]), model_name="ctr", port=0,
                                batch_sizes=(8,), max_batch=8, deadline_ms=300),
@@ -251,7 +258,7 @@ def test_every_error_code_in_tf_servings_shape(vocab, served):
     assert _wait_available(short_port)
     v = short.manager.current
     slow = v.predict
-    v.predict = lambda ids, values: gate.wait(10) and slow(ids, values)
+    v.predict = lambda ids, values: gate.wait(30) and slow(ids, values)
     started = time.monotonic()
     status, out, _ = _request(short_port, "POST", predict, {"instances": [{}]})
     assert status == 504 and "deadline (0.3 s)" in out["error"]

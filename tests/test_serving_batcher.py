@@ -147,3 +147,14 @@ def test_a_failing_call_fails_its_requests_and_the_batcher_goes_on():
   box, done, _ = _request(b, v, [7])
   assert done.wait(5) and box["result"][0] == pytest.approx(0.007)
   b.close()
+
+
+def test_a_model_giving_the_wrong_shape_fails_its_requests_not_the_worker():
+  v, wrong = FakeVersion(), FakeVersion()
+  wrong.predict = lambda ids, values: np.zeros(len(ids) + 1, np.float32)
+  b = Batcher(max_batch=8, timeout_s=0, max_queue=64)
+  box, done, _ = _request(b, wrong, [1, 2])
+  assert done.wait(5) and "probabilities for 2 rows" in str(box["result"])
+  box, done, _ = _request(b, v, [7])
+  assert done.wait(5) and box["result"][0] == pytest.approx(0.007)
+  b.close()

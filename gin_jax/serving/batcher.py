@@ -190,20 +190,23 @@ class Batcher:
     return part
 
   def _score(self, parts: list[_Part]) -> None:
-    version = parts[0].version
-    if len(parts) == 1:
-      ids, values = parts[0].ids, parts[0].values
-    else:
-      ids = np.concatenate([p.ids for p in parts])
-      values = np.concatenate([p.values for p in parts])
-    started = time.perf_counter()
+    """Scores the parts in one call; any failure fails their requests, never the worker."""
     try:
-      probs = version.predict(ids, values)
+      version = parts[0].version
+      if len(parts) == 1:
+        ids, values = parts[0].ids, parts[0].values
+      else:
+        ids = np.concatenate([p.ids for p in parts])
+        values = np.concatenate([p.values for p in parts])
+      started = time.perf_counter()
+      probs = np.asarray(version.predict(ids, values), np.float32)
+      if probs.shape != (len(ids),):
+        raise RuntimeError(f"the model gave {probs.shape} probabilities for {len(ids)} rows")
+      self._on_batch(len(ids), time.perf_counter() - started)
     except Exception as e:  # noqa: BLE001 - a failed call fails its requests, not the server
       for p in parts:
         p.request.fail(e)
       return
-    self._on_batch(len(ids), time.perf_counter() - started)
     at = 0
     for p in parts:
       p.request.part_done(p.start, probs[at : at + p.n])
