@@ -152,3 +152,40 @@ def test_criteo_numbers_must_be_integers_as_in_its_files(tmp_path):
   records["I2"] = [2.5, 3, "3.5"]
   _, bad = encode_records(meta, records, 3)
   assert bad == {0: "I2: 2.5 is not an integer", 2: "I2: '3.5' is not an integer"}
+
+
+def test_a_context_encodes_once_as_if_every_record_held_it(tmp_path):
+  meta = _csv_dataset(tmp_path)
+  context = {"user": "u1", "price": "2.5", "genres": ["Drama"]}
+  others = {k: v for k, v in CSV_RECORDS.items() if k not in context}
+  repeated = {**others, **{k: [v] * 4 for k, v in context.items()}}
+  once, bad = encode_records(meta, others, 4, context=context)
+  every, bad_every = encode_records(meta, repeated, 4)
+  assert bad == bad_every == {}
+  np.testing.assert_array_equal(once.ids, every.ids)
+  np.testing.assert_array_equal(once.values, every.values)
+  absent, _ = encode_records(meta, {"user": ["u1"] * 4}, 4)  # a field no record has
+  missing, _ = encode_records(meta, {**{k: [None] * 4 for k in CSV_RECORDS}, "user": ["u1"] * 4}, 4)
+  np.testing.assert_array_equal(absent.ids, missing.ids)
+  _, bad = encode_records(meta, others, 4, context={**context, "price": "cheap"})
+  assert bad == {-1: "price: 'cheap' is not a number"}
+
+
+def test_stacked_key_index_gives_each_tables_own_ids_collisions_and_layouts_included():
+  """The Encoder looks every vocabulary field up at once; the ids must be the
+  per-field tables' own, for keys that collide and for a column-major key matrix
+  (a fancy-indexed selection), which once lost the probed ids."""
+  from gin_jax.data import vocab
+
+  rng = np.random.default_rng(0)
+  tables, queries = [], []
+  for f in range(6):
+    keys = rng.integers(1, 2**63, 40 + 200 * f, dtype=np.uint64)
+    tables.append(vocab.KeyIndex(keys, np.arange(len(keys)) + 1000 * f))
+    queries.append(np.concatenate([keys[:300], rng.integers(1, 2**63, 50, dtype=np.uint64)])[:90])
+  stacked = vocab.StackedKeyIndex(tables)
+  matrix = np.stack(queries, 1)
+  expected = np.stack([t.lookup(matrix[:, j], -7) for j, t in enumerate(tables)], 1)
+  for keys in (matrix, np.asfortranarray(matrix), matrix[:, [0, 1, 2, 3, 4, 5]]):
+    np.testing.assert_array_equal(stacked.lookup(keys, np.full(6, -7, np.int32)), expected)
+  assert (expected != -7).sum() > 300  # found keys, some of them probed past a collision

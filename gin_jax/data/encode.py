@@ -43,11 +43,15 @@ class Encoder:
     fields = list(zip(starts, meta.fields))
     table = lambda f: _CategoricalTable(f, meta.vocab.get(f.name), hash_buckets)
     self._cat = [(j, f, table(f)) for j, f in fields if f.kind == "categorical"]
+    self._cat_groups = _categorical_groups(self._cat)
+    self._cat_names: tuple = ()
+    self._cat_cols: list[int] = []
     self._multi = [(j, f, table(f)) for j, f in fields if f.kind == "multi_valued"]
     self._bucket = _BucketTable([(j, f, meta.vocab[f.name]) for j, f in fields
                                  if f.transform == "bucketize"])  # fmt: skip
     self._scale = [(j, f) for j, f in fields if f.transform == "scale"]
     self.records_layout = records_layout(meta)
+    self.slots = {f.name: range(j, j + f.max_values) for j, f in fields}  # its ids columns
 
   def encode(self, raw: RawChunk) -> tuple[np.ndarray, np.ndarray | None]:
     """Returns int32 ids [n, slots] and float32 values [n, slots] (None when all 1.0)."""
@@ -57,10 +61,10 @@ class Encoder:
     if self._scale or self._multi or raw.values is not None:
       values = np.ones((n, self.num_slots), np.float32)
     if self._cat:
-      cols = [raw.cat_names.index(f.name) for _, f, _ in self._cat]
+      cols = self._columns(raw.cat_names)
       keys = text.select_columns(raw.keys, cols)
-      for k, (j, _, table) in enumerate(self._cat):
-        ids[:, j] = table.encode(keys[:, k])
+      for out, table, k in self._cat_groups:
+        ids[:, out] = table(keys[:, k])
       where = {c: (j, table) for c, (j, _, table) in zip(cols, self._cat)}
       for (r, c), tok in raw.long_tokens.items():
         if c in where:  # (a multi-valued field's long values are its own)
@@ -80,6 +84,13 @@ class Encoder:
     for j, f, table in self._multi:
       self._lists(raw, f, table, ids[:, j : j + f.max_values], values[:, j : j + f.max_values])
     return ids, values
+
+  def _columns(self, cat_names: tuple) -> list[int]:
+    """The key columns of the categorical fields in a chunk with these key columns."""
+    if cat_names != self._cat_names:
+      self._cat_cols = [cat_names.index(f.name) for _, f, _ in self._cat]
+      self._cat_names = cat_names
+    return self._cat_cols
 
   def _lists(self, raw: RawChunk, f: FieldSpec, table, ids, values) -> None:
     """Fills ids and values [n, max_values], a multi-valued field's slots.
@@ -103,6 +114,47 @@ class Encoder:
     values[:] = 0.0
     values[row, slot] = weight[row]
     values[empty, 0] = 1.0
+
+
+def _categorical_groups(cat: list) -> list:
+  """[(id columns, keys [n, k] -> ids [n, k], key columns)]: the vocabulary fields in one
+  stacked lookup, the hashed fields in one vectorised hash (the same ids as field by
+  field, _CategoricalTable.encode). Plain objects, not closures: worker processes get
+  the Encoder pickled."""
+  groups = []
+  by_vocab = [k for k, (_, f, _) in enumerate(cat) if f.transform == "vocab"]
+  if by_vocab:
+    fields = [cat[k] for k in by_vocab]
+    groups.append(([j for j, _, _ in fields], _VocabGroup(fields), by_vocab))
+  hashed = [k for k, (_, f, _) in enumerate(cat) if f.transform != "vocab"]
+  if hashed:
+    fields = [cat[k] for k in hashed]
+    groups.append(([j for j, _, _ in fields], _HashGroup(fields), hashed))
+  return groups
+
+
+class _VocabGroup:
+  """Keys of several vocabulary fields -> their ids, in one stacked lookup."""
+
+  def __init__(self, fields: list):
+    self._index = vocab.StackedKeyIndex([table._index for _, _, table in fields])
+    self._oov = np.array([f.offset + OOV for _, f, _ in fields], np.int32)
+
+  def __call__(self, keys: np.ndarray) -> np.ndarray:
+    return self._index.lookup(keys, self._oov)
+
+
+class _HashGroup:
+  """Keys of several hashed fields -> their ids, hashed at once."""
+
+  def __init__(self, fields: list):
+    self._buckets = np.array([table.hash_buckets for _, _, table in fields], np.uint64)
+    self._first = np.array([f.offset + 2 for _, f, _ in fields], np.int64)
+    self._missing = np.array([f.offset + MISSING for _, f, _ in fields], np.int64)
+
+  def __call__(self, keys: np.ndarray) -> np.ndarray:
+    ids = (hashing.hash_keys(keys) % self._buckets).astype(np.int64) + self._first
+    return np.where(keys == text.MISSING_KEY, self._missing, ids).astype(np.int32)
 
 
 class _CategoricalTable:
@@ -211,22 +263,43 @@ def records_layout(meta: DatasetMeta) -> Layout:
   return Layout(meta.format, b"", (), None, columns)
 
 
-def encode_records(meta: DatasetMeta, columns, rows: int) -> tuple[Split, dict[int, str]]:
+def encode_records(
+  meta: DatasetMeta, columns, rows: int, context=None
+) -> tuple[Split, dict[int, str]]:
   """Encodes records held in memory, column by column, as their file's rows would be.
 
   Args:
     meta: the training dataset's metadata.
     columns: field name -> its `rows` raw values (str, int, float, bool, None, lists;
-      see formats.records for what each field kind takes). Every field is present.
+      see formats.records for what each field kind takes); a field absent, or None,
+      is missing in every record.
     rows: the number of records.
+    context: field name -> one raw value that every record holds (one user, many
+      candidates): encoded once and repeated, the same ids and values as if each
+      record held it.
 
   Returns:
     (a Split of all `rows` records, line_numbers 0..rows-1 and labels NaN;
-    {row: reason} of the records with a bad value: their ids are not to be used).
+    {row: reason} of the records with a bad value, their ids not to be used; a bad
+    context value is row -1).
   """
   encoder = encoder_for(meta)
-  raw, bad = records.parse_records(columns, rows, encoder.records_layout)
+  layout = encoder.records_layout
+  context = context or {}
+  given = {c.name: None if c.name in context else columns.get(c.name) for c in layout.columns}
+  raw, bad = records.parse_records(given, rows, layout)
   ids, values = encoder.encode(raw)
+  if context:
+    once = {c.name: [context[c.name]] if c.name in context else None for c in layout.columns}
+    raw_once, bad_once = records.parse_records(once, 1, layout)
+    if bad_once:
+      bad = {-1: bad_once[0], **bad}
+    ids_once, values_once = encoder.encode(raw_once)
+    slots = [k for name in context for k in encoder.slots[name]]
+    ids[:, slots] = ids_once[0, slots]
+    if values_once is not None:
+      values = np.ones(ids.shape, np.float32) if values is None else values
+      values[:, slots] = values_once[0, slots]
   return Split(ids, _values_or_ones(values, ids.shape), raw.labels, raw.lines), bad
 
 

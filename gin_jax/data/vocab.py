@@ -182,3 +182,47 @@ class KeyIndex:
       flat_out[pending[hit]] = self._vals[flat_slots[pending[hit]]]
       pending = pending[~hit & (found != _EMPTY)]
     return out
+
+
+class StackedKeyIndex:
+  """Several KeyIndex tables probed as one: a lookup of every column of a key matrix at once.
+
+  Column j of the keys goes to table j. The tables' arrays are laid end to end and
+  each keeps its own size and hash, so every key lands where its own table would put
+  it: the ids are exactly the tables' own, for a few numpy passes over the whole
+  matrix instead of a few per column (what a request of a few rows costs).
+  """
+
+  def __init__(self, indexes: list[KeyIndex]):
+    sizes = [len(ix._keys) for ix in indexes]
+    self._base = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    self._mask = np.array([ix._mask for ix in indexes], np.int64)
+    self._shift = np.array([ix._shift for ix in indexes], np.uint64)
+    empty = np.zeros(0, np.uint64)
+    self._keys = np.concatenate([ix._keys for ix in indexes]) if indexes else empty
+    self._vals = np.concatenate([ix._vals for ix in indexes]) if indexes else empty.view(np.int64)
+
+  def lookup(self, keys: np.ndarray, defaults: np.ndarray) -> np.ndarray:
+    """int32 [n, tables]: the value of keys[:, j] in table j, defaults[j] where absent."""
+    # C order: the probing below writes through flat views, which must not be copies.
+    keys = np.ascontiguousarray(keys, np.uint64)
+    local = ((keys * _FIB) >> self._shift).view(np.int64)
+    slots = local + self._base
+    found = self._keys[slots]
+    hit = found == keys
+    out = np.where(hit, self._vals[slots], np.asarray(defaults, np.int32)).astype(np.int32)
+    pending = np.flatnonzero(~hit & (found != _EMPTY))
+    if not len(pending):
+      return out
+    # Rare collisions: probe the next slots of each key's own table.
+    cols = pending % keys.shape[1]
+    flat_keys, flat_local, flat_out = keys.ravel(), local.ravel(), out.reshape(-1)
+    while len(pending):
+      flat_local[pending] = (flat_local[pending] + 1) & self._mask[cols]
+      at = flat_local[pending] + self._base[cols]
+      found = self._keys[at]
+      hit = found == flat_keys[pending]
+      flat_out[pending[hit]] = self._vals[at[hit]]
+      keep = ~hit & (found != _EMPTY)
+      pending, cols = pending[keep], cols[keep]
+    return out

@@ -160,9 +160,9 @@ def build_app(
     parsed = parse_predict(body, version.fields)
     parsed_at = time.perf_counter()
     metrics.stage.labels("parse").observe(parsed_at - started)
-    ids, values, bad = version.encode(parsed.columns, parsed.rows)
+    ids, values, bad = version.encode(parsed.columns, parsed.rows, parsed.context)
     if bad:
-      raise bad_value(bad, parsed)
+      raise bad_value(bad)
     encoded_at = time.perf_counter()
     metrics.stage.labels("encode").observe(encoded_at - parsed_at)
     loop = asyncio.get_running_loop()

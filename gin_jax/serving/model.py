@@ -71,12 +71,13 @@ class ServedVersion:
   def max_batch(self) -> int:
     return self.sizes[-1]
 
-  def encode(self, columns: Mapping[str, Sequence], rows: int):
+  def encode(self, columns: Mapping[str, Sequence], rows: int, context=None):
     """(ids int32 [rows, slots], values float32 [rows, slots], {row: reason} of bad values).
 
-    `columns` maps every field to its `rows` raw values (encode.encode_records).
+    `columns` maps fields to their `rows` raw values, `context` fields to one value
+    every row holds (encode.encode_records; a bad context value is row -1).
     """
-    split, bad = encode.encode_records(self.meta, columns, rows)
+    split, bad = encode.encode_records(self.meta, columns, rows, context)
     return split.ids, split.values, bad
 
   def predict(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:

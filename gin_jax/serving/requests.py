@@ -31,11 +31,11 @@ class RequestError(Exception):
 
 @dataclasses.dataclass
 class Columns:
-  """A request as columns: every field's `rows` raw values; context fields shared."""
+  """A request as columns of raw values, and the context every instance shares."""
 
-  columns: dict[str, Sequence]  # Field -> its rows values (a context value repeated).
+  columns: dict[str, Sequence]  # Field -> its `rows` values (fields no instance has: absent).
   rows: int
-  context: frozenset[str]  # The fields the request gave in "context".
+  context: dict  # Field -> the one value of "context" (encoded once).
 
 
 def parse_predict(body: bytes, fields: Sequence[str]) -> Columns:
@@ -68,9 +68,7 @@ def parse_predict(body: bytes, fields: Sequence[str]) -> Columns:
     columns, rows = _rows(req["instances"], fields, known, context)
   else:
     columns, rows = _columns(req["inputs"], fields, known, context)
-  for name, value in context.items():
-    columns[name] = [value] * rows
-  return Columns(columns, rows, frozenset(context))
+  return Columns(columns, rows, context)
 
 
 def _unknown(where: str, name, known: frozenset[str]) -> RequestError:
@@ -101,14 +99,7 @@ def _rows(instances, fields, known, context) -> tuple[dict[str, list], int]:
       shared = min(inst.keys() & context.keys())
       raise RequestError(400, f"instances[{i}]: field {shared!r} is given in context too")
   given = set().union(*(inst.keys() for inst in instances)) if instances else set()
-  columns = {}
-  for name in fields:
-    if name in context:
-      continue
-    if name in given:
-      columns[name] = [inst.get(name) for inst in instances]
-    else:
-      columns[name] = [None] * len(instances)
+  columns = {name: [inst.get(name) for inst in instances] for name in fields if name in given}
   return columns, len(instances)
 
 
@@ -134,17 +125,11 @@ def _columns(inputs, fields, known, context) -> tuple[dict[str, list], int]:
       )  # fmt: skip
   if rows is None:
     raise RequestError(400, "inputs names no field: the number of instances is unknown")
-  columns = {}
-  for name in fields:
-    if name not in context:
-      columns[name] = inputs[name] if name in inputs else [None] * rows
-  return columns, rows
+  return dict(inputs), rows
 
 
-def bad_value(bad: dict[int, str], request: Columns) -> RequestError:
-  """The 400 for the first bad value an encoding found (a context value is named so)."""
+def bad_value(bad: dict[int, str]) -> RequestError:
+  """The 400 for the first bad value an encoding found (row -1: a context value)."""
   row = min(bad)
-  reason = bad[row]
-  field = reason.split(":", 1)[0]
-  where = "context" if field in request.context else f"instances[{row}]"
-  return RequestError(400, f"{where}: {reason}")
+  where = "context" if row < 0 else f"instances[{row}]"
+  return RequestError(400, f"{where}: {bad[row]}")

@@ -55,8 +55,9 @@ def parse_records(
   """Parses columns of in-memory values like a chunk of the dataset's file.
 
   Args:
-    columns: field name -> its `rows` values (Python objects, as JSON decodes them).
-      Every field of `layout` must be present (None where missing).
+    columns: field name -> its `rows` values (Python objects, as JSON decodes them),
+      or None when no record has the field (all missing). Every field of `layout`
+      is a key.
     rows: the number of records.
     layout: the dataset's layout (records_layout): its columns and format.
 
@@ -70,14 +71,21 @@ def parse_records(
   numeric = [c for c in layout.columns if c.kind == "numeric"]
   libfm = layout.format == "libfm"
   values = None
+  at = [j for j, c in enumerate(categorical) if columns[c.name] is not None]
+  given = [categorical[j] for j in at]
   if libfm:
-    texts, values = _libfm_pairs(categorical, columns, bad)
+    texts, given_values = _libfm_pairs(given, columns, bad)
+    values = np.ones((rows, len(categorical)), np.float32)
+    values[:, at] = given_values
   else:
-    texts = [columns[c.name] for c in categorical]
-  keys, long_tokens = _category_keys(texts, categorical, rows, bad, libfm)
+    texts = [columns[c.name] for c in given]
+  keys = np.zeros((rows, len(categorical)), np.uint64)  # 0: the missing key
+  given_keys, longs = _category_keys(texts, given, rows, bad, libfm)
+  keys[:, at] = given_keys
+  long_tokens = {(r, at[j]): t for (r, j), t in longs.items()}
   truncated, list_values = {}, {}
   for c in (c for c in layout.columns if c.kind == "multi_valued"):
-    tokens = _list_tokens(columns[c.name], c, bad)
+    tokens = _list_tokens(columns[c.name] or [None] * rows, c, bad)
     shown = (c.separator or ",").encode()  # Joins a list's values in error messages.
     list_values[c.name], truncated[c.name], bad_lists = list_keys(tokens, c, shown)
     for r, reason in bad_lists.items():
@@ -132,23 +140,28 @@ def _category_texts(values: Sequence, name: str, bad: dict[int, str]) -> Sequenc
 def _encode(texts: list[Sequence], rows: int, names: list[str], bad: dict[int, str]) -> bytes:
   """The values of every column as NUL-joined UTF-8 (bad values marked and made empty).
 
-  All strings (the common case) are joined at once; other columns go through
-  _category_texts first.
+  Strings (the common case) are joined at once; strings, integers and nulls are
+  turned into text in one pass over all columns; other values go through
+  _category_texts column by column.
   """
+  flat = list(itertools.chain.from_iterable(texts))
   try:
-    data = "\0".join(itertools.chain.from_iterable(texts)).encode("utf-8")
-    if data.count(0) == rows * len(texts) - 1 or not rows * len(texts):
+    data = "\0".join(flat).encode("utf-8")
+    if data.count(0) == len(flat) - 1 or not flat:
       return data
-  except (TypeError, UnicodeEncodeError):
-    pass
-  texts = [_category_texts(col, name, bad) for name, col in zip(names, texts)]
-  try:
-    data = "\0".join(itertools.chain.from_iterable(texts)).encode("utf-8")
-    if data.count(0) == rows * len(texts) - 1:
-      return data
+  except TypeError:
+    kinds = set(map(type, flat))
+    if kinds <= _FAST_CATEGORIES:
+      flat = ["" if v is None else v for v in flat]
+      try:
+        data = "\0".join(flat if int not in kinds else map(str, flat)).encode("utf-8")
+        if data.count(0) == len(flat) - 1:
+          return data
+      except UnicodeEncodeError:
+        pass
   except UnicodeEncodeError:
     pass
-  texts = [list(col) for col in texts]
+  texts = [list(_category_texts(col, name, bad)) for name, col in zip(names, texts)]
   for name, col in zip(names, texts):  # Find the strings at fault.
     for r, s in enumerate(col):
       if "\0" in s:
@@ -275,6 +288,16 @@ def _one_category(x) -> str | None:
 def _numbers(columns: list[Sequence], numeric: list[Column], rows: int, fmt: str, bad):
   """float64 [rows, len(numeric)] values, NaN where missing; bad values marked (and NaN)."""
   integers_only = fmt == "criteo"
+  x = np.full((rows, len(numeric)), np.nan)
+  given = [j for j, col in enumerate(columns) if col is not None]
+  if given:
+    x[:, given] = _given_numbers([columns[j] for j in given], [numeric[j] for j in given], rows,
+                                 integers_only, bad)  # fmt: skip
+  return x
+
+
+def _given_numbers(columns, numeric: list[Column], rows: int, integers_only: bool, bad):
+  """The numeric columns a request gave, [rows, len(columns)]: at once when all numbers."""
   if all(set(map(type, col)) <= _FAST_NUMBERS for col in columns):
     x = np.array(columns, np.float64).T.reshape(rows, len(numeric))
   else:
