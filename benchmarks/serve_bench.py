@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import glob
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     "--record", action="store_true", help="write benchmarks/results/serve_bench_cpu.json"
   )
   p.add_argument("--json", help="write the results here")
+  p.add_argument("--server-xla-flags", default="", help="XLA_FLAGS added for the server")
   args = p.parse_args(argv)
   started = time.time()
   from gin_jax import scoring
@@ -298,7 +300,10 @@ def main(argv: list[str] | None = None) -> dict:
   cmd = [sys.executable, "-m", "gin_jax.serve", "--model-base-path", str(base), "--port",
          str(port), "--max-batch", str(args.max_batch), "--batch-timeout-us",
          str(args.batch_timeout_us), "--max-queue", "64000", "--poll-seconds", "0.5"]  # fmt: skip
-  server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+  env = dict(os.environ)
+  if args.server_xla_flags:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + args.server_xla_flags).strip()
+  server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
   records, swap = [], None
   try:
     _wait_ready(port, "demo", server)

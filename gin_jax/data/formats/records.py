@@ -145,22 +145,22 @@ def _encode(texts: list[Sequence], rows: int, names: list[str], bad: dict[int, s
   _category_texts column by column.
   """
   flat = list(itertools.chain.from_iterable(texts))
-  try:
-    data = "\0".join(flat).encode("utf-8")
+  for attempt in range(3):
+    try:
+      data = "\0".join(flat).encode("utf-8")
+    except TypeError:  # not all strings: nulls made empty, then integers made text
+      if attempt == 0:
+        flat = ["" if v is None else v for v in flat]
+        continue
+      if attempt == 1 and set(map(type, flat)) <= _FAST_CATEGORIES:
+        flat = list(map(str, flat))
+        continue
+      break
+    except UnicodeEncodeError:
+      break
     if data.count(0) == len(flat) - 1 or not flat:
       return data
-  except TypeError:
-    kinds = set(map(type, flat))
-    if kinds <= _FAST_CATEGORIES:
-      flat = ["" if v is None else v for v in flat]
-      try:
-        data = "\0".join(flat if int not in kinds else map(str, flat)).encode("utf-8")
-        if data.count(0) == len(flat) - 1:
-          return data
-      except UnicodeEncodeError:
-        pass
-  except UnicodeEncodeError:
-    pass
+    break
   texts = [list(_category_texts(col, name, bad)) for name, col in zip(names, texts)]
   for name, col in zip(names, texts):  # Find the strings at fault.
     for r, s in enumerate(col):
