@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
+import re
 import sys
 
 from gin_jax import config as config_lib
@@ -45,7 +47,11 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
     help="experiment file (YAML or JSON) with model:, data:, train: sections of config "
     "fields (and optional name:, preset:); flags and --section.field=value override it",
   )
-  p.add_argument("--workdir", help="output directory (default runs/<preset>)")
+  p.add_argument(
+    "--workdir",
+    help="output directory (default: runs/<preset> without --train; with it, "
+    "runs/<file name>-<6 hex digits of the data files' absolute paths>)",
+  )
   p.add_argument(
     "--init-from",
     metavar="RUN_DIR",
@@ -72,8 +78,8 @@ def split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
   return overrides
 
 
-def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str]]:
-  """The flags of `python -m train` (default: sys.argv) and its config overrides."""
+def full_parser() -> argparse.ArgumentParser:
+  """Every flag of `python -m train`: build_parser's and those of the trainer alone."""
   p = build_parser()
   p.add_argument("--overwrite", action="store_true", help="discard a mismatched workdir")
   p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
@@ -89,6 +95,12 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, 
   p.add_argument(
     "--local-devices", type=int, help="fake this many CPU devices (testing sharding on one machine)"
   )
+  return p
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str]]:
+  """The flags of `python -m train` (default: sys.argv) and its config overrides."""
+  p = full_parser()
   args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
   return args, split_overrides(p, rest)
 
@@ -99,7 +111,7 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
   The preset is --preset, else the file's `preset:`, else `default` (the
   recipe for real data, config.default) with a training file and `demo` without
   one. A run on a training file without a named preset is named after the file
-  (its workdir defaults to runs/<name>).
+  (its workdir defaults to runs/<file name>-<hash>: default_workdir).
   """
   from_file, file_preset = {}, None
   if getattr(args, "config", None):
@@ -127,6 +139,31 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
   return config_lib.override(cfg, {**from_file, **data, **overrides})
 
 
+def _file_stem(path: str) -> str:
+  """`clicks` of data/clicks.csv.gz, of data/clicks/ and of 'data/clicks/part-*.parquet'."""
+  path = os.path.normpath(path)
+  while "*" in os.path.basename(path) or "?" in os.path.basename(path):  # a glob: its folder
+    path = os.path.dirname(path)
+  return re.sub(r"[^\w\-]", "_", os.path.basename(path).split(".")[0])
+
+
+def default_workdir(cfg: config_lib.Config) -> str:
+  """Where a run goes without --workdir.
+
+  runs/<preset> without a training file (runs/demo). With one, runs/<file
+  name>-<6 hex digits>, the digits a hash of the absolute paths of the train,
+  valid and test files: two files named train.csv in different folders never
+  share a workdir (where the guard would refuse the second run), and the same
+  command, rerun, resumes.
+  """
+  data = cfg.data
+  if not data.train:
+    return os.path.join("runs", cfg.name)
+  paths = "\n".join(os.path.abspath(p) if p else "" for p in (data.train, data.valid, data.test))
+  digest = hashlib.sha256(paths.encode()).hexdigest()[:6]
+  return os.path.join("runs", f"{_file_stem(data.train) or cfg.name}-{digest}")
+
+
 def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   """Joins the job, builds the config and trains; a bad input or environment exits 2."""
   from gin_jax import runtime, training  # imports jax: after XLA_FLAGS is final
@@ -139,7 +176,7 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
       args.coordinator, args.num_processes, args.process_id, timeout=args.cluster_timeout
     )
     cfg = build_config(args, overrides)
-    workdir = args.workdir or os.path.join("runs", cfg.name)
+    workdir = args.workdir or default_workdir(cfg)
     training.run(cfg, workdir, overwrite=args.overwrite)
   except (
     training.TrainingError,

@@ -304,3 +304,35 @@ def test_a_deeply_nested_file_is_refused_in_one_line_naming_it(tmp_path, kind, b
     f"{path}: nested deeper than {yaml_files.MAX_DEPTH} levels (line 1); "
     f"{'experiment file' if kind == 'experiment' else kind}s need a few"
   )
+
+
+def test_default_workdirs_of_two_files_of_one_name_differ(tmp_path, monkeypatch):
+  """Issue 36 item 3: two train.csv files shared runs/train, where the guard refused the second
+  run and advised --overwrite, which deletes the first."""
+  from gin_jax import cli
+
+  monkeypatch.chdir(tmp_path)
+  a, b = tmp_path / "a" / "train.csv", tmp_path / "b" / "train.csv"
+  work = lambda *argv: cli.default_workdir(cli.build_config(*cli.parse(list(argv))))
+  assert work() == os.path.join("runs", "demo") and work("--preset", "tiny") == "runs/tiny"
+  first, second = work("--train", str(a)), work("--train", str(b))
+  assert re.fullmatch(r"runs/train-[0-9a-f]{6}", first) and first != second
+  assert work("--train", "a/train.csv") == first  # the same file, however it is named
+  assert work("--train", str(a), "--preset", "frappe") == first
+  assert work("--train", str(a), "--test", str(b)) != first
+  assert re.fullmatch(r"runs/clicks-[0-9a-f]{6}", work("--train", "data/clicks/part-*.parquet"))
+  help_text = cli.full_parser().format_help()
+  assert "runs/<preset> without --train" in " ".join(help_text.split())
+
+
+def test_the_config_guard_advises_another_workdir_not_the_deletion(tmp_path):
+  from gin_jax.training import TrainingError
+  from gin_jax.training.workdir import Workdir, check_config
+
+  cfg = config_lib.tiny()
+  (tmp_path / "config.json").write_text(cfg.to_json())
+  other = config_lib.override(cfg, {"train.keep_ratio": "0.5"})
+  with pytest.raises(TrainingError) as e:
+    check_config(Workdir(tmp_path), other, overwrite=False)
+  assert "give this run another --workdir DIR (--overwrite would delete that run)" in str(e.value)
+  assert (tmp_path / "config.json").exists()

@@ -380,7 +380,7 @@ def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
       raise TrainingError(
         f"{workdir.root} holds a run with a different config "
         f"({config_diff(old if isinstance(old, dict) else {}, new)}; per {where}); "
-        "use another --workdir, or --overwrite to discard it"
+        "give this run another --workdir DIR (--overwrite would delete that run)"
       )
   return False
 
