@@ -187,6 +187,12 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     OSError,
   ) as e:
     runtime.fail(e)
+  except KeyboardInterrupt as e:  # Ctrl-C; training.Interrupted says the step reached
+    step = getattr(e, "step", None)
+    runtime.interrupted(
+      "interrupted before the first step; the same command starts the run again" if step is None
+      else f"interrupted at step {step}; the same command resumes"
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

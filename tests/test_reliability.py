@@ -5,6 +5,7 @@ command line (`python -m train --preset tiny`), copied before each fault.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -616,3 +617,41 @@ def test_one_rule_says_which_checkpoints_stand_in_for_an_unusable_best_one():
   assert stages.stand_ins("aoanet", "search") == {"search"}
   assert stages.stand_ins("aoanet", "retrain") == {"retrain", stages.DONE}
   assert stages.stand_ins("single", "train") == {"train", stages.DONE}
+
+
+# ------------------------------------------------------------- Ctrl-C (issue 36 item 4)
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
+  """SIGINT mid-stage printed a 69-line KeyboardInterrupt traceback (from the middle of a
+  device read or an orbax save) and exited 1."""
+  import signal
+  import time
+
+  wd = tmp_path / "wd"
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(wd),
+         "--train.epochs=1", "--train.log_every=1", "--train.checkpoint_every=2"]  # fmt: skip
+  env = {**_env(), "TQDM_DISABLE": "1"}  # the training bars off (preparation's stay)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics, deadline = wd / "metrics.jsonl", time.monotonic() + 50
+  while not (metrics.exists() and metrics.read_text().count('"loss"') >= 4):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=30)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err + out
+  lines = [x for x in err.splitlines() if x.strip() and not re.search(r"\d%\|", x)]  # no bars
+  assert len(lines) == 1, err
+  (line,) = lines
+  step = int(re.fullmatch(r"interrupted at step (\d+); the same command resumes", line)[1])
+  assert step >= 4
+  # The same command resumes from the newest sealed checkpoint (step 2 or later).
+  rerun = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    said = [next(rerun.stdout) for _ in range(3)]
+  finally:
+    rerun.kill()
+    rerun.communicate()
+  resumed = re.search(r"resuming from step (\d+): stage search", "".join(said))
+  assert resumed and 2 <= int(resumed[1]) <= step, said

@@ -8,6 +8,7 @@ point is gin_jax.training.run (recipes.py), which adds the runs of runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -30,7 +31,7 @@ from gin_jax.training import (
 )
 from gin_jax.training.best import keep_as_best, restore_best
 from gin_jax.training.context import RunContext
-from gin_jax.training.errors import TrainingError
+from gin_jax.training.errors import Interrupted, TrainingError
 from gin_jax.training.evaluate import final_report, predict_split, validate, write_predictions
 from gin_jax.training.resume import Progress, resume, save
 from gin_jax.training.stages import Stage
@@ -140,33 +141,36 @@ def train(
     progress = Progress(**saved["progress"])
     ctx.log.rewind(saved.get("metrics_bytes"), step)  # the replayed steps log again
     runtime.log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
+  ctx.step = int(state["step"])
 
   # ------------------------------------------------------------ stages
-  while progress.stage != stages.DONE:
-    stage = stages.by_name(plan, progress.stage)
-    # With train.linear_start every stage begins from fitted weights (the
-    # regression, or the search stage's best): that start is evaluated and may
-    # stand as the stage's best. (Other runs are left as measured.)
-    at_start = progress.epoch == 0 and progress.iterator_state is None
-    if cfg.train.linear_start and at_start and progress.best_auc is None:
-      _evaluate_start(ctx, stage, state, progress)
-    state = _train_stage(ctx, stage, state, progress)
-    state = restore_best(ctx, stage, state)
-    result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
-    for split in ("valid", "test"):
-      if len(splits[split]):
-        labels, probs = predict_split(ctx, state, splits[split])
-        if lead:  # kept for train.ensemble's average (and for the user)
-          write_predictions(workdir.stage_predictions(stage, split), labels, probs)
-        m = metrics_lib.evaluate(labels, probs)
-        result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
-    result["seconds"] = time.time() - progress.stage_start_time
-    progress.results[stage.name] = result
-    ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **result)
-    if stage.selects_after:
-      state = _select_and_reinit(ctx, state, progress)
-    progress.start(stages.next_stage(plan, stage.name))
-    save(ctx, state, progress)
+  # Ctrl-C: Interrupted carries the step reached, for the one line the CLI prints.
+  with _interrupted_at(ctx):
+    while progress.stage != stages.DONE:
+      stage = stages.by_name(plan, progress.stage)
+      # With train.linear_start every stage begins from fitted weights (the
+      # regression, or the search stage's best): that start is evaluated and may
+      # stand as the stage's best. (Other runs are left as measured.)
+      at_start = progress.epoch == 0 and progress.iterator_state is None
+      if cfg.train.linear_start and at_start and progress.best_auc is None:
+        _evaluate_start(ctx, stage, state, progress)
+      state = _train_stage(ctx, stage, state, progress)
+      state = restore_best(ctx, stage, state)
+      result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
+      for split in ("valid", "test"):
+        if len(splits[split]):
+          labels, probs = predict_split(ctx, state, splits[split])
+          if lead:  # kept for train.ensemble's average (and for the user)
+            write_predictions(workdir.stage_predictions(stage, split), labels, probs)
+          m = metrics_lib.evaluate(labels, probs)
+          result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
+      result["seconds"] = time.time() - progress.stage_start_time
+      progress.results[stage.name] = result
+      ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **result)
+      if stage.selects_after:
+        state = _select_and_reinit(ctx, state, progress)
+      progress.start(stages.next_stage(plan, stage.name))
+      save(ctx, state, progress)
 
   # ------------------------------------------------------------ report
   out = final_report(ctx, state, progress)
@@ -179,6 +183,17 @@ def train(
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _interrupted_at(ctx: RunContext):
+  """KeyboardInterrupt (Ctrl-C) as Interrupted, with the global step the run reached."""
+  try:
+    yield
+  except Interrupted:
+    raise  # a nested run's, with its own step
+  except KeyboardInterrupt:
+    raise Interrupted(ctx.step) from None
 
 
 def _load_data(cfg: Config, workdir: Workdir, source=None):
@@ -242,6 +257,7 @@ def _train_stage(ctx: RunContext, stage: Stage, state, progress: Progress):
       state, step_metrics = ctx.fns.step(state, batch)
       since += 1
       step += 1
+      ctx.step = step
       if step % cfg.log_every == 0:
         _check_finite(ctx, state, stage)
         loss = float(step_metrics["loss"])
