@@ -14,12 +14,13 @@ import re
 import sys
 
 from gin_jax import config as config_lib
+from gin_jax import hints
 from gin_jax.config import BAD_ROWS, FORMATS, STAGE_PLANS
 
 
 def build_parser(prog: str = "python -m train", description: str | None = None):
   """The flags of `python -m train` (benchmarks.quality reuses them)."""
-  p = argparse.ArgumentParser(
+  p = hints.ArgumentParser(
     prog=prog,
     description=description or "Train GIN / AOANet: search -> prune -> retrain -> test.",
     epilog="Any config field can be set as --section.field=value "
@@ -72,10 +73,29 @@ def split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
   overrides = {}
   for item in rest:
     if not item.startswith("--") or "=" not in item or "." not in item.split("=", 1)[0]:
-      parser.error(f"unrecognised argument {item!r} (config overrides look like --train.epochs=2)")
+      parser.error(
+        f"unrecognised argument {item!r} (config overrides look like --train.epochs=2)"
+        + _nearest_flag(parser, item)
+      )
     key, value = item[2:].split("=", 1)
     overrides[key] = value
   return overrides
+
+
+def _nearest_flag(parser: argparse.ArgumentParser, item: str) -> str:
+  """`; did you mean --workdir?` for a misspelt flag, or `--train.epochs=2` for `--epochs=2`."""
+  if not item.startswith("--"):
+    return ""
+  name, eq, value = item[2:].partition("=")
+  fields = config_lib.field_names()
+  owners = [f for f in fields if f.endswith(f".{name}")]
+  if len(owners) == 1:
+    return f"; did you mean --{owners[0]}={value or 'VALUE'}?"
+  flag = hints.closest(f"--{name}", [s for a in parser._actions for s in a.option_strings])
+  if flag is not None:
+    return f"; did you mean {flag}?"
+  field = hints.closest(name, fields)
+  return f"; did you mean --{field}={value or 'VALUE'}?" if field else ""
 
 
 def full_parser() -> argparse.ArgumentParser:

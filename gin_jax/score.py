@@ -12,18 +12,19 @@ library is gin_jax.scoring.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
+import sys
 
-from gin_jax import data, runtime
+from gin_jax import data, hints, runtime
 from gin_jax.config import BAD_ROWS, FORMATS
-from gin_jax.scoring import Scorer, ScoringError, export, export_version, score_file
+from gin_jax.scoring import Scorer, ScoringError, export, export_version, score_file, writers
 from gin_jax.training import checkpointing
 
 
 def main(argv: list[str] | None = None) -> None:
   """`python -m gin_jax.score`: parse the flags, export and / or score a file."""
-  p = argparse.ArgumentParser(prog="python -m gin_jax.score", description=__doc__.split("\n\n")[0])
+  p = hints.ArgumentParser(prog="python -m gin_jax.score", description=__doc__.split("\n\n")[0])
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--checkpoint", help="training workdir")
   src.add_argument("--exported", help="directory written by --export")
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--format", choices=FORMATS, help="default: training's")
   p.add_argument("--schema", help="CSV schema (default: training's)")
   p.add_argument("--bad-rows", choices=BAD_ROWS, default="error")
-  p.add_argument("--out", help="output .csv, .npy or .parquet")
+  p.add_argument("--out", help="output .csv, .npy or .parquet; - writes csv to standard output")
   p.add_argument("--export", help="write a jax.export directory here (with --checkpoint)")
   version = p.add_mutually_exclusive_group()
   version.add_argument(
@@ -74,21 +75,23 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.data or not args.out:
       p.error("scoring needs --data and --out")
+    writers.check_output(args.out)  # before the model loads
     if args.checkpoint:
       scorer = Scorer.from_checkpoint(args.checkpoint, step=args.step, best=args.best)
     else:
       scorer = Scorer.from_export(args.exported)
     options = {"fmt": args.format, "schema": args.schema, "bad_rows": args.bad_rows}
     summary = score_file(scorer, args.data, args.out, **options)
-    print(f"scored {summary.rows} rows with {scorer.description} -> {args.out}")
+    say = functools.partial(print, file=sys.stderr if args.out == writers.STDOUT else sys.stdout)
+    say(f"scored {summary.rows} rows with {scorer.description} -> {args.out}")
     if summary.bad.count:
-      print(
+      say(
         f"skipped {summary.bad.count} bad rows (listed in {args.out}); "
         f"first: {summary.bad.examples[:3]}"
       )
     if summary.metrics is not None:
       m = summary.metrics
-      print(f"AUC {m['auc']:.6f}  logloss {m['logloss']:.6f}  (n={m['n']})")
+      say(f"AUC {m['auc']:.6f}  logloss {m['logloss']:.6f}  (n={m['n']})")
   except (ScoringError, checkpointing.CheckpointError, data.DataError, ValueError, OSError) as e:
     runtime.fail(e)
 

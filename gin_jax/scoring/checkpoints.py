@@ -75,7 +75,7 @@ def load_checkpoint(
   report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
   if step is None and layout.delivered() != layout:  # train.beat_linear chose a second model
     layout = layout.delivered()
-    report(f"{workdir}: the run delivered the model in {layout.root} (delivered.json); using it")
+    info(f"{workdir} delivered the model in {layout.root} (delivered.json): scoring with it")
     workdir = layout.root
   if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
@@ -88,6 +88,12 @@ def load_checkpoint(
     f"the checkpoints of {workdir} were removed while being read, {_RELISTS + 1} times in a "
     "row: its run deletes them faster than they can be read (raise its train.keep_checkpoints)"
   )
+
+
+def info(message: str) -> None:
+  """What scoring does, as it should (which model it scores with): one line on stderr,
+  so that csv on standard output (`--out -`) stays clean."""
+  print(f"info: {message}", file=sys.stderr, flush=True)
 
 
 _RELISTS = 5  # times in a row the checkpoint being read may vanish before the scorer gives up

@@ -83,8 +83,6 @@ def train(
       f"the train split has {len(splits['train'])} rows, fewer than one batch "
       f"(train.batch_size={cfg.train.batch_size})"
     )
-  if meta.constant_fields:
-    runtime.log(data.constant_warning(meta.constant_fields))
   if source is not None:
     runtime.log(f"continuing {source.run} (step {source.step})")
     if growth := continuation.growth_summary(meta):
