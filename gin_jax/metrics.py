@@ -60,3 +60,39 @@ def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
 def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict:
   """{"auc", "logloss", "n"} for one split."""
   return {"auc": auc(labels, probs), "logloss": log_loss(labels, probs), "n": int(np.size(labels))}
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict:
+  """How far predicted probabilities are from observed click rates.
+
+  Args:
+    labels: [n] in {0, 1}.
+    probs: [n] predicted probabilities.
+    bins: equal-width bins of [0, 1] (the last includes 1).
+
+  Returns:
+    {"ece": expected calibration error, sum over bins of (rows in bin / n) x
+    |mean predicted - observed rate| (0 is perfect); "mean_predicted" and
+    "observed_rate" over all rows; "bins": per non-empty bin {"lo", "hi", "n",
+    "mean_predicted", "observed_rate"} (what a reliability diagram draws)}.
+  """
+  labels = np.asarray(labels, np.float64).reshape(-1)
+  probs = np.asarray(probs, np.float64).reshape(-1)
+  if not labels.size:
+    return {"ece": None, "mean_predicted": None, "observed_rate": None, "bins": []}
+  which = np.clip((probs * bins).astype(np.int64), 0, bins - 1)
+  n = np.bincount(which, minlength=bins)
+  predicted = np.bincount(which, probs, minlength=bins)
+  observed = np.bincount(which, labels, minlength=bins)
+  used = np.flatnonzero(n)
+  gap = np.abs(predicted[used] - observed[used]) / n[used]
+  return {
+    "ece": float(np.sum(n[used] / labels.size * gap)),
+    "mean_predicted": float(probs.mean()),
+    "observed_rate": float(labels.mean()),
+    "bins": [
+      {"lo": b / bins, "hi": (b + 1) / bins, "n": int(n[b]),
+       "mean_predicted": float(predicted[b] / n[b]), "observed_rate": float(observed[b] / n[b])}
+      for b in used.tolist()
+    ],
+  }  # fmt: skip

@@ -1,6 +1,7 @@
 """Offline scoring from checkpoints, and export for serving.
 
-  python -m gin_jax.score --checkpoint WORKDIR [--step N | --best] --data FILE --out FILE
+  python -m gin_jax.score --checkpoint WORKDIR [--step N | --best | --stage NAME] --data FILE
+      --out FILE
   python -m gin_jax.score --checkpoint WORKDIR --export DIR
   python -m gin_jax.score --checkpoint WORKDIR --export BASE --next-version
   python -m gin_jax.score --exported DIR --data FILE --out FILE
@@ -30,7 +31,15 @@ def main(argv: list[str] | None = None) -> None:
   src.add_argument("--exported", help="directory written by --export")
   which = p.add_mutually_exclusive_group()
   which.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-  which.add_argument("--best", action="store_true", help="best checkpoint of the last stage")
+  which.add_argument(
+    "--best", action="store_true", help="best checkpoint of the stage the run delivers"
+  )
+  which.add_argument(
+    "--stage",
+    metavar="NAME",
+    help="best checkpoint of this stage (search, retrain; train for one-stage runs): e.g. the "
+    "pruned model (retrain) where the search stage validated better and was delivered",
+  )
   p.add_argument("--data", help="file to score (any supported format, may be .gz)")
   p.add_argument("--format", choices=FORMATS, help="default: training's")
   p.add_argument("--schema", help="CSV schema (default: training's)")
@@ -62,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
       if not args.checkpoint:
         p.error("--export needs --checkpoint")
-      which = {"step": args.step, "best": args.best}
+      which = {"step": args.step, "best": args.best, "stage": args.stage}
       if args.next_version or args.version is not None:
         if args.version is not None and args.version < 1:
           p.error("--version must be a positive integer")
@@ -77,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
       p.error("scoring needs --data and --out")
     writers.check_output(args.out)  # before the model loads
     if args.checkpoint:
-      scorer = Scorer.from_checkpoint(args.checkpoint, step=args.step, best=args.best)
+      scorer = Scorer.from_checkpoint(
+        args.checkpoint, step=args.step, best=args.best, stage=args.stage
+      )
     else:
       scorer = Scorer.from_export(args.exported)
     options = {"fmt": args.format, "schema": args.schema, "bad_rows": args.bad_rows}

@@ -598,25 +598,34 @@ def test_a_bad_export_is_one_line_on_the_command_line(trained, exported, tmp_pat
 def test_scoring_a_file_whose_every_row_is_skipped_exits_2(trained, tmp_path):
   wd, _ = trained
   rows = tmp_path / "all_bad.tsv"
-  rows.write_text("1\tnot\tenough\n0\tfields\n1\there\n")
+  # Criteo rows, each with a bad integer (a file with no Criteo row at all is named as
+  # another format before any row is read: test_data_bad_rows.py).
+  bad = "\t".join(["1", "x", *["1"] * 12, *["a"] * 26])
+  rows.write_text(f"{bad}\n{bad}\n{bad}\n")
   out = tmp_path / "s.csv"
   proc = score("--checkpoint", wd, "--data", rows, "--out", out, "--bad-rows", "skip")
   assert proc.returncode == 2  # was 0, with a file of skipped rows only
   assert last_line(proc).startswith(
-    f"error: no row of {rows} could be scored (3 bad row(s) skipped; first: ['{rows}:1: expected"
+    f"error: no row of {rows} could be scored (3 bad row(s) skipped; first: [\"{rows}:1: I1: 'x'"
   )
   assert not out.exists()
   assert_clean(proc)
 
 
 def test_one_rule_says_which_checkpoints_stand_in_for_an_unusable_best_one():
-  """The trainer and `score --best` share it: the stage's own checkpoints, and for
-  the final stage the finished run's, never a later stage's fresh start."""
+  """The trainer and `score --best` / `--stage` share it: the stage's own checkpoints, and
+  the finished run's for the stage it delivers (the final one unless an earlier stage
+  validated better, issue 36 item 7), never a later stage's fresh start."""
   from gin_jax.training import stages
 
-  assert stages.stand_ins("aoanet", "search") == {"search"}
-  assert stages.stand_ins("aoanet", "retrain") == {"retrain", stages.DONE}
-  assert stages.stand_ins("single", "train") == {"train", stages.DONE}
+  stands_in = lambda plan, wanted, **progress: stages.stands_in(plan, wanted, progress)
+  assert stands_in("aoanet", "search", stage="search")
+  assert not stands_in("aoanet", "search", stage="retrain")  # the retrain's fresh start
+  assert not stands_in("aoanet", "search", stage=stages.DONE)  # the retrain delivered (old)
+  assert stands_in("aoanet", "retrain", stage=stages.DONE)
+  assert stands_in("aoanet", "search", stage=stages.DONE, delivered="search")
+  assert not stands_in("aoanet", "retrain", stage=stages.DONE, delivered="search")
+  assert stands_in("single", "train", stage=stages.DONE, delivered=None)
 
 
 # ------------------------------------------------------------- Ctrl-C (issue 36 item 4)

@@ -8,7 +8,7 @@ import numpy as np
 from gin_jax import files, runtime
 from gin_jax import metrics as metrics_lib
 from gin_jax.models import pruning
-from gin_jax.training import partitioning, predict, report
+from gin_jax.training import partitioning, predict, report, stages
 from gin_jax.training.context import RunContext
 from gin_jax.training.stages import Stage
 
@@ -40,6 +40,21 @@ def validate(ctx: RunContext, stage: Stage, state, epoch: int, when: str) -> dic
   return m
 
 
+def split_metrics(split: str, labels: np.ndarray, probs: np.ndarray) -> dict:
+  """A stage's metrics on one split, as the report's stages hold them (`<split>_<name>`):
+
+  auc, logloss, and calibration: ece (expected calibration error over 10 bins),
+  mean_predicted and observed_rate (the mean probability against the click rate),
+  calibration_bins (the reliability diagram's points).
+  """
+  m = metrics_lib.evaluate(labels, probs)
+  c = metrics_lib.calibration(labels, probs)
+  out = {"auc": m["auc"], "logloss": m["logloss"], "ece": c["ece"]}
+  out |= {"mean_predicted": c["mean_predicted"], "observed_rate": c["observed_rate"]}
+  out["calibration_bins"] = c["bins"]
+  return {f"{split}_{k}": v for k, v in out.items()}
+
+
 def write_predictions(path, labels: np.ndarray, probs: np.ndarray) -> None:
   """labels and probs [n] as an .npz, written atomically (never half a file)."""
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,10 +63,14 @@ def write_predictions(path, labels: np.ndarray, probs: np.ndarray) -> None:
 
 
 def final_report(ctx: RunContext, state, progress) -> dict:
-  """report.json of a finished run: per-stage metrics, kept pairs, planted-pair recall."""
+  """report.json of a finished run: per-stage metrics, the delivered stage, kept pairs,
+  planted-pair recall, calibration."""
   names = ctx.meta.field_names
+  plan = ctx.cfg.train.stages
+  delivered = stages.delivered(plan, {"delivered": progress.delivered})
   out = {
     "stages": progress.results,
+    "delivered_stage": delivered,
     "config": ctx.cfg.to_dict(),
     "kept_pairs": None,
     "planted_pairs": [list(p) for p in ctx.planted] or None,
@@ -59,8 +78,11 @@ def final_report(ctx: RunContext, state, progress) -> dict:
     "final_step": int(state["step"]),
   }
   if progress.search_alpha is not None:  # a stage of the plan selected (pruned) after it
-    masks = jax.tree.map(partitioning.to_host, state["masks"])
     alphas = {k: np.asarray(v, np.float32) for k, v in progress.search_alpha.items()}
+    if delivered == stages.final(plan).name:
+      masks = jax.tree.map(partitioning.to_host, state["masks"])
+    else:  # the state is the unpruned stage's: the pruned model's masks, selected again
+      masks = pruning.select(alphas, ctx.cfg.train.keep_ratio, ctx.cfg.train.prune_scope)
     kept = pruning.kept_field_pairs(masks, names)
     out.update(
       kept_pairs=kept,
@@ -77,10 +99,22 @@ def final_report(ctx: RunContext, state, progress) -> dict:
     if jax.process_index() == 0:
       report.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
   out["summary"] = summary(out["stages"])
+  out["calibration"] = calibration_of(out["stages"], delivered)
   return out
+
+
+def calibration_of(results: dict, stage: str) -> dict | None:
+  """The report's "calibration": the delivered stage's on test (else valid), with its bins."""
+  r = results.get(stage, {})
+  for split in ("test", "valid"):
+    if r.get(f"{split}_ece") is not None:
+      keys = ("ece", "mean_predicted", "observed_rate")
+      return {"stage": stage, "split": split, **{k: r[f"{split}_{k}"] for k in keys},
+              "bins": r.get(f"{split}_calibration_bins", [])}  # fmt: skip
+  return None
 
 
 def summary(results: dict) -> dict:
   """The report's "summary": each stage's valid AUC and test metrics."""
-  keys = ("valid_auc", "test_auc", "test_logloss")
+  keys = ("valid_auc", "test_auc", "test_logloss", "test_ece")
   return {stage: {k: r.get(k) for k in keys} for stage, r in results.items()}

@@ -15,7 +15,6 @@ import jax
 import numpy as np
 
 from gin_jax import data, files, runtime
-from gin_jax import metrics as metrics_lib
 from gin_jax import models as model_lib
 from gin_jax.config import Config, resolve_auto
 from gin_jax.data import pipeline
@@ -29,10 +28,16 @@ from gin_jax.training import (
   stages,
   steps,
 )
-from gin_jax.training.best import keep_as_best, restore_best
+from gin_jax.training.best import improves, keep_as_best, restore_best
 from gin_jax.training.context import RunContext
 from gin_jax.training.errors import Interrupted, TrainingError
-from gin_jax.training.evaluate import final_report, predict_split, validate, write_predictions
+from gin_jax.training.evaluate import (
+  final_report,
+  predict_split,
+  split_metrics,
+  validate,
+  write_predictions,
+)
 from gin_jax.training.resume import Progress, resume, save
 from gin_jax.training.stages import Stage
 from gin_jax.training.workdir import Workdir, check_config, discard_run
@@ -136,7 +141,7 @@ def train(
       )
   else:
     step, state, saved = restored
-    progress = Progress(**saved["progress"])
+    progress = Progress.from_dict(saved["progress"])
     ctx.log.rewind(saved.get("metrics_bytes"), step)  # the replayed steps log again
     runtime.log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
   ctx.step = int(state["step"])
@@ -150,7 +155,7 @@ def train(
       # regression, or the search stage's best): that start is evaluated and may
       # stand as the stage's best. (Other runs are left as measured.)
       at_start = progress.epoch == 0 and progress.iterator_state is None
-      if cfg.train.linear_start and at_start and progress.best_auc is None:
+      if cfg.train.linear_start and at_start and progress.best_value is None:
         _evaluate_start(ctx, stage, state, progress)
       state = _train_stage(ctx, stage, state, progress)
       state = restore_best(ctx, stage, state)
@@ -160,14 +165,17 @@ def train(
           labels, probs = predict_split(ctx, state, splits[split])
           if lead:  # kept for train.ensemble's average (and for the user)
             write_predictions(workdir.stage_predictions(stage, split), labels, probs)
-          m = metrics_lib.evaluate(labels, probs)
-          result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
+          result.update(split_metrics(split, labels, probs))
       result["seconds"] = time.time() - progress.stage_start_time
       progress.results[stage.name] = result
-      ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **result)
+      scalars = {k: v for k, v in result.items() if not isinstance(v, list | dict)}
+      ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **scalars)
       if stage.selects_after:
         state = _select_and_reinit(ctx, state, progress)
-      progress.start(stages.next_stage(plan, stage.name))
+      nxt = stages.next_stage(plan, stage.name)
+      if nxt == stages.DONE:
+        state = _deliver(ctx, state, progress)
+      progress.start(nxt)
       save(ctx, state, progress)
 
   # ------------------------------------------------------------ report
@@ -329,9 +337,10 @@ def _end_of_epoch(ctx: RunContext, stage: Stage, state, progress: Progress) -> N
   if not len(ctx.splits["valid"]):
     return  # no validation data: keep the last weights, never stop early
   m = validate(ctx, stage, state, progress.epoch, f"epoch {progress.epoch}")
-  if progress.best_auc is None or m["auc"] > progress.best_auc:
+  metric = ctx.cfg.train.early_stop_metric
+  if improves(metric, m[metric], progress.best_value):
     progress.bad_epochs = 0
-    keep_as_best(ctx, stage, state, progress, m["auc"])
+    keep_as_best(ctx, stage, state, progress, m[metric])
   else:
     progress.bad_epochs += 1
 
@@ -350,7 +359,42 @@ def _evaluate_start(ctx: RunContext, stage: Stage, state, progress: Progress) ->
   if not len(ctx.splits["valid"]):
     return
   m = validate(ctx, stage, state, 0, "start")
-  keep_as_best(ctx, stage, state, progress, m["auc"])
+  keep_as_best(ctx, stage, state, progress, m[ctx.cfg.train.early_stop_metric])
+
+
+def _deliver(ctx: RunContext, state, progress: Progress):
+  """Once the last stage ends: the run delivers the stage that validates best.
+
+  By train.early_stop_metric over every stage of the plan (a tie, no
+  validation split, or train.deliver="last" keeps the last: the pruned model).
+  If an earlier stage (the search) wins, its best weights become the finished
+  run's state, which the checkpoints then hold for scoring, export and
+  --init-from; every stage's
+  best_<stage> stays (`gin_jax.score --stage NAME`). Recorded in
+  `progress.delivered` and the report's "delivered_stage".
+  """
+  plan, metric = ctx.cfg.train.stages, ctx.cfg.train.early_stop_metric
+  last = stages.final(plan)
+  key, chosen, best = f"valid_{metric}", last, None
+  for stage in stages.plan(plan) if ctx.cfg.train.deliver == "best" else ():
+    value = progress.results.get(stage.name, {}).get(key)
+    if value is not None and (improves(metric, value, best) or value == best):  # later wins a tie
+      chosen, best = stage, value
+  progress.delivered = chosen.name
+  if chosen != last:
+    state = restore_best(ctx, chosen, state)
+    runtime.log(
+      f"delivering the {chosen.name} stage's model: it validates best (valid "
+      f"{_METRIC_NAMES[metric]} {best:.4f}, {last.name} {progress.results[last.name][key]:.4f}); "
+      f"the {last.name} model stays in {ctx.workdir.best(last)} (gin_jax.score --stage "
+      f"{last.name})"
+    )
+  elif len(stages.plan(plan)) > 1:
+    runtime.log(f"delivering the {chosen.name} stage's model")
+  return state
+
+
+_METRIC_NAMES = {"auc": "AUC", "logloss": "logloss"}
 
 
 def _select_and_reinit(ctx: RunContext, state, progress: Progress):

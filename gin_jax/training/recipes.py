@@ -22,11 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gin_jax import files, runtime
-from gin_jax import metrics as metrics_lib
 from gin_jax.config import Config
 from gin_jax.training import continuation, loop, predict, report, stages
 from gin_jax.training.errors import TrainingError
-from gin_jax.training.evaluate import summary
+from gin_jax.training.evaluate import calibration_of, split_metrics, summary
 from gin_jax.training.workdir import Workdir, lock
 
 
@@ -154,7 +153,7 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   validates above the regression this costs one regression fit more
   (docs/quality.md has the figures on Frappe and a Criteo sample).
   """
-  final = stages.final(cfg.train.stages).name
+  final = out.get("delivered_stage") or stages.final(cfg.train.stages).name
   deep = out["stages"].get(final, {}).get("valid_auc")
   delivered = "."
   if cfg.model.arch != "gin" or cfg.train.linear_start or cfg.train.init_from or deep is None:
@@ -176,7 +175,8 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
       second, _ = _nested_run(
         from_linear(cfg), workdir, Workdir(workdir.from_linear), devices, True
       )
-      check["from_linear_valid_auc"] = second["stages"][final]["valid_auc"]
+      second_final = second.get("delivered_stage") or final
+      check["from_linear_valid_auc"] = second["stages"][second_final]["valid_auc"]
       if check["from_linear_valid_auc"] > deep:
         delivered = workdir.from_linear.name
         # "config" stays the run's; the delivered model's is in from_linear/.
@@ -238,18 +238,20 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
       if f"{split}_auc" not in member_results[0]:
         continue  # an empty split
       labels, probs = _average_predictions([m.stage_predictions(stage, split) for m in delivered])
-      m = metrics_lib.evaluate(labels, probs)
-      result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
+      result.update(split_metrics(split, labels, probs))
     result["epochs"] = float(np.mean([r["epochs"] for r in member_results]))
     result["seconds"] = float(sum(r["seconds"] for r in member_results))
     result["models"] = k
     results[stage.name] = result
   names = [os.path.relpath(m.root, workdir.root) for m in delivered]
+  final = stages.final(cfg.train.stages).name
   members = [
-    {"workdir": n, "seed": s, "stages": r["stages"], "kept_pairs": r.get("kept_pairs")}
+    {"workdir": n, "seed": s, "stages": r["stages"], "kept_pairs": r.get("kept_pairs"),
+     "delivered_stage": r.get("delivered_stage") or final}
     for n, s, r in zip(names, seeds, reports)
-  ]
+  ]  # fmt: skip
   out = {**out, "stages": results, "summary": summary(results), "ensemble": members}
+  out.update(_delivered_average(cfg, reports, delivered, results))
   votes = _pair_votes([r.get("kept_pairs") for r in reports])
   if votes is not None:
     out["kept_pairs_votes"] = votes
@@ -260,6 +262,25 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
     workdir.write_delivered(record)
     print(report.summary_table(out), flush=True)
   return out
+
+
+def _delivered_average(cfg: Config, reports: list[dict], delivered: list, results: dict) -> dict:
+  """The ensemble's "delivered_stage" and "calibration"; when its members deliver different
+  stages (each the one that validates best for it), "delivered_stage" lists them and
+  "delivered_metrics" are those of the average that scoring gives, of each member's
+  delivered stage."""
+  final = stages.final(cfg.train.stages).name
+  chosen = [r.get("delivered_stage") or final for r in reports]
+  if len(set(chosen)) == 1:
+    return {"delivered_stage": chosen[0], "calibration": calibration_of(results, chosen[0])}
+  average = {}
+  for split in ("valid", "test"):
+    paths = [m.stage_predictions(stages.by_name(cfg.train.stages, s), split)
+             for m, s in zip(delivered, chosen)]  # fmt: skip
+    if all(p.exists() for p in paths):
+      average.update(split_metrics(split, *_average_predictions(paths)))
+  calibration = calibration_of({"delivered": average}, "delivered")
+  return {"delivered_stage": chosen, "delivered_metrics": average, "calibration": calibration}
 
 
 def _pair_votes(kept: list) -> list[dict] | None:

@@ -113,18 +113,20 @@ def alpha_heatmap(
 def summary_table(report: dict) -> str:
   """A markdown table of per-stage metrics plus the pruning facts."""
   lines = [
-    "| stage | valid AUC | valid logloss | test AUC | test logloss | epochs | seconds |",
-    "|---|---|---|---|---|---|---|",
+    "| stage | valid AUC | valid logloss | test AUC | test logloss | test ECE | epochs | seconds |",
+    "|---|---|---|---|---|---|---|---|",
   ]
 
   def fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
+  delivered = report.get("delivered_stage")
   for stage, r in report["stages"].items():
+    name = f"**{stage}** (delivered)" if stage == delivered and len(report["stages"]) > 1 else stage
     lines.append(
-      f"| {stage} | {fmt(r.get('valid_auc'))} | {fmt(r.get('valid_logloss'))} | "
-      f"{fmt(r.get('test_auc'))} | {fmt(r.get('test_logloss'))} | {r.get('epochs', '-')} | "
-      f"{r.get('seconds', 0):.0f} |"
+      f"| {name} | {fmt(r.get('valid_auc'))} | {fmt(r.get('valid_logloss'))} | "
+      f"{fmt(r.get('test_auc'))} | {fmt(r.get('test_logloss'))} | {fmt(r.get('test_ece'))} | "
+      f"{r.get('epochs', '-')} | {r.get('seconds', 0):.0f} |"
     )
   if report.get("ensemble"):
     members = report["ensemble"]
