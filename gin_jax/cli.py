@@ -61,6 +61,12 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
     "unless --stages says otherwise; RUN_DIR is only read",
   )
   p.add_argument(
+    "--group-by",
+    metavar="FIELD",
+    help="also report the AUC within each group of FIELD (a user column, say), averaged "
+    "weighted by rows: gAUC (train.group_by)",
+  )
+  p.add_argument(
     "--stages",
     choices=(*STAGE_PLANS, *config_lib.STAGE_PLAN_ALIASES),
     help="aoanet: search -> prune -> retrain; single: one stage ('gin': the same, its old name)",
@@ -152,6 +158,8 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
     data["data.format"] = "criteo"
   if getattr(args, "stages", None):
     data["train.stages"] = args.stages
+  if getattr(args, "group_by", None):
+    data["train.group_by"] = args.group_by
   if getattr(args, "init_from", None):
     data["train.init_from"] = os.path.abspath(args.init_from)
     if "train.stages" not in {**from_file, **data, **overrides}:

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--format", choices=FORMATS, help="default: training's")
   p.add_argument("--schema", help="CSV schema (default: training's)")
   p.add_argument("--bad-rows", choices=BAD_ROWS, default="error")
+  p.add_argument(
+    "--group-by",
+    metavar="FIELD",
+    help="with labels, also the AUC within each group of FIELD (a user column, say), "
+    "averaged weighted by rows (gAUC)",
+  )
   p.add_argument("--out", help="output .csv, .npy or .parquet; - writes csv to standard output")
   p.add_argument("--export", help="write a jax.export directory here (with --checkpoint)")
   version = p.add_mutually_exclusive_group()
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
       scorer = Scorer.from_export(args.exported)
     options = {"fmt": args.format, "schema": args.schema, "bad_rows": args.bad_rows}
+    options["group_by"] = args.group_by
     summary = score_file(scorer, args.data, args.out, **options)
     say = functools.partial(print, file=sys.stderr if args.out == writers.STDOUT else sys.stdout)
     say(f"scored {summary.rows} rows with {scorer.description} -> {args.out}")
@@ -103,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     if summary.metrics is not None:
       m = summary.metrics
       say(f"AUC {m['auc']:.6f}  logloss {m['logloss']:.6f}  (n={m['n']})")
+      if "gauc" in m:
+        say(f"gAUC {m['gauc']:.6f}  (by {m['group_by']}: {m['gauc_groups']} groups with both "
+            "classes, each weighted by its rows)")  # fmt: skip
   except (ScoringError, checkpointing.CheckpointError, data.DataError, ValueError, OSError) as e:
     runtime.fail(e)
 

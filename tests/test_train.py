@@ -612,3 +612,46 @@ def test_the_delivered_stage_is_chosen_by_the_early_stop_metric(monkeypatch, tra
   ctx = types.SimpleNamespace(cfg=cfg, workdir=Workdir("w"))
   assert loop._deliver(ctx, "state", progress) == "state"
   assert progress.delivered == chosen and restored == ([] if chosen == "retrain" else [chosen])
+
+
+# ------------------------------------------------------------- issue 36 item 9
+
+
+def test_grouped_auc_in_the_log_the_report_and_the_scorer(tmp_path, capsys):
+  """--group-by C1: gAUC beside AUC in the log, report.json, the summary table and
+  `gin_jax.score --group-by C1`, each the rows-weighted mean of the groups' AUCs."""
+  from gin_jax import data, metrics
+  from gin_jax import score as score_cli
+
+  cfg = tiny(epochs=1, stages="single", group_by="C1")
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
+  out = capsys.readouterr().out
+  assert "train epoch 1: valid AUC " in out and ", gAUC " in out and "(by C1)" in out
+  assert "| test gAUC |" in out
+  meta, splits = data.prepare(cfg.data, tmp_path / "data" / "cache", progress=False)
+  column = meta.group_column("C1")
+  for split in ("valid", "test"):
+    saved = np.load(tmp_path / "predictions" / f"train_{split}.npz")
+    groups = np.asarray(splits[split].ids[:, column])
+    np.testing.assert_array_equal(saved["groups"], groups)
+    want = metrics.grouped_auc(saved["labels"], saved["probs"], groups)
+    assert rep["stages"]["train"][f"{split}_gauc"] == want["gauc"] and want["groups"] > 5
+    assert want["gauc"] != rep["stages"]["train"][f"{split}_auc"]
+  assert rep["summary"]["train"]["test_gauc"] == rep["stages"]["train"]["test_gauc"]
+  # The scorer, on the test rows as a file.
+  source = next((tmp_path / "data" / "cache").glob("*.tsv")).read_text().splitlines(keepends=True)
+  rows = tmp_path / "test_rows.tsv"
+  rows.write_text("".join(source[i - 1] for i in np.asarray(splits["test"].line_numbers)))
+  score_cli.main(["--checkpoint", str(tmp_path), "--data", str(rows), "--out",
+                  str(tmp_path / "s.csv"), "--group-by", "C1"])  # fmt: skip
+  said = capsys.readouterr().out
+  gauc = float(said.split("gAUC ")[1].split()[0])
+  assert gauc == pytest.approx(rep["stages"]["train"]["test_gauc"], abs=1e-6)
+  assert "groups with both classes, each weighted by its rows)" in said
+  scorer = scoring.Scorer.from_checkpoint(tmp_path)
+  with pytest.raises(data.DataError, match="--group-by C01: not a field of the data .*; did you"):
+    scoring.score_file(scorer, rows, tmp_path / "t.csv", group_by="C01")
+  # A misspelt field stops a run before it writes config.json (which would hold the workdir).
+  with pytest.raises(data.DataError, match="did you mean C1"):
+    training.run(tiny(group_by="C01"), tmp_path / "typo", devices=jax.devices()[:1])
+  assert not (tmp_path / "typo" / "config.json").exists()

@@ -187,6 +187,9 @@ class TrainConfig:
   # early_stop_metric (the search stage's where pruning costs quality); "last", the
   # plan's last stage (the pruned model), whatever it scores.
   deliver: str = "best"
+  # A field (e.g. user) whose groups' AUC, averaged weighted by rows (gAUC), is
+  # reported beside AUC: log, report.json, summary table. "": none.
+  group_by: str = ""
   embedding_l2: float | None = 0.0  # lambda/2 ||table||^2 per step (None: auto_embedding_l2).
   linear_l2: float | None = None  # lambda of the first-order weights (None: embedding_l2).
   linear_start: bool = False  # GIN + model.first_order: fit the linear part alone first.

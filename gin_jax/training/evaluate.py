@@ -14,8 +14,22 @@ from gin_jax.training.stages import Stage
 
 
 def evaluate(ctx: RunContext, state, split) -> dict:
-  """Exact AUC / logloss over a whole split; predictions gathered from all processes."""
-  return metrics_lib.evaluate(*predict_split(ctx, state, split))
+  """Exact AUC / logloss (and gAUC with train.group_by) over a whole split; predictions
+  gathered from all processes."""
+  labels, probs = predict_split(ctx, state, split)
+  m = metrics_lib.evaluate(labels, probs)
+  groups = groups_of(ctx, split)
+  if groups is not None:
+    m["gauc"] = metrics_lib.grouped_auc(labels, probs, groups)["gauc"]
+  return m
+
+
+def groups_of(ctx: RunContext, split) -> np.ndarray | None:
+  """Each row's group of train.group_by (its id in that field), in the split's order; None
+  without train.group_by."""
+  if ctx.group_column is None:
+    return None
+  return np.asarray(split.ids[:, ctx.group_column])
 
 
 def predict_split(ctx: RunContext, state, split) -> tuple[np.ndarray, np.ndarray]:
@@ -32,34 +46,44 @@ def predict_split(ctx: RunContext, state, split) -> tuple[np.ndarray, np.ndarray
 def validate(ctx: RunContext, stage: Stage, state, epoch: int, when: str) -> dict:
   """Evaluates on the validation split, logs it (metrics.jsonl and stdout); the metrics."""
   m = evaluate(ctx, state, ctx.splits["valid"])
+  extra = {"gauc": m["gauc"]} if "gauc" in m else {}
   ctx.log.write(
     stage=stage.name, event="eval", split="valid", step=int(state["step"]), epoch=epoch,
-    auc=m["auc"], logloss=m["logloss"],
+    auc=m["auc"], logloss=m["logloss"], **extra,
   )  # fmt: skip
-  runtime.log(f"{stage.name} {when}: valid AUC {m['auc']:.4f}, logloss {m['logloss']:.4f}")
+  grouped = f", gAUC {m['gauc']:.4f} (by {ctx.cfg.train.group_by})" if extra else ""
+  runtime.log(f"{stage.name} {when}: valid AUC {m['auc']:.4f}{grouped}, logloss {m['logloss']:.4f}")
   return m
 
 
-def split_metrics(split: str, labels: np.ndarray, probs: np.ndarray) -> dict:
+def split_metrics(split: str, labels: np.ndarray, probs: np.ndarray, groups=None) -> dict:
   """A stage's metrics on one split, as the report's stages hold them (`<split>_<name>`):
 
   auc, logloss, and calibration: ece (expected calibration error over 10 bins),
   mean_predicted and observed_rate (the mean probability against the click rate),
-  calibration_bins (the reliability diagram's points).
+  calibration_bins (the reliability diagram's points); with `groups` (each row's
+  group of train.group_by), gauc and gauc_groups (the groups with both classes).
   """
   m = metrics_lib.evaluate(labels, probs)
   c = metrics_lib.calibration(labels, probs)
   out = {"auc": m["auc"], "logloss": m["logloss"], "ece": c["ece"]}
   out |= {"mean_predicted": c["mean_predicted"], "observed_rate": c["observed_rate"]}
   out["calibration_bins"] = c["bins"]
+  if groups is not None:
+    g = metrics_lib.grouped_auc(labels, probs, groups)
+    out["gauc"], out["gauc_groups"] = g["gauc"], g["groups"]
   return {f"{split}_{k}": v for k, v in out.items()}
 
 
-def write_predictions(path, labels: np.ndarray, probs: np.ndarray) -> None:
-  """labels and probs [n] as an .npz, written atomically (never half a file)."""
+def write_predictions(path, labels: np.ndarray, probs: np.ndarray, groups=None) -> None:
+  """labels and probs [n] (and each row's group, with train.group_by) as an .npz, written
+  atomically (never half a file)."""
   path.parent.mkdir(parents=True, exist_ok=True)
+  arrays = {"labels": labels.astype(np.float32), "probs": probs.astype(np.float32)}
+  if groups is not None:
+    arrays["groups"] = np.asarray(groups)
   with files.atomic_open(path, "wb") as f:
-    np.savez(f, labels=labels.astype(np.float32), probs=probs.astype(np.float32))
+    np.savez(f, **arrays)
 
 
 def final_report(ctx: RunContext, state, progress) -> dict:
@@ -117,4 +141,8 @@ def calibration_of(results: dict, stage: str) -> dict | None:
 def summary(results: dict) -> dict:
   """The report's "summary": each stage's valid AUC and test metrics."""
   keys = ("valid_auc", "test_auc", "test_logloss", "test_ece")
-  return {stage: {k: r.get(k) for k in keys} for stage, r in results.items()}
+  grouped = ("valid_gauc", "test_gauc")
+  return {
+    stage: {k: r.get(k) for k in keys} | {k: r[k] for k in grouped if k in r}
+    for stage, r in results.items()
+  }

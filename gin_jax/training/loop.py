@@ -33,6 +33,7 @@ from gin_jax.training.context import RunContext
 from gin_jax.training.errors import Interrupted, TrainingError
 from gin_jax.training.evaluate import (
   final_report,
+  groups_of,
   predict_split,
   split_metrics,
   validate,
@@ -68,6 +69,8 @@ def train(
 
   # ------------------------------------------------------------ data
   meta, splits, planted = _load_data(cfg, workdir, source)
+  # Checked before config.json is written: a misspelt field must not hold the workdir.
+  group_column = meta.group_column(cfg.train.group_by) if cfg.train.group_by else None
   if lead:
     files.write_json(workdir.config, cfg.to_dict())  # the config as asked for
   runtime.log(
@@ -110,7 +113,7 @@ def train(
   )
   ctx = RunContext(
     cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode, asked=asked,
-    devices=devices, start_from=start_from,
+    devices=devices, start_from=start_from, group_column=group_column,
   )  # fmt: skip
   runtime.log(
     f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
@@ -163,9 +166,10 @@ def train(
       for split in ("valid", "test"):
         if len(splits[split]):
           labels, probs = predict_split(ctx, state, splits[split])
+          groups = groups_of(ctx, splits[split])
           if lead:  # kept for train.ensemble's average (and for the user)
-            write_predictions(workdir.stage_predictions(stage, split), labels, probs)
-          result.update(split_metrics(split, labels, probs))
+            write_predictions(workdir.stage_predictions(stage, split), labels, probs, groups)
+          result.update(split_metrics(split, labels, probs, groups))
       result["seconds"] = time.time() - progress.stage_start_time
       progress.results[stage.name] = result
       scalars = {k: v for k, v in result.items() if not isinstance(v, list | dict)}

@@ -237,8 +237,8 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
     for split in ("valid", "test"):
       if f"{split}_auc" not in member_results[0]:
         continue  # an empty split
-      labels, probs = _average_predictions([m.stage_predictions(stage, split) for m in delivered])
-      result.update(split_metrics(split, labels, probs))
+      average = _average_predictions([m.stage_predictions(stage, split) for m in delivered])
+      result.update(split_metrics(split, *average))
     result["epochs"] = float(np.mean([r["epochs"] for r in member_results]))
     result["seconds"] = float(sum(r["seconds"] for r in member_results))
     result["models"] = k
@@ -296,13 +296,15 @@ def _pair_votes(kept: list) -> list[dict] | None:
   return [{"pair": list(pair), "members": n} for pair, n in ranked]
 
 
-def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray]:
-  """(labels, averaged probabilities) of the members' saved predictions of one split."""
-  labels, members = None, []
+def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """(labels, averaged probabilities, each row's group or None) of the members' saved
+  predictions of one split."""
+  labels, members, groups = None, [], None
   for path in paths:
     try:
       with np.load(path, allow_pickle=False) as z:
         y, p = z["labels"], z["probs"]
+        groups = z["groups"] if "groups" in z else None
     except (OSError, ValueError, KeyError) as e:
       raise TrainingError(
         f"{path}: a member's predictions are missing or unreadable ({e}); its run "
@@ -315,7 +317,7 @@ def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray]:
       )
     labels = y
     members.append(p)
-  return labels, predict.average_probabilities(members)
+  return labels, predict.average_probabilities(members), groups
 
 
 def _start_from_linear(asked: Config, workdir: Workdir, devices, state):

@@ -112,9 +112,14 @@ def alpha_heatmap(
 
 def summary_table(report: dict) -> str:
   """A markdown table of per-stage metrics plus the pruning facts."""
+  grouped = any("valid_gauc" in r or "test_gauc" in r for r in report["stages"].values())
+  columns = [("valid AUC", "valid_auc"), ("valid gAUC", "valid_gauc"), ("valid logloss",
+             "valid_logloss"), ("test AUC", "test_auc"), ("test gAUC", "test_gauc"),
+             ("test logloss", "test_logloss"), ("test ECE", "test_ece")]  # fmt: skip
+  columns = [c for c in columns if grouped or "gauc" not in c[1]]
   lines = [
-    "| stage | valid AUC | valid logloss | test AUC | test logloss | test ECE | epochs | seconds |",
-    "|---|---|---|---|---|---|---|---|",
+    "| stage | " + " | ".join(name for name, _ in columns) + " | epochs | seconds |",
+    "|---" * (len(columns) + 3) + "|",
   ]
 
   def fmt(x):
@@ -123,11 +128,13 @@ def summary_table(report: dict) -> str:
   delivered = report.get("delivered_stage")
   for stage, r in report["stages"].items():
     name = f"**{stage}** (delivered)" if stage == delivered and len(report["stages"]) > 1 else stage
-    lines.append(
-      f"| {name} | {fmt(r.get('valid_auc'))} | {fmt(r.get('valid_logloss'))} | "
-      f"{fmt(r.get('test_auc'))} | {fmt(r.get('test_logloss'))} | {fmt(r.get('test_ece'))} | "
-      f"{r.get('epochs', '-')} | {r.get('seconds', 0):.0f} |"
-    )
+    cells = " | ".join(fmt(r.get(key)) for _, key in columns)
+    lines.append(f"| {name} | {cells} | {r.get('epochs', '-')} | {r.get('seconds', 0):.0f} |")
+  if grouped:
+    by = report.get("config", {}).get("train", {}).get("group_by")
+    lines.append("")
+    lines.append(f"gAUC: the AUC within each {by} group, averaged weighted by rows "
+                 "(groups of one class skipped)")  # fmt: skip
   if report.get("ensemble"):
     members = report["ensemble"]
     final = list(report["stages"])[-1]
