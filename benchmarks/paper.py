@@ -34,6 +34,7 @@ per run. Results: the markdown on stdout; with --record (benchmarks/results/) or
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -345,7 +346,10 @@ def main(argv=None) -> dict:
   with open(stem + ".md", "w") as f:
     f.write(text)
   figures = {}
-  if not args.no_plot:
+  if not args.no_plot and sweep_out and importlib.util.find_spec("matplotlib") is None:
+    print("Figure 3 skipped: matplotlib is not installed (pip install 'gin-jax[plots]')",
+          file=sys.stderr)  # fmt: skip
+  elif not args.no_plot:
     for key, sweep in sweep_out.items():
       figures[key] = f"{stem}_{key}.png"
       plot_sweep(figures[key], key, sweep, f"{name}: AOANet / GIN vs {key}")

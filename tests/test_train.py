@@ -54,6 +54,11 @@ def test_tiny_trains_end_to_end_with_report(one_device_run):
   assert on_disk["stages"] == json.loads(json.dumps(rep["stages"]))
   assert (wd / "alpha_heatmap.png").stat().st_size > 1000
   assert _losses(wd)
+  # Issue 36 item 8: the report's pictures, listed in report.json and linked from summary.md.
+  assert set(on_disk["figures"]) == {"learning_curves", "reliability", "alpha_heatmap"}
+  page = (wd / on_disk["summary_page"]).read_text()
+  for path in on_disk["figures"].values():
+    assert (wd / path).stat().st_size > 1000 and f"]({path})" in page
 
 
 def test_eight_devices_match_one_device(one_device_run, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 from gin_jax import files, runtime
 from gin_jax import metrics as metrics_lib
 from gin_jax.models import pruning
-from gin_jax.training import partitioning, predict, report, stages
+from gin_jax.training import partitioning, plots, predict, stages
 from gin_jax.training.context import RunContext
 from gin_jax.training.stages import Stage
 
@@ -121,7 +121,7 @@ def final_report(ctx: RunContext, state, progress) -> dict:
         planted_pair_ranks=pruning.planted_pair_ranks(alphas, names, ctx.planted),
       )
     if jax.process_index() == 0:
-      report.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
+      plots.alpha_heatmap(ctx.workdir.heatmap, alphas, masks, names, ctx.cfg.model.num_subspaces)
   out["summary"] = summary(out["stages"])
   out["calibration"] = calibration_of(out["stages"], delivered)
   return out

@@ -24,6 +24,7 @@ from gin_jax.training import (
   continuation,
   device_input,
   partitioning,
+  plots,
   report,
   stages,
   steps,
@@ -187,6 +188,7 @@ def train(
   if source is not None:
     out = {**out, **continuation.report(source, meta, state, progress)}
   if lead:
+    out = plots.publish(workdir.root, out)
     files.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
   return out, state

@@ -23,7 +23,7 @@ import numpy as np
 
 from gin_jax import files, runtime
 from gin_jax.config import Config
-from gin_jax.training import continuation, loop, predict, report, stages
+from gin_jax.training import continuation, loop, plots, predict, report, stages
 from gin_jax.training.errors import TrainingError
 from gin_jax.training.evaluate import calibration_of, split_metrics, summary
 from gin_jax.training.workdir import Workdir, lock
@@ -189,6 +189,7 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   record = workdir.delivery_record([delivered])
   out = {**out, "beat_linear": check, "delivered_configs": record["configs"]}
   if jax.process_index() == 0:
+    out = plots.publish(workdir.root, out, workdir.sub(delivered).root)
     files.write_json(workdir.report, out)
     workdir.write_delivered(record)
     if delivered != ".":
@@ -258,6 +259,7 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   record = workdir.delivery_record(names)
   out["delivered_configs"] = record["configs"]
   if jax.process_index() == 0:
+    out = plots.publish(workdir.root, out, delivered[0].root)
     files.write_json(workdir.report, out)
     workdir.write_delivered(record)
     print(report.summary_table(out), flush=True)

@@ -1,12 +1,10 @@
-"""Run outputs: metrics.jsonl lines, report.json, the |alpha| heatmap and the summary table."""
+"""Run outputs: metrics.jsonl lines and the summary table (the figures: training/plots.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-
-import numpy as np
 
 from gin_jax import files
 
@@ -59,55 +57,6 @@ class MetricsLog:
     keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(keep) < len(lines):
       self.path.write_text("".join(keep))
-
-
-def alpha_heatmap(
-  path, alphas: dict, masks: dict | None, field_names: list[str], num_subspaces: int
-) -> None:
-  """PNG of |alpha| per layer (rows) and subspace (columns); kept pairs outlined.
-
-  Args:
-    path: output PNG path.
-    alphas: `{interaction_<l>: [S, f, m]}` from the search stage.
-    masks: the selected masks (same structure) or None.
-    field_names: the f names (u axis; also the v axis of layer 1).
-    num_subspaces: S, to name the v axis of deeper layers.
-  """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from gin_jax.models import layer_names
-  from gin_jax.models.pruning import input_names
-
-  names = layer_names(alphas)
-  rows, cols = len(names), num_subspaces
-  f = len(field_names)
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(4.2 * cols, 4.2 * rows * (1 if f > 3 else 0.5)), squeeze=False
-  )
-  for layer, name in enumerate(names):
-    a = np.abs(np.asarray(alphas[name], np.float32))
-    v_names = input_names(layer, field_names, num_subspaces)
-    for s in range(a.shape[0]):
-      ax = axes[layer][s]
-      im = ax.imshow(a[s], aspect="auto", cmap="viridis", interpolation="nearest")
-      if masks is not None:
-        u, v = np.nonzero(np.asarray(masks[name])[s])
-        ax.scatter(v, u, s=4, c="red", marker="s", linewidths=0)
-      ax.set_title(f"layer {layer + 1}, subspace {s}: |alpha|", fontsize=9)
-      step = max(1, f // 13)
-      ax.set_yticks(range(0, f, step), [field_names[i] for i in range(0, f, step)], fontsize=6)
-      vstep = max(1, len(v_names) // 13)
-      ax.set_xticks(range(0, len(v_names), vstep), v_names[::vstep], fontsize=6, rotation=90)
-      ax.set_ylabel("u (B_0 field)", fontsize=7)
-      ax.set_xlabel("v (B_{l-1} vector)", fontsize=7)
-      fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-  fig.suptitle("AOANet search stage |alpha|; red = kept after pruning", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def summary_table(report: dict) -> str:

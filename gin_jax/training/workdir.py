@@ -142,6 +142,12 @@ class Workdir:
     return self.root / "alpha_heatmap.png"
 
   @property
+  def pictures(self) -> list[Path]:
+    """The report's other figures and its page (training/plots.py writes them)."""
+    names = ("learning_curves.png", "reliability.png", "summary.md")
+    return [self.root / name for name in names]
+
+  @property
   def linear(self) -> Path:
     """The logistic regression run that `train.linear_start` starts from."""
     return self.root / "linear"
@@ -262,6 +268,7 @@ class Workdir:
       self.metrics,
       self.report,
       self.heatmap,
+      *self.pictures,
       self.tensorboard,
       self.linear,
       self.from_linear,
