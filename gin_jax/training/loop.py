@@ -46,7 +46,14 @@ from gin_jax.training.workdir import Workdir, check_config, discard_run
 
 
 def train(
-  cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, start_from=None, source=None
+  cfg: Config,
+  workdir: Workdir,
+  overwrite: bool,
+  devices,
+  on_step,
+  start_from=None,
+  source=None,
+  pictures: bool = True,
 ):
   """Every stage of one run, under the workdir's lock: (report, final state).
 
@@ -60,6 +67,8 @@ def train(
       part is the fitted regression (recipes.py builds it).
     source: train.init_from: the finished checkpoint the run continues
       (continuation.resolve); its vocabularies grow by this run's data.
+    pictures: draw the report's figures and summary.md (plots.publish); a run
+      nested in another's (recipes) leaves them to it.
   """
   # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
@@ -188,7 +197,8 @@ def train(
   if source is not None:
     out = {**out, **continuation.report(source, meta, state, progress)}
   if lead:
-    out = plots.publish(workdir.root, out)
+    if pictures:
+      out = plots.publish(workdir.root, out)
     files.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
   return out, state

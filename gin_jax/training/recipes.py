@@ -97,7 +97,8 @@ def run(
   workdir = Workdir(workdir)
   continuation.check_start(cfg, workdir)  # before the lock: a source is never written
   with _locked(workdir):
-    out = _train(cfg, workdir, overwrite, devices, on_step)[0]
+    recipe = cfg.train.beat_linear or cfg.train.ensemble > 1  # it draws the pictures at its end
+    out = _train(cfg, workdir, overwrite, devices, on_step, pictures=not recipe)[0]
     if cfg.train.beat_linear:
       out = _beat_linear(cfg, workdir, out, devices)
     if cfg.train.ensemble > 1:
@@ -115,13 +116,13 @@ def _locked(workdir: Workdir):
   return lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
 
 
-def _train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step):
+def _train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, pictures=True):
   """The stage loop of `cfg` in `workdir` (loop.train), with its linear start if it asks."""
   start_from = None
   if cfg.train.linear_start:
     start_from = functools.partial(_start_from_linear, cfg, workdir, devices)
   cfg, source = continuation.resolve(cfg)
-  return loop.train(cfg, workdir, overwrite, devices, on_step, start_from, source)
+  return loop.train(cfg, workdir, overwrite, devices, on_step, start_from, source, pictures)
 
 
 def _nested_run(cfg: Config, parent: Workdir, sub: Workdir, devices, link_linear: bool = False):
@@ -138,7 +139,7 @@ def _nested_run(cfg: Config, parent: Workdir, sub: Workdir, devices, link_linear
       sub.linear.symlink_to(parent.linear.resolve(), target_is_directory=True)
   runtime.barrier(f"nested-{sub.root.name}")
   with _locked(sub):
-    return _train(cfg, sub, False, devices, None)
+    return _train(cfg, sub, False, devices, None, pictures=False)  # the parent draws them
 
 
 def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
