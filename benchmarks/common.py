@@ -94,15 +94,42 @@ def time_interleaved(
   Returns:
     key -> the list of measured seconds (take the median).
   """
-  samples: dict[Any, list[float]] = {key: [] for key in calls}
+  by_round = time_rounds(calls, iters, rounds)
+  return {key: [t for times in by_round[key] for t in times] for key in calls}
+
+
+def time_rounds(
+  calls: dict[Any, Callable[[], Any]], iters: dict[Any, int], rounds: int = 5
+) -> dict[Any, list[list[float]]]:
+  """time_interleaved's timings, kept apart by round: key -> [seconds of round 0, ...].
+
+  A function timed fewer than `rounds` times is absent from the last rounds; one timed
+  at least `rounds` times is in every round, so two such functions can be compared
+  round by round (paired_ratio).
+  """
+  samples: dict[Any, list[list[float]]] = {key: [] for key in calls}
+  done = dict.fromkeys(calls, 0)
   for _ in range(rounds):
     for key, call in calls.items():
-      per_round = math.ceil(iters[key] / rounds)
-      for _ in range(min(per_round, iters[key] - len(samples[key]))):
+      times = []
+      for _ in range(min(math.ceil(iters[key] / rounds), iters[key] - done[key])):
         start = time.perf_counter()
         block(call())
-        samples[key].append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
+      done[key] += len(times)
+      if times:
+        samples[key].append(times)
   return samples
+
+
+def paired_ratio(slow: Sequence[Sequence[float]], fast: Sequence[Sequence[float]]) -> float:
+  """Median over rounds of (slow's median time / fast's) within each round (time_rounds).
+
+  Load from other jobs comes and goes over seconds: the two functions of a round
+  were timed moments apart, so their ratio is fair even when the round was slow.
+  """
+  ratios = [np.median(a) / np.median(b) for a, b in zip(slow, fast) if a and b]
+  return float(np.median(ratios)) if ratios else float("nan")
 
 
 def measure_matmul_peak(dtype: Any = jnp.float32, n: int | None = None, iters: int = 5) -> float:
@@ -236,9 +263,52 @@ def write_json(path: str, payload: Any) -> None:
     out.write("\n")
 
 
-def write_result(payload: Any, bench: str, path: str | None = None) -> str:
-  """Writes a benchmark's JSON (default benchmarks/results/<bench>_<backend>.json); says where."""
-  out = path or f"benchmarks/results/{bench}_{jax.default_backend()}.json"
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def add_output_flags(parser: Any, committed: str) -> None:
+  """`--record` | `--json PATH`: where a benchmark writes its JSON. Neither: nowhere.
+
+  No benchmark writes into benchmarks/results/ unless asked, so a quick try never
+  replaces a committed result that the docs cite.
+
+  Args:
+    parser: the script's argparse parser.
+    committed: the committed file's name under benchmarks/results/, as help shows it
+      (e.g. `einsum_bench_<backend>.json`).
+  """
+  group = parser.add_mutually_exclusive_group()
+  group.add_argument(
+    "--record",
+    action="store_true",
+    help=f"write the committed result, benchmarks/results/{committed} (what the docs cite)",
+  )
+  group.add_argument("--json", metavar="PATH", help="write the results to PATH instead")
+
+
+def backend_file(bench: str) -> str:
+  """`<bench>_<backend>.json`: the committed result's name for this backend."""
+  return f"{bench}_{jax.default_backend()}.json"
+
+
+def output_path(args: Any, committed: str) -> str | None:
+  """The file add_output_flags' flags name: results/`committed` with --record, --json's
+  PATH, or None (write nothing)."""
+  if getattr(args, "record", False):
+    return os.path.join(RESULTS_DIR, committed)
+  return getattr(args, "json", None)
+
+
+def write_result(payload: Any, args: Any, committed: str) -> str | None:
+  """Writes a benchmark's JSON where add_output_flags' flags say, and says where (or that
+  it wrote nothing)."""
+  out = output_path(args, committed)
+  if out is None:
+    print(
+      f"(not written: --json PATH writes the results, --record updates benchmarks/results/"
+      f"{committed})"
+    )
+    return None
   write_json(out, payload)
   print(f"wrote {out}")
   return out

@@ -1,18 +1,27 @@
 """Times the generalized interaction layer's implementations and contraction orders.
 
-  python -m benchmarks.einsum_bench [--json OUT] [--shapes ...] [--quick] [--plot OUT.png]
-      [--dtype bfloat16] [--impls ...] [--mem-limit-gb 4]
+  python -m benchmarks.einsum_bench [--quick] [--shapes ...] [--record | --json OUT]
+      [--plot OUT.png] [--dtype bfloat16] [--impls ...] [--mem-limit-gb 4]
+
+`--quick` (well under a minute on 2 CPU cores): the paper's two Criteo layers at
+batch 32, the reference, FuxiCTR and production kernels, the goals. Nothing is
+written unless asked: `--record` updates the committed
+benchmarks/results/einsum_bench_<backend>[_<dtype>][_quick].json, `--json` writes
+another file.
 
 For every shape and implementation: forward and forward+backward (gradients with
 respect to all five operands) wall time (warm-up, `block_until_ready`, median),
 XLA's FLOPs (`cost_analysis`) and temporary memory (`memory_analysis`), GFLOP/s
 and its fraction of a matmul peak measured in the same run, and speedups over the
-materialising `reference` and the FuxiCTR layout. Implementations whose compiled
+materialising `reference` and the FuxiCTR layout. Every (impl, mode) of a shape is
+timed once per round, round after round (`common.time_rounds`); a speedup is the
+median over rounds of the two times of one round (paired), so a burst of load
+from other jobs falls on both sides of a ratio. Implementations whose compiled
 temporary memory exceeds `--mem-limit-gb` are recorded as "skipped: memory",
 except at the paper's Criteo shapes, which the goals need: there they run in
 equal batch chunks that fit the limit (reported as such; the memory column keeps
 the full-batch figure XLA compiled). Output: markdown tables and a "Goals" section
-on stdout, JSON, and a PNG plot.
+on stdout; JSON and a PNG plot when asked.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +46,6 @@ from gin_jax.models.interaction import einsum_f32acc, generalized_interaction
 
 F32 = jnp.float32
 GIB = 2**30
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 KEEP_RATIO = 0.3
 SPEEDUP_GOAL = 50.0
 MEMORY_GOAL = 1 / 50
@@ -64,11 +73,17 @@ class Shape:
     return f"b={self.b} f={self.f} m={self.m} d={self.d} S={self.s}"
 
 
-PAPER_L1 = Shape("paper_criteo_l1", "named", 1024, 39, 39, 16, 3, chunk_baselines=True)
-PAPER_L2 = Shape("paper_criteo_l2", "named", 1024, 39, 3, 16, 3, chunk_baselines=True)
-BARS = Shape("bars_criteo", "named", 4096, 39, 39, 10, 8)
+# Names are what --shapes takes.
+PAPER_L1 = Shape("paper_l1", "named", 1024, 39, 39, 16, 3, chunk_baselines=True)
+PAPER_L2 = Shape("paper_l2", "named", 1024, 39, 3, 16, 3, chunk_baselines=True)
+BARS = Shape("bars", "named", 4096, 39, 39, 10, 8)
 FRAPPE = Shape("frappe", "named", 1024, 10, 10, 16, 3)
 NAMED = (PAPER_L1, PAPER_L2, BARS, FRAPPE)
+# --quick: the paper's layers at this batch (their baselines then fit in memory unchunked),
+# with these implementations: the goals' three.
+QUICK_BATCH = 32
+QUICK_IMPLS = ("reference", "fuxictr", "factorized")
+SWEEP_DIMS = {"sweep_f": "f", "sweep_d": "d", "sweep_s": "s", "sweep_batch": "b"}
 
 # Sweeps vary one dimension of the paper's layer 1 (m = f, d=16, S=3, batch 1024).
 SWEEP_BASE = {"b": 1024, "f": 39, "d": 16, "s": 3}
@@ -86,36 +101,45 @@ def sweep(group: str, points: Sequence[int], base: dict[str, int] | None = None)
   shapes = []
   for value in points:
     dims = dict(SWEEP_BASE if base is None else base)
-    dims[{"sweep_f": "f", "sweep_d": "d", "sweep_s": "s", "sweep_batch": "b"}[group]] = value
+    dims[SWEEP_DIMS[group]] = value
     name = f"{group.removeprefix('sweep_')}={value}"
     shapes.append(Shape(name, group, m=dims["f"], sweep_value=value, **dims))
   return shapes
 
 
 def parse_shapes(tokens: Sequence[str], quick: bool) -> list[Shape]:
-  """Expands --shapes tokens: preset names, sweep names, 'all', or 'b,f,m,d,S'."""
+  """Expands --shapes tokens: every name the tables print (paper_l1, bars, f=20,
+  custom_8_3_3_4_2), the groups paper, named, sweeps, sweep_f ..., all, or b,f,m,d,S.
+
+  With `quick`, the paper's layers are at QUICK_BATCH and the sweeps have fewer points.
+  """
   points = QUICK_SWEEP_POINTS if quick else SWEEP_POINTS
-  presets = {
-    "paper": [PAPER_L1, PAPER_L2],
-    "paper_l1": [PAPER_L1],
-    "paper_l2": [PAPER_L2],
-    "bars": [BARS],
-    "frappe": [FRAPPE],
-    "named": list(NAMED),
-  }
+  paper = [PAPER_L1, PAPER_L2]
+  if quick:
+    paper = [dataclasses.replace(shape, b=QUICK_BATCH) for shape in paper]
+  presets = {"paper": paper, "named": [*paper, BARS, FRAPPE]}
+  presets |= {shape.name: [shape] for shape in presets["named"]}
   presets["sweeps"] = [shape for g, p in points.items() for shape in sweep(g, p)]
   presets["all"] = presets["named"] + presets["sweeps"]
   for group in SWEEP_POINTS:
     presets[group] = sweep(group, points.get(group, SWEEP_POINTS[group]))
   shapes = []
   for token in tokens:
+    point = re.fullmatch(r"(f|d|s|batch)=([0-9]+)", token)
+    custom = re.fullmatch(
+      r"(?:custom_)?([0-9]+)[,_]([0-9]+)[,_]([0-9]+)[,_]([0-9]+)[,_]([0-9]+)", token
+    )
     if token in presets:
       shapes += presets[token]
-    elif token.count(",") == 4:
-      b, f, m, d, s = (int(v) for v in token.split(","))
+    elif point:
+      shapes += sweep(f"sweep_{point[1]}", [int(point[2])])
+    elif custom:
+      b, f, m, d, s = (int(v) for v in custom.groups())
       shapes.append(Shape(f"custom_{b}_{f}_{m}_{d}_{s}", "custom", b, f, m, d, s))
     else:
-      raise SystemExit(f"--shapes: unknown {token!r}; use {sorted(presets)} or b,f,m,d,S")
+      raise SystemExit(
+        f"--shapes: unknown {token!r}; use {sorted(presets)}, f=N, d=N, s=N, batch=N or b,f,m,d,S"
+      )
   # Named shapes first: a sweep point that repeats one reuses its records.
   return sorted(dict.fromkeys(shapes), key=lambda shape: shape.group.startswith("sweep"))
 
@@ -270,6 +294,7 @@ class Settings:
   min_iters: int  # fewest timed calls per measurement
   max_iters: int  # most timed calls per measurement
   matmul_peak_gflops: float  # the ceiling for "% peak"
+  rounds: int = 5  # timing rounds; every (impl, mode) is timed at least once in each
 
 
 def make_inputs(shape: Shape, dtype: Any, seed: int = 0):
@@ -352,6 +377,7 @@ def build_case(shape, name, impl, mode, jitted, args, settings) -> Case:
       max_iters=settings.max_iters,
     )
     call = functools.partial(compiled, *args)
+    iters = max(iters, settings.rounds)
     return Case(record, call, iters, np.asarray(output) if mode == "fwd" else None)
   if not (impl.baseline and shape.chunk_baselines):
     record["status"] = "skipped: memory"
@@ -369,8 +395,8 @@ def build_case(shape, name, impl, mode, jitted, args, settings) -> Case:
   def run_chunks():
     return [common.block(compiled(*a)) for a in chunk_args]
 
-  # Slow by construction: the fewest full passes.
-  return Case(record, run_chunks, settings.min_iters, np.asarray(output) if mode == "fwd" else None)
+  # Slow by construction: the fewest full passes, one a round.
+  return Case(record, run_chunks, settings.rounds, np.asarray(output) if mode == "fwd" else None)
 
 
 def _rel_err(out: np.ndarray, expected: np.ndarray) -> float:
@@ -395,13 +421,16 @@ def bench_shape(shape: Shape, impl_names: Sequence[str], settings: Settings) -> 
     ):
       cases[name, mode] = build_case(shape, name, impl, mode, jitted, args, settings)
   timed = {key: case for key, case in cases.items() if case.call is not None}
-  samples = common.time_interleaved(
+  by_round = common.time_rounds(
     {key: case.call for key, case in timed.items()},
     {key: case.iters for key, case in timed.items()},
+    settings.rounds,
   )
   for key, case in timed.items():
-    seconds = float(np.median(samples[key]))
-    case.record |= {"time_s": seconds, "min_time_s": min(samples[key]), "iters": len(samples[key])}
+    samples = [t for times in by_round[key] for t in times]
+    seconds = float(np.median(samples))
+    case.record |= {"time_s": seconds, "min_time_s": min(samples), "iters": len(samples)}
+    case.record["round_s"] = [float(np.median(times)) for times in by_round[key]]
     if case.record["flops"]:
       case.record["gflops_per_s"] = case.record["flops"] / seconds / 1e9
       case.record["peak_fraction"] = case.record["gflops_per_s"] / settings.matmul_peak_gflops
@@ -423,8 +452,8 @@ def _annotate(shape: Shape, records: list[dict], outputs: dict) -> None:
       r["max_rel_err_vs_factorized"] = _rel_err(output, expected[: len(output)])
     for base in ("reference", "fuxictr"):
       other = by_key.get((base, r["mode"]))
-      if r["time_s"] and other and other["time_s"]:
-        r[f"speedup_vs_{base}"] = other["time_s"] / r["time_s"]
+      if r["time_s"] and other and other["time_s"]:  # paired: round by round
+        r[f"speedup_vs_{base}"] = common.paired_ratio(_rounds(other), _rounds(r))
       if r["temp_bytes"] is not None and other and other["temp_bytes"]:
         r[f"temp_fraction_vs_{base}"] = r["temp_bytes"] / other["temp_bytes"]
     if r["impl"] == "reference" and r["temp_bytes"] is not None:
@@ -432,6 +461,11 @@ def _annotate(shape: Shape, records: list[dict], outputs: dict) -> None:
         r["note"] = f"Z ({z_bytes / GIB:.2g} GiB) fused away by XLA, not materialised"
       else:
         r["note"] = f"Z ({z_bytes / GIB:.2g} GiB) materialised"
+
+
+def _rounds(r: dict) -> list[list[float]]:
+  """A record's per-round times, as common.paired_ratio takes them."""
+  return [[t] for t in r.get("round_s") or [r["time_s"]]]
 
 
 def _progress(r: dict) -> str:
@@ -526,7 +560,7 @@ def _paper_layers(records: list[dict], base: str) -> list[tuple[str, dict, dict 
   index = {(r["shape"], r["impl"]): r for r in records if r["mode"] == "fwd_bwd"}
   return [
     (
-      shape.name.removeprefix("paper_criteo_"),
+      shape.name.removeprefix("paper_"),
       index[shape.name, "factorized"],
       index.get((shape.name, base)),
     )
@@ -535,10 +569,21 @@ def _paper_layers(records: list[dict], base: str) -> list[tuple[str, dict, dict 
   ]
 
 
+def _summed_ratio(layers: list[tuple[str, dict, dict]]) -> float:
+  """Paired over both layers: in each round, the layers' summed time of the baseline over
+  that of factorized; the median over rounds."""
+
+  def summed(rs):
+    return [[sum(times)] for times in zip(*(r.get("round_s") or [r["time_s"]] for r in rs))]
+
+  return common.paired_ratio(summed([o for *_, o in layers]), summed([m for _, m, _ in layers]))
+
+
 def goals(records: list[dict]) -> list[dict]:
   """The issue's goals at the paper's Criteo shape: layer 1 + layer 2 where both ran.
 
-  Speed compares summed f+b times; memory compares the larger temp of the layers.
+  Speed compares summed f+b times, round by round (_summed_ratio); memory compares the
+  larger temp of the layers.
   """
   results = []
   for base in ("reference", "fuxictr"):
@@ -547,11 +592,7 @@ def goals(records: list[dict]) -> list[dict]:
     sized = bool(layers) and all(
       o and o["temp_bytes"] and m["temp_bytes"] is not None for _, m, o in layers
     )
-    speedup = (
-      sum(o["time_s"] for *_, o in layers) / sum(m["time_s"] for _, m, _ in layers)
-      if timed
-      else None
-    )
+    speedup = _summed_ratio(layers) if timed else None
     fraction = (
       max(m["temp_bytes"] for _, m, _ in layers) / max(o["temp_bytes"] for *_, o in layers)
       if sized
@@ -561,7 +602,7 @@ def goals(records: list[dict]) -> list[dict]:
       {
         "goal": f"factorized f+b >= {SPEEDUP_GOAL:g}x faster than {base} (paper Criteo)",
         "measured": speedup,
-        "detail": ", ".join(f"{n} {o['time_s'] / m['time_s']:.3g}x" for n, m, o in layers)
+        "detail": ", ".join(f"{n} {m[f'speedup_vs_{base}']:.3g}x" for n, m, o in layers)
         if timed
         else "",
         "pass": None if speedup is None else speedup >= SPEEDUP_GOAL,
@@ -582,8 +623,9 @@ def goals(records: list[dict]) -> list[dict]:
   return results
 
 
-def format_goals(goal_results: list[dict]) -> str:
-  lines = [f"## Goals (the 2-core CPU targets; this run: {jax.default_backend()})"]
+def format_goals(goal_results: list[dict], batch: int | None = None) -> str:
+  at = f", the paper's layers at batch {batch}" if batch else ""
+  lines = [f"## Goals (the 2-core CPU targets; this run: {jax.default_backend()}{at})"]
   for g in goal_results:
     value = g["measured"]
     if value is None:
@@ -702,19 +744,31 @@ def plot(records: list[dict], impl_names: Sequence[str], path: str, title: str) 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--json", help="default benchmarks/results/einsum_bench_<backend>.json")
-  parser.add_argument("--plot", help="default benchmarks/results/einsum_bench_<backend>.png")
-  parser.add_argument("--shapes", nargs="+", default=None, help="presets or b,f,m,d,S")
-  parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS))
+  common.add_output_flags(parser, "einsum_bench_<backend>[_<dtype>][_quick].json")
+  parser.add_argument("--plot", metavar="OUT.png", help="plot the times into this PNG")
+  parser.add_argument(
+    "--shapes", nargs="+", default=None,
+    help="names as the tables print them (paper_l1, bars, f=20, ...), groups (paper, named, "
+    "sweeps, sweep_f, all) or b,f,m,d,S (default: named sweeps; --quick: paper)",
+  )  # fmt: skip
+  parser.add_argument("--impls", nargs="+", default=None, choices=list(IMPLS), help="default all")
   parser.add_argument(
     "--sweep-impls", nargs="+", default=list(SWEEP_IMPLS), choices=list(IMPLS), help="in sweeps"
   )
-  parser.add_argument("--quick", action="store_true", help="fewer shapes and timed calls")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help=f"the paper's layers at batch {QUICK_BATCH} by {', '.join(QUICK_IMPLS)} (under a "
+    "minute on 2 CPU cores)",
+  )
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--mem-limit-gb", type=float, default=4.0, help="GiB of XLA temp memory")
   parser.add_argument("--peak-n", type=int, help="matmul size for the peak (default by backend)")
-  parser.add_argument("--no-plot", action="store_true")
-  return parser.parse_args(argv)
+  parser.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)  # the default
+  args = parser.parse_args(argv)
+  if args.impls is None:
+    args.impls = list(QUICK_IMPLS if args.quick else IMPLS)
+  return args
 
 
 def main(argv: Sequence[str] | None = None, *, shapes: Sequence[Shape] | None = None) -> dict:
@@ -733,12 +787,13 @@ def main(argv: Sequence[str] | None = None, *, shapes: Sequence[Shape] | None = 
   started = time.perf_counter()
   info = common.backend_info()
   backend = info["backend"]
-  suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
-  json_path = args.json or os.path.join(RESULTS_DIR, f"einsum_bench_{backend}{suffix}.json")
-  plot_path = args.plot or os.path.join(RESULTS_DIR, f"einsum_bench_{backend}{suffix}.png")
+  suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("_quick" if args.quick else "")
+  committed = f"einsum_bench_{backend}{suffix}.json"
   dtype = jnp.dtype(args.dtype)
   if shapes is None:
-    shapes = parse_shapes(args.shapes or (["named", "sweeps"]), args.quick)
+    shapes = parse_shapes(
+      args.shapes or (["paper"] if args.quick else ["named", "sweeps"]), args.quick
+    )
 
   # --- ceiling -------------------------------------------------------------
   quick_n = 1024 if args.quick and backend == "cpu" else None
@@ -790,8 +845,11 @@ def main(argv: Sequence[str] | None = None, *, shapes: Sequence[Shape] | None = 
   print(
     "Shapes: " + "; ".join(f"{s.name} {s.dims}" for s in shapes if s.group in ("named", "custom"))
   )
-  print(f"Sweeps vary one of {SWEEP_BASE} (m = f). Times are medians; (Nch) = run in N batch")
-  print("chunks to fit --mem-limit-gb, temp MiB = full-batch XLA temp; err = max rel. diff.\n")
+  if any(shape.group.startswith("sweep") for shape in shapes):
+    print(f"Sweeps vary one of {SWEEP_BASE} (m = f).")
+  print("Times are medians; speedups (x) are medians of paired ratios, round by round; (Nch) =")
+  print("run in N batch chunks to fit --mem-limit-gb; temp MiB = full-batch XLA temp; err = max")
+  print("rel. diff.\n")
   if any(not r["group"].startswith("sweep") for r in records):
     print(shape_table(records), end="\n\n")
   if any(r["group"].startswith("sweep") for r in records):
@@ -801,14 +859,15 @@ def main(argv: Sequence[str] | None = None, *, shapes: Sequence[Shape] | None = 
   notes = format_notes(records)
   if notes:
     print(notes, end="\n\n")
-  print(format_goals(goal_results))
+  paper_batch = next((shape.b for shape in shapes if shape.name == PAPER_L1.name), None)
+  print(format_goals(goal_results, paper_batch if paper_batch != PAPER_L1.b else None))
   payload["wall_s"] = time.perf_counter() - started
-  common.write_json(json_path, payload)
-  print(f"\nwrote {json_path}")
-  if not args.no_plot:
+  print()
+  common.write_result(payload, args, committed)
+  if args.plot:
     title = f"einsum_bench: {backend} {info['device_kind']}, {args.dtype}, f+b time"
-    plot(records, args.impls, plot_path, title)
-    print(f"wrote {plot_path}")
+    plot(records, args.impls, args.plot, title)
+    print(f"wrote {args.plot}")
   print(f"total {payload['wall_s']:.0f} s")
   return payload
 

@@ -13,7 +13,7 @@ jitted train step fed three ways, in one run:
 - resident: the split on the device, batches gathered there (data.device_resident).
 
 Reports samples/s and each end-to-end mode's share of the step-only rate
-(goal on CPU: the host pipeline >= 90%). Prints a table, writes JSON.
+(goal on CPU: the host pipeline >= 90%). Prints a table; JSON with --record or --json.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
   p.add_argument("--modes", default="step only,host pipeline,resident",
                  help=f"comma-separated, from: {', '.join(MODES)}")  # fmt: skip
   p.add_argument("--workdir", help="where the data goes (default: a temporary directory)")
-  p.add_argument("--json", help="default benchmarks/results/epoch_bench_<backend>.json")
+  common.add_output_flags(p, "epoch_bench_<backend>.json")
   args = p.parse_args(argv)
   modes = [m.strip() for m in args.modes.split(",") if m.strip()]
   if "step only" not in modes:
@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
     "epoch_seconds": first["epoch_seconds"], "samples_per_s": first["samples_per_s"],
     "variants": variants,
   }  # fmt: skip
-  common.write_result(payload, "epoch_bench", args.json)
+  common.write_result(payload, args, common.backend_file("epoch_bench"))
   if tmp is not None:
     tmp.cleanup()
   return payload

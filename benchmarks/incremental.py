@@ -17,7 +17,7 @@ persist, each day brings ids the day before never saw and retires the least
 recent. The data and model flags are `python -m train`'s (default --preset
 demo). Reported: day-C test AUC and logloss (mean +- std over seeds) and the
 training seconds of each model (the sum of its stages). Runs are kept under
---workdir-root and reused when rerun. JSON under benchmarks/results/.
+--workdir-root and reused when rerun. JSON with --record (benchmarks/results/) or --json.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def parse(argv):
   p.add_argument("--max-vocab", type=int, default=3000, help="synthetic: largest vocabulary")
   p.add_argument("--drift", type=float, default=0.15, help="synthetic: new ids a day (fraction)")
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_incremental"))
-  p.add_argument("--json", help="output JSON (default benchmarks/results/incremental_<name>.json)")
+  common.add_output_flags(p, "incremental_<name>.json")
   args, rest = p.parse_known_args(argv)
   if args.preset is None:
     args.preset = "demo"
@@ -135,9 +135,7 @@ def main(argv=None) -> dict:
     "runs": rows,
     "backend": common.backend_info(),
   }
-  out = args.json or os.path.join("benchmarks", "results", f"incremental_{args.name}.json")
-  common.write_json(out, payload)
-  print(f"wrote {out}", file=sys.stderr)
+  common.write_result(payload, args, f"incremental_{args.name}.json")
   return payload
 
 

@@ -26,7 +26,7 @@ continued start-ups alternate --repeats times (medians). The first train step
 is the process's resident high-water mark over one continued start-up,
 `fresh_peak_rss_gib` over one fresh start-up (each reset before it where Linux
 allows; both include the process's own ~0.5 GiB), `peak_over_state` the first
-over the state's bytes. JSON under benchmarks/results/.
+over the state's bytes. JSON with --record (benchmarks/results/) or --json.
 """
 
 from __future__ import annotations
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument(
     "--scratch", default="/tmp/gin_jax_init_from_startup", help="the source checkpoint"
   )
-  p.add_argument(
-    "--json", help="output (default benchmarks/results/init_from_startup_<backend>.json)"
-  )
+  common.add_output_flags(p, "init_from_startup_<backend>.json")
   args = p.parse_args(argv)
   cfg = config_lib.preset(args.preset)
   train = dataclasses.replace(cfg.train, stages="single")
@@ -237,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
   )
   print(f"goal: {r['goal']}: {r['ratio']:.2f} ({'pass' if r['pass'] else 'FAIL'})")
-  common.write_result(result, "init_from_startup", args.json)
+  common.write_result(result, args, common.backend_file("init_from_startup"))
   return result
 
 

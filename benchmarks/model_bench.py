@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
   p.add_argument("--batch", type=int, default=1024, help="global batch size")
   p.add_argument("--rows", type=int, default=100_000, help="embedding-table rows")
   p.add_argument("--target-s", type=float, default=2.0, help="timed seconds per model and step")
-  p.add_argument("--json", help="output (default benchmarks/results/model_bench_<backend>.json)")
+  common.add_output_flags(p, "model_bench_<backend>.json")
   argv = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
   models = list(MODELS) if args.models == "all" else args.models.split(",")
@@ -118,7 +118,6 @@ def main(argv=None) -> dict:
   ]  # fmt: skip
   print()
   print(common.markdown_table(headers, rows))
-  out = args.json or f"benchmarks/results/model_bench_{backend}.json"
   payload = {
     "command": "python -m benchmarks.model_bench " + " ".join(argv),
     "preset": args.preset,
@@ -128,8 +127,8 @@ def main(argv=None) -> dict:
     "results": results,
     "backend": common.backend_info(),
   }
-  common.write_json(out, payload)
-  print(f"\nwrote {out}")
+  print()
+  common.write_result(payload, args, common.backend_file("model_bench"))
   return payload
 
 

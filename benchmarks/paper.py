@@ -26,13 +26,15 @@ at the base config (Figure 3): KEY is L (model.num_layers), S
 Every run keeps its workdir under --workdir-root, keyed by its config
 (benchmarks.quality.run_seed): a rerun reuses finished runs and resumes an
 interrupted one from its last checkpoint. Progress goes to stderr, one line
-per run. Results: benchmarks/results/paper_<name>.md and .json, and one PNG
-per swept setting (paper_<name>_<KEY>.png, test AUC mean +- std over seeds).
+per run. Results: the markdown on stdout; with --record (benchmarks/results/) or
+--out-dir DIR, paper_<name>.md and .json and one PNG per swept setting
+(paper_<name>_<KEY>.png, test AUC mean +- std over seeds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -72,7 +74,13 @@ def parse(argv):
   p.add_argument("--per-model", help="folder of <model>.yaml files applied to that model only")
   p.add_argument("--name", help="label of this study (file names); default: the preset's name")
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_paper"))
-  p.add_argument("--out-dir", default=os.path.join("benchmarks", "results"))
+  out = p.add_mutually_exclusive_group()
+  out.add_argument(
+    "--record",
+    action="store_true",
+    help="write the committed paper_<name>.md, .json and PNGs into benchmarks/results/",
+  )
+  out.add_argument("--out-dir", help="write paper_<name>.md, .json and PNGs into this folder")
   p.add_argument("--no-plot", action="store_true", help="skip the Figure 3 PNGs")
   args, rest = p.parse_known_args(argv)
   return args, split_overrides(p, rest)
@@ -328,12 +336,20 @@ def main(argv=None) -> dict:
   command = "python -m benchmarks.paper " + " ".join(argv)
   text = markdown(name, command, table, sweep_out, args.seeds)
   print(text)
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"paper_{name}")
+  out_dir = common.RESULTS_DIR if args.record else args.out_dir
+  if out_dir is None:
+    print(f"(not written: --out-dir DIR writes paper_{name}.md, .json and PNGs, --record "
+          "into benchmarks/results/)", file=sys.stderr)  # fmt: skip
+    return {"name": name, "command": command, "table3": table, "sweeps": sweep_out, "runs": rows}
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.join(out_dir, f"paper_{name}")
   with open(stem + ".md", "w") as f:
     f.write(text)
   figures = {}
-  if not args.no_plot:
+  if not args.no_plot and sweep_out and importlib.util.find_spec("matplotlib") is None:
+    print("Figure 3 skipped: matplotlib is not installed (pip install 'gin-jax[plots]')",
+          file=sys.stderr)  # fmt: skip
+  elif not args.no_plot:
     for key, sweep in sweep_out.items():
       figures[key] = f"{stem}_{key}.png"
       plot_sweep(figures[key], key, sweep, f"{name}: AOANet / GIN vs {key}")

@@ -16,7 +16,7 @@ Each run keeps its workdir under --workdir-root (keyed by its config): a rerun
 reuses finished runs, so an interrupted study resumes. The data is prepared
 once per study and shared by its runs. `--hide-test` leaves
 the test columns out of the printout and the JSON, for tuning on validation
-only. Results: a markdown table on stdout and JSON under benchmarks/results/.
+only. Results: a markdown table on stdout; JSON with --record (benchmarks/results/) or --json.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def parse(argv):
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_quality"))
   p.add_argument("--no-floor", action="store_true", help="skip the logistic-regression floor")
   p.add_argument("--hide-test", action="store_true", help="report validation metrics only")
-  p.add_argument("--json", help="output JSON (default benchmarks/results/quality_<name>.json)")
+  common.add_output_flags(p, "quality_<name>.json")
   args, rest = p.parse_known_args(argv)
   return args, split_overrides(p, rest)
 
@@ -190,9 +190,7 @@ def main(argv=None) -> dict:
     "runs": rows,
     "backend": common.backend_info(),
   }
-  out = args.json or os.path.join("benchmarks", "results", f"quality_{args.name}.json")
-  common.write_json(out, payload)
-  print(f"wrote {out}", file=sys.stderr)
+  common.write_result(payload, args, f"quality_{args.name}.json")
   return payload
 
 

@@ -9,7 +9,7 @@ iterations the longest gap needs) and as straight-line code ("unrolled", always
 catch_up_steps masked iterations); lazy_adam with no replay (catch_up_steps 0,
 closed form only). On a GPU a while loop returns to the host every iteration to
 test its condition, so the two replays can rank differently there than on a CPU.
-Prints a table, writes JSON.
+Prints a table; JSON with --record or --json.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
   p.add_argument("--dim", type=int, default=10)
   p.add_argument("--max-gap", type=int, default=500, help="idle gaps drawn from [0, max-gap]")
   p.add_argument("--l2", type=float, default=0.01)
-  p.add_argument("--json", help="default benchmarks/results/row_optimizer_bench_<backend>.json")
+  common.add_output_flags(p, "row_optimizer_bench_<backend>.json")
   args = p.parse_args(argv)
 
   rng = np.random.default_rng(0)
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
   print(f"U={u:,} rows of {d}; gaps 0..{args.max_gap} ({within:.0%} within 64 steps)")
   print(common.markdown_table(["row optimizer", "ms", "x rowwise_adagrad"], table))
   payload = {"backend": common.backend_info(), "args": vars(args), "seconds": results}
-  common.write_result(payload, "row_optimizer_bench", args.json)
+  common.write_result(payload, args, common.backend_file("row_optimizer_bench"))
   return payload
 
 

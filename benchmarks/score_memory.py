@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--rows", type=int, nargs="+", default=[200_000, 2_000_000])
   p.add_argument("--outputs", nargs="+", default=["csv", "npy"], choices=["csv", "npy"])
   p.add_argument("--scratch", default="/tmp/gin_jax_score_memory", help="data and workdir")
-  p.add_argument("--json", default=str(REPO / "benchmarks/results/score_memory_cpu.json"))
+  common.add_output_flags(p, "score_memory_<backend>.json")
   args = p.parse_args(argv)
   scratch = Path(args.scratch)
   scratch.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     "records": [{k: v for k, v in r.items() if k != "stdout"} for r in result["records"]],
     "goals": result["goals"],
   }
-  common.write_json(args.json, payload)
+  common.write_result(payload, args, common.backend_file("score_memory"))
   return payload
 
 

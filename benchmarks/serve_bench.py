@@ -274,10 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--max-batch", type=int, default=4096, help="the server's --max-batch")
   p.add_argument("--batch-timeout-us", type=int, default=500, help="the server's")
   p.add_argument("--concurrency", default="1,8,32", help="client connections, e.g. 1,8,32")
-  p.add_argument(
-    "--record", action="store_true", help="write benchmarks/results/serve_bench_cpu.json"
-  )
-  p.add_argument("--json", help="write the results here")
+  common.add_output_flags(p, "serve_bench_<backend>.json")
   p.add_argument("--server-xla-flags", default="", help="XLA_FLAGS added for the server")
   args = p.parse_args(argv)
   started = time.time()
@@ -339,8 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
   }  # fmt: skip
   payload["goals"] = _goals(records, swap, bare, args.max_batch)
   _print(payload)
-  if args.record or args.json:
-    common.write_result(payload, "serve_bench", args.json)
+  common.write_result(payload, args, common.backend_file("serve_bench"))
   return payload
 
 

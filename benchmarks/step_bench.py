@@ -9,7 +9,7 @@ runs it), the host's own time to issue those steps, the step run synchronously
 dispatch, no host in between). Also counts the kernels-to-be of the compiled
 step (top-level instructions of the optimized HLO's entry that launch work).
 If pipelined ~ synchronous >> k-per-call, the per-step host/launch overhead
-dominates; if all agree, the device work itself does. Prints a table, writes JSON.
+dominates; if all agree, the device work itself does. Prints a table; JSON with --record or --json.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--optimizers", default="rowwise_adagrad,lazy_adam,adam")
   p.add_argument("--k", default="4,16", help="steps per call of the scanned variants")
-  p.add_argument("--json", help="default benchmarks/results/step_bench_<backend>.json")
+  common.add_output_flags(p, "step_bench_<backend>.json")
   args = p.parse_args(argv)
   batch = args.batch or config_lib.preset(args.preset).train.batch_size
   ks = [int(k) for k in args.k.split(",") if k]
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
      for r in results],
   ))  # fmt: skip
   payload = {"backend": common.backend_info(), "args": vars(args), "results": results}
-  common.write_result(payload, "step_bench", args.json)
+  common.write_result(payload, args, common.backend_file("step_bench"))
   return payload
 
 

@@ -158,8 +158,8 @@ def history_section(args, mesh, steps: int) -> dict:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="few points, few steps (smoke test)")
-  p.add_argument(
-    "--json", help="output JSON (default benchmarks/results/train_bench_<backend>.json)"
+  common.add_output_flags(
+    p, "train_bench_<backend>.json (train_bench_history_<backend>.json with --only-history)"
   )
   p.add_argument("--rows", default="10000,1000000,10000000,100000000", help="table rows (scale)")
   p.add_argument("--optimizers", default="rowwise_adagrad,lazy_adam,adam", help="scale sweep")
@@ -183,11 +183,9 @@ def main(argv=None) -> None:
   backend = jax.default_backend()
   mesh = partitioning.make_mesh()
   if args.only_history:
-    out = args.json or f"benchmarks/results/train_bench_history_{backend}.json"
     payload = {"backend": common.backend_info(), "steps": steps,
                "history": history_section(args, mesh, steps)}  # fmt: skip
-    common.write_json(out, payload)
-    print(f"wrote {out}")
+    common.write_result(payload, args, common.backend_file("train_bench_history"))
     return None
   peak = common.measure_matmul_peak()
   print(f"backend {backend}, {jax.device_count()} device(s); matmul peak {peak:.1f} GFLOP/s")
@@ -275,11 +273,10 @@ def main(argv=None) -> None:
     print(f"- {r['optimizer']} trains a {r['table_rows']:,}-row d={embed_dim} table: "
           f"{r['step_ms']:.1f} ms/step, peak RSS {r['peak_rss_gib']:.2f} GiB")  # fmt: skip
   history = None if args.skip_history else history_section(args, mesh, steps)
-  out = args.json or f"benchmarks/results/train_bench_{backend}.json"
-  common.write_json(out, {"backend": common.backend_info(), "matmul_peak_gflops": peak,
-                          "steps": steps, "results": results, "scale": scale,
-                          "history": history})  # fmt: skip
-  print(f"\nwrote {out}")
+  print()
+  common.write_result({"backend": common.backend_info(), "matmul_peak_gflops": peak,
+                       "steps": steps, "results": results, "scale": scale,
+                       "history": history}, args, common.backend_file("train_bench"))  # fmt: skip
 
 
 if __name__ == "__main__":

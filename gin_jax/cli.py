@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
+import re
 import sys
 
 from gin_jax import config as config_lib
+from gin_jax import hints
 from gin_jax.config import BAD_ROWS, FORMATS, STAGE_PLANS
 
 
 def build_parser(prog: str = "python -m train", description: str | None = None):
   """The flags of `python -m train` (benchmarks.quality reuses them)."""
-  p = argparse.ArgumentParser(
+  p = hints.ArgumentParser(
     prog=prog,
     description=description or "Train GIN / AOANet: search -> prune -> retrain -> test.",
     epilog="Any config field can be set as --section.field=value "
@@ -45,13 +48,23 @@ def build_parser(prog: str = "python -m train", description: str | None = None):
     help="experiment file (YAML or JSON) with model:, data:, train: sections of config "
     "fields (and optional name:, preset:); flags and --section.field=value override it",
   )
-  p.add_argument("--workdir", help="output directory (default runs/<preset>)")
+  p.add_argument(
+    "--workdir",
+    help="output directory (default: runs/<preset> without --train; with it, "
+    "runs/<file name>-<6 hex digits of the data files' absolute paths>)",
+  )
   p.add_argument(
     "--init-from",
     metavar="RUN_DIR",
     help="continue the model RUN_DIR delivered on this --train file (a new day of logs): "
     "same model config, its vocabulary grown by the new categories; one training stage "
     "unless --stages says otherwise; RUN_DIR is only read",
+  )
+  p.add_argument(
+    "--group-by",
+    metavar="FIELD",
+    help="also report the AUC within each group of FIELD (a user column, say), averaged "
+    "weighted by rows: gAUC (train.group_by)",
   )
   p.add_argument(
     "--stages",
@@ -66,14 +79,33 @@ def split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> dict[st
   overrides = {}
   for item in rest:
     if not item.startswith("--") or "=" not in item or "." not in item.split("=", 1)[0]:
-      parser.error(f"unrecognised argument {item!r} (config overrides look like --train.epochs=2)")
+      parser.error(
+        f"unrecognised argument {item!r} (config overrides look like --train.epochs=2)"
+        + _nearest_flag(parser, item)
+      )
     key, value = item[2:].split("=", 1)
     overrides[key] = value
   return overrides
 
 
-def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str]]:
-  """The flags of `python -m train` (default: sys.argv) and its config overrides."""
+def _nearest_flag(parser: argparse.ArgumentParser, item: str) -> str:
+  """`; did you mean --workdir?` for a misspelt flag, or `--train.epochs=2` for `--epochs=2`."""
+  if not item.startswith("--"):
+    return ""
+  name, eq, value = item[2:].partition("=")
+  fields = config_lib.field_names()
+  owners = [f for f in fields if f.endswith(f".{name}")]
+  if len(owners) == 1:
+    return f"; did you mean --{owners[0]}={value or 'VALUE'}?"
+  flag = hints.closest(f"--{name}", [s for a in parser._actions for s in a.option_strings])
+  if flag is not None:
+    return f"; did you mean {flag}?"
+  field = hints.closest(name, fields)
+  return f"; did you mean --{field}={value or 'VALUE'}?" if field else ""
+
+
+def full_parser() -> argparse.ArgumentParser:
+  """Every flag of `python -m train`: build_parser's and those of the trainer alone."""
   p = build_parser()
   p.add_argument("--overwrite", action="store_true", help="discard a mismatched workdir")
   p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
@@ -89,6 +121,12 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, 
   p.add_argument(
     "--local-devices", type=int, help="fake this many CPU devices (testing sharding on one machine)"
   )
+  return p
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str]]:
+  """The flags of `python -m train` (default: sys.argv) and its config overrides."""
+  p = full_parser()
   args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
   return args, split_overrides(p, rest)
 
@@ -99,7 +137,7 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
   The preset is --preset, else the file's `preset:`, else `default` (the
   recipe for real data, config.default) with a training file and `demo` without
   one. A run on a training file without a named preset is named after the file
-  (its workdir defaults to runs/<name>).
+  (its workdir defaults to runs/<file name>-<hash>: default_workdir).
   """
   from_file, file_preset = {}, None
   if getattr(args, "config", None):
@@ -120,11 +158,38 @@ def build_config(args: argparse.Namespace, overrides: dict[str, str]) -> config_
     data["data.format"] = "criteo"
   if getattr(args, "stages", None):
     data["train.stages"] = args.stages
+  if getattr(args, "group_by", None):
+    data["train.group_by"] = args.group_by
   if getattr(args, "init_from", None):
     data["train.init_from"] = os.path.abspath(args.init_from)
     if "train.stages" not in {**from_file, **data, **overrides}:
       data["train.stages"] = "single"  # keep the architecture (and pruning) it continues
   return config_lib.override(cfg, {**from_file, **data, **overrides})
+
+
+def _file_stem(path: str) -> str:
+  """`clicks` of data/clicks.csv.gz, of data/clicks/ and of 'data/clicks/part-*.parquet'."""
+  path = os.path.normpath(path)
+  while "*" in os.path.basename(path) or "?" in os.path.basename(path):  # a glob: its folder
+    path = os.path.dirname(path)
+  return re.sub(r"[^\w\-]", "_", os.path.basename(path).split(".")[0])
+
+
+def default_workdir(cfg: config_lib.Config) -> str:
+  """Where a run goes without --workdir.
+
+  runs/<preset> without a training file (runs/demo). With one, runs/<file
+  name>-<6 hex digits>, the digits a hash of the absolute paths of the train,
+  valid and test files: two files named train.csv in different folders never
+  share a workdir (where the guard would refuse the second run), and the same
+  command, rerun, resumes.
+  """
+  data = cfg.data
+  if not data.train:
+    return os.path.join("runs", cfg.name)
+  paths = "\n".join(os.path.abspath(p) if p else "" for p in (data.train, data.valid, data.test))
+  digest = hashlib.sha256(paths.encode()).hexdigest()[:6]
+  return os.path.join("runs", f"{_file_stem(data.train) or cfg.name}-{digest}")
 
 
 def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
@@ -139,7 +204,7 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
       args.coordinator, args.num_processes, args.process_id, timeout=args.cluster_timeout
     )
     cfg = build_config(args, overrides)
-    workdir = args.workdir or os.path.join("runs", cfg.name)
+    workdir = args.workdir or default_workdir(cfg)
     training.run(cfg, workdir, overwrite=args.overwrite)
   except (
     training.TrainingError,
@@ -150,6 +215,12 @@ def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
     OSError,
   ) as e:
     runtime.fail(e)
+  except KeyboardInterrupt as e:  # Ctrl-C; training.Interrupted says the step reached
+    step = getattr(e, "step", None)
+    runtime.interrupted(
+      "interrupted before the first step; the same command starts the run again" if step is None
+      else f"interrupted at step {step}; the same command resumes"
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -453,12 +453,26 @@ def fail(e: BaseException) -> None:
   _exit_in_one_line(message)
 
 
-def _exit_in_one_line(message: str, leave_job: bool = True) -> None:
+INTERRUPTED = 130  # the exit status of a process stopped by Ctrl-C (128 + SIGINT), as shells say
+
+
+def interrupted(message: str) -> None:
+  """Ctrl-C: prints `message` (what was reached, how to go on) as one line and exits 130.
+
+  No traceback: the interrupt is the user's, not a bug. Work in flight (an orbax
+  save) is abandoned; an unfinished checkpoint has no seal and is never resumed from.
+  """
+  _exit_in_one_line(message, prefix="", status=INTERRUPTED)
+
+
+def _exit_in_one_line(
+  message: str, leave_job: bool = True, *, prefix: str = "error: ", status: int = 2
+) -> None:
   from tqdm.auto import tqdm
 
   for bar in list(getattr(tqdm, "_instances", ())):  # a run stopped mid-epoch leaves one open
     bar.close()
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  print(f"{prefix}{message}", file=sys.stderr, flush=True)
   # Exit now, without the interpreter's teardown: work the error abandoned (an
   # orbax save's coroutines, say) would be finalized there, and Python would warn
   # that it was never awaited, after the one line that is the whole message (a
@@ -468,7 +482,7 @@ def _exit_in_one_line(message: str, leave_job: bool = True) -> None:
     jax.distributed.shutdown()
   logging.shutdown()
   sys.stdout.flush()
-  os._exit(2)
+  os._exit(status)
 
 
 def log(msg: str) -> None:

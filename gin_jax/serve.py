@@ -10,10 +10,9 @@ gin_jax.serving; docs/serving.md has the API with examples.
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from gin_jax import runtime
+from gin_jax import hints, runtime
 
 _OPTIONAL = "pip install 'gin-jax[serve]' (in a checkout: pip install -e '.[serve]')"
 
@@ -23,7 +22,7 @@ def parse(argv: list[str] | None = None):
   from gin_jax.serving.server import ServeOptions
 
   d = ServeOptions("")
-  p = argparse.ArgumentParser(prog="python -m gin_jax.serve", description=__doc__.split("\n\n")[0])
+  p = hints.ArgumentParser(prog="python -m gin_jax.serve", description=__doc__.split("\n\n")[0])
   p.add_argument(
     "--model-base-path",
     required=True,

@@ -25,8 +25,8 @@ def test_common_helpers():
 
 def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path):
   # Tiny stand-ins for the paper's two layers, so the goals and chunking run fast.
-  paper_l1 = einsum_bench.Shape("paper_criteo_l1", "named", 32, 6, 6, 4, 2, chunk_baselines=True)
-  paper_l2 = dataclasses.replace(paper_l1, name="paper_criteo_l2", m=2)
+  paper_l1 = einsum_bench.Shape("paper_l1", "named", 32, 6, 6, 4, 2, chunk_baselines=True)
+  paper_l2 = dataclasses.replace(paper_l1, name="paper_l2", m=2)
   sweep_base = {"b": 16, "f": 6, "d": 4, "s": 2}
   shapes = [
     *einsum_bench.parse_shapes(["8,3,3,4,2"], quick=True),
@@ -54,6 +54,11 @@ def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path):
       assert r["max_rel_err_vs_factorized"] < 1e-5
   fb = tiny["factorized", "fwd_bwd"]
   assert fb["speedup_vs_reference"] > 0 and fb["speedup_vs_fuxictr"] > 0
+  assert all(len(r["round_s"]) == 5 for r in tiny.values())  # timed in each of 5 rounds
+  ref = tiny["reference", "fwd_bwd"]
+  assert fb["speedup_vs_reference"] == common.paired_ratio(
+    [[t] for t in ref["round_s"]], [[t] for t in fb["round_s"]]
+  )
   assert fb["gflops_per_s"] > 0 and fb["peak_fraction"] > 0
   # Over the 60 kB limit the paper's baselines run in batch chunks instead of skipping.
   chunked = [r for r in records if r["shape"].startswith("paper") and r["chunks"] > 1]
@@ -62,6 +67,62 @@ def test_einsum_bench_tiny_shapes_write_json_and_plot(tmp_path):
   sweep = [r for r in records if r["group"] == "sweep_f"]
   assert {r["impl"] for r in sweep} == {"factorized"} and len(sweep) == 4
   assert all(r["status"] == "ok" for r in sweep)
+
+
+def test_paired_ratios_compare_the_times_of_one_round():
+  """A load burst in round 2 slows the slow function, in round 3 the fast one: the ratio of
+  the overall medians (20 / 10 = 2) is off; each round's ratio is 2, 2, 2 (and their median)."""
+  slow, fast = [[2.0], [20.0, 20.0], [2.0, 2.0]], [[1.0], [10.0], [1.0, 1.0]]
+  assert common.paired_ratio(slow, fast) == 2.0
+  slow, fast = [[2.0], [2.0], [20.0]], [[1.0], [10.0], [10.0]]
+  assert common.paired_ratio(slow, fast) == 2.0  # rounds 1 and 3 say 2, round 2 says 0.2
+  calls = {"a": lambda: None, "b": lambda: None}
+  rounds = common.time_rounds(calls, {"a": 3, "b": 7}, rounds=3)
+  assert [len(r) for r in rounds["a"]] == [1, 1, 1] and [len(r) for r in rounds["b"]] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_shape_name_the_tables_print_is_one_shapes_takes(quick):
+  """The tables printed paper_criteo_l1 where --shapes took paper_l1."""
+  shapes = einsum_bench.parse_shapes(["all", "8,3,3,4,2"], quick)
+  assert {"paper_l1", "paper_l2", "bars", "frappe", "f=20", "custom_8_3_3_4_2"} <= {
+    s.name for s in shapes
+  }
+  for shape in shapes:
+    assert einsum_bench.parse_shapes([shape.name], quick) == [shape]
+  paper = {s.name: s.b for s in shapes if s.name.startswith("paper")}
+  assert paper == dict.fromkeys(("paper_l1", "paper_l2"), 32 if quick else 1024)
+
+
+def test_no_benchmark_writes_into_results_unless_asked(tmp_path, capsys):
+  """einsum_bench --quick overwrote the committed einsum_bench_cpu.json the README cites."""
+  import ast
+
+  results = Path(common.RESULTS_DIR)
+  before = {p.name: p.stat().st_mtime_ns for p in results.iterdir()}
+  argv = "--quick --shapes 8,3,3,4,2 --peak-n 128 --impls reference factorized".split()
+  einsum_bench.main(argv)
+  assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
+  assert "(not written: --json PATH writes the results, --record updates benchmarks/results/" \
+    "einsum_bench_cpu_quick.json)" in capsys.readouterr().out  # fmt: skip
+  args = einsum_bench.parse_args(["--record"])
+  assert common.output_path(args, "x.json") == str(results / "x.json")
+  assert common.output_path(einsum_bench.parse_args(["--json", "o.json"]), "x.json") == "o.json"
+  # No script names the results folder but through --record: only docstrings and help do.
+  for script in sorted(Path(einsum_bench.__file__).parent.glob("*.py")):
+    tree = ast.parse(script.read_text())
+    told = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings
+    told |= {id(k.value) for n in ast.walk(tree) if isinstance(n, ast.Call)
+             for k in n.keywords if k.arg == "help"}  # fmt: skip
+    told |= {id(a) for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", "") == "print" for a in ast.walk(n)}  # fmt: skip
+    if script.name == "common.py":
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in told:
+        assert "benchmarks/results" not in node.value, script.name
+      if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "join":
+        assert "results" not in [getattr(a, "value", None) for a in node.args], script.name
 
 
 def test_einsum_bench_skips_baselines_over_memory_limit(tmp_path):

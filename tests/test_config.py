@@ -304,3 +304,91 @@ def test_a_deeply_nested_file_is_refused_in_one_line_naming_it(tmp_path, kind, b
     f"{path}: nested deeper than {yaml_files.MAX_DEPTH} levels (line 1); "
     f"{'experiment file' if kind == 'experiment' else kind}s need a few"
   )
+
+
+def test_default_workdirs_of_two_files_of_one_name_differ(tmp_path, monkeypatch):
+  """Issue 36 item 3: two train.csv files shared runs/train, where the guard refused the second
+  run and advised --overwrite, which deletes the first."""
+  from gin_jax import cli
+
+  monkeypatch.chdir(tmp_path)
+  a, b = tmp_path / "a" / "train.csv", tmp_path / "b" / "train.csv"
+  work = lambda *argv: cli.default_workdir(cli.build_config(*cli.parse(list(argv))))
+  assert work() == os.path.join("runs", "demo") and work("--preset", "tiny") == "runs/tiny"
+  first, second = work("--train", str(a)), work("--train", str(b))
+  assert re.fullmatch(r"runs/train-[0-9a-f]{6}", first) and first != second
+  assert work("--train", "a/train.csv") == first  # the same file, however it is named
+  assert work("--train", str(a), "--preset", "frappe") == first
+  assert work("--train", str(a), "--test", str(b)) != first
+  assert re.fullmatch(r"runs/clicks-[0-9a-f]{6}", work("--train", "data/clicks/part-*.parquet"))
+  help_text = cli.full_parser().format_help()
+  assert "runs/<preset> without --train" in " ".join(help_text.split())
+
+
+def test_the_config_guard_advises_another_workdir_not_the_deletion(tmp_path):
+  from gin_jax.training import TrainingError
+  from gin_jax.training.workdir import Workdir, check_config
+
+  cfg = config_lib.tiny()
+  (tmp_path / "config.json").write_text(cfg.to_json())
+  other = config_lib.override(cfg, {"train.keep_ratio": "0.5"})
+  with pytest.raises(TrainingError) as e:
+    check_config(Workdir(tmp_path), other, overwrite=False)
+  assert "give this run another --workdir DIR (--overwrite would delete that run)" in str(e.value)
+  assert (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+  "argv, hint",
+  [
+    (["--workdr", "x"], "unrecognised argument '--workdr' (config overrides look like "
+     "--train.epochs=2); did you mean --workdir?"),
+    (["--overwirte"], "did you mean --overwrite?"),
+    (["--epochs=2"], "did you mean --train.epochs=2?"),
+    (["--learnig_rate=0.1"], "did you mean --train.learning_rate=0.1?"),
+  ],
+)  # fmt: skip
+def test_a_misspelt_flag_is_answered_with_the_nearest(argv, hint, capsys):
+  from gin_jax import cli
+
+  with pytest.raises(SystemExit) as e:
+    cli.parse(argv)
+  assert e.value.code == 2 and hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  "key, hint",
+  [
+    ("train.epoch", "unknown config field train.epoch; did you mean train.epochs?"),
+    ("model.embed_dims", "did you mean model.embed_dim?"),
+    (
+      "trian.epochs",
+      "unknown config section 'trian' in 'trian.epochs'; did you mean train.epochs?",
+    ),
+    ("data.keep_ratio", "unknown config field data.keep_ratio; did you mean train.keep_ratio?"),
+    ("model.zzz", "unknown config field model.zzz; known: ["),
+  ],
+)
+def test_a_misspelt_config_field_is_answered_with_the_nearest(key, hint, tmp_path):
+  with pytest.raises(ValueError) as e:
+    config_lib.override(config_lib.tiny(), {key: "1"})
+  assert hint in str(e.value)
+  section, _, name = key.partition(".")
+  path = tmp_path / "x.yaml"
+  path.write_text(f"{section}: {{{name}: 1}}\n")
+  if section in ("model", "data", "train"):
+    with pytest.raises(
+      ValueError, match=re.escape(f"x.yaml: unknown key {key}{hint[len(key) + 21 :]}")
+    ):
+      config_lib.load_file(path)
+
+
+def test_the_scorer_names_the_nearest_flag_before_a_missing_one(capsys):
+  from gin_jax import score
+
+  with pytest.raises(SystemExit) as e:
+    score.main(["--chekpoint", "runs/x", "--data", "d.tsv", "--out", "s.csv"])
+  err = capsys.readouterr().err
+  assert (
+    e.value.code == 2 and "unrecognized arguments: --chekpoint; did you mean --checkpoint?" in err
+  )

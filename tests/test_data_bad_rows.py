@@ -348,3 +348,35 @@ def test_scoring_file_with_other_columns_is_rejected(tmp_path):
   meta, _ = prepare(_cfg("criteo", FIXTURES / "criteo_small.tsv"), tmp_path / "c", progress=False)
   with pytest.raises(DataError, match="columns do not match"):
     encode_file(meta, FIXTURES / "frappe_small.libfm", fmt="libfm")
+
+
+@pytest.mark.parametrize(
+  "name, fmt, message",
+  [
+    ("clicks.csv", "criteo", r"clicks\.csv: not Criteo TSV, whose rows have 40 tab-separated "
+     r"fields \(label, I1\.\.I13, C1\.\.C26\), or 39 without the label; its first line has 1, "
+     r"and it looks like comma-separated with a header \(click, user, item, category, \.\.\.; "
+     r"7 columns\): try --format csv --schema FILE$"),
+    ("frappe_small.libfm", "criteo", r"it looks like libfm rows \(label idx:val \.\.\.\): "
+     r"try --format libfm$"),
+    ("clicks.csv", "libfm", r"clicks\.csv: no 'idx:val' fields in the first lines \(libfm rows "
+     r"are `label idx:val idx:val \.\.\.`\); it looks like comma-separated with a header"),
+    ("criteo_small.tsv", "libfm", r"it looks like Criteo TSV: try --format criteo$"),
+    ("criteo_small.tsv", "csv", r"criteo_small\.tsv:1: the header has no ',' \(the schema's "
+     r"separator\), so it is one column; it looks like Criteo TSV: try --format criteo$"),
+  ],
+)  # fmt: skip
+def test_a_file_of_another_format_is_named_with_the_format_that_fits(tmp_path, name, fmt, message):
+  """Issue 36 item 5: a CSV file read as Criteo said `expected 40 tab-separated fields, got 1`
+  (and 39-field files are read too)."""
+  with pytest.raises(DataError, match=message):
+    prepare(_cfg(fmt, FIXTURES / name), tmp_path / "c", progress=False)
+
+
+def test_a_tab_separated_csv_under_a_comma_schema_is_told_its_separator(tmp_path):
+  path = tmp_path / "t.csv"
+  path.write_bytes(b"".join(line.replace(b",", b"\t") for line in CSV))
+  with pytest.raises(DataError, match=r"tab-separated with a header \(click, user, item, category"
+                     r", \.\.\.; 7 columns\): try --format csv --schema FILE \(the schema's "
+                     r"separator: '\\t'\)$"):  # fmt: skip
+    prepare(_cfg("csv", path), tmp_path / "c", progress=False)

@@ -50,13 +50,13 @@ def _copy(src, tmp_path) -> Path:
   return dst
 
 
-def _score_cli(wd, tmp_path):
+def _score_cli(wd, tmp_path, out=None, *extra):
   env = subprocess_env(devices=None)
   raw = tmp_path / "rows.tsv"
   data = next((wd / "data" / "cache").glob("*.tsv"), None)
   raw.write_text("\n".join(data.read_text().splitlines()[:50]) + "\n")
   cmd = [sys.executable, "-m", "gin_jax.score", "--checkpoint", str(wd), "--data", str(raw),
-         "--out", str(tmp_path / "s.csv")]  # fmt: skip
+         "--out", str(out or tmp_path / "s.csv"), *extra]  # fmt: skip
   return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
 
 
@@ -115,3 +115,30 @@ def test_a_foreign_ensemble_member_is_refused(ensemble, tmp_path, tmp_path_facto
   for call in (lambda: scoring.Scorer.from_checkpoint(wd), lambda: scoring.export(wd, tmp_path)):
     with pytest.raises(scoring.ScoringError, match="another run is in its place"):
       call()
+
+
+def test_scores_on_stdout_and_the_delivered_model_said_as_info(beat, tmp_path):
+  """Issue 36 item 5: every scoring of a beat_linear run said `warning: ... the run delivered
+  the model in .../from_linear; using it`, which is what it should do; `--out -` was a file."""
+  proc = _score_cli(beat, tmp_path, "-")
+  assert proc.returncode == 0, proc.stderr
+  rows = proc.stdout.splitlines()
+  assert rows[0] == "line,probability,status" and len(rows) == 51
+  assert all(r.endswith(",ok") for r in rows[1:])
+  assert "warning" not in proc.stderr.lower()
+  assert f"info: {beat} delivered the model in {beat}/from_linear (delivered.json): " in proc.stderr
+  assert "scored 50 rows with" in proc.stderr  # the summary too goes to stderr
+
+
+def test_an_unknown_score_file_type_is_refused_before_the_model_loads(tmp_path):
+  """--out x.json wrote csv into x.json."""
+  (tmp_path / "rows.tsv").write_text("1\t2\n")
+  cmd = [sys.executable, "-m", "gin_jax.score", "--checkpoint", str(tmp_path / "no_run"),
+         "--data", str(tmp_path / "rows.tsv"), "--out", str(tmp_path / "x.json")]  # fmt: skip
+  proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, cwd=REPO)
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert proc.stderr.strip() == (
+    f"error: {tmp_path}/x.json: cannot write scores to a .json file; name a .csv, .npy or "
+    ".parquet file, or - for csv on standard output"
+  )
+  assert not (tmp_path / "x.json").exists()

@@ -186,3 +186,68 @@ def test_ci_runs_exactly_the_readmes_test_command():
   ci = [c for c in _commands((REPO / ".ci" / "run").read_text())
         if not c.startswith(("set ", "cd "))]  # fmt: skip
   assert _commands(block) == ci
+
+
+# ------------------------------------------------------------- docs/training.md's flag table
+
+FLAG = re.compile(r"--[a-z][a-z-]*(?![\w.-])")  # not --section.field=value
+
+
+def _flag_table() -> list[tuple[str, str]]:
+  """(flag cell, what cell) of each row of docs/training.md's table under `## The flags`."""
+  text = (REPO / "docs" / "training.md").read_text()
+  section = text.split("\n## The flags\n", 1)[1].split("\n## ", 1)[0]
+  rows = []
+  for line in section.splitlines():
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+    if len(cells) == 2 and cells[0].startswith("`"):
+      rows.append((cells[0].replace("\\|", "|"), cells[1].replace("\\|", "|")))
+  return rows
+
+
+def _train_parser():
+  from gin_jax import cli
+
+  return cli.full_parser()
+
+
+def test_the_flag_table_and_the_parser_name_the_same_flags():
+  """Every flag in docs/training.md's table is one `python -m train --help` lists, and back."""
+  parser = _train_parser()
+  documented = {f for cell, _ in _flag_table() for f in FLAG.findall(cell)}
+  options = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+  help_text = parser.format_help()
+  assert documented - {"--help"} <= options, f"not flags of python -m train: {documented - options}"
+  assert options - {"--help"} <= documented, f"flags missing from the table: {options - documented}"
+  for flag in documented:
+    assert flag in help_text
+  assert "--section.field=value" in " ".join(help_text.split())  # the table's last row
+
+
+def test_the_flag_tables_choices_and_defaults_are_the_parsers():
+  """`--flag a|b` lists the parser's choices (old aliases may go unlisted); `(default X)`
+  is the parser's default, or what its help says the default is."""
+  from gin_jax import config as config_lib
+
+  parser = _train_parser()
+  actions = {s: a for a in parser._actions for s in a.option_strings}
+  checked = 0
+  for cell, what in _flag_table():
+    for flag, choices in re.findall(r"`(--[a-z-]+) ([a-z_]+(?:\|[a-z_]+)+)`", cell):
+      listed, allowed = choices.split("|"), actions[flag].choices
+      assert set(listed) <= set(allowed), f"{flag}: {listed} vs the parser's {allowed}"
+      unlisted = set(allowed) - set(listed)
+      assert unlisted <= set(config_lib.STAGE_PLAN_ALIASES), f"{flag} also takes {unlisted}"
+      checked += 1
+    flags = FLAG.findall(cell)
+    default = re.search(r"\(default:? ([^;,)]+)", what)
+    if default and len(flags) == 1:
+      action, value = actions[flags[0]], default.group(1).replace("`", "").strip()
+      if action.default is not None:
+        assert float(value) == action.default, f"{flags[0]}: default {value} vs {action.default}"
+      else:
+        assert value in " ".join(action.help.split()), f"{flags[0]}: default {value!r}"
+      checked += 1
+    for name in re.findall(r"`([a-z_0-9]+)`", what) if flags == ["--preset"] else ():
+      assert name in config_lib.PRESETS and name in actions["--preset"].help
+  assert checked >= 5

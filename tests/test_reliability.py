@@ -5,6 +5,7 @@ command line (`python -m train --preset tiny`), copied before each fault.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -597,22 +598,69 @@ def test_a_bad_export_is_one_line_on_the_command_line(trained, exported, tmp_pat
 def test_scoring_a_file_whose_every_row_is_skipped_exits_2(trained, tmp_path):
   wd, _ = trained
   rows = tmp_path / "all_bad.tsv"
-  rows.write_text("1\tnot\tenough\n0\tfields\n1\there\n")
+  # Criteo rows, each with a bad integer (a file with no Criteo row at all is named as
+  # another format before any row is read: test_data_bad_rows.py).
+  bad = "\t".join(["1", "x", *["1"] * 12, *["a"] * 26])
+  rows.write_text(f"{bad}\n{bad}\n{bad}\n")
   out = tmp_path / "s.csv"
   proc = score("--checkpoint", wd, "--data", rows, "--out", out, "--bad-rows", "skip")
   assert proc.returncode == 2  # was 0, with a file of skipped rows only
   assert last_line(proc).startswith(
-    f"error: no row of {rows} could be scored (3 bad row(s) skipped; first: ['{rows}:1: expected"
+    f"error: no row of {rows} could be scored (3 bad row(s) skipped; first: [\"{rows}:1: I1: 'x'"
   )
   assert not out.exists()
   assert_clean(proc)
 
 
 def test_one_rule_says_which_checkpoints_stand_in_for_an_unusable_best_one():
-  """The trainer and `score --best` share it: the stage's own checkpoints, and for
-  the final stage the finished run's, never a later stage's fresh start."""
+  """The trainer and `score --best` / `--stage` share it: the stage's own checkpoints, and
+  the finished run's for the stage it delivers (the final one unless an earlier stage
+  validated better, issue 36 item 7), never a later stage's fresh start."""
   from gin_jax.training import stages
 
-  assert stages.stand_ins("aoanet", "search") == {"search"}
-  assert stages.stand_ins("aoanet", "retrain") == {"retrain", stages.DONE}
-  assert stages.stand_ins("single", "train") == {"train", stages.DONE}
+  stands_in = lambda plan, wanted, **progress: stages.stands_in(plan, wanted, progress)
+  assert stands_in("aoanet", "search", stage="search")
+  assert not stands_in("aoanet", "search", stage="retrain")  # the retrain's fresh start
+  assert not stands_in("aoanet", "search", stage=stages.DONE)  # the retrain delivered (old)
+  assert stands_in("aoanet", "retrain", stage=stages.DONE)
+  assert stands_in("aoanet", "search", stage=stages.DONE, delivered="search")
+  assert not stands_in("aoanet", "retrain", stage=stages.DONE, delivered="search")
+  assert stands_in("single", "train", stage=stages.DONE, delivered=None)
+
+
+# ------------------------------------------------------------- Ctrl-C (issue 36 item 4)
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
+  """SIGINT mid-stage printed a 69-line KeyboardInterrupt traceback (from the middle of a
+  device read or an orbax save) and exited 1."""
+  import signal
+  import time
+
+  wd = tmp_path / "wd"
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(wd),
+         "--train.epochs=1", "--train.log_every=1", "--train.checkpoint_every=2"]  # fmt: skip
+  env = {**_env(), "TQDM_DISABLE": "1"}  # the training bars off (preparation's stay)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics, deadline = wd / "metrics.jsonl", time.monotonic() + 50
+  while not (metrics.exists() and metrics.read_text().count('"loss"') >= 4):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=30)
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err + out
+  lines = [x for x in err.splitlines() if x.strip() and not re.search(r"\d%\|", x)]  # no bars
+  assert len(lines) == 1, err
+  (line,) = lines
+  step = int(re.fullmatch(r"interrupted at step (\d+); the same command resumes", line)[1])
+  assert step >= 4
+  # The same command resumes from the newest sealed checkpoint (step 2 or later).
+  rerun = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    said = [next(rerun.stdout) for _ in range(3)]
+  finally:
+    rerun.kill()
+    rerun.communicate()
+  resumed = re.search(r"resuming from step (\d+): stage search", "".join(said))
+  assert resumed and 2 <= int(resumed[1]) <= step, said

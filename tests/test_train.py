@@ -54,6 +54,11 @@ def test_tiny_trains_end_to_end_with_report(one_device_run):
   assert on_disk["stages"] == json.loads(json.dumps(rep["stages"]))
   assert (wd / "alpha_heatmap.png").stat().st_size > 1000
   assert _losses(wd)
+  # Issue 36 item 8: the report's pictures, listed in report.json and linked from summary.md.
+  assert set(on_disk["figures"]) == {"learning_curves", "reliability", "alpha_heatmap"}
+  page = (wd / on_disk["summary_page"]).read_text()
+  for path in on_disk["figures"].values():
+    assert (wd / path).stat().st_size > 1000 and f"]({path})" in page
 
 
 def test_eight_devices_match_one_device(one_device_run, tmp_path):
@@ -442,8 +447,18 @@ def test_ensemble_delivers_the_average_of_its_members_to_report_scoring_and_expo
   other = scoring.Scorer.from_checkpoint(member).predict_split(valid)
   assert np.abs(alone - other).max() > 1e-3  # two seeds, two models
   np.testing.assert_allclose(both, (alone.astype(np.float64) + other) / 2, atol=1e-6)
+  # The members each deliver the stage that validates best for them (issue 36 item 7); the
+  # report says which, with the metrics of the average that scoring gives.
+  chosen = [m["delivered_stage"] for m in rep["ensemble"]]
+  assert chosen[1] == own["delivered_stage"]
+  if len(set(chosen)) == 1:
+    assert rep["delivered_stage"] == chosen[0]
+    delivered = rep["stages"][chosen[0]]
+  else:
+    assert rep["delivered_stage"] == chosen
+    delivered = rep["delivered_metrics"]
   assert metrics.evaluate(np.asarray(valid.labels), both)["auc"] == pytest.approx(
-    rep["stages"]["retrain"]["valid_auc"], abs=1e-6
+    delivered["valid_auc"], abs=1e-6
   )
   exported = scoring.Scorer.from_export(scoring.export(tmp_path, tmp_path / "export"))
   np.testing.assert_allclose(exported.predict_split(valid), both, atol=1e-6)
@@ -492,3 +507,156 @@ def test_beat_linear_keeps_a_model_that_validates_above_the_regression(tmp_path)
   assert check["model_valid_auc"] >= check["linear_valid_auc"]
   assert check["delivered"] == "." and not (tmp_path / "from_linear").exists()
   assert json.loads((tmp_path / "delivered.json").read_text())["workdir"] == "."
+
+
+# ------------------------------------------------------------- issue 36 item 7
+
+
+def test_the_stage_that_validates_best_is_delivered_and_the_pruned_one_stays(tmp_path, capsys):
+  """One epoch a stage: the retrain validates below the search (0.55 vs 0.61 AUC), yet the
+  run delivered the retrain. Now the search model is what the run delivers (report, log,
+  scoring, --best, a rerun); the pruned model stays: best_retrain, --stage retrain."""
+  from gin_jax import data
+
+  cfg = tiny(epochs=1)
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
+  search, retrain = rep["stages"]["search"], rep["stages"]["retrain"]
+  assert search["valid_auc"] > retrain["valid_auc"]  # what the test stands on
+  assert rep["delivered_stage"] == "search"
+  assert (
+    "delivering the search stage's model: it validates best (valid AUC " in capsys.readouterr().out
+  )
+  assert json.loads((tmp_path / "report.json").read_text())["delivered_stage"] == "search"
+  assert rep["kept_pairs"] and 0 < rep["kept_fraction"] < 1  # the pruned model's pairs still
+  _, splits = data.prepare(cfg.data, tmp_path / "data" / "cache", progress=False)
+  saved = {s: np.load(tmp_path / "predictions" / f"{s}_test.npz")["probs"] for s in rep["stages"]}
+  one = jax.devices()[:1]
+  picks = [({}, "search"), ({"best": True}, "search"), ({"stage": "retrain"}, "retrain")]
+  for which, stage in [*picks, ({"stage": "search"}, "search")]:
+    scorer = scoring.Scorer.from_checkpoint(tmp_path, devices=one, **which)
+    np.testing.assert_allclose(scorer.predict_split(splits["test"]), saved[stage], rtol=1e-5)
+  pruned = scoring.load_checkpoint(tmp_path, stage="retrain", devices=one).state["masks"]
+  assert not all(np.asarray(m).all() for m in pruned.values())
+  with pytest.raises(scoring.ScoringError, match="has no 'train' stage: its runs' stages are"):
+    scoring.Scorer.from_checkpoint(tmp_path, stage="train")
+  again = training.run(cfg, tmp_path, devices=one)  # finished: read back, the same delivery
+  assert again["delivered_stage"] == "search" and again["kept_pairs"] == rep["kept_pairs"]
+
+
+def test_early_stopping_on_logloss_keeps_the_epoch_of_the_lowest_validation_logloss(tmp_path):
+  """Early stopping on AUC alone delivered a model of validation logloss 0.3046 against
+  0.2493 at epoch 1 (Frappe). train.early_stop_metric=logloss keeps each stage's epoch of
+  the lowest validation logloss, and delivers the stage of the lowest; the report holds the
+  test calibration."""
+  cfg = tiny(early_stop_metric="logloss", patience=5)
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  for stage, r in rep["stages"].items():
+    evals = [x["logloss"] for x in lines if x.get("event") == "eval" and x["stage"] == stage]
+    assert r["valid_logloss"] == pytest.approx(min(evals), rel=1e-6)
+  best = min(rep["stages"], key=lambda s: rep["stages"][s]["valid_logloss"])
+  assert rep["delivered_stage"] == best
+  c = rep["calibration"]
+  assert c["stage"] == best and c["split"] == "test" and 0 <= c["ece"] < 1
+  assert c["observed_rate"] == pytest.approx(rep["stages"][best]["test_observed_rate"])
+  assert sum(b["n"] for b in c["bins"]) == 411  # every test row in a bin
+
+
+def test_the_best_epoch_is_the_one_of_train_early_stop_metric(monkeypatch):
+  """Epoch 2 raises the validation AUC and the logloss both: AUC keeps epoch 2 as the
+  stage's best, logloss keeps epoch 1 and counts epoch 2 as a bad epoch."""
+  import types
+
+  from gin_jax.training import loop
+  from gin_jax.training.resume import Progress
+
+  evals = [{"auc": 0.70, "logloss": 0.25}, {"auc": 0.72, "logloss": 0.30}]
+  for metric, kept, bad in (("auc", [0.70, 0.72], 0), ("logloss", [0.25], 1)):
+    said, kept_values = iter(evals), []
+    monkeypatch.setattr(loop, "validate", lambda *a, said=said: next(said))
+    monkeypatch.setattr(
+      loop,
+      "keep_as_best",
+      lambda c, s, st, p, v, kept_values=kept_values: (
+        kept_values.append(v),
+        setattr(p, "best_value", v),
+      ),
+    )
+    cfg = tiny(early_stop_metric=metric)
+    ctx = types.SimpleNamespace(cfg=cfg, splits={"valid": [0]})
+    progress = Progress(stage="search")
+    for _ in evals:
+      loop._end_of_epoch(ctx, None, None, progress)
+    assert kept_values == kept and progress.bad_epochs == bad and progress.best_value == kept[-1]
+
+
+@pytest.mark.parametrize(
+  "train, valid, chosen",
+  [
+    ({}, {"search": 0.61, "retrain": 0.55}, "search"),
+    ({}, {"search": 0.55, "retrain": 0.61}, "retrain"),
+    ({}, {"search": 0.61, "retrain": 0.61}, "retrain"),  # a tie keeps the pruned model
+    ({"deliver": "last"}, {"search": 0.61, "retrain": 0.55}, "retrain"),
+    ({"early_stop_metric": "logloss"}, {"search": 0.30, "retrain": 0.25}, "retrain"),
+    ({"early_stop_metric": "logloss"}, {"search": 0.25, "retrain": 0.30}, "search"),
+    ({}, {}, "retrain"),  # no validation split
+  ],
+)
+def test_the_delivered_stage_is_chosen_by_the_early_stop_metric(monkeypatch, train, valid, chosen):
+  import types
+
+  from gin_jax.training import loop
+  from gin_jax.training.resume import Progress
+  from gin_jax.training.workdir import Workdir
+
+  restored = []
+  monkeypatch.setattr(loop, "restore_best", lambda c, stage, s: restored.append(stage.name) or s)
+  cfg = tiny(**train)
+  key = f"valid_{cfg.train.early_stop_metric}"
+  progress = Progress(stage="retrain", results={s: {key: v} for s, v in valid.items()})
+  ctx = types.SimpleNamespace(cfg=cfg, workdir=Workdir("w"))
+  assert loop._deliver(ctx, "state", progress) == "state"
+  assert progress.delivered == chosen and restored == ([] if chosen == "retrain" else [chosen])
+
+
+# ------------------------------------------------------------- issue 36 item 9
+
+
+def test_grouped_auc_in_the_log_the_report_and_the_scorer(tmp_path, capsys):
+  """--group-by C1: gAUC beside AUC in the log, report.json, the summary table and
+  `gin_jax.score --group-by C1`, each the rows-weighted mean of the groups' AUCs."""
+  from gin_jax import data, metrics
+  from gin_jax import score as score_cli
+
+  cfg = tiny(epochs=1, stages="single", group_by="C1")
+  rep = training.run(cfg, tmp_path, devices=jax.devices()[:1])
+  out = capsys.readouterr().out
+  assert "train epoch 1: valid AUC " in out and ", gAUC " in out and "(by C1)" in out
+  assert "| test gAUC |" in out
+  meta, splits = data.prepare(cfg.data, tmp_path / "data" / "cache", progress=False)
+  column = meta.group_column("C1")
+  for split in ("valid", "test"):
+    saved = np.load(tmp_path / "predictions" / f"train_{split}.npz")
+    groups = np.asarray(splits[split].ids[:, column])
+    np.testing.assert_array_equal(saved["groups"], groups)
+    want = metrics.grouped_auc(saved["labels"], saved["probs"], groups)
+    assert rep["stages"]["train"][f"{split}_gauc"] == want["gauc"] and want["groups"] > 5
+    assert want["gauc"] != rep["stages"]["train"][f"{split}_auc"]
+  assert rep["summary"]["train"]["test_gauc"] == rep["stages"]["train"]["test_gauc"]
+  # The scorer, on the test rows as a file.
+  source = next((tmp_path / "data" / "cache").glob("*.tsv")).read_text().splitlines(keepends=True)
+  rows = tmp_path / "test_rows.tsv"
+  rows.write_text("".join(source[i - 1] for i in np.asarray(splits["test"].line_numbers)))
+  score_cli.main(["--checkpoint", str(tmp_path), "--data", str(rows), "--out",
+                  str(tmp_path / "s.csv"), "--group-by", "C1"])  # fmt: skip
+  said = capsys.readouterr().out
+  gauc = float(said.split("gAUC ")[1].split()[0])
+  assert gauc == pytest.approx(rep["stages"]["train"]["test_gauc"], abs=1e-6)
+  assert "groups with both classes, each weighted by its rows)" in said
+  scorer = scoring.Scorer.from_checkpoint(tmp_path)
+  with pytest.raises(data.DataError, match="--group-by C01: not a field of the data .*; did you"):
+    scoring.score_file(scorer, rows, tmp_path / "t.csv", group_by="C01")
+  # A misspelt field stops a run before it writes config.json (which would hold the workdir).
+  with pytest.raises(data.DataError, match="did you mean C1"):
+    training.run(tiny(group_by="C01"), tmp_path / "typo", devices=jax.devices()[:1])
+  assert not (tmp_path / "typo" / "config.json").exists()

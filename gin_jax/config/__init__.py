@@ -9,7 +9,7 @@ Overrides go through `dataclasses.replace`, so presets stay immutable.
   presets.py    the named presets
 """
 
-from gin_jax.config.overrides import load_file, override
+from gin_jax.config.overrides import field_names, load_file, override
 from gin_jax.config.presets import (
   PRESETS,
   criteo_bars,
@@ -52,6 +52,7 @@ __all__ = [
   "INTERACTION_IMPLS", "L2_PRIOR", "MAX_VALUES", "NUMERIC_MODES", "PRESETS", "PRUNABLE",
   "PRUNE_SCOPES", "READOUTS", "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig",
   "ModelConfig", "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars",
-  "criteo_paper", "criteo_x1", "default", "demo", "frappe", "frappe_x1", "load_file", "override",
+  "criteo_paper", "criteo_x1", "default", "demo", "field_names", "frappe", "frappe_x1", "load_file",
+  "override",
   "preset", "resolve_auto", "tiny",
 ]  # fmt: skip

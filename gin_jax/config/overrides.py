@@ -17,6 +17,7 @@ import typing
 
 from gin_jax.config import yaml_files
 from gin_jax.config.schema import ARCH_DEFAULTS, Config, DataConfig, ModelConfig, TrainConfig
+from gin_jax.hints import closest, did_you_mean
 
 
 def override(cfg: Config, assignments: dict[str, str]) -> Config:
@@ -35,11 +36,15 @@ def override(cfg: Config, assignments: dict[str, str]) -> Config:
     section, _, name = key.partition(".")
     if not name:
       if section != "name":
-        raise ValueError(f"unknown config field {key!r} (use section.field)")
+        raise ValueError(
+          f"unknown config field {key!r} (use section.field){did_you_mean(key, field_names())}"
+        )
       cfg = dataclasses.replace(cfg, name=text)
       continue
     if section not in ("model", "data", "train"):
-      raise ValueError(f"unknown config section {section!r} in {key!r}")
+      raise ValueError(
+        f"unknown config section {section!r} in {key!r}{did_you_mean(key, field_names())}"
+      )
     sections.setdefault(section, {})[name] = text
   replaced = {}
   for section, values in sections.items():
@@ -49,13 +54,34 @@ def override(cfg: Config, assignments: dict[str, str]) -> Config:
     parsed = {}
     for name, text in values.items():
       if name not in known:
-        raise ValueError(f"unknown config field {section}.{name}; known: {sorted(known)}")
+        raise ValueError(f"unknown config field {section}.{name}" + _hint(section, name, known))
       parsed[name] = _parse(text, hints[name], f"{section}.{name}")
     if section == "model" and parsed.get("arch", sub.arch) != sub.arch:
       sub = dataclasses.replace(sub, **ARCH_DEFAULTS.get(parsed["arch"], {}))
     replaced[section] = dataclasses.replace(sub, **parsed)
   # One replace, so that checks across sections see every override at once.
   return dataclasses.replace(cfg, **replaced)
+
+
+def field_names() -> list[str]:
+  """Every config field as `section.field` (and `name`)."""
+  sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+  return ["name"] + [f"{s}.{f.name}" for s, c in sections.items() for f in dataclasses.fields(c)]
+
+
+def _hint(section: str, name: str, known) -> str:
+  """`; did you mean x.y?`: the field of that name in another section, else the nearest
+  field of the section, else of any section; else the section's fields."""
+  elsewhere = [f for f in field_names() if f.endswith(f".{name}")]
+  near = closest(name, known)
+  anywhere = closest(name, [f.partition(".")[2] for f in field_names()])
+  if elsewhere:
+    return f"; did you mean {elsewhere[0]}?"
+  if near is not None:
+    return f"; did you mean {section}.{near}?"
+  if anywhere is not None:
+    return f"; did you mean {next(f for f in field_names() if f.endswith('.' + anywhere))}?"
+  return f"; known: {sorted(known)}"
 
 
 def load_file(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
@@ -96,7 +122,7 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, str], str | None]:
     hints = typing.get_type_hints(sections[key])
     for name, value in body.items():
       if name not in hints:
-        raise ValueError(f"{path}: unknown key {key}.{name}; known: {sorted(hints)}")
+        raise ValueError(f"{path}: unknown key {key}.{name}" + _hint(key, name, hints))
       nested = isinstance(value, list) and any(isinstance(v, list | dict) for v in value)
       if isinstance(value, dict) or nested:
         raise ValueError(

@@ -164,6 +164,8 @@ STAGE_PLANS = ("aoanet", "single")
 STAGE_PLAN_ALIASES = {"gin": "single"}  # the plan's name before 0.2, still accepted
 EMBEDDING_OPTIMIZERS = ("lazy_adam", "rowwise_adagrad", "adam")  # train.embedding_optimizer
 PRUNE_SCOPES = ("subspace", "layer", "global")  # train.prune_scope
+EARLY_STOP_METRICS = ("auc", "logloss")  # train.early_stop_metric: higher / lower is better
+DELIVER = ("best", "last")  # train.deliver
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,16 @@ class TrainConfig:
   clip_norm: float = 10.0  # Global gradient-norm clip (0 disables).
   lr_decay: float = 0.1  # Learning-rate factor on a validation plateau.
   patience: int = 2  # Epochs without improvement before early stopping.
+  # The validation metric that early stopping, the plateau decay, each stage's best
+  # checkpoint and the delivered stage go by: "auc" (higher is better) or "logloss".
+  early_stop_metric: str = "auc"
+  # Which stage's model the run delivers: "best", the one that validates best by
+  # early_stop_metric (the search stage's where pruning costs quality); "last", the
+  # plan's last stage (the pruned model), whatever it scores.
+  deliver: str = "best"
+  # A field (e.g. user) whose groups' AUC, averaged weighted by rows (gAUC), is
+  # reported beside AUC: log, report.json, summary table. "": none.
+  group_by: str = ""
   embedding_l2: float | None = 0.0  # lambda/2 ||table||^2 per step (None: auto_embedding_l2).
   linear_l2: float | None = None  # lambda of the first-order weights (None: embedding_l2).
   linear_start: bool = False  # GIN + model.first_order: fit the linear part alone first.
@@ -227,6 +239,12 @@ class TrainConfig:
       raise ValueError(f"linear_l2 must be >= 0, got {self.linear_l2}")
     if self.prune_scope not in PRUNE_SCOPES:
       raise ValueError(f"unknown prune_scope {self.prune_scope!r}")
+    if self.deliver not in DELIVER:
+      raise ValueError(f"deliver must be one of {DELIVER}, got {self.deliver!r}")
+    if self.early_stop_metric not in EARLY_STOP_METRICS:
+      raise ValueError(
+        f"early_stop_metric must be one of {EARLY_STOP_METRICS}, got {self.early_stop_metric!r}"
+      )
     if (self.batch_size is not None and self.batch_size < 1) or self.eval_batch_size < 1:
       raise ValueError("batch sizes must be >= 1")
     _check_ranges("train", self, TRAIN_RANGES)

@@ -27,6 +27,7 @@ import numpy as np
 
 from gin_jax import files
 from gin_jax.data.errors import DataError
+from gin_jax.hints import did_you_mean
 
 META_FILE = "meta.json"
 META_VERSION = 1
@@ -102,6 +103,31 @@ class DatasetMeta:
 
   def field(self, name: str) -> FieldSpec:
     return self.fields[self.field_names.index(name)]
+
+  def group_column(self, name: str) -> int:
+    """The column of the prepared ids that says each row's group of field `name`, for a
+    grouped AUC (train.group_by, `gin_jax.score --group-by`).
+
+    A category's id is its group: rows whose value is below data.min_count (the
+    OOV id) or missing form a group each. Raises DataError for a name that is
+    not a field, a multi-valued field (no one group a row) and a scaled numeric
+    field (one id for every value).
+    """
+    where = f"--group-by {name}"
+    if name not in self.field_names:
+      shown = ", ".join(self.field_names[:8]) + (", ..." if len(self.field_names) > 8 else "")
+      raise DataError(
+        f"{where}: not a field of the data ({shown}){did_you_mean(name, self.field_names)}"
+      )
+    index = self.field_names.index(name)
+    spec = self.fields[index]
+    if spec.max_values > 1:
+      raise DataError(f"{where}: a multi-valued field, with no one group a row")
+    if spec.transform == "scale":
+      raise DataError(
+        f"{where}: a numeric field read as a value (data.numeric=scale), not as a category"
+      )
+    return sum(f.max_values for f in self.fields[:index])
 
   def fingerprint(self) -> str:
     """SHA-256 (16 hex digits) of what encodes rows: fields, vocabularies, encoding options."""

@@ -151,7 +151,21 @@ def prepare(
         cfg, fmt, schema, options, inputs, progress, workers, spill_memory, base
       ).build(tmp_dir),
     )
-  return open_prepared(out_dir)
+  meta, splits = open_prepared(out_dir)
+  _warn_constant_once(meta, out_dir)
+  return meta, splits
+
+
+_WARNED: set[str] = set()  # prepared datasets whose constant columns this process named
+
+
+def _warn_constant_once(meta: DatasetMeta, out_dir: str) -> None:
+  """Logs constant_warning the first time this process opens the dataset: once a command,
+  however many runs (beat_linear's, an ensemble's members) share the prepared data."""
+  real = os.path.realpath(out_dir)
+  if meta.constant_fields and real not in _WARNED:
+    _WARNED.add(real)
+    _log.warning("%s", constant_warning(meta.constant_fields))
 
 
 ENCODING_OPTIONS = ("format", "schema", "numeric", "hash_buckets")  # what --init-from keeps
@@ -383,8 +397,6 @@ class _Builder:
     if stats.rows[0] == 0:
       raise DataError(f"{self.inputs[0]['path']}: no rows for the training split")
     meta = self._meta(counters, stats, reports, _constant_columns(counters, missing))
-    if meta.constant_fields:
-      _log.warning("%s", constant_warning(meta.constant_fields))
     return meta, stats.rows
 
   def _read_input(
@@ -579,7 +591,7 @@ def _constant_columns(counters: dict, missing: dict) -> list[str]:
 def constant_warning(names: list[str]) -> str:
   """The preparation summary's warning about constant columns."""
   return (
-    f"warning: column(s) {names} hold the same value in every training row, so they carry "
+    f"column(s) {names} hold the same value in every training row, so they carry "
     "no information (and enter every interaction); drop them, or list them under the "
     "schema's 'ignore'"
   )

@@ -45,17 +45,20 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-  workdir, *, step=None, best=False, devices=None, report=None
+  workdir, *, step=None, best=False, stage=None, devices=None, report=None
 ) -> LoadedCheckpoint:
   """Restores a usable training checkpoint onto `devices` (see Scorer.from_checkpoint).
 
   Usable means sealed, every file matching its seal and every parameter finite
   (gin_jax.training.checkpointing). An explicit `step` that is unusable is refused.
   Without one, the newest usable checkpoint is used, and each newer one that
-  is skipped is reported. With `best`, the final stage's best checkpoint; if
-  it is unusable, the newest usable stand-in (training.stages.stand_ins: a
-  regular checkpoint of that stage, or of the finished run, which holds the
-  restored best weights), saying so. Without `step`, a checkpoint removed while
+  is skipped is reported: the finished run's, which holds the model it
+  delivers (the stage that validated best: report.json's "delivered_stage").
+  With `stage`, that stage's best checkpoint (best_<stage>; the pruned model
+  is `stage="retrain"` whatever was delivered); `best`: the delivered stage's.
+  If it is unusable, the newest usable stand-in (training.stages.stands_in: a
+  regular checkpoint of that stage, or of the finished run if it delivers that
+  stage), saying so. Without `step`, a checkpoint removed while
   it is read (a run still training keeps only its newest) is no error: the
   checkpoints are listed again and the newest is read, a few times at most. A
   checkpoint committed but not sealed yet by a live run gets a while for its
@@ -64,7 +67,8 @@ def load_checkpoint(
   Args:
     workdir: a `python -m train` workdir.
     step: a specific checkpoint step (default: the newest usable).
-    best: the best checkpoint of the last stage instead.
+    best: the best checkpoint of the delivered stage instead.
+    stage: the best checkpoint of this stage ("search", "retrain", "train") instead.
     devices: devices to restore onto (default: all local devices).
     report: called with each warning (default: printed to stderr).
 
@@ -75,13 +79,13 @@ def load_checkpoint(
   report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
   if step is None and layout.delivered() != layout:  # train.beat_linear chose a second model
     layout = layout.delivered()
-    report(f"{workdir}: the run delivered the model in {layout.root} (delivered.json); using it")
+    info(f"{workdir} delivered the model in {layout.root} (delivered.json): scoring with it")
     workdir = layout.root
   if not layout.config.exists():
     raise ScoringError(f"{workdir} is not a training workdir (no config.json)")
   skipped, passed = [], set()  # carried over when the checkpoints are listed again
   for _ in range(_RELISTS + 1):
-    loaded = _newest_usable(workdir, layout, step, best, devices, report, skipped, passed)
+    loaded = _newest_usable(workdir, layout, step, (best, stage), devices, report, skipped, passed)
     if loaded is not None:
       return loaded
   raise ScoringError(
@@ -90,12 +94,18 @@ def load_checkpoint(
   )
 
 
+def info(message: str) -> None:
+  """What scoring does, as it should (which model it scores with): one line on stderr,
+  so that csv on standard output (`--out -`) stays clean."""
+  print(f"info: {message}", file=sys.stderr, flush=True)
+
+
 _RELISTS = 5  # times in a row the checkpoint being read may vanish before the scorer gives up
 _DELETION_GRACE = 2.0  # seconds a checkpoint that is losing files gets to disappear
 _SEAL_WAIT = 60.0  # seconds a committed checkpoint of a live run gets for its seal
 
 
-def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed):
+def _newest_usable(workdir, layout, step, which, devices, report, skipped, passed):
   """The first usable checkpoint of those listed now (see load_checkpoint).
 
   None when the one being read was removed under it (a run rotating its
@@ -103,7 +113,7 @@ def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed
   earlier listing; `skipped` holds the unusable ones.
   """
   try:
-    candidates, stages_wanted = _candidates(layout, step, best)
+    candidates, wanted = _candidates(layout, step, *which)
   except FileNotFoundError:  # a checkpoint vanished while it was listed
     if step is not None:
       raise
@@ -113,7 +123,7 @@ def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed
       continue
     _await_seal(Path(directory) / str(s), layout)
     try:
-      loaded = _restore_checkpoint(directory, s, devices, stages_wanted if skipped else None)
+      loaded = _restore_checkpoint(directory, s, devices, wanted if skipped else None)
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
       if step is None and _rotated_out(Path(directory) / str(s)):
         report(f"{directory}/{s} was removed while it was read (its run keeps only the newest "
@@ -131,12 +141,13 @@ def _newest_usable(workdir, layout, step, best, devices, report, skipped, passed
       continue  # a regular checkpoint of an earlier stage: not a stand-in for --best
     if skipped:
       report(f"using {loaded.description} instead")
+    best = which[0] or which[1]
     return dataclasses.replace(
       loaded, description=loaded.description + (" (best)" if best and not skipped else "")
     )
   raise ScoringError(
     f"no usable checkpoint in {workdir}"
-    + (f" for the {'/'.join(sorted(stages_wanted))} stage" if stages_wanted else "")
+    + (f" for the {wanted[1]} stage" if wanted else "")
     + f" ({'; '.join(str(e) for e in skipped[:3])})"
   )
 
@@ -195,23 +206,28 @@ def _all_sealed_files_present(path: Path) -> bool:
     return False
 
 
-def _candidates(layout: Workdir, step, best: bool) -> tuple[list, set | None]:
-  """(the checkpoints to try in order, the stages a stand-in may come from) for load_checkpoint.
+def _candidates(layout: Workdir, step, best: bool, stage) -> tuple[list, tuple | None]:
+  """(the checkpoints to try in order, (plan, stage) a stand-in must stand in for).
 
-  With `best`, best_<final stage> first, then the regular checkpoints; only those
-  of the final stage (or of the finished run) stand in for it.
+  With `stage` (or `best`: the delivered stage), best_<stage> first, then the
+  regular checkpoints that stand in for it (stages.stands_in).
   """
   regular = [(layout.checkpoints, s) for s in checkpointing.all_steps(layout.checkpoints)]
-  stages_wanted = None
-  if best:
+  wanted = None
+  if best or stage:
     plan = _read_config(layout.config).train.stages
-    final = stages.final(plan)
-    directory = layout.best(final)
+    names = [s.name for s in stages.plan(plan)]
+    if stage is not None and stage not in names:
+      raise ScoringError(
+        f"{layout.root} has no {stage!r} stage: its runs' stages are {', '.join(names)}"
+      )
+    stage = stage or _delivered_stage(layout, plan)
+    directory = layout.best(stages.by_name(plan, stage))
     candidates = [(directory, s) for s in checkpointing.all_steps(directory)]
     if not candidates:
       raise ScoringError(f"{directory} holds no checkpoint")
     candidates += regular
-    stages_wanted = stages.stand_ins(plan, final.name)
+    wanted = (plan, stage)
   elif step is not None:
     have = [s for _, s in regular]
     if step not in have:
@@ -221,16 +237,26 @@ def _candidates(layout: Workdir, step, best: bool) -> tuple[list, set | None]:
     candidates = regular
     if not candidates:
       raise ScoringError(f"{layout.checkpoints} holds no checkpoint")
-  return candidates, stages_wanted
+  return candidates, wanted
 
 
-def load_models(workdir, *, step=None, best=False, devices=None, report=None):
+def _delivered_stage(layout: Workdir, plan: str) -> str:
+  """The stage the finished run delivers, from its newest checkpoint (sealed metadata);
+  the plan's last stage while it is still training."""
+  found = checkpointing.newest_meta(layout.checkpoints)
+  progress = found[1].get("progress", {}) if found else {}
+  if progress.get("stage") == stages.DONE:
+    return stages.delivered(plan, progress)
+  return stages.final(plan).name
+
+
+def load_models(workdir, *, step=None, best=False, stage=None, devices=None, report=None):
   """The models a workdir delivers: [LoadedCheckpoint], several for train.ensemble.
 
   Without `step`, each model that delivered.json lists (load_checkpoint of
   each; `best` applies to each). With `step`, that checkpoint of the workdir
   alone, saying so when the run delivers an ensemble. All members must share
-  the dataset (its vocabulary and fields), else ScoringError.
+  the dataset (its vocabulary and fields), else ScoringError. `stage` as `best`.
   """
   layout = Workdir(workdir)
   report = report or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
@@ -240,10 +266,14 @@ def load_models(workdir, *, step=None, best=False, devices=None, report=None):
     if step is not None and len(members) > 1:
       report(f"{workdir} delivers the average of {len(members)} models; --step {step} "
              "scores this run's own checkpoint alone")  # fmt: skip
-    model = load_checkpoint(workdir, step=step, best=best, devices=devices, report=report)
+    model = load_checkpoint(
+      workdir, step=step, best=best, stage=stage, devices=devices, report=report
+    )
     _check_own_config(model)
     return [model]
-  models = [load_checkpoint(m.root, best=best, devices=devices, report=report) for m in members]
+  models = [
+    load_checkpoint(m.root, best=best, stage=stage, devices=devices, report=report) for m in members
+  ]
   for model in models:
     _check_own_config(model)
   first = models[0].dataset_meta
@@ -283,13 +313,13 @@ def _read_config(path: Path) -> Config:
     raise ScoringError(str(e)) from None
 
 
-def _restore_checkpoint(directory: Path, step: int, devices, stages_wanted) -> LoadedCheckpoint:
-  """Checkpoint `step` of `directory`; None if its stage is not in `stages_wanted`."""
+def _restore_checkpoint(directory: Path, step: int, devices, wanted) -> LoadedCheckpoint:
+  """Checkpoint `step` of `directory`; None unless it stands in for `wanted` (plan, stage)."""
   mngr = checkpointing.manager(directory, None)
   checkpointing.verify_seal(checkpointing.step_dir(mngr, step))
   meta = checkpointing.read_meta(mngr, step, verify=False)
   try:
-    if stages_wanted is not None and meta["progress"]["stage"] not in stages_wanted:
+    if wanted is not None and not stages.stands_in(*wanted, meta["progress"]):
       return None
     cfg = Config.from_dict(meta.get("effective_config") or meta["config"])
     dataset_meta = data.DatasetMeta.from_dict(meta["dataset"])

@@ -47,7 +47,13 @@ class ExportExists(ScoringError):
 
 
 def export(
-  workdir, out_dir, *, step: int | None = None, best: bool = False, replace: bool = True
+  workdir,
+  out_dir,
+  *,
+  step: int | None = None,
+  best: bool = False,
+  stage: str | None = None,
+  replace: bool = True,
 ) -> Path:
   """Serialises the scoring function and its parameters with jax.export.
 
@@ -58,14 +64,16 @@ def export(
     workdir: the training workdir.
     out_dir: the export's directory, written whole or not at all (a temporary
       directory beside it, renamed into place).
-    step, best: which checkpoint (as for Scorer.from_checkpoint).
+    step, best, stage: which checkpoint (as for Scorer.from_checkpoint).
     replace: replace an existing `out_dir` (else ScoringError).
 
   Returns:
     out_dir.
   """
   out_dir = Path(out_dir)
-  models = checkpoints.load_models(workdir, step=step, best=best, devices=jax.local_devices()[:1])
+  models = checkpoints.load_models(
+    workdir, step=step, best=best, stage=stage, devices=jax.local_devices()[:1]
+  )
   loaded = models[0]
   weights = [
     jax.tree.map(
@@ -175,7 +183,7 @@ def export_version(workdir, base, *, version: int | None = None, **which) -> Pat
     base: the model base path (created if absent).
     version: the version number; None: the next one (1 + the highest present).
       A version that exists is never replaced.
-    **which: step / best, as for `export`.
+    **which: step / best / stage, as for `export`.
 
   Returns:
     The version's directory. Raises ScoringError when `version` exists.

@@ -34,7 +34,13 @@ class Scorer:
   # ------------------------------------------------------------------ loading
   @classmethod
   def from_checkpoint(
-    cls, workdir, *, step: int | None = None, best: bool = False, devices=None
+    cls,
+    workdir,
+    *,
+    step: int | None = None,
+    best: bool = False,
+    stage: str | None = None,
+    devices=None,
   ) -> Scorer:
     """Loads params, masks, config and dataset metadata from a training workdir.
 
@@ -44,14 +50,17 @@ class Scorer:
 
     Args:
       workdir: a `python -m train` workdir.
-      step: a specific checkpoint step (default: the newest).
-      best: use the best (validation AUC) checkpoint of the last stage instead.
+      step: a specific checkpoint step (default: the newest, the finished run's: the
+        model it delivers, whichever stage validated best).
+      best: the best checkpoint of the delivered stage instead.
+      stage: the best checkpoint of this stage instead (e.g. "retrain": the pruned
+        model, when the search stage validated better and was delivered).
       devices: devices to score on (default: all local devices).
 
     Returns:
       A Scorer. Raises ScoringError naming what is missing or wrong.
     """
-    models = checkpoints.load_models(workdir, step=step, best=best, devices=devices)
+    models = checkpoints.load_models(workdir, step=step, best=best, stage=stage, devices=devices)
     scores = [_checkpoint_score_fn(m) for m in models]
 
     def score(ids, values):

@@ -21,7 +21,9 @@ class ScoreSummary:
 
   rows: int
   bad: object  # data.BadRowReport (count and first examples; line numbers dropped)
-  metrics: dict | None  # {"auc", "logloss", "n"} when every scored row had a label
+  # {"auc", "logloss", "n"} when every scored row had a label; with group_by also
+  # "gauc" and "gauc_groups" (metrics.grouped_auc).
+  metrics: dict | None
 
 
 # Text per chunk when scoring a file. Smaller than preparation's 8 MiB: the
@@ -32,9 +34,13 @@ SCORE_CHUNK_BYTES = 1 << 20
 
 
 def score_file(
-  scorer, path, out, *, fmt=None, schema=None, bad_rows: str = "error"
+  scorer, path, out, *, fmt=None, schema=None, bad_rows: str = "error", group_by: str | None = None
 ) -> ScoreSummary:
   """Scores a raw file into `out` (.csv or .npy) chunk by chunk, in bounded memory.
+
+  With `group_by` (a field of the model's data, e.g. a user column) the metrics
+  include gAUC: the AUC within each group, weighted by rows (metrics.grouped_auc),
+  at 9 bytes more per labelled row.
 
   The input is read, encoded and scored in small chunks, regrouped into whole
   batches, and each group is appended to the output in input order (skipped
@@ -51,6 +57,8 @@ def score_file(
   """
   bad = data.BadRowReport()
   metrics = _StreamingMetrics()
+  column = None if group_by is None else scorer.meta.group_column(group_by)
+  grouped = _GroupedRows() if column is not None else None
   rows = 0
   parts = data.iter_encode_file(
     scorer.meta, path, fmt, schema, bad_rows, report=bad, chunk_bytes=SCORE_CHUNK_BYTES
@@ -67,6 +75,8 @@ def score_file(
         )
       writer.write(lines, probs, skipped)
       metrics.add(np.asarray(part.labels, np.float32), probs)
+      if grouped is not None:
+        grouped.add(np.asarray(part.labels, np.float32), probs, np.asarray(part.ids[:, column]))
       rows += len(probs)
       del part, probs, lines
       if i % 8 == 7:  # every ~8 MiB of input
@@ -76,7 +86,31 @@ def score_file(
         f"no row of {path} could be scored ({bad.count} bad row(s) skipped; first: "
         f"{bad.examples[:3]}); nothing written to {out}"
       )
-  return ScoreSummary(rows, bad, metrics.result())
+  result = metrics.result()
+  if result is not None and grouped is not None:
+    g = grouped.result()
+    result |= {"gauc": g["gauc"], "gauc_groups": g["groups"], "group_by": group_by}
+  return ScoreSummary(rows, bad, result)
+
+
+class _GroupedRows:
+  """The labels, probabilities and groups of the scored rows, for a gAUC at the end."""
+
+  def __init__(self):
+    self._labels, self._probs, self._groups = array.array("B"), array.array("f"), []
+
+  def add(self, labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> None:
+    if np.isnan(labels).any():
+      return  # _StreamingMetrics turns the metrics off
+    self._labels.frombytes(labels.astype(np.uint8).tobytes())
+    self._probs.frombytes(np.asarray(probs, np.float32).tobytes())
+    self._groups.append(np.asarray(groups, np.int32))
+
+  def result(self) -> dict:
+    labels = np.frombuffer(self._labels, np.uint8)
+    probs = np.frombuffer(self._probs, np.float32)
+    groups = np.concatenate(self._groups) if self._groups else np.zeros(0, np.int32)
+    return metrics.grouped_auc(labels, probs, groups)
 
 
 @functools.cache

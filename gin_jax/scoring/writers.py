@@ -1,4 +1,5 @@
-"""Score outputs: one probability per input row, in input order, as .csv, .npy or .parquet."""
+"""Score outputs: one probability per input row, in input order, as .csv, .npy or .parquet
+(or csv on standard output)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import json
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -162,13 +164,42 @@ class _ParquetWriter(_ScoreWriter):
       self._open_file = False
 
 
-def open_writer(path) -> _ScoreWriter:
+class _StdoutCsvWriter(_CsvWriter):
+  """The csv on standard output (`--out -`), as it is scored: nothing to rename."""
+
+  def __init__(self, path):
+    _ScoreWriter.__init__(self, path)
+    self._f = sys.stdout
+    self._csv = csv.writer(self._f)
+    self._csv.writerow(["line", "probability", "status"])
+
+  def _finish(self) -> None:
+    self._f.flush()
+
+
+STDOUT = "-"  # --out -: the csv on standard output
+WRITERS = {".csv": _CsvWriter, ".npy": _NpyWriter, ".parquet": _ParquetWriter}
+
+
+def check_output(path) -> None:
+  """Refuses (ScoringError, one line) an output whose type is not known by its extension."""
+  if str(path) == STDOUT:
+    return
   suffix = Path(path).suffix
-  if suffix == ".npy":
-    return _NpyWriter(path)
-  if suffix == ".parquet":
-    return _ParquetWriter(path)
-  return _CsvWriter(path)
+  if suffix.lower() not in WRITERS:
+    what = f"a {suffix} file" if suffix else "a file without an extension"
+    raise ScoringError(
+      f"{path}: cannot write scores to {what}; name a .csv, .npy or .parquet file, or - for "
+      "csv on standard output"
+    )
+
+
+def open_writer(path) -> _ScoreWriter:
+  """The writer of `path`'s type (.csv, .npy, .parquet; `-`: csv on standard output)."""
+  check_output(path)
+  if str(path) == STDOUT:
+    return _StdoutCsvWriter(path)
+  return WRITERS[Path(path).suffix.lower()](path)
 
 
 def write_scores(path, probs: np.ndarray, line_numbers, bad) -> None:

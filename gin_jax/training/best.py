@@ -1,4 +1,5 @@
-"""Each stage's best checkpoint (by validation AUC): kept on improvement, restored at the end."""
+"""Each stage's best checkpoint (by train.early_stop_metric on validation): kept on
+improvement, restored at the end."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ from gin_jax.training.evaluate import evaluate
 from gin_jax.training.stages import Stage
 
 
-def keep_as_best(ctx: RunContext, stage: Stage, state, progress, auc) -> None:
-  """Records `auc` as the stage's best and saves `state` as best_<stage>."""
-  progress.best_auc = auc
+def improves(metric: str, value: float, best: float | None) -> bool:
+  """Whether validation `metric` ("auc": higher is better; "logloss": lower) beats `best`."""
+  if best is None:
+    return True
+  return value > best if metric == "auc" else value < best
+
+
+def keep_as_best(ctx: RunContext, stage: Stage, state, progress, value) -> None:
+  """Records `value` (of train.early_stop_metric) as the stage's best; saves best_<stage>."""
+  progress.best_value = value
   checkpointing.save(ctx.best_manager(stage), int(state["step"]), state, ctx.meta_dict(progress))
 
 
 def restore_best(ctx: RunContext, stage: Stage, state):
-  """The stage's best weights (by validation AUC), keeping the current step.
+  """The stage's best weights (by train.early_stop_metric), keeping the current step.
 
   If best_<stage> is unusable (altered on disk, unsealed, NaN/Inf), the stage's
   usable regular checkpoints are evaluated on the validation split again and
@@ -45,20 +53,22 @@ def restore_best(ctx: RunContext, stage: Stage, state):
 
 
 def _best_regular_checkpoint(ctx: RunContext, stage: Stage):
-  """(step, state, meta) of the usable stand-in (stages.stand_ins) with the best valid AUC."""
-  found, best_auc = None, None
-  allowed = stages.stand_ins(ctx.cfg.train.stages, stage.name)
+  """(step, state, meta) of the usable stand-in (stages.stands_in) that validates best."""
+  found, best, metric = None, None, ctx.cfg.train.early_stop_metric
   for step in checkpointing.steps_of(ctx.ckpt):
     try:
       meta = checkpointing.read_meta(ctx.ckpt, step)
-      if meta["progress"]["stage"] not in allowed:
+      if not stages.stands_in(ctx.cfg.train.stages, stage.name, meta["progress"]):
         continue  # another stage's weights (a boundary save holds the next stage's init)
       state, meta = checkpointing.restore(ctx.ckpt, step, ctx.fns.abstract_state, verify=False)
     except checkpointing.UnusableCheckpoint as e:
       runtime.log(f"WARNING: {e}; skipped")
       continue
-    auc = evaluate(ctx, state, ctx.splits["valid"])["auc"]
-    runtime.log(f"{stage.name}: checkpoint {step} has valid AUC {auc:.4f}")
-    if best_auc is None or auc > best_auc:
-      found, best_auc = (step, state, meta), auc
+    value = evaluate(ctx, state, ctx.splits["valid"])[metric]
+    runtime.log(f"{stage.name}: checkpoint {step} has valid {_NAMES[metric]} {value:.4f}")
+    if improves(metric, value, best):
+      found, best = (step, state, meta), value
   return found
+
+
+_NAMES = {"auc": "AUC", "logloss": "logloss"}

@@ -33,6 +33,8 @@ class RunContext:
   devices: list | None = None  # the mesh's devices as run() was given them (None: all)
   # train.linear_start: sets a fresh state's first-order part to the fitted regression.
   start_from: Callable | None = None
+  step: int = 0  # the global step reached, counted on the host (what Ctrl-C reports)
+  group_column: int | None = None  # train.group_by: its column of the ids (gAUC), else None
 
   def __post_init__(self):
     self.ckpt = checkpointing.manager(self.workdir.checkpoints, self.cfg.train.keep_checkpoints)

@@ -8,13 +8,13 @@ point is gin_jax.training.run (recipes.py), which adds the runs of runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
 import numpy as np
 
 from gin_jax import data, files, runtime
-from gin_jax import metrics as metrics_lib
 from gin_jax import models as model_lib
 from gin_jax.config import Config, resolve_auto
 from gin_jax.data import pipeline
@@ -24,21 +24,36 @@ from gin_jax.training import (
   continuation,
   device_input,
   partitioning,
+  plots,
   report,
   stages,
   steps,
 )
-from gin_jax.training.best import keep_as_best, restore_best
+from gin_jax.training.best import improves, keep_as_best, restore_best
 from gin_jax.training.context import RunContext
-from gin_jax.training.errors import TrainingError
-from gin_jax.training.evaluate import final_report, predict_split, validate, write_predictions
+from gin_jax.training.errors import Interrupted, TrainingError
+from gin_jax.training.evaluate import (
+  final_report,
+  groups_of,
+  predict_split,
+  split_metrics,
+  validate,
+  write_predictions,
+)
 from gin_jax.training.resume import Progress, resume, save
 from gin_jax.training.stages import Stage
 from gin_jax.training.workdir import Workdir, check_config, discard_run
 
 
 def train(
-  cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, start_from=None, source=None
+  cfg: Config,
+  workdir: Workdir,
+  overwrite: bool,
+  devices,
+  on_step,
+  start_from=None,
+  source=None,
+  pictures: bool = True,
 ):
   """Every stage of one run, under the workdir's lock: (report, final state).
 
@@ -52,6 +67,8 @@ def train(
       part is the fitted regression (recipes.py builds it).
     source: train.init_from: the finished checkpoint the run continues
       (continuation.resolve); its vocabularies grow by this run's data.
+    pictures: draw the report's figures and summary.md (plots.publish); a run
+      nested in another's (recipes) leaves them to it.
   """
   # ------------------------------------------------------------ workdir guard
   lead = jax.process_index() == 0
@@ -62,6 +79,8 @@ def train(
 
   # ------------------------------------------------------------ data
   meta, splits, planted = _load_data(cfg, workdir, source)
+  # Checked before config.json is written: a misspelt field must not hold the workdir.
+  group_column = meta.group_column(cfg.train.group_by) if cfg.train.group_by else None
   if lead:
     files.write_json(workdir.config, cfg.to_dict())  # the config as asked for
   runtime.log(
@@ -82,8 +101,6 @@ def train(
       f"the train split has {len(splits['train'])} rows, fewer than one batch "
       f"(train.batch_size={cfg.train.batch_size})"
     )
-  if meta.constant_fields:
-    runtime.log(data.constant_warning(meta.constant_fields))
   if source is not None:
     runtime.log(f"continuing {source.run} (step {source.step})")
     if growth := continuation.growth_summary(meta):
@@ -106,7 +123,7 @@ def train(
   )
   ctx = RunContext(
     cfg, workdir, mesh, spec, fns, meta, splits, planted, on_step, mode, asked=asked,
-    devices=devices, start_from=start_from,
+    devices=devices, start_from=start_from, group_column=group_column,
   )  # fmt: skip
   runtime.log(
     f"mesh: {partitioning.num_shards(mesh)} devices over {jax.process_count()} process(es); "
@@ -137,48 +154,68 @@ def train(
       )
   else:
     step, state, saved = restored
-    progress = Progress(**saved["progress"])
+    progress = Progress.from_dict(saved["progress"])
     ctx.log.rewind(saved.get("metrics_bytes"), step)  # the replayed steps log again
     runtime.log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
+  ctx.step = int(state["step"])
 
   # ------------------------------------------------------------ stages
-  while progress.stage != stages.DONE:
-    stage = stages.by_name(plan, progress.stage)
-    # With train.linear_start every stage begins from fitted weights (the
-    # regression, or the search stage's best): that start is evaluated and may
-    # stand as the stage's best. (Other runs are left as measured.)
-    at_start = progress.epoch == 0 and progress.iterator_state is None
-    if cfg.train.linear_start and at_start and progress.best_auc is None:
-      _evaluate_start(ctx, stage, state, progress)
-    state = _train_stage(ctx, stage, state, progress)
-    state = restore_best(ctx, stage, state)
-    result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
-    for split in ("valid", "test"):
-      if len(splits[split]):
-        labels, probs = predict_split(ctx, state, splits[split])
-        if lead:  # kept for train.ensemble's average (and for the user)
-          write_predictions(workdir.stage_predictions(stage, split), labels, probs)
-        m = metrics_lib.evaluate(labels, probs)
-        result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
-    result["seconds"] = time.time() - progress.stage_start_time
-    progress.results[stage.name] = result
-    ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **result)
-    if stage.selects_after:
-      state = _select_and_reinit(ctx, state, progress)
-    progress.start(stages.next_stage(plan, stage.name))
-    save(ctx, state, progress)
+  # Ctrl-C: Interrupted carries the step reached, for the one line the CLI prints.
+  with _interrupted_at(ctx):
+    while progress.stage != stages.DONE:
+      stage = stages.by_name(plan, progress.stage)
+      # With train.linear_start every stage begins from fitted weights (the
+      # regression, or the search stage's best): that start is evaluated and may
+      # stand as the stage's best. (Other runs are left as measured.)
+      at_start = progress.epoch == 0 and progress.iterator_state is None
+      if cfg.train.linear_start and at_start and progress.best_value is None:
+        _evaluate_start(ctx, stage, state, progress)
+      state = _train_stage(ctx, stage, state, progress)
+      state = restore_best(ctx, stage, state)
+      result = {**progress.results.get(stage.name, {}), "epochs": progress.epoch}
+      for split in ("valid", "test"):
+        if len(splits[split]):
+          labels, probs = predict_split(ctx, state, splits[split])
+          groups = groups_of(ctx, splits[split])
+          if lead:  # kept for train.ensemble's average (and for the user)
+            write_predictions(workdir.stage_predictions(stage, split), labels, probs, groups)
+          result.update(split_metrics(split, labels, probs, groups))
+      result["seconds"] = time.time() - progress.stage_start_time
+      progress.results[stage.name] = result
+      scalars = {k: v for k, v in result.items() if not isinstance(v, list | dict)}
+      ctx.log.write(stage=stage.name, event="stage_end", step=int(state["step"]), **scalars)
+      if stage.selects_after:
+        state = _select_and_reinit(ctx, state, progress)
+      nxt = stages.next_stage(plan, stage.name)
+      if nxt == stages.DONE:
+        state = _deliver(ctx, state, progress)
+      progress.start(nxt)
+      save(ctx, state, progress)
 
   # ------------------------------------------------------------ report
   out = final_report(ctx, state, progress)
   if source is not None:
     out = {**out, **continuation.report(source, meta, state, progress)}
   if lead:
+    if pictures:
+      out = plots.publish(workdir.root, out)
     files.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
   return out, state
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _interrupted_at(ctx: RunContext):
+  """KeyboardInterrupt (Ctrl-C) as Interrupted, with the global step the run reached."""
+  try:
+    yield
+  except Interrupted:
+    raise  # a nested run's, with its own step
+  except KeyboardInterrupt:
+    raise Interrupted(ctx.step) from None
 
 
 def _load_data(cfg: Config, workdir: Workdir, source=None):
@@ -242,6 +279,7 @@ def _train_stage(ctx: RunContext, stage: Stage, state, progress: Progress):
       state, step_metrics = ctx.fns.step(state, batch)
       since += 1
       step += 1
+      ctx.step = step
       if step % cfg.log_every == 0:
         _check_finite(ctx, state, stage)
         loss = float(step_metrics["loss"])
@@ -315,9 +353,10 @@ def _end_of_epoch(ctx: RunContext, stage: Stage, state, progress: Progress) -> N
   if not len(ctx.splits["valid"]):
     return  # no validation data: keep the last weights, never stop early
   m = validate(ctx, stage, state, progress.epoch, f"epoch {progress.epoch}")
-  if progress.best_auc is None or m["auc"] > progress.best_auc:
+  metric = ctx.cfg.train.early_stop_metric
+  if improves(metric, m[metric], progress.best_value):
     progress.bad_epochs = 0
-    keep_as_best(ctx, stage, state, progress, m["auc"])
+    keep_as_best(ctx, stage, state, progress, m[metric])
   else:
     progress.bad_epochs += 1
 
@@ -336,7 +375,42 @@ def _evaluate_start(ctx: RunContext, stage: Stage, state, progress: Progress) ->
   if not len(ctx.splits["valid"]):
     return
   m = validate(ctx, stage, state, 0, "start")
-  keep_as_best(ctx, stage, state, progress, m["auc"])
+  keep_as_best(ctx, stage, state, progress, m[ctx.cfg.train.early_stop_metric])
+
+
+def _deliver(ctx: RunContext, state, progress: Progress):
+  """Once the last stage ends: the run delivers the stage that validates best.
+
+  By train.early_stop_metric over every stage of the plan (a tie, no
+  validation split, or train.deliver="last" keeps the last: the pruned model).
+  If an earlier stage (the search) wins, its best weights become the finished
+  run's state, which the checkpoints then hold for scoring, export and
+  --init-from; every stage's
+  best_<stage> stays (`gin_jax.score --stage NAME`). Recorded in
+  `progress.delivered` and the report's "delivered_stage".
+  """
+  plan, metric = ctx.cfg.train.stages, ctx.cfg.train.early_stop_metric
+  last = stages.final(plan)
+  key, chosen, best = f"valid_{metric}", last, None
+  for stage in stages.plan(plan) if ctx.cfg.train.deliver == "best" else ():
+    value = progress.results.get(stage.name, {}).get(key)
+    if value is not None and (improves(metric, value, best) or value == best):  # later wins a tie
+      chosen, best = stage, value
+  progress.delivered = chosen.name
+  if chosen != last:
+    state = restore_best(ctx, chosen, state)
+    runtime.log(
+      f"delivering the {chosen.name} stage's model: it validates best (valid "
+      f"{_METRIC_NAMES[metric]} {best:.4f}, {last.name} {progress.results[last.name][key]:.4f}); "
+      f"the {last.name} model stays in {ctx.workdir.best(last)} (gin_jax.score --stage "
+      f"{last.name})"
+    )
+  elif len(stages.plan(plan)) > 1:
+    runtime.log(f"delivering the {chosen.name} stage's model")
+  return state
+
+
+_METRIC_NAMES = {"auc": "AUC", "logloss": "logloss"}
 
 
 def _select_and_reinit(ctx: RunContext, state, progress: Progress):

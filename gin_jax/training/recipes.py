@@ -22,11 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gin_jax import files, runtime
-from gin_jax import metrics as metrics_lib
 from gin_jax.config import Config
-from gin_jax.training import continuation, loop, predict, report, stages
+from gin_jax.training import continuation, loop, plots, predict, report, stages
 from gin_jax.training.errors import TrainingError
-from gin_jax.training.evaluate import summary
+from gin_jax.training.evaluate import calibration_of, split_metrics, summary
 from gin_jax.training.workdir import Workdir, lock
 
 
@@ -98,7 +97,8 @@ def run(
   workdir = Workdir(workdir)
   continuation.check_start(cfg, workdir)  # before the lock: a source is never written
   with _locked(workdir):
-    out = _train(cfg, workdir, overwrite, devices, on_step)[0]
+    recipe = cfg.train.beat_linear or cfg.train.ensemble > 1  # it draws the pictures at its end
+    out = _train(cfg, workdir, overwrite, devices, on_step, pictures=not recipe)[0]
     if cfg.train.beat_linear:
       out = _beat_linear(cfg, workdir, out, devices)
     if cfg.train.ensemble > 1:
@@ -116,13 +116,13 @@ def _locked(workdir: Workdir):
   return lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
 
 
-def _train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step):
+def _train(cfg: Config, workdir: Workdir, overwrite: bool, devices, on_step, pictures=True):
   """The stage loop of `cfg` in `workdir` (loop.train), with its linear start if it asks."""
   start_from = None
   if cfg.train.linear_start:
     start_from = functools.partial(_start_from_linear, cfg, workdir, devices)
   cfg, source = continuation.resolve(cfg)
-  return loop.train(cfg, workdir, overwrite, devices, on_step, start_from, source)
+  return loop.train(cfg, workdir, overwrite, devices, on_step, start_from, source, pictures)
 
 
 def _nested_run(cfg: Config, parent: Workdir, sub: Workdir, devices, link_linear: bool = False):
@@ -139,7 +139,7 @@ def _nested_run(cfg: Config, parent: Workdir, sub: Workdir, devices, link_linear
       sub.linear.symlink_to(parent.linear.resolve(), target_is_directory=True)
   runtime.barrier(f"nested-{sub.root.name}")
   with _locked(sub):
-    return _train(cfg, sub, False, devices, None)
+    return _train(cfg, sub, False, devices, None, pictures=False)  # the parent draws them
 
 
 def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
@@ -154,7 +154,7 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   validates above the regression this costs one regression fit more
   (docs/quality.md has the figures on Frappe and a Criteo sample).
   """
-  final = stages.final(cfg.train.stages).name
+  final = out.get("delivered_stage") or stages.final(cfg.train.stages).name
   deep = out["stages"].get(final, {}).get("valid_auc")
   delivered = "."
   if cfg.model.arch != "gin" or cfg.train.linear_start or cfg.train.init_from or deep is None:
@@ -176,7 +176,8 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
       second, _ = _nested_run(
         from_linear(cfg), workdir, Workdir(workdir.from_linear), devices, True
       )
-      check["from_linear_valid_auc"] = second["stages"][final]["valid_auc"]
+      second_final = second.get("delivered_stage") or final
+      check["from_linear_valid_auc"] = second["stages"][second_final]["valid_auc"]
       if check["from_linear_valid_auc"] > deep:
         delivered = workdir.from_linear.name
         # "config" stays the run's; the delivered model's is in from_linear/.
@@ -189,6 +190,7 @@ def _beat_linear(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
   record = workdir.delivery_record([delivered])
   out = {**out, "beat_linear": check, "delivered_configs": record["configs"]}
   if jax.process_index() == 0:
+    out = plots.publish(workdir.root, out, workdir.sub(delivered).root)
     files.write_json(workdir.report, out)
     workdir.write_delivered(record)
     if delivered != ".":
@@ -237,29 +239,51 @@ def _ensemble(cfg: Config, workdir: Workdir, out: dict, devices) -> dict:
     for split in ("valid", "test"):
       if f"{split}_auc" not in member_results[0]:
         continue  # an empty split
-      labels, probs = _average_predictions([m.stage_predictions(stage, split) for m in delivered])
-      m = metrics_lib.evaluate(labels, probs)
-      result[f"{split}_auc"], result[f"{split}_logloss"] = m["auc"], m["logloss"]
+      average = _average_predictions([m.stage_predictions(stage, split) for m in delivered])
+      result.update(split_metrics(split, *average))
     result["epochs"] = float(np.mean([r["epochs"] for r in member_results]))
     result["seconds"] = float(sum(r["seconds"] for r in member_results))
     result["models"] = k
     results[stage.name] = result
   names = [os.path.relpath(m.root, workdir.root) for m in delivered]
+  final = stages.final(cfg.train.stages).name
   members = [
-    {"workdir": n, "seed": s, "stages": r["stages"], "kept_pairs": r.get("kept_pairs")}
+    {"workdir": n, "seed": s, "stages": r["stages"], "kept_pairs": r.get("kept_pairs"),
+     "delivered_stage": r.get("delivered_stage") or final}
     for n, s, r in zip(names, seeds, reports)
-  ]
+  ]  # fmt: skip
   out = {**out, "stages": results, "summary": summary(results), "ensemble": members}
+  out.update(_delivered_average(cfg, reports, delivered, results))
   votes = _pair_votes([r.get("kept_pairs") for r in reports])
   if votes is not None:
     out["kept_pairs_votes"] = votes
   record = workdir.delivery_record(names)
   out["delivered_configs"] = record["configs"]
   if jax.process_index() == 0:
+    out = plots.publish(workdir.root, out, delivered[0].root)
     files.write_json(workdir.report, out)
     workdir.write_delivered(record)
     print(report.summary_table(out), flush=True)
   return out
+
+
+def _delivered_average(cfg: Config, reports: list[dict], delivered: list, results: dict) -> dict:
+  """The ensemble's "delivered_stage" and "calibration"; when its members deliver different
+  stages (each the one that validates best for it), "delivered_stage" lists them and
+  "delivered_metrics" are those of the average that scoring gives, of each member's
+  delivered stage."""
+  final = stages.final(cfg.train.stages).name
+  chosen = [r.get("delivered_stage") or final for r in reports]
+  if len(set(chosen)) == 1:
+    return {"delivered_stage": chosen[0], "calibration": calibration_of(results, chosen[0])}
+  average = {}
+  for split in ("valid", "test"):
+    paths = [m.stage_predictions(stages.by_name(cfg.train.stages, s), split)
+             for m, s in zip(delivered, chosen)]  # fmt: skip
+    if all(p.exists() for p in paths):
+      average.update(split_metrics(split, *_average_predictions(paths)))
+  calibration = calibration_of({"delivered": average}, "delivered")
+  return {"delivered_stage": chosen, "delivered_metrics": average, "calibration": calibration}
 
 
 def _pair_votes(kept: list) -> list[dict] | None:
@@ -275,13 +299,15 @@ def _pair_votes(kept: list) -> list[dict] | None:
   return [{"pair": list(pair), "members": n} for pair, n in ranked]
 
 
-def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray]:
-  """(labels, averaged probabilities) of the members' saved predictions of one split."""
-  labels, members = None, []
+def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """(labels, averaged probabilities, each row's group or None) of the members' saved
+  predictions of one split."""
+  labels, members, groups = None, [], None
   for path in paths:
     try:
       with np.load(path, allow_pickle=False) as z:
         y, p = z["labels"], z["probs"]
+        groups = z["groups"] if "groups" in z else None
     except (OSError, ValueError, KeyError) as e:
       raise TrainingError(
         f"{path}: a member's predictions are missing or unreadable ({e}); its run "
@@ -294,7 +320,7 @@ def _average_predictions(paths: list) -> tuple[np.ndarray, np.ndarray]:
       )
     labels = y
     members.append(p)
-  return labels, predict.average_probabilities(members)
+  return labels, predict.average_probabilities(members), groups
 
 
 def _start_from_linear(asked: Config, workdir: Workdir, devices, state):

@@ -1,12 +1,10 @@
-"""Run outputs: metrics.jsonl lines, report.json, the |alpha| heatmap and the summary table."""
+"""Run outputs: metrics.jsonl lines and the summary table (the figures: training/plots.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-
-import numpy as np
 
 from gin_jax import files
 
@@ -61,71 +59,31 @@ class MetricsLog:
       self.path.write_text("".join(keep))
 
 
-def alpha_heatmap(
-  path, alphas: dict, masks: dict | None, field_names: list[str], num_subspaces: int
-) -> None:
-  """PNG of |alpha| per layer (rows) and subspace (columns); kept pairs outlined.
-
-  Args:
-    path: output PNG path.
-    alphas: `{interaction_<l>: [S, f, m]}` from the search stage.
-    masks: the selected masks (same structure) or None.
-    field_names: the f names (u axis; also the v axis of layer 1).
-    num_subspaces: S, to name the v axis of deeper layers.
-  """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from gin_jax.models import layer_names
-  from gin_jax.models.pruning import input_names
-
-  names = layer_names(alphas)
-  rows, cols = len(names), num_subspaces
-  f = len(field_names)
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(4.2 * cols, 4.2 * rows * (1 if f > 3 else 0.5)), squeeze=False
-  )
-  for layer, name in enumerate(names):
-    a = np.abs(np.asarray(alphas[name], np.float32))
-    v_names = input_names(layer, field_names, num_subspaces)
-    for s in range(a.shape[0]):
-      ax = axes[layer][s]
-      im = ax.imshow(a[s], aspect="auto", cmap="viridis", interpolation="nearest")
-      if masks is not None:
-        u, v = np.nonzero(np.asarray(masks[name])[s])
-        ax.scatter(v, u, s=4, c="red", marker="s", linewidths=0)
-      ax.set_title(f"layer {layer + 1}, subspace {s}: |alpha|", fontsize=9)
-      step = max(1, f // 13)
-      ax.set_yticks(range(0, f, step), [field_names[i] for i in range(0, f, step)], fontsize=6)
-      vstep = max(1, len(v_names) // 13)
-      ax.set_xticks(range(0, len(v_names), vstep), v_names[::vstep], fontsize=6, rotation=90)
-      ax.set_ylabel("u (B_0 field)", fontsize=7)
-      ax.set_xlabel("v (B_{l-1} vector)", fontsize=7)
-      fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-  fig.suptitle("AOANet search stage |alpha|; red = kept after pruning", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def summary_table(report: dict) -> str:
   """A markdown table of per-stage metrics plus the pruning facts."""
+  grouped = any("valid_gauc" in r or "test_gauc" in r for r in report["stages"].values())
+  columns = [("valid AUC", "valid_auc"), ("valid gAUC", "valid_gauc"), ("valid logloss",
+             "valid_logloss"), ("test AUC", "test_auc"), ("test gAUC", "test_gauc"),
+             ("test logloss", "test_logloss"), ("test ECE", "test_ece")]  # fmt: skip
+  columns = [c for c in columns if grouped or "gauc" not in c[1]]
   lines = [
-    "| stage | valid AUC | valid logloss | test AUC | test logloss | epochs | seconds |",
-    "|---|---|---|---|---|---|---|",
+    "| stage | " + " | ".join(name for name, _ in columns) + " | epochs | seconds |",
+    "|---" * (len(columns) + 3) + "|",
   ]
 
   def fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
+  delivered = report.get("delivered_stage")
   for stage, r in report["stages"].items():
-    lines.append(
-      f"| {stage} | {fmt(r.get('valid_auc'))} | {fmt(r.get('valid_logloss'))} | "
-      f"{fmt(r.get('test_auc'))} | {fmt(r.get('test_logloss'))} | {r.get('epochs', '-')} | "
-      f"{r.get('seconds', 0):.0f} |"
-    )
+    name = f"**{stage}** (delivered)" if stage == delivered and len(report["stages"]) > 1 else stage
+    cells = " | ".join(fmt(r.get(key)) for _, key in columns)
+    lines.append(f"| {name} | {cells} | {r.get('epochs', '-')} | {r.get('seconds', 0):.0f} |")
+  if grouped:
+    by = report.get("config", {}).get("train", {}).get("group_by")
+    lines.append("")
+    lines.append(f"gAUC: the AUC within each {by} group, averaged weighted by rows "
+                 "(groups of one class skipped)")  # fmt: skip
   if report.get("ensemble"):
     members = report["ensemble"]
     final = list(report["stages"])[-1]

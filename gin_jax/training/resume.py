@@ -33,22 +33,33 @@ class Progress:
   stage: str
   epoch: int = 0
   iterator_state: dict | None = None
-  best_auc: float | None = None
+  best_value: float | None = None  # the stage's best validation train.early_stop_metric
   bad_epochs: int = 0
   epoch_start_step: int = 0  # global step at which the current epoch began
   stage_start_time: float = 0.0
   results: dict = dataclasses.field(default_factory=dict)
   search_alpha: dict | None = None  # |alpha| evidence for the heatmap
+  # Once the last stage ends: the stage whose model the run delivers (the one that
+  # validates best); the finished run's checkpoints hold its weights.
+  delivered: str | None = None
 
   def to_dict(self):
     return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, saved: dict) -> Progress:
+    """A checkpoint's progress; one saved before train.early_stop_metric has `best_auc`."""
+    saved = dict(saved)
+    if "best_auc" in saved:
+      saved.setdefault("best_value", saved.pop("best_auc"))
+    return cls(**saved)
 
   def start(self, stage: str) -> None:
     """Resets the per-stage counters for `stage` (results and evidence are kept)."""
     self.stage = stage
     self.epoch = 0
     self.iterator_state = None
-    self.best_auc = None
+    self.best_value = None
     self.bad_epochs = 0
     self.stage_start_time = time.time()
 

@@ -69,21 +69,28 @@ def final(plan_name: str) -> Stage:
   return plan(plan_name)[-1]
 
 
-def stand_ins(plan_name: str, stage: str) -> frozenset[str]:
-  """The stages whose regular checkpoints may stand in for an unusable best_<stage>.
+def delivered(plan_name: str, progress: dict) -> str:
+  """The stage a finished run's checkpoint (its `progress`) delivers: the one recorded,
+  else (a checkpoint from before the choice) the plan's final stage."""
+  return progress.get("delivered") or final(plan_name).name
+
+
+def stands_in(plan_name: str, stage: str, progress: dict) -> bool:
+  """Whether a regular checkpoint (its saved `progress`) may stand in for an unusable
+  best_<stage>.
 
   The one fallback rule of the trainer (training/best.py) and the scorer
-  (`score --best`, scoring/checkpoints.py): a checkpoint saved during the stage
-  itself, or, for the plan's final stage, one saved by the finished run (DONE),
-  which holds that stage's restored best weights. A checkpoint saved at the
-  boundary into a later stage holds that stage's fresh start and never stands
-  in. Among the stand-ins the trainer takes the best on the validation split
-  (it holds the data) and reseals it as best_<stage>; the scorer, which may
+  (`score --best` / `--stage`, scoring/checkpoints.py): a checkpoint saved during
+  the stage itself, or one saved by the finished run (DONE), which holds the
+  restored best weights of the stage it delivers (`delivered`). A checkpoint
+  saved at the boundary into a later stage holds that stage's fresh start and
+  never stands in. Among the stand-ins the trainer takes the one that validates
+  best (it holds the data) and reseals it as best_<stage>; the scorer, which may
   hold no validation data, takes the newest usable one.
   """
-  if stage == final(plan_name).name:
-    return frozenset((stage, DONE))
-  return frozenset((stage,))
+  if progress["stage"] == DONE:
+    return delivered(plan_name, progress) == stage
+  return progress["stage"] == stage
 
 
 def init_key(seed: int, stage: Stage) -> jax.Array:

@@ -142,6 +142,12 @@ class Workdir:
     return self.root / "alpha_heatmap.png"
 
   @property
+  def pictures(self) -> list[Path]:
+    """The report's other figures and its page (training/plots.py writes them)."""
+    names = ("learning_curves.png", "reliability.png", "summary.md")
+    return [self.root / name for name in names]
+
+  @property
   def linear(self) -> Path:
     """The logistic regression run that `train.linear_start` starts from."""
     return self.root / "linear"
@@ -262,6 +268,7 @@ class Workdir:
       self.metrics,
       self.report,
       self.heatmap,
+      *self.pictures,
       self.tensorboard,
       self.linear,
       self.from_linear,
@@ -380,7 +387,7 @@ def check_config(workdir: Workdir, cfg: Config, overwrite: bool) -> bool:
       raise TrainingError(
         f"{workdir.root} holds a run with a different config "
         f"({config_diff(old if isinstance(old, dict) else {}, new)}; per {where}); "
-        "use another --workdir, or --overwrite to discard it"
+        "give this run another --workdir DIR (--overwrite would delete that run)"
       )
   return False
 

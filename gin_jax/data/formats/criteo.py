@@ -10,7 +10,8 @@ import os
 from collections.abc import Sequence
 
 from gin_jax.data import text
-from gin_jax.data.formats import parts
+from gin_jax.data.errors import DataError
+from gin_jax.data.formats import parts, sniff
 from gin_jax.data.formats.base import Column, Layout
 from gin_jax.data.formats.delimited import DelimitedText, first_record, first_row
 from gin_jax.data.formats.schema import CsvSchema
@@ -53,7 +54,17 @@ class Criteo(DelimitedText):
     num_fields: int | None = None,
     train_header: Sequence[str] | None = None,
   ) -> Layout:
-    return layout_from_first_line(first_record(text.read_head(parts.first(path))), has_labels)
+    path = parts.first(path)
+    head = text.read_head(path)
+    lines = [line for line in head if line]  # (blank lines are bad rows, not another format)
+    if lines and not any(line.count(b"\t") + 1 in sniff.CRITEO_TOKENS for line in lines):
+      got = first_record(head).count(b"\t") + 1
+      raise DataError(
+        f"{path}: not Criteo TSV, whose rows have 40 tab-separated fields (label, I1..I13, "
+        f"C1..C26), or 39 without the label; its first line has {got}, and "
+        + sniff.hint(head, self.name)
+      )
+    return layout_from_first_line(first_record(head), has_labels)
 
   def rows_layout(
     self,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from gin_jax.data import text
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats import parts
+from gin_jax.data.formats import parts, sniff
 from gin_jax.data.formats.base import Column, Layout
 from gin_jax.data.formats.delimited import DelimitedText, first_row
 from gin_jax.data.formats.schema import CsvSchema
@@ -57,6 +57,11 @@ def csv_layout(
       f"{len(names)} columns but none of their names ({schema.separator.join(train_header)}). "
       "Add that header line, or list the columns in the schema ('columns:') to read "
       "header-less files"
+    )
+  if len(names) == 1 and len({schema.label, *schema.categorical, *schema.numeric}) > 1:
+    raise DataError(
+      f"{path}:1: the header has no {schema.separator!r} (the schema's separator), so it is "
+      f"one column; {sniff.hint([header], Csv.name)}"
     )
   columns, label_token = schema_columns(schema, names, f"{path}:1", has_labels)
   sep = ord(schema.separator)

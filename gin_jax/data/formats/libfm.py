@@ -16,7 +16,7 @@ import numpy as np
 
 from gin_jax.data import text, token_values
 from gin_jax.data.errors import DataError
-from gin_jax.data.formats import parts
+from gin_jax.data.formats import parts, sniff
 from gin_jax.data.formats.base import Column, Layout, show_token
 from gin_jax.data.formats.delimited import DelimitedText, first_record, first_row
 from gin_jax.data.formats.schema import CsvSchema
@@ -86,6 +86,11 @@ class Libfm(DelimitedText):
     """num_fields None: the most common field count in the first lines."""
     path = parts.first(path)
     head = text.read_head(path)
+    if not any(b":" in line for line in head):
+      raise DataError(
+        f"{path}: no 'idx:val' fields in the first lines (libfm rows are `label idx:val "
+        f"idx:val ...`); {sniff.hint(head, self.name)}"
+      )
     row_tokens = None
     if num_fields is None:
       counts = collections.Counter(len(line.rstrip(b" ").split(b" ")) for line in head if line)
