@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common, quality
+from gin_jax import config as config_lib
 from gin_jax.cli import build_parser, split_overrides
 
 MODELS = ("day1_model", "continued", "scratch_day2", "scratch_days1+2")
@@ -40,9 +41,21 @@ def parse(argv):
   p.add_argument("--name", default="synthetic_drift", help="label of this study (file names)")
   p.add_argument("--days", nargs=3, metavar="FILE", help="days A B C (default: synthetic)")
   p.add_argument("--seeds", type=int, default=3, help="train.seed = 0 .. N-1 (default 3)")
-  p.add_argument("--rows", type=int, default=40_000, help="synthetic rows a day")
+  p.add_argument("--rows", default="40000",
+                 help="synthetic rows a day: one count, or A,B,C (e.g. 40000,13333,40000: a "
+                 "small day B, as a daily retrain sees it)")  # fmt: skip
+  p.add_argument(
+    "--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+    help="also continue with these config overrides, as the model continued[NAME] (repeat "
+    "for several; e.g. lr01:train.init_lr_scale=0.1,train.init_epochs=1)",
+  )  # fmt: skip
   p.add_argument("--max-vocab", type=int, default=3000, help="synthetic: largest vocabulary")
   p.add_argument("--drift", type=float, default=0.15, help="synthetic: new ids a day (fraction)")
+  p.add_argument(
+    "--valid-newest", type=float, default=0.0, metavar="F",
+    help="validate each model on the newest F of its training file (by line order: the "
+    "file is time-ordered) instead of a random 10%% of it",
+  )  # fmt: skip
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_incremental"))
   common.add_output_flags(p, "incremental_<name>.json")
   args, rest = p.parse_known_args(argv)
@@ -51,23 +64,43 @@ def parse(argv):
   return args, split_overrides(p, rest)
 
 
-def synthetic_days(root: Path, rows: int, max_vocab: int, drift: float) -> list[Path]:
-  """Days 0-2 of a drifting synthetic log as Criteo TSV files under root (written once)."""
+def synthetic_days(root: Path, rows, max_vocab: int, drift: float) -> list[Path]:
+  """Days 0-2 of a drifting synthetic log as Criteo TSV files under root (written once).
+
+  `rows`: the rows of every day, or a list of three (a day each).
+  """
   from gin_jax.data import synthetic
 
   root.mkdir(parents=True, exist_ok=True)
+  per_day = [rows] * 3 if isinstance(rows, int) else list(rows)
   out = []
   for day in range(3):
-    path = root / f"day{day}-{rows}-{max_vocab}-{drift}.tsv"
+    path = root / f"day{day}-{per_day[day]}-{max_vocab}-{drift}.tsv"
     if not path.exists():
       spec = synthetic.SyntheticSpec(
-        num_rows=rows, max_vocab=max_vocab, seed=0, day=day, drift=drift
+        num_rows=per_day[day], max_vocab=max_vocab, seed=0, day=day, drift=drift
       )
       tmp = path.with_suffix(".tmp")
       synthetic.write_criteo_tsv(tmp, spec)
       tmp.rename(path)
     out.append(path)
   return out
+
+
+def newest_cut(path: Path, fraction: float, root: Path, has_header: bool) -> tuple[Path, Path]:
+  """(oldest 1 - fraction of a time-ordered file's rows, its newest fraction), written once."""
+  train, valid = root / f"{path.stem}-old{fraction:g}{path.suffix}", root / (
+    f"{path.stem}-new{fraction:g}{path.suffix}")  # fmt: skip
+  if not valid.exists():
+    root.mkdir(parents=True, exist_ok=True)
+    lines = path.read_bytes().splitlines(keepends=True)
+    header, rows = (lines[:1], lines[1:]) if has_header else ([], lines)
+    cut = len(rows) - round(len(rows) * fraction)
+    for out, part in ((train, rows[:cut]), (valid, rows[cut:])):
+      tmp = out.with_suffix(".tmp")
+      tmp.write_bytes(b"".join(header + part))
+      tmp.rename(out)
+  return train, valid
 
 
 def joined(a: Path, b: Path, root: Path, has_header: bool) -> Path:
@@ -99,7 +132,9 @@ def main(argv=None) -> dict:
   if args.days:
     days = [Path(d).resolve() for d in args.days]
   else:
-    days = synthetic_days(root / "days", args.rows, args.max_vocab, args.drift)
+    rows = [int(r) for r in args.rows.split(",")]
+    days = synthetic_days(root / "days", rows[0] if len(rows) == 1 else rows, args.max_vocab,
+                          args.drift)  # fmt: skip
     overrides = {"data.format": "criteo", **overrides}
   base = cli.build_config(args, overrides)
   has_header = base.data.format == "csv"
@@ -108,20 +143,30 @@ def main(argv=None) -> dict:
   def on(train: Path, **train_opts):
     data = dataclasses.replace(base.data, train=str(train), valid=None, test=str(days[2]))
     data = dataclasses.replace(data, split=(0.9, 0.1))
+    if args.valid_newest:
+      old, new = newest_cut(train, args.valid_newest, root / "days", has_header)
+      data = dataclasses.replace(data, train=str(old), valid=str(new), split=(1.0, 0.0))
     return dataclasses.replace(base, data=data, train=dataclasses.replace(base.train, **train_opts))
 
+  variants = [parse_variant(v) for v in args.variant]
   rows = []
   for seed in range(args.seeds):
     first = quality.run_seed(on(days[0]), "day1_model", seed, root)
     rows += first
     continued = on(days[1], init_from=first[0]["workdir"], stages="single")
     rows += quality.run_seed(continued, "continued", seed, root)
+    for name, fields in variants:
+      variant = config_lib.override(continued, fields)
+      rows += quality.run_seed(variant, f"continued[{name}]", seed, root)
     rows += quality.run_seed(on(days[1]), "scratch_day2", seed, root)
     rows += quality.run_seed(on(both), "scratch_days1+2", seed, root)
-  summary = summarise(rows)
-  headers = ["model", "day-C test AUC", "day-C test logloss", "train seconds", "seeds"]
+  models = [*MODELS[:2], *(f"continued[{n}]" for n, _ in variants), *MODELS[2:]]
+  summary = summarise(rows, models)
+  headers = ["model", "valid AUC", "day-C test AUC", "day-C test logloss", "train seconds",
+             "seeds"]  # fmt: skip
   print(common.markdown_table(headers, [
-    [s["model"], f"{s['test_auc']:.4f} +- {s['test_auc_std']:.4f}",
+    [s["model"], f"{s['valid_auc']:.4f} +- {s['valid_auc_std']:.4f}",
+     f"{s['test_auc']:.4f} +- {s['test_auc_std']:.4f}",
      f"{s['test_logloss']:.4f} +- {s['test_logloss_std']:.4f}",
      f"{s['seconds']:.0f} +- {s['seconds_std']:.0f}", s["seeds"]]
     for s in summary
@@ -139,10 +184,19 @@ def main(argv=None) -> dict:
   return payload
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-  """Per model: the final stage's test metrics and the summed stage seconds, over seeds."""
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+  """'NAME:field=value,field=value' -> (NAME, {field: value})."""
+  name, _, fields = text.partition(":")
+  pairs = [f.split("=", 1) for f in fields.split(",") if f]
+  if not name or any(len(p) != 2 for p in pairs):
+    raise SystemExit(f"--variant {text!r}: expected NAME:section.field=value,...")
+  return name, dict(pairs)
+
+
+def summarise(rows: list[dict], models=MODELS) -> list[dict]:
+  """Per model: the delivered stage's metrics and the summed stage seconds, over seeds."""
   out = []
-  for model in MODELS:
+  for model in models:
     runs = {}
     for r in rows:
       if r["model"] == model:
@@ -150,9 +204,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     if not runs:
       continue
     entry = {"model": model, "seeds": len(runs)}
+    delivered = [_delivered(stages) for stages in runs.values()]
     values = {
-      "test_auc": [stages[-1]["test_auc"] for stages in runs.values()],
-      "test_logloss": [stages[-1]["test_logloss"] for stages in runs.values()],
+      "valid_auc": [d["valid_auc"] for d in delivered],
+      "test_auc": [d["test_auc"] for d in delivered],
+      "test_logloss": [d["test_logloss"] for d in delivered],
       "seconds": [sum(s["seconds"] or 0 for s in stages) for stages in runs.values()],
     }
     for k, v in values.items():
@@ -160,6 +216,11 @@ def summarise(rows: list[dict]) -> list[dict]:
       entry[k], entry[k + "_std"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
     out.append(entry)
   return out
+
+
+def _delivered(stages: list[dict]) -> dict:
+  """The row of the stage the run delivered (the last, for a run that does not say)."""
+  return next((s for s in stages if s.get("delivered")), stages[-1])
 
 
 if __name__ == "__main__":

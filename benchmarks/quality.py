@@ -96,9 +96,10 @@ def run_seed(
     with open(workdir / "quality.log", "a") as log:
       with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         report = training.run(run_cfg, workdir)
+  delivered = report.get("delivered_stage")
   return [
     {"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
-     "seconds": result.get("seconds"), "reused": reused,
+     "seconds": result.get("seconds"), "reused": reused, "delivered": stage == delivered,
      **{k: result.get(k) for k in (*METRICS, "epochs")}}
     for stage, result in report["stages"].items()
   ]  # fmt: skip

@@ -518,3 +518,20 @@ def test_two_processes_continue_as_one_does(day0, day1, days, tmp_path):
   assert (src >= 0).sum() == old_meta.num_table_rows < new_meta.num_table_rows
   same = np.all(table[src >= 0] == old["params"]["projection"]["table"][src[src >= 0]], axis=1)
   assert same.any() and same[-len(same) // 4 :].any()  # the last shard's rows too
+
+
+def test_init_lr_scale_and_init_epochs_set_the_continued_runs_schedule(day0, days, tmp_path):
+  """train.init_lr_scale: the continued run's learning rate is that multiple of
+  train.learning_rate; train.init_epochs: exactly that many epochs, no early stop (even
+  with patience 1 and no improvement) and no plateau decay."""
+  wd0, opt = day0
+  if opt != "lazy_adam":
+    pytest.skip("the schedule is the row optimizer's business alike: one is enough")
+  cfg = _cfg(days[1], wd0, embedding_optimizer=opt, init_lr_scale=0.1, init_epochs=3,
+             patience=1, learning_rate=1e-6, log_every=5)  # fmt: skip
+  rep = training.run(cfg, tmp_path, devices=ONE)
+  assert rep["stages"]["train"]["epochs"] == 3  # patience 1 would have stopped after 2
+  logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rates = {round(r["lr"], 12) for r in logged if "lr" in r}
+  assert rates == {1e-7}  # 0.1 x 1e-6, never decayed
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 1  # as asked

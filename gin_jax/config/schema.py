@@ -54,7 +54,8 @@ DATA_RANGES = {
 TRAIN_RANGES = {
   "epochs": (1, None, False), "learning_rate": (0, None, True), "clip_norm": (0, None, False),
   "lr_decay": (0, 1, True), "patience": (1, None, False), "log_every": (1, None, False),
-  "embedding_lr_scale": (0, None, True),
+  "embedding_lr_scale": (0, None, True), "init_lr_scale": (0, None, True),
+  "init_epochs": (0, None, False),
   "checkpoint_every": (1, None, False), "keep_checkpoints": (1, None, False),
   "seed": (0, None, False),
 }  # fmt: skip
@@ -218,6 +219,11 @@ class TrainConfig:
   # run's data; its vocabularies grow (gin_jax.training.continuation). "": start afresh.
   init_from: str = ""
   reset_optimizer: bool = False  # --init-from: restart the optimizers' state from zero.
+  # --init-from: the continued run's learning rate, as a multiple of train.learning_rate.
+  init_lr_scale: float = 1.0
+  # --init-from: > 0: exactly this many epochs on the new data, without early stopping
+  # or plateau decay (0: train.epochs, patience and lr_decay, as for a fresh run).
+  init_epochs: int = 0
 
   def __post_init__(self):
     _check_finite("train", self)

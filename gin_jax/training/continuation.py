@@ -12,8 +12,9 @@ A new run starts from the model RUN_DIR delivers (delivered.json: the run, its
            reach min_count (data.prepare's `base`); the table, once, here
   fresh    new rows (as a fresh init draws them, with zero optimizer state and
            no idle steps to catch up on), the learning rate (train.learning_rate
-           again: the plateau schedule and early stopping start afresh on the new
-           validation split), the step counter, dropout keys
+           x train.init_lr_scale: the plateau schedule and early stopping start
+           afresh on the new validation split, or, with train.init_epochs, exactly
+           that many epochs run: schedule()), the step counter, dropout keys
 
 RUN_DIR is only read. A row the new data never touches stays bit-identical
 after training: the row optimizers apply an idle row's L2 steps lazily, on its
@@ -187,6 +188,17 @@ def resolve(cfg: Config) -> tuple[Config, Source | None]:
   return dataclasses.replace(cfg, model=source.cfg.model), source
 
 
+def schedule(cfg: Config) -> Config:
+  """The training config a continued run trains with: with train.init_epochs > 0,
+  exactly that many epochs, no early stopping and no plateau decay (the config as
+  asked for, config.json's, keeps its fields)."""
+  n = cfg.train.init_epochs
+  if not n:
+    return cfg
+  train = dataclasses.replace(cfg.train, epochs=n, patience=n + 1, lr_decay=1.0)
+  return dataclasses.replace(cfg, train=train)
+
+
 # ---------------------------------------------------------------------- the grown state
 
 
@@ -254,8 +266,9 @@ def start_state(source: Source, fresh, fns: steps.StepFns, new_meta, cfg: Config
       small[key],
       shardings[key],
     )
-  if "opt_state" in carried:  # the schedule starts afresh
-    out["opt_state"] = steps.set_learning_rate(out["opt_state"], cfg.train.learning_rate)
+  if "opt_state" in carried:  # the schedule starts afresh, at train.init_lr_scale
+    lr = cfg.train.learning_rate * cfg.train.init_lr_scale
+    out["opt_state"] = steps.set_learning_rate(out["opt_state"], lr)
   return out
 
 

@@ -103,6 +103,12 @@ def train(
     )
   if source is not None:
     runtime.log(f"continuing {source.run} (step {source.step})")
+    cfg = continuation.schedule(cfg)
+    t = cfg.train
+    runtime.log(
+      f"continued training: learning rate {t.learning_rate * t.init_lr_scale:.3g}"
+      + (f", exactly {t.init_epochs} epoch(s)" if t.init_epochs else "")
+    )
     if growth := continuation.growth_summary(meta):
       runtime.log(growth)
 
