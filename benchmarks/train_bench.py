@@ -12,7 +12,7 @@ measured by data_bench and epoch_bench):
   per second, over a matmul peak measured in the same run);
 - table scale: the paper preset at batch 1024 for 10k .. 100M table rows and
   each `train.embedding_optimizer`, each point in its own process so that its
-  peak RSS is its own. Batches draw ids uniformly over the table (no locality).
+  peak RSS is its own (--quick: all in one, the smoke test's path). Batches draw ids uniformly over the table (no locality).
   Points whose table and optimizer state would not fit in memory are skipped.
 """
 
@@ -105,24 +105,33 @@ def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
   return need < 0.8 * total, need / 2**30
 
 
-def _scale_point(
-  rows: int, optimizer: str, steps: int, history: int = 0, preset: str = "criteo_paper"
-) -> dict:
-  """One table-scale point in a fresh process; returns its result with peak RSS."""
-  cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point",
-         f"{preset},1024,{rows},{optimizer},{history}", "--steps", str(steps)]  # fmt: skip
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode:
-    return {"table_rows": rows, "optimizer": optimizer, "error": proc.stderr[-500:]}
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+def _scale_points(specs: list[tuple], steps: int, quick: bool) -> list[dict]:
+  """Table-scale points (rows, optimizer, history, preset), each in a fresh process so
+  that its peak RSS is its own; with `quick`, all of them in one fresh process (the
+  smoke test's path: their peak RSS is then the largest so far)."""
+  groups = [specs] if quick else [[spec] for spec in specs]
+  out = []
+  for group in groups:
+    points = ";".join(f"{preset},1024,{rows},{opt},{history}"
+                      for rows, opt, history, preset in group)  # fmt: skip
+    cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point", points, "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [json.loads(x) for x in proc.stdout.strip().splitlines() if x.startswith("{")]
+    for k, (rows, opt, _, _) in enumerate(group):
+      if k < len(lines):
+        out.append(lines[k])
+      else:
+        out.append({"table_rows": rows, "optimizer": opt, "error": proc.stderr[-500:]})
+  return out
 
 
-def _run_point(spec: str, steps: int) -> None:
-  preset, batch, rows, optimizer, history = spec.split(",")
+def _run_point(specs: str, steps: int) -> None:
   mesh = partitioning.make_mesh()
-  r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
-  r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  print(json.dumps(r))
+  for spec in specs.split(";"):
+    preset, batch, rows, optimizer, history = spec.split(",")
+    r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
+    r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(r), flush=True)
 
 
 def history_section(args, mesh, steps: int) -> dict:
@@ -137,7 +146,9 @@ def history_section(args, mesh, steps: int) -> dict:
   ratio = listed["train_samples_per_s"] / plain["train_samples_per_s"]
   optimizer = config_lib.preset(args.preset).train.embedding_optimizer
   sizes = (10_000, 100_000) if args.quick else (10_000, 10_000_000)
-  scale = {rows: _scale_point(rows, optimizer, steps, args.history, args.preset) for rows in sizes}
+  points = _scale_points([(rows, optimizer, args.history, args.preset) for rows in sizes], steps,
+                         args.quick)  # fmt: skip
+  scale = dict(zip(sizes, points))
   rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list", listed, ratio)]
   table = [[name, f"{r['train_samples_per_s']:,.0f}", common.fmt(r["step_ms"]), f"{x:.2f}"]
            for name, r, x in rows_out]  # fmt: skip
@@ -222,9 +233,10 @@ def main(argv=None) -> None:
   print()
   print(common.markdown_table(headers, table))
 
-  # ---- table scale, one process per point
+  # ---- table scale, one process per point (--quick: one for all)
   embed_dim = config_lib.preset(args.preset).model.embed_dim
   scale = []
+  todo = []
   for optimizer in args.optimizers.split(","):
     for rows in rows_sweep:
       fits, gib = _fits(rows, embed_dim, optimizer)
@@ -232,10 +244,12 @@ def main(argv=None) -> None:
         scale.append({"table_rows": rows, "optimizer": optimizer, "skipped_gib": gib})
         print(f"  {optimizer} {rows:,} rows: skipped (needs ~{gib:.0f} GiB)", flush=True)
         continue
-      r = _scale_point(rows, optimizer, steps, preset=args.preset)
-      scale.append(r)
-      print(f"  {optimizer} {rows:,} rows: {r.get('step_ms', float('nan')):.1f} ms/step, "
-            f"peak RSS {r.get('peak_rss_gib', float('nan')):.2f} GiB", flush=True)  # fmt: skip
+      todo.append((rows, optimizer, 0, args.preset))
+  for r in _scale_points(todo, steps, args.quick):
+    scale.append(r)
+    ms, rss = r.get("step_ms", float("nan")), r.get("peak_rss_gib", float("nan"))
+    print(f"  {r['optimizer']} {r['table_rows']:,} rows: {ms:.1f} ms/step, peak RSS {rss:.2f} GiB",
+          flush=True)  # fmt: skip
   headers = ["optimizer", "table rows", "table GiB", "step ms", "train samples/s",
              "score samples/s", "peak RSS GiB"]  # fmt: skip
   table = []

@@ -217,7 +217,7 @@ def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_p
   from benchmarks import incremental
 
   argv = ["--preset", "tiny", "--rows", "1500", "--max-vocab", "60", "--seeds", "1",
-          "--train.epochs=1", "--workdir-root", str(tmp_path / "w"),
+          "--train.epochs=1", "--train.stages=single", "--workdir-root", str(tmp_path / "w"),
           "--json", str(tmp_path / "i.json")]  # fmt: skip
   out = incremental.main(argv)
   assert [s["model"] for s in out["summary"]] == list(incremental.MODELS)

@@ -325,7 +325,8 @@ def test_an_unfinished_run_cannot_be_continued(days, tmp_path):
       raise Stop
 
   with pytest.raises(Stop):
-    training.run(_cfg(days[0], stages="single"), wd0, devices=ONE, on_step=stop)
+    training.run(_cfg(days[0], stages="single", checkpoint_every=10), wd0, devices=ONE,
+                 on_step=stop)  # fmt: skip
   with pytest.raises(TrainingError, match="not finished"):
     training.run(_cfg(days[1], wd0), tmp_path / "next", devices=ONE)
 
@@ -424,7 +425,8 @@ from gin_jax import config, runtime, training
 runtime.init_runtime()
 cfg = config.override(config.tiny(), {"data.format": "criteo", "data.train": sys.argv[3],
   "train.embedding_l2": "1e-4", "train.epochs": "1", "train.stages": "single",
-  "train.init_from": sys.argv[4], "train.embedding_optimizer": sys.argv[5]})
+  "train.init_from": sys.argv[4], "train.embedding_optimizer": sys.argv[5],
+  "train.checkpoint_every": "10"})
 def kill_at(step):
   if step == int(sys.argv[2]):
     os.kill(os.getpid(), signal.SIGKILL)

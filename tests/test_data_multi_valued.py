@@ -264,6 +264,7 @@ training.run(cfg, sys.argv[1], on_step=kill_at if sys.argv[2] != "0" else None)
 
 def test_sigkill_and_resume_with_a_list_field_are_bit_exact(tmp_path):
   cfg, _ = _list_config(tmp_path, rows=3000)
+  cfg = config.override(cfg, {"train.checkpoint_every": "10"})  # inside an epoch
   cfg_path = tmp_path / "cfg.json"
   cfg_path.write_text(cfg.to_json())
   env = subprocess_env(devices=None)

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train import _KILL_SCRIPT, _env  # the SIGKILL script; a subprocess environment
+from test_train import _KILL_SCRIPT, MID_EPOCH, _env  # the SIGKILL script; a subprocess environment
 
 from gin_jax import config as config_lib
 from gin_jax import training
@@ -395,7 +395,7 @@ def test_metrics_jsonl_holds_each_step_once_after_a_resume(trained, tmp_path):
   cmd = [sys.executable, "-c", _KILL_SCRIPT, str(wd), "37"]
   assert subprocess.run(cmd, env=_env(), capture_output=True, cwd=REPO).returncode == -9
   assert any(r.get("step") == 35 for r in _metrics_lines(wd))
-  proc = train(wd)
+  proc = train(wd, MID_EPOCH)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from step 30" in proc.stdout
   assert _metrics_lines(wd) == _metrics_lines(trained[0])

@@ -179,8 +179,10 @@ def _train_cmd(workdir, *extra):
   return [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(workdir), *extra]
 
 
-# The tiny preset as `python -m train --preset tiny` builds it, SIGKILLed by the
-# trainer's on_step hook right after global step argv[2].
+# The tiny preset as `python -m train --preset tiny --train.checkpoint_every=10`
+# (MID_EPOCH) builds it, SIGKILLed by the trainer's on_step hook right after global
+# step argv[2].
+MID_EPOCH = "--train.checkpoint_every=10"  # checkpoints inside an epoch (25 steps)
 _KILL_SCRIPT = """
 import os, signal, sys
 from gin_jax import config, runtime, training
@@ -188,20 +190,24 @@ runtime.init_runtime()
 def kill_at(step):
   if step == int(sys.argv[2]):
     os.kill(os.getpid(), signal.SIGKILL)
-training.run(config.tiny(), sys.argv[1], on_step=kill_at)
+cfg = config.override(config.tiny(), {"train.checkpoint_every": "10"})
+training.run(cfg, sys.argv[1], on_step=kill_at)
 """
 
 
 def test_sigkill_mid_stage_then_resume_gives_identical_metrics(tmp_path):
   full, killed = tmp_path / "full", tmp_path / "killed"
-  subprocess.run(_train_cmd(full), env=_env(), check=True, capture_output=True, cwd=REPO)
+  subprocess.run(_train_cmd(full, MID_EPOCH), env=_env(), check=True, capture_output=True,
+                 cwd=REPO)  # fmt: skip
   # tiny: 25 steps per epoch, checkpoints every 10: step 37 is mid-epoch 2 of
   # the search stage, 7 steps after the last checkpoint.
   cmd = [sys.executable, "-c", _KILL_SCRIPT, str(killed), "37"]
   proc = subprocess.run(cmd, env=_env(), capture_output=True, cwd=REPO)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert not (killed / "report.json").exists()
-  proc = subprocess.run(_train_cmd(killed), env=_env(), capture_output=True, cwd=REPO, text=True)
+  proc = subprocess.run(
+    _train_cmd(killed, MID_EPOCH), env=_env(), capture_output=True, cwd=REPO, text=True
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "resuming from step 30" in proc.stdout
   a = json.loads((full / "report.json").read_text())
@@ -335,7 +341,7 @@ def test_failed_preparation_leaves_no_config_and_real_data_reports_no_planted_pa
 
 
 def _linear_start(**train):
-  cfg = tiny(**train)
+  cfg = tiny(**{"checkpoint_every": 10, **train})  # a checkpoint inside the first epoch
   return dataclasses.replace(
     cfg,
     model=dataclasses.replace(cfg.model, first_order=True, embed_init_std=1e-4),
