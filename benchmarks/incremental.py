@@ -46,7 +46,7 @@ def parse(argv):
                  "small day B, as a daily retrain sees it)")  # fmt: skip
   p.add_argument(
     "--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
-    help="also continue with these config overrides, as the model continued[NAME] (repeat "
+    help="also continue with these config overrides, as the model continued_NAME (repeat "
     "for several; e.g. lr01:train.init_lr_scale=0.1,train.init_epochs=1)",
   )  # fmt: skip
   p.add_argument("--max-vocab", type=int, default=3000, help="synthetic: largest vocabulary")
@@ -157,10 +157,10 @@ def main(argv=None) -> dict:
     rows += quality.run_seed(continued, "continued", seed, root)
     for name, fields in variants:
       variant = config_lib.override(continued, fields)
-      rows += quality.run_seed(variant, f"continued[{name}]", seed, root)
+      rows += quality.run_seed(variant, f"continued_{name}", seed, root)
     rows += quality.run_seed(on(days[1]), "scratch_day2", seed, root)
     rows += quality.run_seed(on(both), "scratch_days1+2", seed, root)
-  models = [*MODELS[:2], *(f"continued[{n}]" for n, _ in variants), *MODELS[2:]]
+  models = [*MODELS[:2], *(f"continued_{n}" for n, _ in variants), *MODELS[2:]]
   summary = summarise(rows, models)
   headers = ["model", "valid AUC", "day-C test AUC", "day-C test logloss", "train seconds",
              "seeds"]  # fmt: skip

@@ -12,7 +12,8 @@ measured by data_bench and epoch_bench):
   per second, over a matmul peak measured in the same run);
 - table scale: the paper preset at batch 1024 for 10k .. 100M table rows and
   each `train.embedding_optimizer`, each point in its own process so that its
-  peak RSS is its own (--quick: all in one, the smoke test's path). Batches draw ids uniformly over the table (no locality).
+  peak RSS is its own (--quick: all in one, the smoke test's path). Batches draw
+  ids uniformly over the table (no locality).
   Points whose table and optimizer state would not fit in memory are skipped.
 """
 

@@ -664,3 +664,15 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     rerun.communicate()
   resumed = re.search(r"resuming from step (\d+): stage search", "".join(said))
   assert resumed and 2 <= int(resumed[1]) <= step, said
+
+
+def test_a_workdir_orbax_cannot_checkpoint_under_is_refused_before_anything_trains(tmp_path):
+  """orbax finds a save's files by glob: under a folder named with [ ] * ?, it wrote
+  checkpoints without their arrays and the run failed after its first epoch."""
+  from gin_jax import config as config_lib
+  from gin_jax import training
+
+  for name in ("continued[e1]", "runs*", "a?b"):
+    with pytest.raises(checkpointing.CheckpointError, match="checkpoints cannot be written"):
+      training.run(config_lib.tiny(), tmp_path / name / "wd", devices=jax.devices()[:1])
+    assert not (tmp_path / name).exists()  # refused before the workdir was made

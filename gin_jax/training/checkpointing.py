@@ -82,12 +82,32 @@ class UnusableCheckpoint(CheckpointError):
     self.path, self.kind, self.reason = path, kind, reason
 
 
+_GLOB = "[]*?"  # orbax finds a save's per-process files by glob: these break it
+
+
+def check_directory(directory: str | os.PathLike) -> None:
+  """Raises CheckpointError if orbax cannot checkpoint under `directory`.
+
+  orbax finds the files a save wrote by a glob on their path: under a folder named
+  with [ ] * or ?, it finds none, writes checkpoints without their arrays and fails
+  to read them back after the first epoch. Refused before anything trains.
+  """
+  path = os.path.abspath(directory)
+  bad = sorted({c for c in path if c in _GLOB})
+  if bad:
+    raise CheckpointError(
+      f"{path}: checkpoints cannot be written under a path holding {' '.join(bad)} (orbax "
+      "reads such a path as a glob and loses the arrays); choose a --workdir without them"
+    )
+
+
 def manager(directory: str | os.PathLike, max_to_keep: int | None) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the newest `max_to_keep` steps.
 
   Saves are synchronous: the trainer saves rarely, and a save that returns
   is complete, which is what the crash-and-resume guarantee rests on.
   """
+  check_directory(directory)
   _hush_orbax()
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False

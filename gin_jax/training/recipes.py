@@ -23,7 +23,7 @@ import numpy as np
 
 from gin_jax import files, runtime
 from gin_jax.config import Config
-from gin_jax.training import continuation, loop, plots, predict, report, stages
+from gin_jax.training import checkpointing, continuation, loop, plots, predict, report, stages
 from gin_jax.training.errors import TrainingError
 from gin_jax.training.evaluate import calibration_of, split_metrics, summary
 from gin_jax.training.workdir import Workdir, lock
@@ -95,6 +95,7 @@ def run(
   workdir stops with TrainingError naming the process that holds it.
   """
   workdir = Workdir(workdir)
+  checkpointing.check_directory(workdir.root)  # before anything is prepared or trained
   continuation.check_start(cfg, workdir)  # before the lock: a source is never written
   with _locked(workdir):
     recipe = cfg.train.beat_linear or cfg.train.ensemble > 1  # it draws the pictures at its end
