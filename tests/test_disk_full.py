@@ -284,9 +284,10 @@ def test_train_on_a_full_tmpfs_exits_2_with_the_path_and_size(small_tmpfs):
 @pytest.mark.parametrize("small_tmpfs", ["2600k"], indirect=True)
 def test_no_room_for_a_checkpoint_is_one_line_too(small_tmpfs):
   last = _train(small_tmpfs / "wd")
-  # Mostly a checkpoint hits the limit; sometimes the metrics log or a seal first.
+  # Mostly a checkpoint (a regular or a stage's best) hits the limit; sometimes the
+  # metrics log or a seal first.
   assert re.fullmatch(
     r"error: no space left on device while writing \S+"
-    r"(/checkpoints/\d+ \(about \d+\.\d MB needed\)|/metrics\.jsonl|/seal\.json)",
+    r"(/(checkpoints|best_\w+)/\d+ \(about \d+\.\d MB needed\)|/metrics\.jsonl|/seal\.json)",
     last,
   ), last
