@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point")
   p.add_argument("--swap-seconds", type=float, default=20.0, help="load during the hot swap")
   p.add_argument("--max-batch", type=int, default=4096, help="the server's --max-batch")
-  p.add_argument("--batch-timeout-us", type=int, default=500, help="the server's")
+  p.add_argument("--batch-timeout-us", type=int, default=0, help="the server's")
   p.add_argument("--concurrency", default="1,8,32", help="client connections, e.g. 1,8,32")
   common.add_output_flags(p, "serve_bench_<backend>.json")
   p.add_argument("--server-xla-flags", default="", help="XLA_FLAGS added for the server")

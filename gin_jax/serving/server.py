@@ -32,7 +32,11 @@ class ServeOptions:
   port: int = 8501  # The port (0: any free one, printed at start-up).
   max_batch: int = 4096  # The most candidates one compiled call scores.
   batch_sizes: tuple[int, ...] = ()  # The compiled batch sizes (default: powers of 2 to max_batch).
-  batch_timeout_us: int = 500  # How long a batch with room waits for more requests.
+  # How long a batch with room waits for more requests. 0: a call takes what is queued
+  # when the model is free, so requests batch while a call runs. serve_bench on 2 CPU
+  # cores: 0 against 500 us, p50 of a lone 100-candidate request 3.25 against 3.98 ms;
+  # 32 clients of 100 candidates, 39k against 53k candidates/s (waiting helps there).
+  batch_timeout_us: int = 0
   max_queue: int = 0  # The most candidates waiting (0: 8 x max_batch); beyond, 503.
   poll_seconds: float = 1.0  # How often the base path is looked at for new versions.
   deadline_ms: int = 10_000  # A request not answered by then gets 504.
