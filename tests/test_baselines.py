@@ -38,17 +38,19 @@ def _cfg(arch, **kw):
   return ModelConfig(**{**base, **kw})
 
 
+def _init(spec, seed):
+  """init_state as the trainer calls it: under jit (op by op it costs seconds a model)."""
+  return jax.jit(lambda key: model_lib.init_state(spec, key))(jax.random.key(seed))
+
+
 def _setup(arch, seed=0, **kw):
   """(module with randomised params, numpy params, ids, values, E [b, f, d])."""
   spec = model_lib.ModelSpec(_cfg(arch, **kw), F, ROWS, ROWS)
   graphdef, _, _ = model_lib.abstract_state(spec)
-  params, stats = model_lib.init_state(spec, jax.random.key(seed))
+  params, stats = _init(spec, seed)
   # Perturb every parameter, so that no init structure (r = 1, zero biases) hides a bug.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-  params = jax.tree.unflatten(treedef, leaves)
   rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda x: x + 0.3 * rng.standard_normal(x.shape, np.float32), params)
   ids = rng.integers(0, ROWS, (B, F)).astype(np.int32)
   values = rng.uniform(0.5, 1.5, (B, F)).astype(np.float32)
   module = nnx.merge(graphdef, params, stats)
@@ -214,7 +216,8 @@ def _close(a, b, rtol=1e-5):
 @pytest.mark.parametrize("arch", BASELINES)
 def test_model_equals_numpy_reading_of_its_paper(arch, impl):
   module, p, ids, values, e = _setup(arch, interaction_impl=impl)
-  logits = module(jnp.asarray(ids), jnp.asarray(values))
+  # Compiled as one program (op by op, AFM's pair loops dispatched thousands of ops).
+  logits = jax.jit(lambda ids, values: module(ids, values))(jnp.asarray(ids), jnp.asarray(values))
   expected = [REFERENCES[arch](p, ids, values, e.astype(np.float64), i) for i in range(B)]
   _close(logits, expected)
 
@@ -223,14 +226,14 @@ def test_model_equals_numpy_reading_of_its_paper(arch, impl):
 def test_forward_and_gradient_shapes_and_row_tables(arch):
   spec = model_lib.ModelSpec(_cfg(arch), F, ROWS, 48)
   graphdef, _, _ = model_lib.abstract_state(spec)
-  params, stats = model_lib.init_state(spec, jax.random.key(0))
+  params, stats = _init(spec, 0)
   ids = jnp.asarray(np.random.default_rng(0).integers(0, ROWS, (8, F)), jnp.int32)
 
   def loss(params):
     logits, _ = model_lib.apply_model(graphdef, params, stats, ids, jnp.ones((8, F)), {})
     return jnp.mean(jax.nn.softplus(logits)), logits
 
-  grads, logits = jax.grad(loss, has_aux=True)(params)
+  grads, logits = jax.jit(jax.grad(loss, has_aux=True))(params)
   assert logits.shape == (8,) and np.all(np.isfinite(logits))
   assert jax.tree.structure(grads) == jax.tree.structure(params)
   for g, x in zip(jax.tree.leaves(grads), jax.tree.leaves(params)):

@@ -5,17 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gin_jax.models.interaction import generalized_interaction as gi
+from gin_jax.models.interaction import generalized_interaction as eager_gi
+
+# Compiled as one program, as the models call it (op by op, each einsum and each
+# intermediate of every shape compiles on its own); test_vmap_and_jit and the shape
+# errors call it eagerly.
+gi = jax.jit(eager_gi, static_argnames="impl")
 
 
 def _inputs(b, f, m, d, s, seed=0, dtype=jnp.float32):
-  k = jax.random.split(jax.random.key(seed), 5)
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32))
   return (
-    jax.random.normal(k[0], (b, f, d), dtype),
-    jax.random.normal(k[1], (b, m, d), dtype),
-    jax.random.normal(k[2], (s, f, m)),
-    jax.random.normal(k[3], (s, d, d)),
-    jax.random.normal(k[4], (s, d)),
+    normal(b, f, d).astype(dtype),
+    normal(b, m, d).astype(dtype),
+    normal(s, f, m),
+    normal(s, d, d),
+    normal(s, d),
   )
 
 
@@ -104,8 +110,8 @@ def test_gradients_agree(shape):
 def test_vmap_and_jit():
   args = _inputs(3, 4, 4, 3, 2)
   stacked = [jnp.stack([a, 2 * a]) for a in args[:2]]
-  out = jax.vmap(lambda e, x: gi(e, x, *args[2:]))(*stacked)
-  _close(out[1], jax.jit(gi, static_argnames="impl")(stacked[0][1], stacked[1][1], *args[2:]))
+  out = jax.vmap(lambda e, x: eager_gi(e, x, *args[2:]))(*stacked)
+  _close(out[1], jax.jit(eager_gi, static_argnames="impl")(stacked[0][1], stacked[1][1], *args[2:]))
 
 
 def test_bfloat16_inputs_accumulate_in_float32():
@@ -139,11 +145,11 @@ def test_all_masked_gives_zero():
 def test_shape_errors_name_the_operand():
   e, x, alpha, w, h = _inputs(2, 3, 3, 4, 2)
   with pytest.raises(ValueError, match="alpha_sfm"):
-    gi(e, x, alpha[:, :2], w, h)
+    eager_gi(e, x, alpha[:, :2], w, h)
   with pytest.raises(ValueError, match="w_sde"):
-    gi(e, x, alpha, w[:, :3], h)
+    eager_gi(e, x, alpha, w[:, :3], h)
   with pytest.raises(ValueError, match="impl"):
-    gi(e, x, alpha, w, h, impl="fast")
+    eager_gi(e, x, alpha, w, h, impl="fast")
 
 
 # ------------------------------------------------ the paper's equivalences (our convention)

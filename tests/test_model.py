@@ -80,10 +80,15 @@ def test_parameter_shapes_follow_the_paper():
   assert "norm_0" in stats["mlp"]
 
 
+def _init(spec, seed):
+  """init_state as the trainer calls it: under jit."""
+  return jax.jit(lambda key: model_lib.init_state(spec, key))(jax.random.key(seed))
+
+
 def test_init_is_identity_interaction_and_independent_of_padding():
   cfg = ModelConfig(embed_dim=4, mlp_hidden=(8,))
-  a = model_lib.init_state(model_lib.ModelSpec(cfg, 5, 10, 10), jax.random.key(3))[0]
-  b = model_lib.init_state(model_lib.ModelSpec(cfg, 5, 10, 16), jax.random.key(3))[0]
+  a = _init(model_lib.ModelSpec(cfg, 5, 10, 10), 3)[0]
+  b = _init(model_lib.ModelSpec(cfg, 5, 10, 16), 3)[0]
   np.testing.assert_array_equal(a["projection"]["table"], b["projection"]["table"][:10])
   assert np.all(np.asarray(b["projection"]["table"][10:]) == 0)
   np.testing.assert_array_equal(a["interaction_0"]["w"][0], np.eye(4))
@@ -95,7 +100,7 @@ def test_masked_model_forward_ignores_pruned_alpha():
   cfg = ModelConfig(embed_dim=4, mlp_hidden=(8,))
   spec = model_lib.ModelSpec(cfg, FIELDS, ROWS, ROWS)
   graphdef, _, _ = model_lib.abstract_state(spec)
-  params, stats = model_lib.init_state(spec, jax.random.key(0))
+  params, stats = _init(spec, 0)
   batch = next(_batches(1))
   rng = np.random.default_rng(1)
   masks = {k: rng.random(v.shape) < 0.3 for k, v in model_lib.alpha_tree(params).items()}
@@ -103,5 +108,7 @@ def test_masked_model_forward_ignores_pruned_alpha():
     params,
     {k: np.where(masks[k], v, 100.0) for k, v in model_lib.alpha_tree(params).items()},
   )
-  run = lambda p: model_lib.apply_model(graphdef, p, stats, batch["ids"], batch["values"], masks)[0]
+  run = jax.jit(
+    lambda p: model_lib.apply_model(graphdef, p, stats, batch["ids"], batch["values"], masks)[0]
+  )
   np.testing.assert_allclose(run(noisy), run(params), rtol=1e-6)

@@ -4,7 +4,9 @@
 matplotlib is the `plots` extra (`pip install 'gin-jax[plots]'`). Without it a run
 says once how to get the pictures and writes everything else, summary.md included.
 Plotting stays cheap, for the many tiny runs of the test suite: one figure per
-file, the Agg backend (no display), 100 dpi.
+file, drawn by matplotlib.figure.Figure straight onto Agg (no pyplot: no display,
+no figure registry to import or close), fixed margins where the labels are known
+(tight_layout measured every label, 0.1-0.2 s a figure), 100 dpi.
 """
 
 from __future__ import annotations
@@ -23,20 +25,18 @@ INSTALL = "pip install 'gin-jax[plots]'"
 _said = False  # whether this process has said that matplotlib is missing
 
 
-def pyplot():
-  """matplotlib.pyplot on the Agg backend, or None (said once) when it is not installed."""
+def figure(**kwargs):
+  """A matplotlib Figure (kwargs: figsize, ...) to draw on and savefig, or None (said
+  once) when matplotlib is not installed."""
   global _said
   try:
-    import matplotlib
+    from matplotlib.figure import Figure
   except ImportError:
     if not _said:
       _said = True
       runtime.log(f"plots skipped: matplotlib is not installed ({INSTALL} draws them)")
     return None
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
+  return Figure(**kwargs)
 
 
 # ---------------------------------------------------------------------- the figures
@@ -49,16 +49,16 @@ def learning_curves(path, records: list[dict], delivered: str | None = None) -> 
   Each stage's epochs are marked on the validation panels; the delivered stage's
   line is drawn thicker.
   """
-  plt = pyplot()
   losses = [r for r in records if "loss" in r and "step" in r]
   evals = [r for r in records if r.get("event") == "eval" and r.get("split") == "valid"]
-  if plt is None or not (losses or evals):
+  fig = figure(figsize=(12, 3.4)) if losses or evals else None
+  if fig is None:
     return False
   order = list(dict.fromkeys(r["stage"] for r in losses + evals))
   colour = {stage: f"C{i}" for i, stage in enumerate(order)}
   panels = [("train loss", losses, "loss"), ("valid AUC", evals, "auc")]
   panels.append(("valid logloss", evals, "logloss"))
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+  axes = fig.subplots(1, 3)
   for ax, (title, rows, key) in zip(axes, panels):
     for stage in order:
       points = [(r["step"], r[key]) for r in rows if r["stage"] == stage and r.get(key) is not None]
@@ -75,9 +75,8 @@ def learning_curves(path, records: list[dict], delivered: str | None = None) -> 
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
   fig.suptitle("learning curves (validation points: each epoch's end)", fontsize=10)
-  fig.tight_layout()
+  fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.83, wspace=0.2)
   fig.savefig(path, dpi=DPI)
-  plt.close(fig)
   return True
 
 
@@ -85,13 +84,11 @@ def reliability_diagram(path, calibration: dict | None) -> bool:
   """PNG of observed click rate against mean predicted probability per bin (the diagonal
   is perfect calibration), over a histogram of the predictions; False without
   matplotlib or bins."""
-  plt = pyplot()
-  if plt is None or not calibration or not calibration.get("bins"):
+  fig = figure(figsize=(4.6, 5.2)) if calibration and calibration.get("bins") else None
+  if fig is None:
     return False
   bins = calibration["bins"]
-  fig, (top, bottom) = plt.subplots(
-    2, 1, figsize=(4.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-  )
+  top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
   top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
   predicted = [b["mean_predicted"] for b in bins]
   observed = [b["observed_rate"] for b in bins]
@@ -104,7 +101,7 @@ def reliability_diagram(path, calibration: dict | None) -> bool:
   top.tick_params(labelsize=7)
   top.set_title(
     f"{calibration.get('stage', '')} on {calibration.get('split', '')}: ECE "
-    f"{calibration['ece']:.4f}; mean predicted {calibration['mean_predicted']:.4f}, "
+    f"{calibration['ece']:.4f}\nmean predicted {calibration['mean_predicted']:.4f}, "
     f"observed {calibration['observed_rate']:.4f}",
     fontsize=8,
   )
@@ -118,9 +115,8 @@ def reliability_diagram(path, calibration: dict | None) -> bool:
   bottom.set_xlabel("predicted probability", fontsize=8)
   bottom.set_ylabel("rows", fontsize=8)
   bottom.tick_params(labelsize=7)
-  fig.tight_layout()
+  fig.subplots_adjust(left=0.15, right=0.96, bottom=0.09, top=0.91, hspace=0.06)
   fig.savefig(path, dpi=DPI)
-  plt.close(fig)
   return True
 
 
@@ -139,18 +135,16 @@ def alpha_heatmap(
   Returns:
     False without matplotlib.
   """
-  plt = pyplot()
-  if plt is None:
-    return False
   from gin_jax.models import layer_names
   from gin_jax.models.pruning import input_names
 
   names = layer_names(alphas)
   rows, cols = len(names), num_subspaces
   f = len(field_names)
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(4.2 * cols, 4.2 * rows * (1 if f > 3 else 0.5)), squeeze=False
-  )
+  fig = figure(figsize=(4.2 * cols, 4.2 * rows * (1 if f > 3 else 0.5)))
+  if fig is None:
+    return False
+  axes = fig.subplots(rows, cols, squeeze=False)
   for layer, name in enumerate(names):
     a = np.abs(np.asarray(alphas[name], np.float32))
     v_names = input_names(layer, field_names, num_subspaces)
@@ -169,9 +163,8 @@ def alpha_heatmap(
       ax.set_xlabel("v (B_{l-1} vector)", fontsize=7)
       fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.suptitle("AOANet search stage |alpha|; red = kept after pruning", fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout()  # the field names' lengths are the data's
   fig.savefig(path, dpi=DPI)
-  plt.close(fig)
   return True
 
 
