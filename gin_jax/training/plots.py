@@ -30,6 +30,7 @@ def figure(**kwargs):
   once) when matplotlib is not installed."""
   global _said
   try:
+    import matplotlib  # noqa: F401 - the extra's presence, before any of its modules
     from matplotlib.figure import Figure
   except ImportError:
     if not _said:
