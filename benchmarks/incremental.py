@@ -57,6 +57,7 @@ def parse(argv):
     "file is time-ordered) instead of a random 10%% of it",
   )  # fmt: skip
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_incremental"))
+  quality.add_devices_flag(p)
   common.add_output_flags(p, "incremental_<name>.json")
   args, rest = p.parse_known_args(argv)
   if args.preset is None:
@@ -151,15 +152,15 @@ def main(argv=None) -> dict:
   variants = [parse_variant(v) for v in args.variant]
   rows = []
   for seed in range(args.seeds):
-    first = quality.run_seed(on(days[0]), "day1_model", seed, root)
+    first = quality.run_seed(on(days[0]), "day1_model", seed, root, devices=args.devices)
     rows += first
     continued = on(days[1], init_from=first[0]["workdir"], stages="single")
-    rows += quality.run_seed(continued, "continued", seed, root)
+    rows += quality.run_seed(continued, "continued", seed, root, devices=args.devices)
     for name, fields in variants:
       variant = config_lib.override(continued, fields)
-      rows += quality.run_seed(variant, f"continued_{name}", seed, root)
-    rows += quality.run_seed(on(days[1]), "scratch_day2", seed, root)
-    rows += quality.run_seed(on(both), "scratch_days1+2", seed, root)
+      rows += quality.run_seed(variant, f"continued_{name}", seed, root, devices=args.devices)
+    rows += quality.run_seed(on(days[1]), "scratch_day2", seed, root, devices=args.devices)
+    rows += quality.run_seed(on(both), "scratch_days1+2", seed, root, devices=args.devices)
   models = [*MODELS[:2], *(f"continued_{n}" for n, _ in variants), *MODELS[2:]]
   summary = summarise(rows, models)
   headers = ["model", "valid AUC", "day-C test AUC", "day-C test logloss", "train seconds",

@@ -74,6 +74,7 @@ def parse(argv):
   p.add_argument("--per-model", help="folder of <model>.yaml files applied to that model only")
   p.add_argument("--name", help="label of this study (file names); default: the preset's name")
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_paper"))
+  quality.add_devices_flag(p)
   out = p.add_mutually_exclusive_group()
   out.add_argument(
     "--record",
@@ -169,13 +170,16 @@ def _clock(seconds: float) -> str:
   return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
-def run_jobs(jobs: list[Job], root: Path, cache: Path) -> list[dict]:
-  """Runs (or reuses) every job in order with one progress line each; all their rows."""
+def run_jobs(jobs: list[Job], root: Path, cache: Path, devices: int | None = None) -> list[dict]:
+  """Runs (or reuses) every job in order with one progress line each; all their rows
+  (devices: each on the first N local devices; None: all)."""
   rows, start, trained_s, trained = [], time.time(), 0.0, 0
   for k, job in enumerate(jobs, 1):
     t0 = time.time()
     prefix = f"[{k}/{len(jobs)}] "
-    out = quality.run_seed(job.cfg, job.label, job.seed, root, data_cache=cache, prefix=prefix)
+    out = quality.run_seed(
+      job.cfg, job.label, job.seed, root, data_cache=cache, prefix=prefix, devices=devices
+    )
     for row in out:
       row.update(job.tag, train_samples_per_s=_train_rate(row))
     rows += out
@@ -322,7 +326,7 @@ def main(argv=None) -> dict:
     file=sys.stderr,
     flush=True,
   )
-  rows = run_jobs(jobs, root, cache)
+  rows = run_jobs(jobs, root, cache, args.devices)
 
   # ---------------------------------------------------------------- Table 3
   counts = {m: _param_counts(configs[m], cache) for m in models}

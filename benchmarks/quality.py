@@ -44,6 +44,7 @@ def parse(argv):
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_quality"))
   p.add_argument("--no-floor", action="store_true", help="skip the logistic-regression floor")
   p.add_argument("--hide-test", action="store_true", help="report validation metrics only")
+  add_devices_flag(p)
   common.add_output_flags(p, "quality_<name>.json")
   args, rest = p.parse_known_args(argv)
   return args, split_overrides(p, rest)
@@ -57,7 +58,14 @@ def _run_key(cfg) -> str:
 
 
 def run_seed(
-  cfg, label: str, seed: int, root: Path, *, data_cache: Path | None = None, prefix: str = ""
+  cfg,
+  label: str,
+  seed: int,
+  root: Path,
+  *,
+  data_cache: Path | None = None,
+  prefix: str = "",
+  devices: int | None = None,
 ) -> list[dict]:
   """Trains cfg with train.seed = `seed`, or reuses that finished run; one row per stage.
 
@@ -72,6 +80,8 @@ def run_seed(
     data_cache: a prepared-data directory shared by every run (linked into each
       workdir), so that the data is prepared once; None: one per workdir.
     prefix: printed before the progress line (e.g. "[3/12] ").
+    devices: train on this process's first N devices (None: every device; the
+      workdir's key does not depend on it: runs compare across meshes).
 
   Returns:
     [{"model", "seed", "stage", "workdir", "seconds", "reused", *METRICS, "epochs"}].
@@ -95,7 +105,7 @@ def run_seed(
     print(f"{prefix}{label} seed {seed}: {workdir}", file=sys.stderr, flush=True)
     with open(workdir / "quality.log", "a") as log:
       with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        report = training.run(run_cfg, workdir)
+        report = training.run(run_cfg, workdir, devices=local_devices(devices))
   delivered = report.get("delivered_stage")
   return [
     {"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
@@ -106,12 +116,33 @@ def run_seed(
 
 
 def run_seeds(
-  cfg, label: str, seeds: int, root: Path, data_cache: Path | None = None
+  cfg, label: str, seeds: int, root: Path, data_cache: Path | None = None, devices=None
 ) -> list[dict]:
   """run_seed for train.seed = 0 .. seeds-1 (reusing finished runs); all their rows."""
   return [
-    row for seed in range(seeds) for row in run_seed(cfg, label, seed, root, data_cache=data_cache)
+    row
+    for seed in range(seeds)
+    for row in run_seed(cfg, label, seed, root, data_cache=data_cache, devices=devices)
   ]
+
+
+def add_devices_flag(p) -> None:
+  """--devices N: the studies' runs on this process's first N devices."""
+  p.add_argument(
+    "--devices", type=int, metavar="N",
+    help="train each run on the first N local devices (default: all of them)",
+  )  # fmt: skip
+
+
+def local_devices(n: int | None):
+  """The first n local devices, or None (every device) for n None."""
+  if n is None:
+    return None
+  import jax
+
+  if not 1 <= n <= jax.local_device_count():
+    raise SystemExit(f"error: --devices {n}: this process has {jax.local_device_count()} devices")
+  return jax.local_devices()[:n]
 
 
 def _finished_report(workdir: Path, cfg) -> dict | None:
@@ -174,10 +205,10 @@ def main(argv=None) -> dict:
   cfg = cli.build_config(args, overrides)
   root = Path(args.workdir_root) / args.name
   cache = root / "data_cache"  # every run reads the same prepared data
-  rows = run_seeds(cfg, "gin_jax", args.seeds, root, cache)
+  rows = run_seeds(cfg, "gin_jax", args.seeds, root, cache, args.devices)
   if not args.no_floor:
     floor = recipes.linear_floor(cfg)
-    rows += run_seeds(floor, "logistic_regression", args.seeds, root, cache)
+    rows += run_seeds(floor, "logistic_regression", args.seeds, root, cache, args.devices)
   if args.hide_test:
     rows = [{k: v for k, v in r.items() if not k.startswith("test")} for r in rows]
   summary = summarise(rows)

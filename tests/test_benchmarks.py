@@ -218,7 +218,7 @@ def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_p
 
   argv = ["--preset", "tiny", "--rows", "1500", "--max-vocab", "60", "--seeds", "1",
           "--train.epochs=1", "--train.stages=single", "--workdir-root", str(tmp_path / "w"),
-          "--json", str(tmp_path / "i.json")]  # fmt: skip
+          "--json", str(tmp_path / "i.json"), "--devices", "1"]  # fmt: skip
   out = incremental.main(argv)
   assert [s["model"] for s in out["summary"]] == list(incremental.MODELS)
   for s in out["summary"]:
@@ -227,6 +227,8 @@ def test_incremental_compares_the_four_models_on_day_c_and_reuses_its_runs(tmp_p
   continued = json.loads((Path(runs["continued"]["workdir"]) / "report.json").read_text())
   assert continued["init_from"]["path"] == runs["day1_model"]["workdir"]
   assert sum(g["added"] for g in continued["vocabulary_growth"].values()) > 0
+  log = (Path(runs["continued"]["workdir"]) / "quality.log").read_text()
+  assert "mesh: 1 devices" in log  # --devices 1 (the suite has 8 fake devices)
   assert json.loads((tmp_path / "i.json").read_text())["summary"] == out["summary"]
   again = incremental.main(argv)  # every run finished: read back, not trained again
   assert all(r["reused"] for r in again["runs"])

@@ -15,7 +15,7 @@ def test_paper_harness_tables_figure_and_resume(tmp_path, capsys):
   study = tmp_path / "study.yaml"
   study.write_text("train: {epochs: 1, checkpoint_every: 1000}\ndata: {synthetic_rows: 3000}\n")
   argv = ["--preset", "tiny", "--config", str(study), "--models", "fm,aoanet"]
-  argv += ["--seeds", "2", "--sweep", "L=1,2", "--name", "ci"]
+  argv += ["--seeds", "2", "--sweep", "L=1,2", "--name", "ci", "--devices", "1"]
   argv += ["--workdir-root", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out")]
   payload = paper.main(argv)
 
@@ -42,6 +42,8 @@ def test_paper_harness_tables_figure_and_resume(tmp_path, capsys):
   assert json.loads((out / "paper_ci.json").read_text())["table3"][0]["row"] == "FM"
   err = capsys.readouterr().err
   assert "[8/8] aoanet seed 1" in err and "eta" in err
+  for r in payload["runs"]:  # --devices 1: each run's mesh (the suite has 8 fake devices)
+    assert "mesh: 1 devices over 1 process(es)" in (Path(r["workdir"]) / "quality.log").read_text()
 
   # A rerun trains nothing: every run is read back from its workdir.
   logs = {p: p.read_text() for p in (tmp_path / "runs").rglob("metrics.jsonl")}
