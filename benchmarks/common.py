@@ -232,10 +232,12 @@ def compiled_cost(jitted: Any, *args: Any) -> tuple[float | None, int | None]:
   return stats["flops"], stats["temp_bytes"]
 
 
-def backend_info() -> dict[str, Any]:
-  """What the numbers were measured on: backend, device, versions, host."""
+def backend_info(mesh: Any = None) -> dict[str, Any]:
+  """What the numbers were measured on: backend, device, versions, host (and with
+  `mesh`, the devices the benchmark ran on: mesh_devices)."""
   device = jax.devices()[0]
   return {
+    **({"mesh_devices": mesh.size} if mesh is not None else {}),
     "backend": jax.default_backend(),
     "device_kind": device.device_kind,
     "device_count": jax.device_count(),
@@ -365,3 +367,20 @@ def loss_flops(fns, state, batch) -> float | None:
 
   _, stats = compile_with_stats(jax.jit(jax.grad(loss)), state["params"])
   return stats["flops"]
+
+
+def add_devices_flag(p) -> None:
+  """--devices N: the benchmark on this process's first N devices (default: all)."""
+  p.add_argument(
+    "--devices", type=int, metavar="N",
+    help="run on the first N local devices (default: all of them)",
+  )  # fmt: skip
+
+
+def local_devices(n: int | None):
+  """The first n local devices, or None (every device) for n None."""
+  if n is None:
+    return None
+  if not 1 <= n <= jax.local_device_count():
+    raise SystemExit(f"error: --devices {n}: this process has {jax.local_device_count()} devices")
+  return jax.local_devices()[:n]

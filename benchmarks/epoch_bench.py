@@ -120,6 +120,7 @@ def main(argv=None) -> dict:
                  help=f"comma-separated, from: {', '.join(MODES)}")  # fmt: skip
   p.add_argument("--workdir", help="where the data goes (default: a temporary directory)")
   common.add_output_flags(p, "epoch_bench_<backend>.json")
+  common.add_devices_flag(p)
   args = p.parse_args(argv)
   modes = [m.strip() for m in args.modes.split(",") if m.strip()]
   if "step only" not in modes:
@@ -152,7 +153,7 @@ def main(argv=None) -> dict:
         f"{meta.num_table_rows:,} table rows; categorical fields {sizes[0]:,} .. {sizes[-1]:,} "
         "rows", flush=True)  # fmt: skip
 
-  mesh = partitioning.make_mesh()
+  mesh = partitioning.make_mesh(common.local_devices(args.devices))
   steps = len(split) // batch
   # What `data.device_resident=auto` picks here ("off": the host pipeline).
   auto = device_input.choose_mode("auto", split, mesh, cfg.data.device_fraction)
@@ -182,7 +183,7 @@ def main(argv=None) -> dict:
           f"end. {args.preset}, {auto_name} (what auto picks), first variant: {rate:,.0f} "
           f"({'PASS' if rate >= 5e6 else 'FAIL'})")  # fmt: skip
   payload = {
-    "backend": common.backend_info(), "rows": len(split), "batch": batch,
+    "backend": common.backend_info(mesh), "rows": len(split), "batch": batch,
     "preset": args.preset, "table_rows": meta.num_table_rows, "prepare_s": prep_s,
     "steps_per_epoch": steps, "auto_input": auto_name,
     "epoch_seconds": first["epoch_seconds"], "samples_per_s": first["samples_per_s"],

@@ -57,7 +57,7 @@ def parse(argv):
     "file is time-ordered) instead of a random 10%% of it",
   )  # fmt: skip
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_incremental"))
-  quality.add_devices_flag(p)
+  common.add_devices_flag(p)
   common.add_output_flags(p, "incremental_<name>.json")
   args, rest = p.parse_known_args(argv)
   if args.preset is None:

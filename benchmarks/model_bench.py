@@ -66,12 +66,13 @@ def main(argv=None) -> dict:
   p.add_argument("--rows", type=int, default=100_000, help="embedding-table rows")
   p.add_argument("--target-s", type=float, default=2.0, help="timed seconds per model and step")
   common.add_output_flags(p, "model_bench_<backend>.json")
+  common.add_devices_flag(p)
   argv = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
   models = list(MODELS) if args.models == "all" else args.models.split(",")
 
   backend = jax.default_backend()
-  mesh = partitioning.make_mesh()
+  mesh = partitioning.make_mesh(common.local_devices(args.devices))
   print(f"backend {backend}, {jax.device_count()} device(s); preset {args.preset}, "
         f"batch {args.batch}, {args.rows:,} table rows", flush=True)  # fmt: skip
   runners = {}
@@ -125,7 +126,7 @@ def main(argv=None) -> dict:
     "table_rows": args.rows,
     "fields": FIELDS,
     "results": results,
-    "backend": common.backend_info(),
+    "backend": common.backend_info(mesh),
   }
   print()
   common.write_result(payload, args, common.backend_file("model_bench"))

@@ -74,7 +74,7 @@ def parse(argv):
   p.add_argument("--per-model", help="folder of <model>.yaml files applied to that model only")
   p.add_argument("--name", help="label of this study (file names); default: the preset's name")
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_paper"))
-  quality.add_devices_flag(p)
+  common.add_devices_flag(p)
   out = p.add_mutually_exclusive_group()
   out.add_argument(
     "--record",

@@ -44,7 +44,7 @@ def parse(argv):
   p.add_argument("--workdir-root", default=os.path.join("/tmp", "gin_quality"))
   p.add_argument("--no-floor", action="store_true", help="skip the logistic-regression floor")
   p.add_argument("--hide-test", action="store_true", help="report validation metrics only")
-  add_devices_flag(p)
+  common.add_devices_flag(p)
   common.add_output_flags(p, "quality_<name>.json")
   args, rest = p.parse_known_args(argv)
   return args, split_overrides(p, rest)
@@ -105,7 +105,7 @@ def run_seed(
     print(f"{prefix}{label} seed {seed}: {workdir}", file=sys.stderr, flush=True)
     with open(workdir / "quality.log", "a") as log:
       with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        report = training.run(run_cfg, workdir, devices=local_devices(devices))
+        report = training.run(run_cfg, workdir, devices=common.local_devices(devices))
   delivered = report.get("delivered_stage")
   return [
     {"model": label, "seed": seed, "stage": stage, "workdir": str(workdir),
@@ -124,25 +124,6 @@ def run_seeds(
     for seed in range(seeds)
     for row in run_seed(cfg, label, seed, root, data_cache=data_cache, devices=devices)
   ]
-
-
-def add_devices_flag(p) -> None:
-  """--devices N: the studies' runs on this process's first N devices."""
-  p.add_argument(
-    "--devices", type=int, metavar="N",
-    help="train each run on the first N local devices (default: all of them)",
-  )  # fmt: skip
-
-
-def local_devices(n: int | None):
-  """The first n local devices, or None (every device) for n None."""
-  if n is None:
-    return None
-  import jax
-
-  if not 1 <= n <= jax.local_device_count():
-    raise SystemExit(f"error: --devices {n}: this process has {jax.local_device_count()} devices")
-  return jax.local_devices()[:n]
 
 
 def _finished_report(workdir: Path, cfg) -> dict | None:

@@ -106,7 +106,7 @@ def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
   return need < 0.8 * total, need / 2**30
 
 
-def _scale_points(specs: list[tuple], steps: int, quick: bool) -> list[dict]:
+def _scale_points(specs: list[tuple], steps: int, quick: bool, devices=None) -> list[dict]:
   """Table-scale points (rows, optimizer, history, preset), each in a fresh process so
   that its peak RSS is its own; with `quick`, all of them in one fresh process (the
   smoke test's path: their peak RSS is then the largest so far)."""
@@ -116,6 +116,7 @@ def _scale_points(specs: list[tuple], steps: int, quick: bool) -> list[dict]:
     points = ";".join(f"{preset},1024,{rows},{opt},{history}"
                       for rows, opt, history, preset in group)  # fmt: skip
     cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point", points, "--steps", str(steps)]
+    cmd += ["--devices", str(devices)] if devices else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [json.loads(x) for x in proc.stdout.strip().splitlines() if x.startswith("{")]
     for k, (rows, opt, _, _) in enumerate(group):
@@ -126,8 +127,8 @@ def _scale_points(specs: list[tuple], steps: int, quick: bool) -> list[dict]:
   return out
 
 
-def _run_point(specs: str, steps: int) -> None:
-  mesh = partitioning.make_mesh()
+def _run_point(specs: str, steps: int, devices=None) -> None:
+  mesh = partitioning.make_mesh(common.local_devices(devices))
   for spec in specs.split(";"):
     preset, batch, rows, optimizer, history = spec.split(",")
     r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
@@ -148,7 +149,7 @@ def history_section(args, mesh, steps: int) -> dict:
   optimizer = config_lib.preset(args.preset).train.embedding_optimizer
   sizes = (10_000, 100_000) if args.quick else (10_000, 10_000_000)
   points = _scale_points([(rows, optimizer, args.history, args.preset) for rows in sizes], steps,
-                         args.quick)  # fmt: skip
+                         args.quick, args.devices)  # fmt: skip
   scale = dict(zip(sizes, points))
   rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list", listed, ratio)]
   table = [[name, f"{r['train_samples_per_s']:,.0f}", common.fmt(r["step_ms"]), f"{x:.2f}"]
@@ -186,16 +187,17 @@ def main(argv=None) -> None:
     help="the model of the batch sweep, table scale and list field (default criteo_paper; "
     "the smoke test runs the tiny one)",
   )
+  common.add_devices_flag(p)
   p.add_argument("--point", help=argparse.SUPPRESS)  # internal: one scale point, JSON out
   args = p.parse_args(argv)
   steps = args.steps or (3 if args.quick else 20)
   if args.point:
-    return _run_point(args.point, steps)
+    return _run_point(args.point, steps, args.devices)
 
   backend = jax.default_backend()
-  mesh = partitioning.make_mesh()
+  mesh = partitioning.make_mesh(common.local_devices(args.devices))
   if args.only_history:
-    payload = {"backend": common.backend_info(), "steps": steps,
+    payload = {"backend": common.backend_info(mesh), "steps": steps,
                "history": history_section(args, mesh, steps)}  # fmt: skip
     common.write_result(payload, args, common.backend_file("train_bench_history"))
     return None
@@ -246,7 +248,7 @@ def main(argv=None) -> None:
         print(f"  {optimizer} {rows:,} rows: skipped (needs ~{gib:.0f} GiB)", flush=True)
         continue
       todo.append((rows, optimizer, 0, args.preset))
-  for r in _scale_points(todo, steps, args.quick):
+  for r in _scale_points(todo, steps, args.quick, args.devices):
     scale.append(r)
     ms, rss = r.get("step_ms", float("nan")), r.get("peak_rss_gib", float("nan"))
     print(f"  {r['optimizer']} {r['table_rows']:,} rows: {ms:.1f} ms/step, peak RSS {rss:.2f} GiB",
@@ -289,7 +291,7 @@ def main(argv=None) -> None:
           f"{r['step_ms']:.1f} ms/step, peak RSS {r['peak_rss_gib']:.2f} GiB")  # fmt: skip
   history = None if args.skip_history else history_section(args, mesh, steps)
   print()
-  common.write_result({"backend": common.backend_info(), "matmul_peak_gflops": peak,
+  common.write_result({"backend": common.backend_info(mesh), "matmul_peak_gflops": peak,
                        "steps": steps, "results": results, "scale": scale,
                        "history": history}, args, common.backend_file("train_bench"))  # fmt: skip
 

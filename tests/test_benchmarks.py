@@ -150,10 +150,11 @@ def test_train_bench_quick_writes_batch_and_scale_tables(tmp_path):
   # The benchmark's paths (batch sweep, scale points in fresh processes) on the tiny
   # model: the paper preset, compiled 7 times, took 4 minutes here.
   argv = ["--quick", "--preset", "tiny", "--json", str(out), "--optimizers", "rowwise_adagrad",
-          "--skip-history"]  # fmt: skip
+          "--skip-history", "--devices", "1"]  # fmt: skip
   train_bench.main(argv)
   payload = json.loads(out.read_text())
   assert payload["results"] and payload["results"][0]["step_ms"] > 0
+  assert payload["backend"]["mesh_devices"] == 1  # --devices 1 of the suite's 8
   scale = {(r["optimizer"], r["table_rows"]): r for r in payload["scale"]}
   assert set(scale) == {("rowwise_adagrad", n) for n in (10_000, 100_000)}
   assert all(r["peak_rss_gib"] > 0 for r in scale.values())
@@ -164,7 +165,10 @@ def test_train_bench_quick_writes_the_list_field_section(tmp_path):
   out = tmp_path / "tb.json"
   from benchmarks import train_bench
 
-  train_bench.main(["--quick", "--preset", "tiny", "--only-history", "--json", str(out)])
+  train_bench.main(
+    ["--quick", "--preset", "tiny", "--only-history", "--json", str(out), "--devices", "1"]
+  )
+  assert json.loads(out.read_text())["backend"]["mesh_devices"] == 1  # of the suite's 8
   history = json.loads(out.read_text())["history"]  # with a 50-value list field, and without
   assert history["with"]["history"] == 50 and history["without"]["history"] == 0
   assert history["ratio"] > 0 and history["scale_growth"] > 0
@@ -179,8 +183,10 @@ def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
     "--workdir", str(tmp_path), "--json", str(tmp_path / "e.json"),
     "--modes", "step only,host pipeline,resident,resident input only,streamed",
     "--variant", "train.embedding_optimizer=lazy_adam,train.embedding_catch_up=0",
+    "--devices", "1",
   ])  # fmt: skip
   saved = json.loads((tmp_path / "e.json").read_text())
+  assert saved["backend"]["mesh_devices"] == 1
   assert saved["steps_per_epoch"] == 3000 // 256 and len(saved["variants"]) == 1
   for v in out["variants"]:
     assert (

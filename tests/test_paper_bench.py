@@ -58,7 +58,8 @@ def test_model_bench_tiny_writes_one_row_per_model(tmp_path):
 
   out = tmp_path / "models.json"
   argv = ["--preset", "tiny", "--batch", "64", "--rows", "500", "--target-s", "0.02"]
-  payload = model_bench.main([*argv, "--models", "gin,dcnv2", "--json", str(out)])
+  payload = model_bench.main([*argv, "--models", "gin,dcnv2", "--json", str(out), "--devices", "1"])
+  assert payload["backend"]["mesh_devices"] == 1
   assert [r["model"] for r in payload["results"]] == ["gin", "dcnv2"]
   for r in payload["results"]:
     assert r["train_samples_per_s"] > 0 and r["score_samples_per_s"] > 0 and r["timed_steps"] >= 3
