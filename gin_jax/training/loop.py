@@ -207,6 +207,7 @@ def train(
       out = plots.publish(workdir.root, out)
     files.write_json(workdir.report, out)
     print(report.summary_table(out), flush=True)
+  ctx.log.close()
   return out, state
 
 

@@ -31,6 +31,12 @@ class MetricsLog:
     if self.scalars is not None:
       self.scalars(record)
 
+  def close(self) -> None:
+    """Closes the TensorBoard file, so that the run's files are final when it returns
+    (collected later, its last bytes landed after a caller had read the workdir)."""
+    if self.scalars is not None:
+      self.scalars.close()
+
   def size(self) -> int | None:
     """Bytes written so far (what a checkpoint records); None where disabled."""
     if not self.enabled:
