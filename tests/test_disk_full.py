@@ -285,9 +285,10 @@ def test_train_on_a_full_tmpfs_exits_2_with_the_path_and_size(small_tmpfs):
 def test_no_room_for_a_checkpoint_is_one_line_too(small_tmpfs):
   last = _train(small_tmpfs / "wd")
   # Mostly a checkpoint (a regular or a stage's best) hits the limit; sometimes the
-  # metrics log or a seal first.
+  # metrics log, a seal or a stage's kept predictions first.
   assert re.fullmatch(
     r"error: no space left on device while writing \S+"
-    r"(/(checkpoints|best_\w+)/\d+ \(about \d+\.\d MB needed\)|/metrics\.jsonl|/seal\.json)",
+    r"(/(checkpoints|best_\w+)/\d+ \(about \d+\.\d MB needed\)|/metrics\.jsonl|/seal\.json"
+    r"|/predictions/\w+\.npz)",
     last,
   ), last
