@@ -638,14 +638,17 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
   import time
 
   wd = tmp_path / "wd"
-  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(wd),
-         "--train.epochs=1", "--train.log_every=1", "--train.checkpoint_every=2"]  # fmt: skip
+  args = ["--preset", "tiny", "--workdir", str(wd),
+          "--train.epochs=1", "--train.log_every=1", "--train.checkpoint_every=2"]  # fmt: skip
+  cmd = [sys.executable, "-m", "train", *args]
   env = {**_env(), "TQDM_DISABLE": "1"}  # the training bars off (preparation's stay)
-  # SIGINT as a terminal delivers it: a suite started in the background (`cmd &`) hands
-  # its children SIGINT ignored, and the run then went on to its end (exit 0).
-  default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=default_sigint)  # fmt: skip
+  # `python -m train` with SIGINT as a terminal delivers it: a suite started in the
+  # background under xdist hands its children SIGINT ignored, and the run then went on
+  # to its end (exit 0). (A preexec_fn would fork the multithreaded test process.)
+  with_sigint = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('train', run_name='__main__', alter_sys=True)")  # fmt: skip
+  proc = subprocess.Popen([sys.executable, "-c", with_sigint, *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
   metrics, deadline = wd / "metrics.jsonl", time.monotonic() + 50
   while not (metrics.exists() and metrics.read_text().count('"loss"') >= 4):
     assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
