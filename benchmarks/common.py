@@ -7,6 +7,7 @@ Every benchmark reports its times against a matmul peak measured in the same pro
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -370,17 +371,21 @@ def loss_flops(fns, state, batch) -> float | None:
 
 
 def add_devices_flag(p) -> None:
-  """--devices N: the benchmark on this process's first N devices (default: all)."""
+  """--devices N: the benchmark on this process's first N devices (default: all); an N
+  this process does not have is refused as the flags are parsed, not at the first run."""
   p.add_argument(
-    "--devices", type=int, metavar="N",
+    "--devices", type=_device_count, metavar="N",
     help="run on the first N local devices (default: all of them)",
   )  # fmt: skip
 
 
-def local_devices(n: int | None):
-  """The first n local devices, or None (every device) for n None."""
-  if n is None:
-    return None
+def _device_count(text: str) -> int:
+  n = int(text)
   if not 1 <= n <= jax.local_device_count():
-    raise SystemExit(f"error: --devices {n}: this process has {jax.local_device_count()} devices")
-  return jax.local_devices()[:n]
+    raise argparse.ArgumentTypeError(f"{n}: this process has {jax.local_device_count()} device(s)")
+  return n
+
+
+def local_devices(n: int | None):
+  """The first n local devices (n from --devices), or None (every device) for n None."""
+  return None if n is None else jax.local_devices()[:n]
