@@ -15,6 +15,7 @@ import sys
 
 from gin_jax import config as config_lib
 from gin_jax import hints
+from gin_jax.cluster import DEFAULT_CLUSTER_TIMEOUT
 from gin_jax.config import BAD_ROWS, FORMATS, STAGE_PLANS
 
 
@@ -114,7 +115,7 @@ def full_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--cluster-timeout",
     type=float,
-    default=60.0,
+    default=DEFAULT_CLUSTER_TIMEOUT,
     metavar="SECONDS",
     help="give up joining a multi-host job after this long, in one line (default 60)",
   )
@@ -194,6 +195,12 @@ def default_workdir(cfg: config_lib.Config) -> str:
 
 def train_main(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   """Joins the job, builds the config and trains; a bad input or environment exits 2."""
+  from gin_jax import cluster
+
+  try:  # a bad launcher variable is one line at once, before jax's import (seconds)
+    cluster.check(args.coordinator, args.num_processes, args.process_id, args.cluster_timeout)
+  except cluster.ClusterError as e:
+    cluster.refuse(e)
   from gin_jax import runtime, training  # imports jax: after XLA_FLAGS is final
   from gin_jax.data import DataError
   from gin_jax.data.workers import WorkerDied

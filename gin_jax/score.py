@@ -17,10 +17,8 @@ import functools
 import os
 import sys
 
-from gin_jax import data, hints, runtime
+from gin_jax import cluster, hints
 from gin_jax.config import BAD_ROWS, FORMATS
-from gin_jax.scoring import Scorer, ScoringError, export, export_version, score_file, writers
-from gin_jax.training import checkpointing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,11 +63,19 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument(
     "--cluster-timeout",
     type=float,
-    default=runtime.DEFAULT_CLUSTER_TIMEOUT,
+    default=cluster.DEFAULT_CLUSTER_TIMEOUT,
     metavar="SECONDS",
     help="give up joining a multi-host job (srun, mpirun) after this long (default 60)",
   )
   args = p.parse_args(argv)
+  try:  # a bad launcher variable is one line at once, before jax's import (seconds)
+    cluster.check(timeout=args.cluster_timeout)
+  except cluster.ClusterError as e:
+    cluster.refuse(e)
+  from gin_jax import data, runtime  # jax and the model code: once the flags are known good
+  from gin_jax.scoring import Scorer, ScoringError, export, export_version, score_file, writers
+  from gin_jax.training import checkpointing
+
   try:
     runtime.init_runtime(timeout=args.cluster_timeout)
     if (args.next_version or args.version is not None) and not args.export:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_train import _env  # a CPU subprocess environment without JAX_* / XLA_* variables
 
-from gin_jax import runtime
+from gin_jax import cluster
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 3  # --cluster-timeout of the runs that wait
@@ -148,23 +148,23 @@ def test_bad_cluster_variables_are_named_before_the_runtime_is_called(tmp_path, 
 def test_the_coordinator_address_is_the_one_jax_would_use():
   """The SLURM and Open MPI rules of jax._src.clusters, read without touching the network."""
   slurm = {**_slurm("gpu[007-015,020],cpu1", procid="3", job="4097"), "SLURM_NTASKS": "8"}
-  job = runtime.cluster_job(env=slurm)
+  job = cluster.cluster_job(env=slurm)
   assert (job.coordinator, job.num_processes, job.process_id) == ("gpu007:61441", 8, 3)
   assert (
-    runtime.cluster_job(env={**slurm, "SLURM_STEP_NODELIST": "n9,n3"}).coordinator == "n9:61441"
+    cluster.cluster_job(env={**slurm, "SLURM_STEP_NODELIST": "n9,n3"}).coordinator == "n9:61441"
   )
-  assert runtime.cluster_job(env={**slurm, "JAX_COORDINATOR_PORT": "1234"}).coordinator.endswith(
+  assert cluster.cluster_job(env={**slurm, "JAX_COORDINATOR_PORT": "1234"}).coordinator.endswith(
     ":1234"
   )
   ompi = {
     "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911",
     "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
   }  # fmt: skip
-  job = runtime.cluster_job(env=ompi)
+  job = cluster.cluster_job(env=ompi)
   assert (job.coordinator, job.num_processes, job.process_id) == ("10.96.0.1:62624", 4, 2)
-  assert runtime.cluster_job(env={**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
-  assert runtime.cluster_job(env={"PATH": "/bin"}) is None
-  flags = runtime.cluster_job("h:5", 2, 1, env={})
+  assert cluster.cluster_job(env={**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None
+  assert cluster.cluster_job(env={"PATH": "/bin"}) is None
+  flags = cluster.cluster_job("h:5", 2, 1, env={})
   assert (flags.coordinator, flags.context) == (
     "h:5",
     "process 1 of 2; read --coordinator=h:5, --num-processes=2, --process-id=1",
@@ -207,13 +207,39 @@ def test_the_coordinator_address_is_the_one_jax_would_use():
 def test_inconsistent_cluster_variables_are_named_not_run_alone(env, message):
   """Issue 33 item 9: a count or id without a coordinator, or a coordinator and an id
   without a count, ran one process alone (exit 0); a bad port beside an address passed."""
-  with pytest.raises(runtime.ClusterError) as refused:
-    runtime.cluster_job(env=env)
+  with pytest.raises(cluster.ClusterError) as refused:
+    cluster.cluster_job(env=env)
   assert str(refused.value) == message
 
 
 def test_consistent_single_process_variables_still_run_alone():
   one = {"JAX_COORDINATOR_ADDRESS": "h:5", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
   for env in ({"JAX_NUM_PROCESSES": "1"}, {"JAX_PROCESS_ID": "0"}, one):
-    assert runtime.cluster_job(env=env) is None
-  assert runtime.cluster_job("h:5", 1, env={}) is None
+    assert cluster.cluster_job(env=env) is None
+  assert cluster.cluster_job("h:5", 1, env={}) is None
+
+
+_BEFORE_JAX = """
+import sys
+from gin_jax import cli, score
+for main, argv in ((cli.main, ["--preset", "tiny", "--workdir", sys.argv[1]]),
+                   (score.main, ["--checkpoint", sys.argv[1], "--data", "x", "--out", "y.csv"])):
+  try:
+    main(argv)
+  except SystemExit as e:
+    assert e.code == 2, e.code
+  assert "jax" not in sys.modules, main.__module__
+"""
+
+
+def test_bad_cluster_variables_are_refused_before_jax_is_imported(tmp_path):
+  """The check comes first: a bad SLURM_NTASKS costs a fraction of a second, not jax's import."""
+  env = {**_env(), **_slurm("node1", ntasks="abc")}
+  done = subprocess.run(
+    [sys.executable, "-c", _BEFORE_JAX, str(tmp_path / "wd")],
+    env=env, cwd=REPO, text=True, capture_output=True, timeout=LIMIT,
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-3000:]
+  errors = done.stderr.splitlines()
+  assert len(errors) == 2 and all(e.startswith("error: SLURM_NTASKS='abc'") for e in errors), errors
+  assert not (tmp_path / "wd").exists()

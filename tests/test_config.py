@@ -57,7 +57,7 @@ def test_to_dict_round_trips_through_json():
 
 
 def test_cluster_launchers_are_detected_from_their_environment():
-  from gin_jax.runtime import detect_cluster
+  from gin_jax.cluster import detect_cluster
 
   slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0"}
   assert detect_cluster({**slurm, "SLURM_NTASKS": "4"}) == "SLURM"
