@@ -1,14 +1,20 @@
 """Issue 11 item 3: scoring memory does not grow with the number of rows.
 
-Peak RSS of `python -m gin_jax.score` (a fresh process each) at 500k rows must
-stay within 1.1x of the peak at 50k rows, for .csv and .npy outputs. Before the
-streaming writer the 500k run needed ~2x (all probabilities, then a sorted list
-of (line, probability) tuples, were held at once). benchmarks/score_memory.py
-runs the issue's own sizes (200k and 2M rows).
+Peak RSS of `python -m gin_jax.score` (a fresh process each) at 300k rows must
+stay within 1.1x of the peak at 30k rows, for .csv and .npy outputs. Before the
+streaming writer 500k rows needed ~2x the peak of 50k (all probabilities, then a
+sorted list of (line, probability) tuples, were held at once): the growth is
+linear in the rows over a fixed start (jax, the model), so 300k against 30k
+still needed ~1.6x. benchmarks/score_memory.py runs the issue's own sizes (200k
+and 2M rows).
 """
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from benchmarks import score_memory
 
@@ -19,18 +25,22 @@ pytestmark = pytest.mark.slow
 def scratch(tmp_path_factory):
   """A directory holding a finished tiny run (`workdir`), as score_memory.run uses it."""
   path = tmp_path_factory.mktemp("score_memory")
-  score_memory.train_tiny(path / "workdir")
+  # The run score_memory.train_tiny would start (it reuses a finished one), with the
+  # suite's compilation cache; the measured scorers run as the benchmark runs them.
+  cmd = [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(path / "workdir")]
+  subprocess.run(cmd, env=subprocess_env(), check=True, capture_output=True, cwd=score_memory.REPO)
+  assert score_memory.train_tiny(path / "workdir") == path / "workdir"
   return path
 
 
 def test_peak_rss_does_not_grow_with_rows(scratch):
-  result = score_memory.run([50_000, 500_000], ["csv", "npy"], scratch)
+  result = score_memory.run([30_000, 300_000], ["csv", "npy"], scratch)
   peaks = {(r["rows"], r["output"]): r["peak_rss_mib"] for r in result["records"]}
   for goal in result["goals"]:
     assert goal["pass"], (goal, peaks)
   # The outputs are complete: every row scored, AUC printed from the labels.
-  big = [r for r in result["records"] if r["rows"] == 500_000]
-  assert all("scored 500000 rows" in r["stdout"] and "AUC" in r["stdout"] for r in big)
+  big = [r for r in result["records"] if r["rows"] == 300_000]
+  assert all("scored 300000 rows" in r["stdout"] and "AUC" in r["stdout"] for r in big)
 
 
 def test_streamed_outputs_equal_the_in_memory_writer(scratch, tmp_path):
