@@ -683,3 +683,26 @@ def test_a_workdir_orbax_cannot_checkpoint_under_is_refused_before_anything_trai
     with pytest.raises(checkpointing.CheckpointError, match="checkpoints cannot be written"):
       training.run(config_lib.tiny(), tmp_path / name / "wd", devices=jax.devices()[:1])
     assert not (tmp_path / name).exists()  # refused before the workdir was made
+
+
+def test_a_resumed_stage_counts_its_seconds_without_the_time_the_run_lay_dead(monkeypatch):
+  """A stage's `seconds` (report.json, the benchmarks' training time) once counted from
+  the stage's first start, so a run resumed the next morning reported the night too
+  (9,530 s for a 78 s stage in the #38 study). Now: the seconds before the checkpoint,
+  then this process's, the replayed steps included."""
+  from gin_jax.training import resume
+
+  clock = type("Clock", (), {"now": 1000.0, "time": lambda self: self.now})()
+  monkeypatch.setattr(resume, "time", clock)
+  progress = resume.Progress(stage="search")
+  progress.start("search")
+  clock.now += 30.0  # trains 30 s, then checkpoints
+  saved = json.loads(json.dumps(progress.to_dict()))
+  assert saved["stage_seconds"] == 30.0
+  clock.now += 9000.0  # killed; lies dead overnight
+  again = resume.Progress.from_dict(saved).resumed()
+  clock.now += 12.0  # replays and finishes
+  assert clock.now - again.stage_start_time == 42.0
+  # A checkpoint written before stage_seconds existed: the resumed stretch alone.
+  old = {k: v for k, v in saved.items() if k != "stage_seconds"}
+  assert clock.now - resume.Progress.from_dict(old).resumed().stage_start_time == 0.0

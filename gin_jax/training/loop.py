@@ -160,7 +160,7 @@ def train(
       )
   else:
     step, state, saved = restored
-    progress = Progress.from_dict(saved["progress"])
+    progress = Progress.from_dict(saved["progress"]).resumed()
     ctx.log.rewind(saved.get("metrics_bytes"), step)  # the replayed steps log again
     runtime.log(f"resuming from step {step}: stage {progress.stage}, epoch {progress.epoch}")
   ctx.step = int(state["step"])

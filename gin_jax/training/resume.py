@@ -36,7 +36,11 @@ class Progress:
   best_value: float | None = None  # the stage's best validation train.early_stop_metric
   bad_epochs: int = 0
   epoch_start_step: int = 0  # global step at which the current epoch began
+  # When this process's stretch of the stage began, less the seconds it ran before
+  # (stage_seconds, as of the checkpoint): a resumed stage's `seconds` leave out the
+  # time the run lay dead, and count again the steps it replays.
   stage_start_time: float = 0.0
+  stage_seconds: float = 0.0
   results: dict = dataclasses.field(default_factory=dict)
   search_alpha: dict | None = None  # |alpha| evidence for the heatmap
   # Once the last stage ends: the stage whose model the run delivers (the one that
@@ -44,7 +48,8 @@ class Progress:
   delivered: str | None = None
 
   def to_dict(self):
-    return dataclasses.asdict(self)
+    """The progress as of now, as a checkpoint holds it (stage_seconds: the stage so far)."""
+    return {**dataclasses.asdict(self), "stage_seconds": time.time() - self.stage_start_time}
 
   @classmethod
   def from_dict(cls, saved: dict) -> Progress:
@@ -62,6 +67,11 @@ class Progress:
     self.best_value = None
     self.bad_epochs = 0
     self.stage_start_time = time.time()
+
+  def resumed(self) -> Progress:
+    """This progress, read from a checkpoint, with its stage's clock going on from there."""
+    self.stage_start_time = time.time() - self.stage_seconds
+    return self
 
 
 def save(ctx: RunContext, state, progress: Progress) -> None:
