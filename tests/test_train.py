@@ -235,9 +235,24 @@ HALF = "--data.synthetic_rows=2000"
 
 @pytest.fixture(scope="module")
 def one_process_four_devices(tmp_path_factory):
+  """The reference run of the multi-process tests: (its stdout, its report)."""
   one = tmp_path_factory.mktemp("one_x4")
-  subprocess.run(_train_cmd(one, HALF), env=_env(4), check=True, capture_output=True, cwd=REPO)
-  return json.loads((one / "report.json").read_text())
+  proc = subprocess.run(
+    _train_cmd(one, HALF), env=_env(4), check=True, capture_output=True, cwd=REPO, text=True
+  )
+  return proc.stdout, json.loads((one / "report.json").read_text())
+
+
+def test_one_process_spreads_its_batch_over_four_devices(one_process_four_devices):
+  """The reference of the multi-process tests is itself a sharded run: one process, a
+  mesh of its 4 devices, both stages trained and evaluated. (Run first, it also keeps
+  the reference's cost out of the two-process tests' own.)"""
+  stdout, report = one_process_four_devices
+  assert "mesh: 4 devices over 1 process(es)" in stdout
+  assert report["delivered_stage"] == "retrain"
+  for stage in ("search", "retrain"):
+    assert report["stages"][stage]["epochs"] == 2
+    assert 0.5 < report["stages"][stage]["test_auc"] < 1.0
 
 
 def _slurm_port():
@@ -288,7 +303,7 @@ def test_two_processes_agree_with_one_process(tmp_path, one_process_four_devices
   assert "over 2 process(es)" in outs[0][0]
   if launch == "slurm":
     assert "SLURM job detected" in outs[0][1]
-  a = one_process_four_devices
+  _, a = one_process_four_devices
   b = json.loads((two / "report.json").read_text())
   for stage in ("search", "retrain"):
     assert abs(a["stages"][stage]["test_auc"] - b["stages"][stage]["test_auc"]) < 2e-3
