@@ -97,7 +97,8 @@ def _state(wd):
 
 
 def _prepared(wd):
-  return data.open_prepared(next(p for p in (wd / "data" / "cache").iterdir() if p.is_dir()))
+  """The run's prepared dataset (not its replay-mixed training split, if it has one)."""
+  return data.open_prepared(next((wd / "data" / "cache").glob("*/meta.json")).parent)
 
 
 def _row_tables(state):
@@ -537,3 +538,83 @@ def test_init_lr_scale_and_init_epochs_set_the_continued_runs_schedule(day0, day
   rates = {round(r["lr"], 12) for r in logged if "lr" in r}
   assert rates == {1e-7}  # 0.1 x 1e-6, never decayed
   assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 1  # as asked
+
+
+# ---------------------------------------------------------------------- replay
+
+
+def _tokens(meta, ids):
+  """The (field, token) each id of a prepared row names (its category, OOV or missing)."""
+  out = []
+  col = 0
+  for f in meta.fields:
+    for i in ids[col : col + f.max_values]:
+      k = int(i) - f.offset
+      if int(i) == meta.pad_id:
+        out.append((f.name, "<pad>"))
+      elif f.transform == "vocab" and k >= 2:
+        out.append((f.name, meta.vocab[f.name][k - 2]))
+      else:
+        out.append((f.name, k))  # OOV, missing, a hash bucket or a value row
+    col += f.max_values
+  return out
+
+
+def test_replay_mixes_a_seeded_sample_of_the_source_rows_into_the_new_training_split(
+  day0, days, tmp_path
+):
+  """train.init_replay=0.5: the continued run trains on its new rows and half as many of
+  the rows its source trained on, each naming the same categories in the grown table."""
+  wd0, opt = day0
+  if opt != "lazy_adam":
+    pytest.skip("replay is the data's business, not the optimizer's: one is enough")
+  rep = training.run(_cfg(days[1], wd0, embedding_optimizer=opt, init_replay=0.5), tmp_path,
+                     devices=ONE)  # fmt: skip
+  info = rep["init_from"]["replay"]
+  old_meta, old_splits = _prepared(wd0)
+  new_meta, new_splits = _prepared(tmp_path)
+  n = len(new_splits["train"])
+  assert info["new_rows"] == n and info["replayed_rows"] == round(0.5 * n)
+  assert info["source_rows"] == len(old_splits["train"])
+  mixed = data.meta.load_split(next((tmp_path / "data" / "cache").glob("train+replay-*/train")))
+  assert len(mixed) == n + info["replayed_rows"]
+  np.testing.assert_array_equal(mixed.ids[:n], new_splits["train"].ids)
+  np.testing.assert_array_equal(mixed.labels[:n], new_splits["train"].labels)
+  lines = -np.asarray(mixed.line_numbers[n:])
+  assert np.all(lines > 0) and len(np.unique(lines)) == len(lines)  # without replacement
+  row_of = {int(x): i for i, x in enumerate(old_splits["train"].line_numbers)}
+  for k, line in enumerate(lines):
+    old_row = row_of[int(line)]
+    assert mixed.labels[n + k] == old_splits["train"].labels[old_row]
+    assert _tokens(new_meta, mixed.ids[n + k]) == _tokens(
+      old_meta, old_splits["train"].ids[old_row]
+    )
+  # The source's rows are replayed from where they are; a next day replays this mix.
+  found, split = data.replay.source_train([tmp_path], new_meta)
+  assert found.name.startswith("train+replay-") and len(split) == len(mixed)
+  # The same sample again from the same seed (a resumed or repeated run), another by another.
+  again, _ = data.replay.mixed_train(new_splits["train"], new_meta, wd0, old_splits["train"],
+                                     old_meta, 0.5, 0, tmp_path / "again")  # fmt: skip
+  np.testing.assert_array_equal(again.ids, mixed.ids)
+  other, _ = data.replay.mixed_train(new_splits["train"], new_meta, wd0, old_splits["train"],
+                                     old_meta, 0.5, 1, tmp_path / "other")  # fmt: skip
+  assert not np.array_equal(other.line_numbers, mixed.line_numbers)
+  # More than the source has: all of it, once each.
+  every, record = data.replay.mixed_train(new_splits["train"], new_meta, wd0,
+                                          old_splits["train"], old_meta, 100.0, 0,
+                                          tmp_path / "every", log=lambda m: None)  # fmt: skip
+  assert record["replayed_rows"] == len(old_splits["train"]) == len(every) - n
+
+
+def test_replay_without_the_sources_prepared_rows_is_refused_naming_the_way_out(
+  day0, days, tmp_path
+):
+  wd0, opt = day0
+  if opt != "lazy_adam":
+    pytest.skip("one optimizer is enough")
+  bare = _copy_of(day0, tmp_path)
+  shutil.rmtree(bare / "data")
+  with pytest.raises(data.DataError, match=r"init_replay=0 to continue without replay"):
+    training.run(_cfg(days[1], bare, embedding_optimizer=opt, init_replay=1.0),
+                 tmp_path / "continued", devices=ONE)  # fmt: skip
+  assert not (tmp_path / "continued" / "report.json").exists()

@@ -55,7 +55,7 @@ TRAIN_RANGES = {
   "epochs": (1, None, False), "learning_rate": (0, None, True), "clip_norm": (0, None, False),
   "lr_decay": (0, 1, True), "patience": (1, None, False), "log_every": (1, None, False),
   "embedding_lr_scale": (0, None, True), "init_lr_scale": (0, None, True),
-  "init_epochs": (0, None, False),
+  "init_epochs": (0, None, False), "init_replay": (0, None, False),
   "checkpoint_every": (1, None, False), "keep_checkpoints": (1, None, False),
   "seed": (0, None, False),
 }  # fmt: skip
@@ -224,6 +224,9 @@ class TrainConfig:
   # --init-from: > 0: exactly this many epochs on the new data, without early stopping
   # or plateau decay (0: train.epochs, patience and lr_decay, as for a fresh run).
   init_epochs: int = 0
+  # --init-from: also train on a sample of the rows the source trained on, this many
+  # per new training row (gin_jax.data.replay; 0: the new rows alone).
+  init_replay: float = 0.0
 
   def __post_init__(self):
     _check_finite("train", self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from gin_jax import data, files, runtime
 from gin_jax import models as model_lib
 from gin_jax.config import Config, resolve_auto
-from gin_jax.data import pipeline
+from gin_jax.data import pipeline, replay
 from gin_jax.models import pruning
 from gin_jax.training import (
   checkpointing,
@@ -78,7 +79,7 @@ def train(
   runtime.barrier("workdir")
 
   # ------------------------------------------------------------ data
-  meta, splits, planted = _load_data(cfg, workdir, source)
+  meta, splits, planted, replayed = _load_data(cfg, workdir, source)
   # Checked before config.json is written: a misspelt field must not hold the workdir.
   group_column = meta.group_column(cfg.train.group_by) if cfg.train.group_by else None
   if lead:
@@ -202,6 +203,8 @@ def train(
   out = final_report(ctx, state, progress)
   if source is not None:
     out = {**out, **continuation.report(source, meta, state, progress)}
+    if replayed is not None:  # train.init_replay: what the training split held besides
+      out["init_from"] = {**out["init_from"], "replay": replayed}
   if lead:
     if pictures:
       out = plots.publish(workdir.root, out)
@@ -228,7 +231,9 @@ def _interrupted_at(ctx: RunContext):
 def _load_data(cfg: Config, workdir: Workdir, source=None):
   """Prepares the splits (process 0 first, others then hit its cache).
 
-  A continued run's (`source`) vocabularies grow from the source's dataset.
+  A continued run's (`source`) vocabularies grow from the source's dataset, and with
+  train.init_replay its training split is mixed with the source's (`_replayed`;
+  the 4th value: replay.json's record, else None).
 
   For the demo (`format="synthetic"`) `data.prepare` writes the Criteo TSV
   itself, so the whole text path runs, and returns the planted pairs in
@@ -242,8 +247,32 @@ def _load_data(cfg: Config, workdir: Workdir, source=None):
   runtime.barrier("prepare")
   if jax.process_index() != 0:
     meta, splits = data.prepare(cfg.data, cache, base=base, workers=workers)
+  replayed = None
+  if source is not None and cfg.train.init_replay > 0:
+    train, replayed = _replayed(cfg, workdir, source, meta, splits["train"])
+    splits = {**splits, "train": train}
   planted = [tuple(p) for p in (meta.planted_pairs or [])]
-  return meta, splits, planted
+  return meta, splits, planted, replayed
+
+
+def _replayed(cfg: Config, workdir: Workdir, source, meta, new):
+  """train.init_replay: the new training split plus a sample of the source's training rows
+  (data.replay; process 0 builds it, the others read it)."""
+  from_dirs = list(dict.fromkeys([source.run, Path(cfg.train.init_from).resolve()]))
+  build = lambda: replay.mixed_train(
+    new, meta, *replay.source_train(from_dirs, source.dataset), source.dataset,
+    cfg.train.init_replay, cfg.data.seed, workdir.data_cache, log=runtime.log,
+  )  # fmt: skip
+  if jax.process_index() == 0:
+    split, info = build()
+  runtime.barrier("replay")
+  if jax.process_index() != 0:
+    split, info = build()
+  runtime.log(
+    f"replay: {info['replayed_rows']:,} rows the source trained on ({info['source']}) beside "
+    f"the {info['new_rows']:,} new ones (train.init_replay={cfg.train.init_replay:g})"
+  )
+  return split, info
 
 
 def _check_finite(ctx: RunContext, state, stage: Stage) -> None:
