@@ -101,6 +101,13 @@ def _prepared(wd):
   return data.open_prepared(next((wd / "data" / "cache").glob("*/meta.json")).parent)
 
 
+def _trained_on(wd):
+  """The training split the run read: its replay-mixed one (train.init_replay), else the
+  prepared one."""
+  mixed = sorted((wd / "data" / "cache").glob("train+replay-*/train"))
+  return data.meta.load_split(mixed[0]) if mixed else _prepared(wd)[1]["train"]
+
+
 def _row_tables(state):
   return model_lib.row_tables(state["params"])
 
@@ -186,17 +193,17 @@ def test_the_start_state_keeps_old_rows_bit_for_bit_and_new_rows_fresh(
   jax.tree.map(np.testing.assert_array_equal, dense, model_lib.dense_params(old["params"]))
   jax.tree.map(np.testing.assert_array_equal, start["masks"], old["masks"])
   lr = float(optax.tree_utils.tree_get(start["opt_state"], "learning_rate"))
-  assert lr == pytest.approx(cfg.train.learning_rate)
+  assert lr == pytest.approx(cfg.train.learning_rate * cfg.train.init_lr_scale)
 
 
 def test_a_row_the_new_data_never_touches_is_bit_identical_after_training(day0, day1):
   (wd0, _), (wd1, _, _) = day0, day1
   old_meta, _ = _prepared(wd0)
-  new_meta, splits = _prepared(wd1)
+  new_meta, _ = _prepared(wd1)
   old, new = _state(wd0), _state(wd1)
   src = continuation.row_map(old_meta, new_meta, new["params"]["projection"]["table"].shape[0])
-  touched = np.zeros(len(src), bool)
-  touched[np.unique(np.asarray(splits["train"].ids))] = True
+  touched = np.zeros(len(src), bool)  # by the new rows, or the replayed ones
+  touched[np.unique(np.asarray(_trained_on(wd1).ids))] = True
   idle = (src >= 0) & ~touched
   assert idle.sum() > 20  # the drift retired some old ids
   for name, table in _row_tables(new).items():

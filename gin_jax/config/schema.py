@@ -220,7 +220,9 @@ class TrainConfig:
   init_from: str = ""
   reset_optimizer: bool = False  # --init-from: restart the optimizers' state from zero.
   # --init-from: the continued run's learning rate, as a multiple of train.learning_rate.
-  init_lr_scale: float = 1.0
+  # 0.2, chosen by validation AUC over three time-ordered logs (issue #38, docs/quality.md):
+  # at 1.0 a model continued on a small new period forgot what the old one taught it.
+  init_lr_scale: float = 0.2
   # --init-from: > 0: exactly this many epochs on the new data, without early stopping
   # or plateau decay (0: train.epochs, patience and lr_decay, as for a fresh run).
   init_epochs: int = 0

@@ -12,13 +12,17 @@ A new run starts from the model RUN_DIR delivers (delivered.json: the run, its
            reach min_count (data.prepare's `base`); the table, once, here
   fresh    new rows (as a fresh init draws them, with zero optimizer state and
            no idle steps to catch up on), the learning rate (train.learning_rate
-           x train.init_lr_scale: the plateau schedule and early stopping start
-           afresh on the new validation split, or, with train.init_epochs, exactly
-           that many epochs run: schedule()), the step counter, dropout keys
+           x train.init_lr_scale, 0.2 by default: the plateau schedule and early
+           stopping start afresh on the new validation split, or, with
+           train.init_epochs, exactly that many epochs run: schedule()), the
+           step counter, dropout keys
+  replayed with train.init_replay > 0, a sample of the rows the source trained
+           on, beside the new ones (gin_jax.data.replay; the trainer's _load_data)
 
-RUN_DIR is only read. A row the new data never touches stays bit-identical
-after training: the row optimizers apply an idle row's L2 steps lazily, on its
-next touch (gin_jax.training.embedding), and never to a row nobody touches.
+RUN_DIR is only read. A row that neither the new data nor the replayed rows touch
+stays bit-identical after training: the row optimizers apply an idle row's L2
+steps lazily, on its next touch (gin_jax.training.embedding), and never to a row
+nobody touches.
 """
 
 from __future__ import annotations
