@@ -74,13 +74,19 @@ def day0(request, days, tmp_path_factory):
   return wd, request.param
 
 
+# Day 1 replays half as many of day 0's rows as it has (train.init_replay): the tests
+# of day 1 (idle rows, resume, 8 devices, 2 processes, the scorer) hold with replay.
+REPLAY = 0.5
+
+
 @pytest.fixture(scope="module")
 def day1(day0, days, tmp_path_factory):
-  """Day 1 continuing day 0; the hashes of day 0's files before it ran."""
+  """Day 1 continuing day 0 (with replay); the hashes of day 0's files before it ran."""
   wd0, opt = day0
   before = _hashes(wd0)
   wd = tmp_path_factory.mktemp(f"day1_{opt}")
-  rep = training.run(_cfg(days[1], wd0, embedding_optimizer=opt), wd, devices=ONE)
+  cfg = _cfg(days[1], wd0, embedding_optimizer=opt, init_replay=REPLAY)
+  rep = training.run(cfg, wd, devices=ONE)
   return wd, rep, before
 
 
@@ -434,7 +440,7 @@ runtime.init_runtime()
 cfg = config.override(config.tiny(), {"data.format": "criteo", "data.train": sys.argv[3],
   "train.embedding_l2": "1e-4", "train.epochs": "1", "train.stages": "single",
   "train.init_from": sys.argv[4], "train.embedding_optimizer": sys.argv[5],
-  "train.checkpoint_every": "10"})
+  "train.checkpoint_every": "10", "train.init_replay": sys.argv[6]})
 def kill_at(step):
   if step == int(sys.argv[2]):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -447,7 +453,7 @@ def test_sigkill_and_resume_of_a_continued_run_is_bit_exact(day0, day1, days, tm
   if opt != "lazy_adam":
     pytest.skip("one optimizer is enough")
   killed = tmp_path / "killed"
-  args = [str(days[1]), str(wd0), opt]
+  args = [str(days[1]), str(wd0), opt, str(REPLAY)]
   # tiny: 18 steps an epoch here, checkpoints every 10: killed 5 steps after one.
   proc = subprocess.run(
     [sys.executable, "-c", _KILL, str(killed), "15", *args], env=_env(), capture_output=True
@@ -473,7 +479,8 @@ def test_eight_devices_continue_as_one_does(day0, day1, days, tmp_path):
   (wd0, opt), (_, rep1, _) = day0, day1
   if opt != "rowwise_adagrad":
     pytest.skip("one optimizer is enough")
-  rep8 = training.run(_cfg(days[1], wd0, embedding_optimizer=opt), tmp_path, devices=jax.devices())
+  cfg = _cfg(days[1], wd0, embedding_optimizer=opt, init_replay=REPLAY)
+  rep8 = training.run(cfg, tmp_path, devices=jax.devices())
   # Sharded reductions sum in another order: float32 round-off (as test_train's
   # eight-device test states it: 2e-3 absolute on AUC).
   for key in ("valid_auc", "test_auc"):
@@ -495,6 +502,7 @@ def test_two_processes_continue_as_one_does(day0, day1, days, tmp_path):
     sys.executable, "-m", "train", "--preset", "tiny", "--format", "criteo",
     "--train", str(days[1]), "--init-from", str(wd0), "--workdir", str(two),
     "--train.embedding_l2=1e-4", "--train.epochs=1", f"--train.embedding_optimizer={opt}",
+    f"--train.init_replay={REPLAY}",
     "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
   ]  # fmt: skip
   procs = [
@@ -568,22 +576,20 @@ def _tokens(meta, ids):
 
 
 def test_replay_mixes_a_seeded_sample_of_the_source_rows_into_the_new_training_split(
-  day0, days, tmp_path
+  day0, day1, tmp_path
 ):
   """train.init_replay=0.5: the continued run trains on its new rows and half as many of
   the rows its source trained on, each naming the same categories in the grown table."""
-  wd0, opt = day0
+  (wd0, opt), (wd1, rep, _) = day0, day1
   if opt != "lazy_adam":
     pytest.skip("replay is the data's business, not the optimizer's: one is enough")
-  rep = training.run(_cfg(days[1], wd0, embedding_optimizer=opt, init_replay=0.5), tmp_path,
-                     devices=ONE)  # fmt: skip
   info = rep["init_from"]["replay"]
   old_meta, old_splits = _prepared(wd0)
-  new_meta, new_splits = _prepared(tmp_path)
+  new_meta, new_splits = _prepared(wd1)
   n = len(new_splits["train"])
   assert info["new_rows"] == n and info["replayed_rows"] == round(0.5 * n)
   assert info["source_rows"] == len(old_splits["train"])
-  mixed = data.meta.load_split(next((tmp_path / "data" / "cache").glob("train+replay-*/train")))
+  mixed = data.meta.load_split(next((wd1 / "data" / "cache").glob("train+replay-*/train")))
   assert len(mixed) == n + info["replayed_rows"]
   np.testing.assert_array_equal(mixed.ids[:n], new_splits["train"].ids)
   np.testing.assert_array_equal(mixed.labels[:n], new_splits["train"].labels)
@@ -597,7 +603,7 @@ def test_replay_mixes_a_seeded_sample_of_the_source_rows_into_the_new_training_s
       old_meta, old_splits["train"].ids[old_row]
     )
   # The source's rows are replayed from where they are; a next day replays this mix.
-  found, split = data.replay.source_train([tmp_path], new_meta)
+  found, split = data.replay.source_train([wd1], new_meta)
   assert found.name.startswith("train+replay-") and len(split) == len(mixed)
   # The same sample again from the same seed (a resumed or repeated run), another by another.
   again, _ = data.replay.mixed_train(new_splits["train"], new_meta, wd0, old_splits["train"],
