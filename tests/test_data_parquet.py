@@ -77,8 +77,13 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize(
   "options",
-  [{"min_count": 2}, {"hash_buckets": 1000}, {"numeric": "scale", "min_count": 3}],
-  ids=["vocab", "hashing", "scale"],
+  [
+    {"min_count": 2},
+    {"hash_buckets": 1000},
+    {"numeric": "scale", "min_count": 3},
+    {"split_by": "line"},
+  ],
+  ids=["vocab", "hashing", "scale", "split_by_line"],
 )
 def test_prepare_equals_tsv_route(tmp_path, criteo, options):
   tsv, path, schema, lines = criteo

@@ -1,8 +1,10 @@
 """Preprocessing: vocabularies (train split only, min-count, OOV, missing), hashing,
 splits, caching, the memory/disk spill, and scoring-time encoding."""
 
+import gzip
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from gin_jax.data.meta import MISSING, OOV
 from gin_jax.data.prepare import assign_splits, split_ratios
 
 FIXTURES = Path(__file__).parent / "fixtures"
+prepare_module = sys.modules["gin_jax.data.prepare"]  # (the package's `prepare` is the function)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +301,44 @@ def test_constant_column_is_reported(tmp_path, caplog):
     again, _ = prepare(_csv_cfg(tmp_path, path, schema=schema), tmp_path / cache, progress=False)
     assert again.constant_fields == ["const"]
   assert caplog.text.count("hold the same value") == 1
+
+
+def test_split_by_line_gives_valid_and_test_the_newest_rows(tmp_path, tsv, monkeypatch):
+  """data.split_by=line: train the oldest rows of the file, valid the next, test the
+  newest (a file in time order), the same through gzip, worker processes and a CSV
+  header; the cache key of a hash split does not change."""
+  cfg = _cfg(tsv, split=(0.8, 0.15, 0.05), split_by="line")
+  meta, splits = prepare(cfg, tmp_path / "a", progress=False)
+  np.testing.assert_array_equal(splits["train"].line_numbers, np.arange(1, 4801))
+  np.testing.assert_array_equal(splits["valid"].line_numbers, np.arange(4801, 5701))
+  np.testing.assert_array_equal(splits["test"].line_numbers, np.arange(5701, 6001))
+  assert meta.options["split_by"] == "line"
+  prepare(_cfg(tsv, split=(0.8, 0.15, 0.05)), tmp_path / "hash", progress=False)
+  assert "split_by" not in _options_of(tmp_path / "hash")
+  gz = tmp_path / "train.tsv.gz"
+  gz.write_bytes(gzip.compress(tsv.read_bytes()))
+  monkeypatch.setattr(text, "CHUNK_BYTES", 64 << 10)  # many chunks, in worker processes
+  monkeypatch.setattr(prepare_module, "PROCESS_MIN_BYTES", 0)
+  monkeypatch.setattr(prepare_module, "THREADS_UP_TO", 1)
+  cfg_gz = _cfg(gz, split=(0.8, 0.15, 0.05), split_by="line", prepare_workers=2)
+  meta_gz, again = prepare(cfg_gz, tmp_path / "b", progress=False)
+  for name in splits:
+    np.testing.assert_array_equal(again[name].ids, splits[name].ids)
+  assert meta_gz.vocab == meta.vocab  # counted over the same (oldest) training rows
+  csv = tmp_path / "clicks.csv"
+  csv.write_text("click,user\n" + "".join(f"{i % 2},u{i % 7}\n" for i in range(10)))
+  schema = tmp_path / "schema.yaml"
+  schema.write_text("label: click\ncategorical: [user]\n")
+  csv_cfg = DataConfig(format="csv", train=str(csv), schema=str(schema), split=(0.6, 0.2, 0.2),
+                       split_by="line", min_count=1)  # fmt: skip
+  _, parts = prepare(csv_cfg, tmp_path / "c", progress=False)
+  assert [list(parts[s].line_numbers) for s in ("train", "valid", "test")] == [
+    [2, 3, 4, 5, 6, 7], [8, 9], [10, 11]]  # fmt: skip
+  with pytest.raises(ValueError, match="split_by must be one of"):
+    _cfg(tsv, split_by="time")
+
+
+def _options_of(cache_dir):
+  """The options of the one dataset prepared (by hash) in cache_dir, if any."""
+  metas = list(Path(cache_dir).glob("*/meta.json"))
+  return json.loads(metas[0].read_text())["options"] if metas else {}

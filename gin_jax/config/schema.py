@@ -108,6 +108,7 @@ class ModelConfig:
 FORMATS = ("criteo", "csv", "libfm", "parquet")
 BAD_ROWS = ("error", "skip")  # data.bad_rows
 NUMERIC_MODES = ("bucketize", "scale")  # data.numeric
+SPLIT_BY = ("hash", "line")  # data.split_by
 DEVICE_RESIDENT = ("auto", "resident", "streamed", "off")  # data.device_resident
 
 
@@ -127,6 +128,10 @@ class DataConfig:
   max_values: int = 32  # A multi-valued field's values kept per row (the last), <= MAX_VALUES.
   hash_buckets: int = 0  # >0: hashing mode with this many rows per field.
   seed: int = 0  # Seed of the random split.
+  # How --train is split: "hash" (a seeded hash of each row's line number: a random
+  # split) or "line" (by line order: train the oldest rows, then valid, test the
+  # newest, for a file written in time order).
+  split_by: str = "hash"
   num_workers: int = 0  # grain worker processes for the training pipeline.
   prepare_workers: int = 0  # Processes that prepare the files; 0: the cores available.
   device_resident: str = "auto"  # Train split on the devices: auto/resident/streamed/off.
@@ -147,6 +152,8 @@ class DataConfig:
     if not 0.0 < self.device_fraction <= 1.0:
       raise ValueError(f"device_fraction must be in (0, 1], got {self.device_fraction}")
     _check_ranges("data", self, DATA_RANGES)
+    if self.split_by not in SPLIT_BY:
+      raise ValueError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
     if self.numeric not in NUMERIC_MODES:
       raise ValueError(f"numeric must be one of {NUMERIC_MODES}, got {self.numeric!r}")
     if len(self.split) == 2 and self.test:

@@ -165,12 +165,14 @@ class TwoPasses:
 
     Yields a workers.Parsed per chunk.
     """
+    train = inp["role"] == "train"
     task = workers_lib.ParseTask(
       fmt=self.fmt,
       layout=layout,
       ratios=self.ratios,
       seed=self.cfg.seed,
-      fixed=SPLITS.index(inp["role"]) if inp["role"] != "train" else None,
+      fixed=None if train else SPLITS.index(inp["role"]),
+      cuts=self._line_cuts(inp, layout) if train and self.cfg.split_by == "line" else None,
       bucketize=self.cfg.numeric == "bucketize",
       counted=tuple(self.counted),
       spill_dir=self.spill_dir,
@@ -221,6 +223,17 @@ class TwoPasses:
     for written in ordered_map(workers_lib.encode_part, tasks, self.workers, pool, route):
       bar.update(int(written.sum()))
       filled += written
+
+  def _line_cuts(self, inp, layout: Layout) -> tuple[int, int]:
+    """data.split_by=line: the last line of the train and of the valid split (a read of
+    the training input before pass 1, to count its lines)."""
+    name = os.path.basename(inp["path"].rstrip(os.sep)) or inp["path"]
+    with self._bar(inp["size"], f"counting the lines of {name}", "B") as bar:
+      last = self.fmt.last_line(inp["path"], layout, on_progress=bar.update)
+    first = layout.header_lines + 1
+    if last < first:
+      raise DataError(f"{inp['path']}: no rows for the training split")
+    return workers_lib.line_cuts(first, last, self.ratios)
 
   def _bar(self, total: int, desc: str, unit: str):
     return tqdm(

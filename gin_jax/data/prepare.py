@@ -264,7 +264,7 @@ def open_prepared(directory: str | os.PathLike) -> tuple[DatasetMeta, dict[str, 
 
 
 def _options(cfg: DataConfig, schema: CsvSchema | None) -> dict[str, Any]:
-  return {
+  options = {
     "format": cfg.format,
     "split": list(split_ratios(cfg)),
     "seed": cfg.seed,
@@ -274,6 +274,9 @@ def _options(cfg: DataConfig, schema: CsvSchema | None) -> dict[str, Any]:
     "hash_buckets": cfg.hash_buckets,
     "schema": schema.to_dict() if schema else None,
   }
+  if cfg.split_by != "hash":  # only then: the key of every dataset split by hash stays
+    options["split_by"] = cfg.split_by
+  return options
 
 
 def split_ratios(cfg: DataConfig) -> tuple[float, float, float]:

@@ -296,6 +296,8 @@ class ParseTask:
   Attributes:
     fmt, layout: how the input is parsed.
     ratios, seed: the split of the training file (assign_splits).
+    cuts: data.split_by=line: the last lines of the train and valid splits
+      (line_splits); None: the seeded hash of assign_splits.
     fixed: the split of every row of a valid/test file (None: the training file).
     bucketize: numeric columns become bucket values (data.numeric).
     counted: the columns whose categories are counted.
@@ -317,13 +319,16 @@ class ParseTask:
   spill_dir: str | None = None
   input_index: int = 0
   hold_bytes: int = 0
+  cuts: tuple[int, int] | None = None
 
   def __call__(self, item) -> Parsed:
     index, chunk = item
     raw, bad = self.fmt.parse_chunk(chunk, self.layout)
     if self.bucketize:
       raw = dataclasses.replace(raw, numbers=vocab.bucketize(raw.numbers), bucketized=True)
-    if self.fixed is None:
+    if self.fixed is None and self.cuts is not None:
+      split = line_splits(raw.lines, self.cuts)
+    elif self.fixed is None:
       split = assign_splits(raw.lines, self.ratios, self.seed)
     else:
       split = np.full(len(raw), self.fixed, np.uint8)
@@ -367,6 +372,21 @@ def assign_splits(lines: np.ndarray, ratios, seed: int) -> np.ndarray:
   t1 = ratios[0] if ratios[1] + ratios[2] > 0 else 2.0
   t2 = ratios[0] + ratios[1] if ratios[2] > 0 else 2.0
   return ((u >= t1).astype(np.uint8) + (u >= t2)).astype(np.uint8)
+
+
+def line_cuts(first: int, last: int, ratios) -> tuple[int, int]:
+  """data.split_by=line: the last line of the train split and of the valid split, for
+  an input whose rows are lines `first`..`last` and the splits' ratios."""
+  n = last - first + 1
+  c1 = first - 1 + round(ratios[0] * n)
+  return c1, max(c1, first - 1 + round((ratios[0] + ratios[1]) * n))
+
+
+def line_splits(lines: np.ndarray, cuts: tuple[int, int]) -> np.ndarray:
+  """uint8 [n] split of each row by its line: train up to cuts[0], valid up to cuts[1],
+  test after (data.split_by=line)."""
+  lines = np.asarray(lines)
+  return ((lines > cuts[0]).astype(np.uint8) + (lines > cuts[1])).astype(np.uint8)
 
 
 def count_categories(raw: RawChunk, split: np.ndarray, counted) -> dict:

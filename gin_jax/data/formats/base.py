@@ -215,6 +215,17 @@ class Format(abc.ABC):
   name: str  # The --format name: a key of gin_jax.config.FORMATS.
   needs_schema: bool = False  # Whether a schema file names the columns (DataConfig.schema).
 
+  def last_line(self, path: str | os.PathLike, layout: Layout, on_progress=None) -> int:
+    """The "line" of the input's last row (text: its last line; Parquet: its row
+    count), by reading the input once without parsing it (data.split_by=line)."""
+    last = 0
+    for chunk in self.iter_chunks(path, layout, on_progress=on_progress):
+      if hasattr(chunk, "data"):  # text.Chunk: whole lines, each ending in b"\n"
+        last = chunk.first_line + chunk.data.count(b"\n") - 1
+      else:  # parquet.Chunk: a batch of rows
+        last = chunk.first_line + chunk.batch.num_rows - 1
+    return last
+
   @abc.abstractmethod
   def fingerprint(self, path: str) -> dict:
     """What prepare's cache key hashes of an input (its size and mtime).
