@@ -269,9 +269,9 @@ def test_a_chain_of_days_keeps_growing(day0, day1, days, tmp_path):
 
 
 def test_each_member_of_a_seed_ensemble_continues_its_own_member(tmp_path):
-  """train.ensemble=2 on day 0, continued with train.ensemble=2 on day 1: member i starts
-  from day 0's member i (its rows the new data never touches are that member's, bit for
-  bit, and not the other member's)."""
+  """train.ensemble=2 on day 0, continued with train.ensemble=2 on day 1 (with replay):
+  member i starts from day 0's member i (its rows that neither the new data nor the
+  replayed rows touch are that member's, bit for bit, and not the other member's)."""
   small = []
   for t in range(2):
     small.append(tmp_path / f"day{t}.tsv")
@@ -279,11 +279,14 @@ def test_each_member_of_a_seed_ensemble_continues_its_own_member(tmp_path):
     synthetic.write_criteo_tsv(small[-1], spec)
   opt = {"embedding_optimizer": "rowwise_adagrad", "ensemble": 2}
   training.run(_cfg(small[0], stages="single", **opt), tmp_path / "d0", devices=ONE)
-  training.run(_cfg(small[1], tmp_path / "d0", **opt), tmp_path / "d1", devices=ONE)
+  cfg = _cfg(small[1], tmp_path / "d0", init_replay=REPLAY, **opt)
+  training.run(cfg, tmp_path / "d1", devices=ONE)
   sources, members = Workdir(tmp_path / "d0").ensemble(), Workdir(tmp_path / "d1").ensemble()
   assert len(sources) == len(members) == 2
   old_meta, new_meta = _prepared(tmp_path / "d0")[0], _prepared(tmp_path / "d1")[0]
-  ids = np.asarray(_prepared(tmp_path / "d1")[1]["train"].ids)
+  mixed = sorted((tmp_path / "d1" / "data" / "cache").glob("train+replay-*/train"))
+  assert len(mixed) == 2  # a member's replay each, from its own source member
+  ids = np.concatenate([np.asarray(data.meta.load_split(m).ids) for m in mixed])
   old = [_state(m.root)["params"]["projection"]["table"] for m in sources]
   new = [_state(m.root)["params"]["projection"]["table"] for m in members]
   src = continuation.row_map(old_meta, new_meta, new[0].shape[0])
@@ -292,7 +295,7 @@ def test_each_member_of_a_seed_ensemble_continues_its_own_member(tmp_path):
   assert idle.sum() > 20
   for i, member in enumerate(members):
     lineage = json.loads(member.report.read_text())["init_from"]
-    assert lineage["path"] == str(sources[i].root)
+    assert lineage["path"] == str(sources[i].root) and lineage["replay"]["replayed_rows"] > 0
     np.testing.assert_array_equal(new[i][idle], old[i][src[idle]])
     assert np.any(new[i][idle] != old[1 - i][src[idle]])
 
