@@ -136,13 +136,16 @@ def mixed_train(
     if has_values:
       dst["values"][a:b] = new.values[a:b]
   pad_old, pad_new = old_meta.pad_id, meta.pad_id
+  positives = 0.0
   for a in range(0, want, CHUNK_ROWS):  # the replayed rows, re-addressed
     rows = pick[a : a + CHUNK_ROWS]
     ids = np.asarray(old.ids[rows], np.int64)
     ids = np.where(ids == pad_old, pad_new, ids + shift)
     s = slice(n + a, n + a + len(rows))
     dst["ids"][s] = ids.astype(np.int32)
-    dst["labels"][s] = old.labels[rows]
+    labels = old.labels[rows]
+    dst["labels"][s] = labels
+    positives += float(np.sum(labels, dtype=np.float64))
     lines = old.line_numbers[rows] if old.line_numbers is not None else rows + 1
     dst["line_numbers"][s] = -np.abs(np.asarray(lines, np.int64))
     if has_values:
@@ -150,7 +153,6 @@ def mixed_train(
   for arr in dst.values():
     arr.flush()
   del dst
-  labels = old.labels[pick] if want else np.zeros(0, np.float32)
   info = {
     "dataset": meta.fingerprint(),
     "source": str(source_dir),
@@ -160,7 +162,7 @@ def mixed_train(
     "replayed_rows": int(want),
     "ratio": ratio,
     "seed": seed,
-    "replayed_positive_rate": float(np.mean(labels)) if want else None,
+    "replayed_positive_rate": positives / want if want else None,
   }
   files.write_json(tmp / INFO_FILE, info)
   try:

@@ -258,7 +258,7 @@ def _load_data(cfg: Config, workdir: Workdir, source=None):
 def _replayed(cfg: Config, workdir: Workdir, source, meta, new):
   """train.init_replay: the new training split plus a sample of the source's training rows
   (data.replay; process 0 builds it, the others read it)."""
-  from_dirs = list(dict.fromkeys([source.run, Path(cfg.train.init_from).resolve()]))
+  from_dirs = list(dict.fromkeys([Path(source.run).resolve(), Path(cfg.train.init_from).resolve()]))
   build = lambda: replay.mixed_train(
     new, meta, *replay.source_train(from_dirs, source.dataset), source.dataset,
     cfg.train.init_replay, cfg.data.seed, workdir.data_cache, log=runtime.log,

@@ -216,14 +216,12 @@ class Format(abc.ABC):
   needs_schema: bool = False  # Whether a schema file names the columns (DataConfig.schema).
 
   def last_line(self, path: str | os.PathLike, layout: Layout, on_progress=None) -> int:
-    """The "line" of the input's last row (text: its last line; Parquet: its row
-    count), by reading the input once without parsing it (data.split_by=line)."""
+    """The "line" of the input's last row, for data.split_by=line: here, of a text
+    format's input, its last line, by reading its chunks (text.Chunk: whole lines)
+    once without parsing them. Parquet counts rows in its footers instead."""
     last = 0
     for chunk in self.iter_chunks(path, layout, on_progress=on_progress):
-      if hasattr(chunk, "data"):  # text.Chunk: whole lines, each ending in b"\n"
-        last = chunk.first_line + chunk.data.count(b"\n") - 1
-      else:  # parquet.Chunk: a batch of rows
-        last = chunk.first_line + chunk.batch.num_rows - 1
+      last = chunk.first_line + chunk.data.count(b"\n") - 1
     return last
 
   @abc.abstractmethod
