@@ -25,6 +25,7 @@ from gin_jax.config.presets import (
 from gin_jax.config.schema import (
   ARCH_DEFAULTS,
   ARCHS,
+  ATTENTION_MISSING,
   BAD_ROWS,
   DEVICE_RESIDENT,
   EMBEDDING_OPTIMIZERS,
@@ -48,7 +49,8 @@ from gin_jax.config.schema import (
 )
 
 __all__ = [
-  "ARCHS", "ARCH_DEFAULTS", "BAD_ROWS", "DEVICE_RESIDENT", "EMBEDDING_OPTIMIZERS", "FORMATS",
+  "ARCHS", "ARCH_DEFAULTS", "ATTENTION_MISSING", "BAD_ROWS", "DEVICE_RESIDENT",
+  "EMBEDDING_OPTIMIZERS", "FORMATS",
   "INTERACTION_IMPLS", "L2_PRIOR", "MAX_VALUES", "NUMERIC_MODES", "PRESETS", "PRUNABLE",
   "PRUNE_SCOPES", "READOUTS", "STAGE_PLANS", "STAGE_PLAN_ALIASES", "Config", "DataConfig",
   "ModelConfig", "TrainConfig", "auto_batch_size", "auto_embedding_l2", "criteo_bars",

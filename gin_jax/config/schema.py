@@ -44,6 +44,10 @@ MODEL_RANGES = {
 # asked for 22 GiB for one column of 3,000 rows. Pooled lists (tags, a recent
 # history) need tens to hundreds.
 MAX_VALUES = 1024
+# The value an attention-pooled list field holds at its missing id (an empty list): the
+# model passes that row through with weight 1 instead of attending to it. Written by
+# data.encode, read by models.layers: the one place both sides take it from.
+ATTENTION_MISSING = -1.0
 DATA_RANGES = {
   "max_values": (1, MAX_VALUES, False),
   "min_count": (1, None, False), "hash_buckets": (0, None, False), "num_workers": (0, None, False),
@@ -82,6 +86,9 @@ class ModelConfig:
   cin_maps: int = 100  # xDeepFM: n, feature maps per CIN layer (Table 4).
   attention_heads: int = 3  # AutoInt: h, heads per self-attention layer (Table 4).
   attention_head_dim: int = 16  # AutoInt: d, query / key / value size per head (Table 4).
+  # Hidden widths of the target-attention unit (DIN's local activation unit) of every
+  # list field pooled by attention (schema `pooling: attention`); ReLU, one linear output.
+  target_attention_hidden: tuple[int, ...] = (64, 32)
 
   def __post_init__(self):
     _check_finite("model", self)
@@ -99,8 +106,10 @@ class ModelConfig:
     for name in sizes:
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-    if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.mlp_hidden):
-      raise ValueError(f"model.mlp_hidden must be widths >= 1, got {self.mlp_hidden}")
+    for name in ("mlp_hidden", "target_attention_hidden"):
+      widths = getattr(self, name)
+      if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"model.{name} must be widths >= 1, got {widths}")
     _check_ranges("model", self, MODEL_RANGES)
 
 

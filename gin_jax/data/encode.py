@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from gin_jax.config import ATTENTION_MISSING
 from gin_jax.data import formats, hashing, text, vocab
 from gin_jax.data.errors import BadRowPolicy, BadRowReport, DataError
 from gin_jax.data.formats import CsvSchema, Format, Layout, RawChunk, records
@@ -41,7 +42,8 @@ class Encoder:
     # j: each field's first slot (a multi-valued field has max_values of them).
     starts = np.cumsum([0] + [f.max_values for f in meta.fields])[:-1].tolist()
     fields = list(zip(starts, meta.fields))
-    table = lambda f: _CategoricalTable(f, meta.vocab.get(f.name), hash_buckets)
+    # A field that shares another's rows is encoded with its owner's vocabulary.
+    table = lambda f: _CategoricalTable(f, meta.vocab.get(f.shares or f.name), hash_buckets)
     self._cat = [(j, f, table(f)) for j, f in fields if f.kind == "categorical"]
     self._cat_groups = _categorical_groups(self._cat)
     self._cat_names: tuple = ()
@@ -98,6 +100,11 @@ class Encoder:
     A value's id is its category's (OOV when unseen), weighing 1/count (mean) or 1
     (sum); an empty slot gets the pad id (past the real rows) and weight 0; an empty
     list is the field's missing id in slot 0 with weight 1, as an empty field.
+
+    pooling "attention": the model weighs each value against the target's vector, so
+    a value's slot holds 1 (a mask, not a weight) and an empty list's missing id
+    holds ATTENTION_MISSING: the model passes that slot through with weight 1 (the
+    field's missing vector, as an empty field's) instead of attending to it.
     """
     lv = raw.lists[f.name]
     flat = table.encode(lv.keys)
@@ -113,7 +120,7 @@ class Encoder:
     ids[empty, 0] = table.encode(np.array([text.MISSING_KEY]))[0]  # the missing id
     values[:] = 0.0
     values[row, slot] = weight[row]
-    values[empty, 0] = 1.0
+    values[empty, 0] = ATTENTION_MISSING if f.pooling == "attention" else 1.0
 
 
 def _categorical_groups(cat: list) -> list:

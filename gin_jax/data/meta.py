@@ -13,6 +13,11 @@ blocks stacked in field order (`FieldSpec.offset`):
 A missing scaled value uses the missing row with value 1.0. libfm fields are
 `vocab`/`hash` fields whose value is the row's `val` instead of 1.0. Hashing mode
 keeps the OOV row so that every categorical block has the same shape.
+
+A field that shares another's rows (schema `share_embedding`, `FieldSpec.shares`)
+has no block of its own: its offset, size and transform are its owner's, it is
+encoded with the owner's vocabulary (counted over both columns), and its OOV and
+missing ids are the owner's.
 """
 
 from __future__ import annotations
@@ -44,7 +49,20 @@ class FieldSpec:
   offset: int  # First row of this field in the stacked table.
   size: int  # Rows of this field (including OOV and missing).
   max_values: int = 1  # Slots of the ids / values arrays (multi_valued: values kept per row).
-  pooling: str = ""  # multi_valued: "mean" (each value weighs 1/count) or "sum" (1 each).
+  # multi_valued: "mean" (each value weighs 1/count), "sum" (1 each) or "attention"
+  # (weighed against `target`'s vector by the model; see encode.Encoder._lists).
+  pooling: str = ""
+  target: str = ""  # pooling "attention": the single-valued categorical field attended to.
+  shares: str = ""  # share_embedding: the field whose block of rows this one uses.
+
+  def to_dict(self) -> dict:
+    """Plain data; the sequence keys only when set (a dataset without them keeps its
+    meta.json and fingerprint)."""
+    d = dataclasses.asdict(self)
+    return {k: v for k, v in d.items() if k not in _SEQUENCE_KEYS or v}
+
+
+_SEQUENCE_KEYS = ("target", "shares")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +110,14 @@ class DatasetMeta:
     return None if all(k == 1 for k in slots) else slots
 
   @property
+  def attention(self) -> tuple[tuple[int, int], ...]:
+    """(field, target field) indices of the attention-pooled fields (models.ModelSpec)."""
+    names = self.field_names
+    return tuple(
+      (i, names.index(f.target)) for i, f in enumerate(self.fields) if f.pooling == "attention"
+    )
+
+  @property
   def num_slots(self) -> int:
     """The width of the prepared ids and values arrays."""
     return sum(f.max_values for f in self.fields)
@@ -131,12 +157,12 @@ class DatasetMeta:
 
   def fingerprint(self) -> str:
     """SHA-256 (16 hex digits) of what encodes rows: fields, vocabularies, encoding options."""
-    what = [dataclasses.asdict(f) for f in self.fields], self.vocab, self.options
+    what = [f.to_dict() for f in self.fields], self.vocab, self.options
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
   def to_dict(self) -> dict:
     """The metadata as plain data (what meta.json and checkpoints hold)."""
-    return dataclasses.asdict(self)
+    return {**dataclasses.asdict(self), "fields": [f.to_dict() for f in self.fields]}
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), allow_nan=False)  # Strict JSON.
@@ -169,6 +195,8 @@ class DatasetMeta:
     offset = 0
     hash_buckets = int(self.options.get("hash_buckets", 0) or 0)
     for f in self.fields:
+      if f.shares:
+        continue  # checked below, against its owner
       if f.transform in ("vocab", "bucketize"):
         if not isinstance(self.vocab.get(f.name), list):
           raise DataError(f"field {f.name!r}: no vocabulary")
@@ -190,6 +218,38 @@ class DatasetMeta:
       raise DataError(
         f"the fields cover {offset} table rows, not num_table_rows={self.num_table_rows}"
       )
+    self._check_sequences()
+
+  def _check_sequences(self) -> None:
+    """Raises DataError unless every shared field has its owner's block and encoding and
+    every attention target is a single-valued categorical field."""
+    by_name = {f.name: f for f in self.fields}
+    for f in self.fields:
+      owner = by_name.get(f.shares)
+      if f.shares and (owner is None or owner.shares or owner.kind == "numeric"):
+        raise DataError(f"field {f.name!r}: shares the rows of {f.shares!r}, not a field with rows")
+      if f.shares and f.transform != owner.transform:
+        raise DataError(
+          f"field {f.name!r} shares the rows of {owner.name!r} but is encoded by "
+          f"{f.transform}, {owner.name!r} by {owner.transform}: a shared pair has one encoding"
+        )
+      if f.shares and (f.offset, f.size) != (owner.offset, owner.size):
+        raise DataError(
+          f"field {f.name!r}: rows [{f.offset}, {f.offset + f.size}), not those of "
+          f"{owner.name!r} whose rows it shares"
+        )
+      if f.shares and f.name in self.vocab:
+        raise DataError(
+          f"field {f.name!r}: a vocabulary of its own, yet it shares {owner.name!r}'s"
+        )
+      target = by_name.get(f.target)
+      if (f.pooling == "attention") != bool(f.target) or (
+        f.target and (target is None or target.kind != "categorical")
+      ):
+        raise DataError(
+          f"field {f.name!r}: attention pooling needs a single-valued categorical target, "
+          f"got {f.target!r}"
+        )
 
   @classmethod
   def from_json(cls, s: str) -> DatasetMeta:

@@ -247,8 +247,15 @@ class TwoPasses:
     )
 
   def _meta(self, counters, stats: _Stats, reports, constant: list[str]) -> DatasetMeta:
-    cfg, fields, vocabs, offset, growth = self.cfg, [], {}, 0, {}
-    for col in self.layouts[0].columns:
+    cfg, fields, vocabs, offset, growth = self.cfg, {}, {}, 0, {}
+    shares = dict(self.schema.share_embedding) if self.schema is not None else {}
+    for column, owner in shares.items():  # one vocabulary, counted over both columns
+      if column in counters:
+        counters[owner].absorb(counters.pop(column))
+    columns = self.layouts[0].columns
+    for col in columns:
+      if col.name in shares:
+        continue  # laid out below, on its owner's block
       if col.keyed and cfg.hash_buckets > 0:
         transform, size = "hash", 2 + cfg.hash_buckets
       elif col.keyed:
@@ -261,9 +268,16 @@ class TwoPasses:
         transform, size = "bucketize", 2 + len(vocabs[col.name])
       else:
         transform, size = "scale", 2
-      multi = {"max_values": col.max_values, "pooling": col.pooling} if col.pooling else {}
-      fields.append(FieldSpec(col.name, col.kind, transform, offset, size, **multi))
+      fields[col.name] = FieldSpec(col.name, col.kind, transform, offset, size, **_multi(col))
       offset += size
+    for col in columns:
+      if col.name in shares:
+        owner = fields[shares[col.name]]
+        fields[col.name] = FieldSpec(
+          col.name, col.kind, owner.transform, owner.offset, owner.size, **_multi(col),
+          shares=owner.name,
+        )  # fmt: skip
+    fields = [fields[col.name] for col in columns]
     rows = {s: int(n) for s, n in zip(SPLITS, stats.rows)}
     rate = {
       s: (float(p / n) if n else None) for s, p, n in zip(SPLITS, stats.positives, stats.rows)
@@ -318,6 +332,13 @@ class TwoPasses:
       "oov_after": (1 - (seen_old + seen_added) / total) if total else 0.0,
     }
     return old + added
+
+
+def _multi(col) -> dict:
+  """A multi-valued column's FieldSpec keys (none for a single-valued one)."""
+  if not col.pooling:
+    return {}
+  return {"max_values": col.max_values, "pooling": col.pooling, "target": col.target}
 
 
 def _with_offsets(chunks):

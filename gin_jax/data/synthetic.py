@@ -429,3 +429,76 @@ def write_list_csv(path: str | os.PathLike, num_rows: int = 8000, seed: int = 0)
   schema = {"label": "label", "categorical": [f"c{j}" for j in range(5)],
             "multi_valued": {"tags": "|"}}  # fmt: skip
   return schema, [("c1", "tags"), ("c2", "c3")]
+
+
+def write_history_csv(
+  path: str | os.PathLike,
+  num_rows: int = 8000,
+  seed: int = 0,
+  *,
+  num_items: int = 300,
+  num_groups: int = 6,
+  max_history: int = 20,
+  weight: float = 0.6,
+):
+  """A CSV of clicks whose label depends on the candidate item AND the row's history.
+
+  Each of `num_items` items belongs to one of `num_groups` latent groups. A row is a
+  candidate `item_id`, a `user` (60) and a `context` (8) category (noise), and a
+  `history`: 0..max_history items ("|"-joined, empty in ~10% of rows), drawn mostly
+  (80%) from one or two groups the row is interested in, the rest at random.
+  Planted: the click logit rises by `weight` with every history item in the
+  candidate's group (centred), plus a small per-item effect and N(0, 0.3) noise.
+  The effect is target-dependent (which history items count depends on the
+  candidate), counts rather than averages, and is learnable from the items' ids
+  alone: exactly what a history pooled by attention over rows shared with the
+  candidate finds (DESIGN.md section 9).
+
+  Returns:
+    (the schema as a dict: history pooled by attention against item_id, sharing its
+    rows (see `history_schema` for the other variants); item -> group, int [num_items]).
+  """
+  rng = np.random.default_rng(seed)
+  n, g = num_rows, num_groups
+  group = rng.permutation(np.arange(num_items) % g)
+  members = [np.flatnonzero(group == k) for k in range(g)]
+  p = (np.arange(num_items) + 1.0) ** -0.8
+  item = rng.choice(num_items, n, p=p / p.sum())
+  user, context = rng.integers(0, 60, n), rng.integers(0, 8, n)
+  lengths = np.where(rng.random(n) < 0.1, 0, rng.integers(1, max_history + 1, n))
+  interests = rng.integers(0, g, (n, 2))
+  total = int(lengths.sum())
+  row = np.repeat(np.arange(n), lengths)
+  which = interests[row, rng.integers(0, 2, total)]
+  focused = rng.random(total) < 0.8
+  pick = rng.random(total)
+  from_interest = np.array([members[k][int(u * len(members[k]))] for k, u in zip(which, pick)])
+  hist = np.where(focused, from_interest, rng.integers(0, num_items, total))
+  match = np.bincount(row, weights=group[hist] == group[item[row]], minlength=n)
+  logit = weight * (match - match.mean()) + 0.3 * rng.normal(size=num_items)[item]
+  logit += 0.3 * rng.normal(size=n)
+  logit += _solve_bias(logit, 0.3)
+  labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
+  starts = np.concatenate([[0], np.cumsum(lengths)])
+  with open(path, "w") as f:
+    f.write("label,user,item_id,context,history\n")
+    for i in range(n):
+      h = "|".join(f"i{x}" for x in hist[starts[i] : starts[i + 1]])
+      f.write(f"{labels[i]},u{user[i]},i{item[i]},c{context[i]},{h}\n")
+  return history_schema("attention", shared=True, max_history=max_history), group
+
+
+def history_schema(pooling: str, *, shared: bool, max_history: int = 20) -> dict:
+  """write_history_csv's schema with the history pooled by `pooling` ("mean", "sum",
+  "attention" against item_id), sharing item_id's rows or with a vocabulary of its own."""
+  entry = {"separator": "|", "max_values": max_history, "pooling": pooling}
+  if pooling == "attention":
+    entry["target"] = "item_id"
+  schema = {
+    "label": "label",
+    "categorical": ["user", "item_id", "context"],
+    "multi_valued": {"history": entry},
+  }
+  if shared:
+    schema["share_embedding"] = {"history": "item_id"}
+  return schema

@@ -81,6 +81,12 @@ class KeyCounter:
     self.keys, self.counts = merged, counts
     self._pending, self._pending_size = [], 0
 
+  def absorb(self, other: KeyCounter) -> None:
+    """Adds every count of `other` (a column that shares this one's vocabulary)."""
+    other._merge()
+    self.add_unique(other.keys, other.counts)
+    self.long.update(other.long)
+
   def num_distinct(self) -> int:
     """Distinct keys and long tokens counted so far."""
     self._merge()

@@ -12,7 +12,7 @@ state.py        the functional use: ModelSpec, init / apply on plain pytrees
 
 from gin_jax.models.gin import GIN, InteractionLayer, layer_name, layer_names
 from gin_jax.models.interaction import generalized_interaction
-from gin_jax.models.layers import MLP, FieldProjection, embed_rows
+from gin_jax.models.layers import MLP, FieldProjection, TargetAttention, embed_rows
 from gin_jax.models.registry import MODELS, PRUNABLE, build
 from gin_jax.models.state import (
   TABLE_ROWS,
@@ -21,6 +21,7 @@ from gin_jax.models.state import (
   alpha_tree,
   apply_model,
   apply_on_embeddings,
+  apply_on_rows,
   count_params,
   dense_params,
   init_state,
@@ -33,7 +34,8 @@ from gin_jax.models.state import (
 
 __all__ = [
   "GIN", "MLP", "MODELS", "PRUNABLE", "TABLE_ROWS", "FieldProjection", "InteractionLayer",
-  "ModelSpec", "abstract_state", "alpha_tree", "apply_model", "apply_on_embeddings", "build",
+  "TargetAttention", "ModelSpec", "abstract_state", "alpha_tree", "apply_model",
+  "apply_on_embeddings", "apply_on_rows", "build",
   "count_params", "dense_params", "embed_rows", "generalized_interaction", "init_state",
   "layer_name", "layer_names", "logical_axes", "padded_table_rows", "row_tables", "with_alpha",
   "with_row_tables",

@@ -8,7 +8,7 @@ from flax import nnx
 
 from gin_jax.config import ModelConfig
 from gin_jax.models.interaction import generalized_interaction
-from gin_jax.models.layers import MLP, FieldProjection
+from gin_jax.models.layers import MLP, FieldProjection, project
 
 
 class InteractionLayer(nnx.Module):
@@ -64,7 +64,7 @@ class GIN(nnx.Module):
   def __call__(self, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None):
     """Returns logits [b] of examples given as row ids and values [b, f]."""
     return self.from_embeddings(
-      self.projection(ids_bf, values_bf), masks, train=train, dropout_key=dropout_key
+      project(self, ids_bf, values_bf), masks, train=train, dropout_key=dropout_key
     )
 
   def from_embeddings(self, emb, masks=None, *, train=False, dropout_key=None):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from gin_jax.config import ATTENTION_MISSING
 
 
 class FieldProjection(nnx.Module):
@@ -22,7 +25,8 @@ class FieldProjection(nnx.Module):
   The ids and values arrive as slots: one per single-valued field, max_values
   for a multi-valued one (`field_slots`, set by ModelSpec.build; None: one slot
   per field). A multi-valued field's slots are pooled into one field vector
-  here, so every model sees f fields (see `pool_slots`).
+  here, so every model sees f fields (see `pool_slots`); a field pooled by
+  attention is weighed by the model's `TargetAttention` (passed in as `attention`).
   """
 
   field_slots: tuple[int, ...] | None = None
@@ -34,10 +38,16 @@ class FieldProjection(nnx.Module):
       table = _normal_rows(rngs.params(), num_rows, padded_rows, width, init_std)
       setattr(self, name, nnx.Param(table))
     self.names = tuple(widths)
+    self.widths = tuple(widths.values())
 
-  def __call__(self, ids_bs: jax.Array, values_bs: jax.Array) -> dict:
+  def __call__(self, ids_bs: jax.Array, values_bs: jax.Array, attention=None) -> dict:
     tables = {n: getattr(self, n)[...] for n in self.names}
-    return embed_rows(tables, ids_bs, values_bs, self.field_slots)
+    return embed_rows(tables, ids_bs, values_bs, self.field_slots, attention)
+
+
+def project(model, ids_bs: jax.Array, values_bs: jax.Array) -> dict:
+  """A model's field embeddings: its projection, with its target attention if it has one."""
+  return model.projection(ids_bs, values_bs, getattr(model, "target_attention", None))
 
 
 INIT_BLOCK_ROWS = 1 << 22  # Rows drawn at once when a table is initialised.
@@ -78,18 +88,77 @@ def _normal_rows(key, num_rows: int, padded_rows: int, width: int, std: float) -
   return out
 
 
-def embed_rows(tables: dict, ids_bs: jax.Array, values_bs: jax.Array, field_slots=None) -> dict:
-  """{name: pool_slots(tables[name][ids] * values)} ([b, f, width] each).
+def embed_rows(
+  tables: dict, ids_bs: jax.Array, values_bs: jax.Array, field_slots=None, attention=None
+) -> dict:
+  """{name: pool_slots(tables[name][ids] * weights)} ([b, f, width] each).
 
   `tables` may be whole tables (row ids) or the rows a sparse step gathered
-  (ids into those rows); ids and values are [b, slots] (see pool_slots).
+  (ids into those rows); ids and values are [b, slots] (see pool_slots). The
+  weights are the values, except at the slots of a field pooled by attention,
+  where `attention` (a TargetAttention) weighs each value against its target
+  from the first table's rows; every table of such a field (FM's first-order
+  weights too) is pooled with those weights.
   """
-  out = {}
-  for name, table in tables.items():
-    # Padding slots' ids are past the real rows: they read zeros, never NaN.
-    e = jnp.take(table, ids_bs, axis=0, mode="fill", fill_value=0)
-    out[name] = pool_slots(e * values_bs[..., None].astype(e.dtype), field_slots)
-  return out
+  # Padding slots' ids are past the real rows: they read zeros, never NaN.
+  rows = {n: jnp.take(t, ids_bs, axis=0, mode="fill", fill_value=0) for n, t in tables.items()}
+  weights = values_bs
+  if attention is not None:
+    weights = attention(next(iter(rows.values())), values_bs)
+  return {
+    n: pool_slots(e * weights[..., None].astype(e.dtype), field_slots) for n, e in rows.items()
+  }
+
+
+class TargetAttention(nnx.Module):
+  """DIN's local activation unit, one per list field pooled by attention.
+
+  For each value h_i of the row's list and the target field's vector t, the weight
+  is a_i = MLP([h_i, t, h_i - t, h_i * t]) (ReLU hidden layers, one linear output,
+  no softmax: as in DIN, the weights need not sum to 1, so the pooled vector keeps
+  how MUCH of the history is relevant, not only which part). Padding weighs 0; an
+  empty list's missing slot (value ATTENTION_MISSING) weighs 1: the field's
+  missing vector. The output bias starts at 1, so that a fresh unit pools like a
+  sum (the embeddings start near 0, so a unit starting near 0 would pass almost
+  no gradient to the history's rows).
+
+  Args:
+    field_slots: slots per field (the data's layout).
+    pairs: (field, target field) indices of the fields it pools.
+    width: the width of the rows it weighs (embed_dim).
+    hidden: the unit's hidden widths (model.target_attention_hidden).
+  """
+
+  def __init__(self, field_slots, pairs, width: int, hidden: tuple[int, ...], *, rngs: nnx.Rngs):
+    starts = np.cumsum([0, *field_slots])[:-1].tolist()
+    self.where = tuple((starts[f], field_slots[f], starts[t]) for f, t in pairs)
+    self.num_slots = int(sum(field_slots))
+    widths = (4 * width, *hidden)
+    for k in range(len(pairs)):
+      layers = [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+      out = nnx.Linear(widths[-1], 1, bias_init=nnx.initializers.ones, rngs=rngs)
+      setattr(self, f"unit_{k}", nnx.List([*layers, out]))
+
+  def scores(self, k: int, h_bkw: jax.Array, t_bw: jax.Array) -> jax.Array:
+    """Unit k's a_i [b, slots] of rows h [b, slots, w] against targets t [b, w]."""
+    t = jnp.broadcast_to(t_bw[:, None, :], h_bkw.shape)
+    x = jnp.concatenate([h_bkw, t, h_bkw - t, h_bkw * t], axis=-1)
+    *hidden, out = getattr(self, f"unit_{k}")
+    for dense in hidden:
+      x = jax.nn.relu(dense(x))
+    return out(x)[..., 0]
+
+  def __call__(self, e_bsw: jax.Array, values_bs: jax.Array) -> jax.Array:
+    """The slots' pooling weights [b, slots]: the values, with each attention field's
+    slots replaced by their a_i (1 at an empty list's missing slot, 0 at padding)."""
+    weights = values_bs.astype(jnp.float32)
+    for k, (start, slots, target) in enumerate(self.where):
+      t = e_bsw[:, target] * values_bs[:, target, None].astype(e_bsw.dtype)
+      v = values_bs[:, start : start + slots]
+      a = self.scores(k, e_bsw[:, start : start + slots], t).astype(jnp.float32)
+      w = jnp.where(v == ATTENTION_MISSING, 1.0, jnp.where(v > 0, a, 0.0))
+      weights = weights.at[:, start : start + slots].set(w)
+    return weights
 
 
 def pool_slots(e_bsw: jax.Array, field_slots: tuple[int, ...] | None) -> jax.Array:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from gin_jax.models.layers import FieldProjection
+from gin_jax.models.layers import FieldProjection, project
 
 
 class LogisticRegression(nnx.Module):
@@ -20,7 +20,7 @@ class LogisticRegression(nnx.Module):
     self.bias = nnx.Param(jnp.zeros(()))
 
   def __call__(self, ids_bf, values_bf, masks=None, *, train=False, dropout_key=None):
-    return self.from_embeddings(self.projection(ids_bf, values_bf))
+    return self.from_embeddings(project(self, ids_bf, values_bf))
 
   def from_embeddings(self, emb, masks=None, *, train=False, dropout_key=None):
     return jnp.sum(emb["table"][..., 0], axis=-1) + self.bias[...]

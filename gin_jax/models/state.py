@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec
 from gin_jax.config import ModelConfig
 from gin_jax.models import registry
 from gin_jax.models.gin import layer_names
+from gin_jax.models.layers import TargetAttention, embed_rows
 
 # Logical axis names. Only gin_jax.training.partitioning maps them onto a device mesh.
 TABLE_ROWS = "table_rows"
@@ -36,6 +37,9 @@ class ModelSpec:
   # Input slots per field (a multi-valued field has max_values of them); None:
   # one slot per field. DatasetMeta.field_slots gives it for prepared data.
   field_slots: tuple[int, ...] | None = None
+  # (field, target field) of each list field pooled by attention (DatasetMeta.attention):
+  # the model gets a TargetAttention over them.
+  attention: tuple[tuple[int, int], ...] = ()
 
   @property
   def num_slots(self) -> int:
@@ -49,7 +53,20 @@ class ModelSpec:
     # The input's slot layout is the data's, not the architecture's: set on the
     # projection every model has, so no model's constructor needs to know it.
     model.projection.field_slots = self.field_slots
+    if self.attention:
+      # A key of its own: the rest of the model draws exactly what it draws without it.
+      rngs = nnx.Rngs(params=jax.random.fold_in(key, ATTENTION_KEY))
+      model.target_attention = TargetAttention(
+        self.field_slots,
+        self.attention,
+        model.projection.widths[0],
+        self.cfg.target_attention_hidden,
+        rngs=rngs,
+      )
     return model
+
+
+ATTENTION_KEY = 0xD1  # fold_in of the init key that draws the target-attention units
 
 
 def padded_table_rows(num_rows: int, num_shards: int) -> int:
@@ -104,6 +121,27 @@ def apply_on_embeddings(
     (logits [b], new batch_stats).
   """
   model = nnx.merge(graphdef, params, batch_stats)
+  logits = model.from_embeddings(emb, masks, train=train, dropout_key=dropout_key)
+  return logits, _batch_stats(model)
+
+
+def apply_on_rows(
+  graphdef, params, batch_stats, rows, ids_bs, values_bs, masks=None, *, train=False,
+  dropout_key=None,
+):  # fmt: skip
+  """Pure forward pass from gathered table rows ({name: [u, width]}) and ids into them.
+
+  The row-sparse train step gathers the batch's rows of every table itself, so that
+  gradients exist for those rows only; `params` still holds the tables (the graph
+  needs them), but they are not read. The model's target attention (if any) comes
+  from `params`, so it trains with the dense parameters.
+
+  Returns:
+    (logits [b], new batch_stats).
+  """
+  model = nnx.merge(graphdef, params, batch_stats)
+  attention = getattr(model, "target_attention", None)
+  emb = embed_rows(rows, ids_bs, values_bs, model.projection.field_slots, attention)
   logits = model.from_embeddings(emb, masks, train=train, dropout_key=dropout_key)
   return logits, _batch_stats(model)
 

@@ -334,7 +334,7 @@ def _restore_checkpoint(directory: Path, step: int, devices, wanted) -> LoadedCh
   mesh = partitioning.make_mesh(devices)
   spec = model_lib.ModelSpec(
     cfg.model, dataset_meta.num_fields, rows["num_rows"], rows["padded_rows"],
-    field_slots=dataset_meta.field_slots,
+    field_slots=dataset_meta.field_slots, attention=dataset_meta.attention,
   )  # fmt: skip
   fns = steps.build(spec, cfg.train, mesh)
   state, _ = checkpointing.restore(mngr, step, fns.abstract_state, verify=False)

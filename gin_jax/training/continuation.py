@@ -300,6 +300,7 @@ class _Reader:
       rows["num_rows"],
       rows["padded_rows"],
       field_slots=source.dataset.field_slots,
+      attention=source.dataset.attention,
     )
     # Shapes come from a one-device build: the source's rows need not split over
     # this run's mesh; they are read to the host and copied into this run's buffers.

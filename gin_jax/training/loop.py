@@ -123,6 +123,7 @@ def train(
     meta.num_table_rows,
     model_lib.padded_table_rows(meta.num_table_rows, partitioning.num_shards(mesh)),
     field_slots=meta.field_slots,
+    attention=meta.attention,
   )
   fns = steps.build(spec, cfg.train, mesh)
   mode = device_input.choose_mode(

@@ -273,10 +273,9 @@ def _sparse_train_step(graphdef, tx, row_opt, cfg: TrainConfig, spec, state, bat
   )
 
   def loss_fn(dense, rows):
-    emb = model_lib.embed_rows(rows, inverse, batch["values"], spec.field_slots)
-    logits, batch_stats = model_lib.apply_on_embeddings(
-      graphdef, {**params, **dense}, state["batch_stats"], emb, state["masks"],
-      train=True, dropout_key=_dropout_key(state),
+    logits, batch_stats = model_lib.apply_on_rows(
+      graphdef, {**params, **dense}, state["batch_stats"], rows, inverse, batch["values"],
+      state["masks"], train=True, dropout_key=_dropout_key(state),
     )  # fmt: skip
     loss = _log_loss(logits, batch["labels"])
     # Padding entries read zero rows, so they add nothing.

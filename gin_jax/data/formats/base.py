@@ -35,7 +35,8 @@ class Column:
   value_token: int | None = None  # libfm: token index of its value multiplier.
   separator: str = ""  # multi_valued (csv): between the values of a row.
   max_values: int = 1  # multi_valued: values kept per row (the last ones): its slots.
-  pooling: str = ""  # multi_valued: "mean" or "sum".
+  pooling: str = ""  # multi_valued: "mean", "sum" or "attention".
+  target: str = ""  # pooling "attention": the field its values are weighed against.
 
   @property
   def keyed(self) -> bool:

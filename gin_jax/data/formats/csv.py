@@ -128,7 +128,7 @@ def _column(schema: CsvSchema, name: str, token: int) -> Column:
   if m is not None:
     return Column(
       name, "multi_valued", token, separator=m.separator, max_values=m.max_values or 1,
-      pooling=m.pooling,
+      pooling=m.pooling, target=m.target or "",
     )  # fmt: skip
   return Column(name, "categorical" if name in schema.categorical else "numeric", token)
 

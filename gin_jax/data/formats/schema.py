@@ -12,7 +12,9 @@ import os
 from gin_jax.config import MAX_VALUES, yaml_files
 from gin_jax.data.errors import DataError
 
-POOLINGS = ("mean", "sum")  # How a multi-valued field's values make one field vector.
+# How a multi-valued field's values make one field vector; "attention" weighs each
+# value by its relevance to a `target` field (DIN's local activation unit).
+POOLINGS = ("mean", "sum", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,19 +24,21 @@ class MultiValued:
   name: str
   separator: str = "|"  # Between the values of a row (csv; Parquet list columns need none).
   max_values: int | None = None  # Values kept per row (the LAST ones); None: data.max_values.
-  pooling: str = "mean"  # "mean" or "sum" of the values' embeddings.
+  pooling: str = "mean"  # "mean", "sum" or "attention" of the values' embeddings.
+  target: str | None = None  # pooling "attention": the single-valued field attended to.
 
   @classmethod
   def from_entry(cls, name: str, entry, where: str, column_separator: str) -> MultiValued:
-    """A `multi_valued:` entry: its separator alone, or {separator, max_values, pooling}."""
+    """A `multi_valued:` entry: its separator alone, or {separator, max_values, pooling,
+    target}."""
     if isinstance(entry, str):
       entry = {"separator": entry}
     if not isinstance(entry, dict):
       raise DataError(
         f"{where}: multi_valued.{name} must be a separator or a mapping of "
-        f"separator / max_values / pooling, got {entry!r}"
+        f"separator / max_values / pooling / target, got {entry!r}"
       )
-    unknown = sorted(set(entry) - {"separator", "max_values", "pooling"})
+    unknown = sorted(set(entry) - {"separator", "max_values", "pooling", "target"})
     if unknown:
       raise DataError(f"{where}: multi_valued.{name}: unknown key(s) {unknown}")
     sep = entry.get("separator", "|")
@@ -55,7 +59,15 @@ class MultiValued:
     pooling = entry.get("pooling", "mean")
     if pooling not in POOLINGS:
       raise DataError(f"{where}: multi_valued.{name}: pooling must be one of {POOLINGS}")
-    return cls(name, sep, k, pooling)
+    target = entry.get("target")
+    if (pooling == "attention") != (target is not None):
+      raise DataError(
+        f"{where}: multi_valued.{name}: pooling: attention needs a target (the field "
+        "its values are weighed against), and only attention takes one"
+      )
+    if target is not None and (not isinstance(target, str) or not target):
+      raise DataError(f"{where}: multi_valued.{name}: target must be a column name")
+    return cls(name, sep, k, pooling, target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +87,9 @@ class CsvSchema:
   ignore: tuple[str, ...] = ()
   columns: tuple[str, ...] = ()
   multi_valued: tuple[MultiValued, ...] = ()  # List columns, in the order the schema names them.
+  # (column, owner): the column's values are ids of the owner's: one vocabulary, one block
+  # of table rows (DESIGN.md section 9; FuxiCTR's name).
+  share_embedding: tuple[tuple[str, str], ...] = ()
 
   def multi(self, name: str) -> MultiValued | None:
     """The multi-valued entry of column `name`, or None for any other column."""
@@ -124,7 +139,10 @@ class CsvSchema:
     if not isinstance(sep, str) or len(sep) != 1 or sep in '\n\r"' or ord(sep) >= 128:
       raise DataError(f"{where}: separator must be one ASCII character, got {sep!r}")
     multi = tuple(MultiValued.from_entry(c, e, where, sep) for c, e in multi_d.items())
-    return cls(label=d["label"], separator=sep, multi_valued=multi, **lists)
+    _check_targets(multi, lists, where)
+    shares = _share_embedding(d.get("share_embedding"), lists, multi_d, where)
+    return cls(label=d["label"], separator=sep, multi_valued=multi, share_embedding=shares,
+               **lists)  # fmt: skip
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> CsvSchema:
@@ -139,5 +157,62 @@ class CsvSchema:
     d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
     multi = d.pop("multi_valued")
     if multi:  # absent when empty: a schema without lists keeps its old dict (and cache key)
-      d["multi_valued"] = {m.pop("name"): m for m in multi}
+      d["multi_valued"] = {m.pop("name"): _without_none(m, "target") for m in multi}
+    shares = d.pop("share_embedding")
+    if shares:  # likewise
+      d["share_embedding"] = dict(shares)
     return d
+
+
+def _without_none(d: dict, key: str) -> dict:
+  return {k: v for k, v in d.items() if k != key or v is not None}
+
+
+def _check_targets(multi: tuple[MultiValued, ...], lists: dict, where: str) -> None:
+  """Raises DataError unless every attention target is a single-valued categorical column."""
+  for m in multi:
+    if m.target is None:
+      continue
+    if m.target not in lists["categorical"]:
+      what = (
+        "a multi-valued column" if any(x.name == m.target for x in multi)
+        else "a numeric column" if m.target in lists["numeric"]
+        else "not a categorical column of the schema"
+      )  # fmt: skip
+      raise DataError(
+        f"{where}: multi_valued.{m.name}: target {m.target!r} is {what}; the target of "
+        "attention pooling is a single-valued categorical column"
+      )
+
+
+def _share_embedding(entry, lists: dict, multi_d: dict, where: str) -> tuple:
+  """The validated `share_embedding:` mapping, as (column, owner) pairs."""
+  if entry is None:
+    return ()
+  if not isinstance(entry, dict) or not all(
+    isinstance(k, str) and k and isinstance(v, str) and v for k, v in entry.items()
+  ):
+    raise DataError(
+      f"{where}: 'share_embedding' must map a column to the column whose rows it uses"
+    )
+  keyed = set(lists["categorical"]) | set(multi_d)
+  for column, owner in entry.items():
+    for name in (column, owner):
+      if name in lists["numeric"]:
+        raise DataError(
+          f"{where}: share_embedding.{column}: {name!r} is a numeric column; only "
+          "categorical and multi-valued columns share embedding rows"
+        )
+      if name not in keyed:
+        raise DataError(
+          f"{where}: share_embedding.{column}: {name!r} is not a categorical or "
+          "multi-valued column of the schema"
+        )
+    if column == owner:
+      raise DataError(f"{where}: share_embedding.{column}: a column cannot share its own rows")
+    if owner in entry:
+      raise DataError(
+        f"{where}: share_embedding.{column}: {owner!r} shares the rows of "
+        f"{entry[owner]!r} itself; name {entry[owner]!r}, whose rows they are"
+      )
+  return tuple(entry.items())
