@@ -262,8 +262,24 @@ training.run(cfg, sys.argv[1], on_step=kill_at if sys.argv[2] != "0" else None)
 """
 
 
+def _history_config(tmp_path, rows):
+  """write_history_csv: a history pooled by attention against item_id, sharing its rows."""
+  schema, _ = synthetic.write_history_csv(tmp_path / "history.csv", num_rows=rows)
+  (tmp_path / "history.json").write_text(json.dumps(schema))
+  return config.override(
+    config.tiny(),
+    {
+      "data.format": "csv", "data.train": str(tmp_path / "history.csv"),
+      "data.schema": str(tmp_path / "history.json"), "data.min_count": "1",
+      "model.embed_dim": "8", "train.batch_size": "256", "train.learning_rate": "1e-2",
+    },
+  )  # fmt: skip
+
+
 def test_sigkill_and_resume_with_a_list_field_are_bit_exact(tmp_path):
-  cfg, _ = _list_config(tmp_path, rows=3000)
+  """The list: a behaviour history pooled by attention over the candidate's shared rows
+  (DESIGN.md section 9), the most state a list field carries (the unit's weights)."""
+  cfg = _history_config(tmp_path, rows=3000)
   cfg = config.override(cfg, {"train.checkpoint_every": "10"})  # inside an epoch
   cfg_path = tmp_path / "cfg.json"
   cfg_path.write_text(cfg.to_json())

@@ -436,8 +436,8 @@ def write_history_csv(
   num_rows: int = 8000,
   seed: int = 0,
   *,
-  num_items: int = 300,
-  num_groups: int = 6,
+  num_items: int = 100,
+  num_groups: int = 4,
   max_history: int = 20,
   weight: float = 0.6,
 ):
