@@ -333,11 +333,14 @@ def fmt(value: float | None, digits: int = 3) -> str:
 CRITEO_FIELDS = 39  # 13 numeric + 26 categorical
 
 
-def criteo_batch(mesh, batch_size: int, rows: int, seed: int = 0, history: int = 0) -> dict:
+def criteo_batch(
+  mesh, batch_size: int, rows: int, seed: int = 0, history: int = 0, pooling: str = "mean"
+) -> dict:
   """A Criteo-shaped batch of ids drawn uniformly over `rows`, placed on the mesh.
 
   `history` > 0 adds one multi-valued field of that many slots: 1..history values
-  per row (uniform), mean-pooled (each 1/count), the rest padding (id `rows`).
+  per row (uniform), the rest padding (id `rows`); mean-pooled (each value 1/count)
+  or, with pooling "attention", each value's slot 1 (the mask the unit weighs).
   """
   from gin_jax.training import partitioning
 
@@ -349,7 +352,8 @@ def criteo_batch(mesh, batch_size: int, rows: int, seed: int = 0, history: int =
     present = np.arange(history)[None, :] < count[:, None]
     slots = np.where(present, rng.integers(0, rows, (batch_size, history)), rows)
     ids = np.concatenate([ids, slots.astype(np.int32)], axis=1)
-    weights = np.where(present, 1.0 / count[:, None], 0.0).astype(np.float32)
+    weight = 1.0 if pooling == "attention" else 1.0 / count[:, None]
+    weights = np.where(present, weight, 0.0).astype(np.float32)
     values = np.concatenate([values, weights], axis=1)
   local = {"ids": ids, "values": values, "labels": rng.integers(0, 2, batch_size).astype("f4")}
   return partitioning.shard_batch(mesh, local)

@@ -46,22 +46,27 @@ def bench_one(
   steps: int,
   optimizer: str | None = None,
   history: int = 0,
+  pooling: str = "mean",
 ) -> dict:
   """Train-step and eval-step throughput for one (preset, batch, table rows, optimizer).
 
-  `history` > 0: one more field, multi-valued with that many slots (common.criteo_batch).
+  `history` > 0: one more field, multi-valued with that many slots (common.criteo_batch),
+  pooled by `pooling`: "mean", or "attention" against the last categorical field (C26).
   """
   cfg = config_lib.preset(preset)
   if optimizer:
     cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
   slots = (1,) * FIELDS + (history,) if history else None
+  attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
   spec = model_lib.ModelSpec(
     cfg.model, FIELDS + bool(history), rows,
     model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)), field_slots=slots,
+    attention=attention,
   )  # fmt: skip
   fns = steps_lib.build(spec, cfg.train, mesh)
   state = fns.init(jax.random.key(0))
-  batches = [common.criteo_batch(mesh, batch_size, rows, seed, history) for seed in range(4)]
+  batches = [common.criteo_batch(mesh, batch_size, rows, seed, history, pooling)
+             for seed in range(4)]  # fmt: skip
   # The executable compiled for the stats is the one timed (no second compilation).
   train_step, step_stats = common.compile_with_stats(fns.train_step, state, batches[0])
   model_flops = common.loss_flops(fns, state, batches[0])
@@ -78,6 +83,7 @@ def bench_one(
   return {
     "preset": preset,
     "history": history,
+    "pooling": pooling if history else None,
     "optimizer": cfg.train.embedding_optimizer,
     "batch_size": batch_size,
     "table_rows": rows,
@@ -107,19 +113,21 @@ def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
 
 
 def _scale_points(specs: list[tuple], steps: int, quick: bool, devices=None) -> list[dict]:
-  """Table-scale points (rows, optimizer, history, preset), each in a fresh process so
+  """Table-scale points (rows, optimizer, history, preset[, pooling]), each in a fresh process so
   that its peak RSS is its own; with `quick`, all of them in one fresh process (the
   smoke test's path: their peak RSS is then the largest so far)."""
   groups = [specs] if quick else [[spec] for spec in specs]
   out = []
   for group in groups:
-    points = ";".join(f"{preset},1024,{rows},{opt},{history}"
-                      for rows, opt, history, preset in group)  # fmt: skip
+    points = ";".join(
+      f"{preset},1024,{rows},{opt},{history},{pooling}"
+      for rows, opt, history, preset, pooling in map(_with_pooling, group)
+    )
     cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point", points, "--steps", str(steps)]
     cmd += ["--devices", str(devices)] if devices else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [json.loads(x) for x in proc.stdout.strip().splitlines() if x.startswith("{")]
-    for k, (rows, opt, _, _) in enumerate(group):
+    for k, (rows, opt, *_) in enumerate(group):
       if k < len(lines):
         out.append(lines[k])
       else:
@@ -127,45 +135,66 @@ def _scale_points(specs: list[tuple], steps: int, quick: bool, devices=None) -> 
   return out
 
 
+def _with_pooling(spec: tuple) -> tuple:
+  return spec if len(spec) == 5 else (*spec, "mean")
+
+
 def _run_point(specs: str, steps: int, devices=None) -> None:
   mesh = partitioning.make_mesh(common.local_devices(devices))
   for spec in specs.split(";"):
-    preset, batch, rows, optimizer, history = spec.split(",")
-    r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
+    preset, batch, rows, optimizer, history, pooling = spec.split(",")
+    r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history), pooling)
     r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(r), flush=True)
 
 
 def history_section(args, mesh, steps: int) -> dict:
-  """The paper preset with and without one `args.history`-slot list field (issue #22).
+  """The paper preset with and without one `args.history`-slot list field (issues #22, #35).
 
-  In one run: samples/s at batch 1024 (100k rows) with the field over without
-  it, and the step with the field at 10k and 10M table rows (fresh processes;
-  10k and 100k with --quick).
+  In one run: samples/s at batch 1024 (100k rows) with the field mean-pooled and
+  pooled by target attention (DIN's unit against C26, model.target_attention_hidden)
+  over without it; and the step with the field at 10k and 10M table rows, both
+  poolings (fresh processes; 10k and 100k, attention only, with --quick).
   """
   plain = bench_one(args.preset, 1024, 100_000, mesh, steps)
   listed = bench_one(args.preset, 1024, 100_000, mesh, steps, history=args.history)
+  attended = bench_one(args.preset, 1024, 100_000, mesh, steps, history=args.history,
+                       pooling="attention")  # fmt: skip
   ratio = listed["train_samples_per_s"] / plain["train_samples_per_s"]
+  attention_ratio = attended["train_samples_per_s"] / listed["train_samples_per_s"]
   optimizer = config_lib.preset(args.preset).train.embedding_optimizer
   sizes = (10_000, 100_000) if args.quick else (10_000, 10_000_000)
-  points = _scale_points([(rows, optimizer, args.history, args.preset) for rows in sizes], steps,
-                         args.quick, args.devices)  # fmt: skip
-  scale = dict(zip(sizes, points))
-  rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list", listed, ratio)]
+  poolings = ("attention",) if args.quick else ("mean", "attention")  # --quick: the costlier
+  specs = [(rows, optimizer, args.history, args.preset, pooling)
+           for pooling in poolings for rows in sizes]  # fmt: skip
+  points = _scale_points(specs, steps, args.quick, args.devices)
+  scale = {(s[4], s[0]): r for s, r in zip(specs, points)}
+  rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list, mean", listed, ratio),
+              (f"+ {args.history}-value list, attention", attended,
+               attended["train_samples_per_s"] / plain["train_samples_per_s"])]  # fmt: skip
   table = [[name, f"{r['train_samples_per_s']:,.0f}", common.fmt(r["step_ms"]), f"{x:.2f}"]
            for name, r, x in rows_out]  # fmt: skip
   print()
   print(common.markdown_table(["paper preset, batch 1024", "train samples/s", "step ms",
                                "x without"], table))  # fmt: skip
-  growth = None
-  if all("step_ms" in r for r in scale.values()):
-    growth = scale[sizes[1]]["step_ms"] / scale[sizes[0]]["step_ms"]
-    print(f"with the list: step at {sizes[1]:,} rows / {sizes[0]:,} rows = {growth:.2f} (<= 1.15: "
-          f"{'PASS' if growth <= 1.15 else 'FAIL'})")  # fmt: skip
+  growth = {}
+  for pooling in poolings:
+    small, big = scale[pooling, sizes[0]], scale[pooling, sizes[1]]
+    if "step_ms" in small and "step_ms" in big:
+      growth[pooling] = big["step_ms"] / small["step_ms"]
+      print(
+        f"with the list ({pooling}): step at {sizes[1]:,} rows / {sizes[0]:,} rows = "
+        f"{growth[pooling]:.2f} (<= 1.15: {'PASS' if growth[pooling] <= 1.15 else 'FAIL'})"
+      )
   print(f"list field throughput {ratio:.2f}x of without (>= 0.6: "
         f"{'PASS' if ratio >= 0.6 else 'FAIL'})")  # fmt: skip
-  return {"without": plain, "with": listed, "ratio": ratio, "scale": list(scale.values()),
-          "scale_growth": growth}  # fmt: skip
+  print(f"attention over mean pooling: {attention_ratio:.2f}x the samples/s (>= 0.5: "
+        f"{'PASS' if attention_ratio >= 0.5 else 'FAIL'})")  # fmt: skip
+  return {
+    "without": plain, "with": listed, "attention": attended, "ratio": ratio,
+    "attention_over_mean": attention_ratio, "scale": list(scale.values()),
+    "scale_growth": growth.get("mean"), "attention_scale_growth": growth.get("attention"),
+  }  # fmt: skip
 
 
 def main(argv=None) -> None:

@@ -171,8 +171,14 @@ def test_train_bench_quick_writes_the_list_field_section(tmp_path):
   assert json.loads(out.read_text())["backend"]["mesh_devices"] == 1  # of the suite's 8
   history = json.loads(out.read_text())["history"]  # with a 50-value list field, and without
   assert history["with"]["history"] == 50 and history["without"]["history"] == 0
-  assert history["ratio"] > 0 and history["scale_growth"] > 0
-  assert {r["table_rows"] for r in history["scale"]} == {10_000, 100_000}
+  assert history["ratio"] > 0
+  # ... and pooled by target attention (#35): its ratio to mean pooling; the step at two
+  # table sizes (--quick: attention's only, the costlier pooling)
+  assert history["attention"]["pooling"] == "attention" and history["attention_over_mean"] > 0
+  assert history["attention_scale_growth"] > 0 and history["scale_growth"] is None
+  assert sorted((r["pooling"], r["table_rows"]) for r in history["scale"]) == [
+    ("attention", 10_000), ("attention", 100_000)
+  ]
 
 
 def test_epoch_bench_times_every_mode_for_each_variant(tmp_path):
