@@ -16,12 +16,17 @@ licence forbids redistribution). OUT receives:
   first_genre.yaml     schema: user, movie, year, the first genre, tags
   genres.yaml          schema: user, movie, year, genres (multi-valued), tags
   history.yaml         schema: genres.yaml plus the user's 20 previous movies
+                       (mean-pooled, a vocabulary of their own)
+  history_shared.yaml  the same history on the movie field's rows (share_embedding)
+  history_attention.yaml  ... pooled by attention against the candidate movie
+                       (pooling: attention, target: movie; DIN's activation unit)
   users.yaml           (100k only) schema: genres.yaml plus the user's age band,
                        gender and occupation
 
 The label is rating >= 4. `tags` are the user's own tags on the movie
 (multi-valued, mostly empty; 100k has none); `history` the movies the user
-rated strictly before this rating, the most recent last. Commas, pipes and
+rated strictly before this rating, the most recent last, as the movie column
+writes them (m<id>). Commas, pipes and
 quotes inside a tag become spaces (the csv format reads no quoted fields).
 The copy of ratings.csv this project fetches ends with one extra row
 (999,999999,...) that is not MovieLens data: only the first RATINGS_LINES
@@ -58,6 +63,14 @@ SCHEMAS = {
   "history": "categorical: [user, movie, year]\n"
   "multi_valued:\n  genres: '|'\n  tags: '|'\n"
   f"  history: {{{{separator: ' ', max_values: {HISTORY}}}}}\nignore: [first_genre{{users}}]\n",
+  "history_shared": "categorical: [user, movie, year]\n"
+  "multi_valued:\n  genres: '|'\n  tags: '|'\n"
+  f"  history: {{{{separator: ' ', max_values: {HISTORY}}}}}\n"
+  "share_embedding: {{history: movie}}\nignore: [first_genre{users}]\n",
+  "history_attention": "categorical: [user, movie, year]\n"
+  "multi_valued:\n  genres: '|'\n  tags: '|'\n"
+  f"  history: {{{{separator: ' ', max_values: {HISTORY}, pooling: attention, target: movie}}}}\n"
+  "share_embedding: {{history: movie}}\nignore: [first_genre{users}]\n",
 }
 USERS_SCHEMA = (
   "categorical: [user, movie, year, age, gender, occupation]\n"
@@ -160,7 +173,8 @@ def build(data: str, out: str, periods: tuple[float, ...] | None = None) -> dict
         part += 1
       user, movie, rating, ts = ratings[i]
       year, genres = movies.get(movie, ("", []))
-      history = [m for t, m in seen[user] if t < int(ts)][-HISTORY:]
+      # the movie column's own tokens (m<id>): one vocabulary with share_embedding
+      history = [f"m{m}" for t, m in seen[user] if t < int(ts)][-HISTORY:]
       click = int(float(rating) >= 4.0)
       split = names[part]
       positives[split] += click

@@ -36,6 +36,7 @@ from gin_jax.training import partitioning
 from gin_jax.training import steps as steps_lib
 
 FIELDS = common.CRITEO_FIELDS
+HIDDEN_VAR = "GIN_BENCH_ATTENTION_HIDDEN"  # --attention-hidden, for this process and its points
 
 
 def bench_one(
@@ -56,6 +57,8 @@ def bench_one(
   cfg = config_lib.preset(preset)
   if optimizer:
     cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
+  if os.environ.get(HIDDEN_VAR):  # --attention-hidden, passed on to the scale points' processes
+    cfg = config_lib.override(cfg, {"model.target_attention_hidden": os.environ[HIDDEN_VAR]})
   slots = (1,) * FIELDS + (history,) if history else None
   attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
   spec = model_lib.ModelSpec(
@@ -84,6 +87,7 @@ def bench_one(
     "preset": preset,
     "history": history,
     "pooling": pooling if history else None,
+    "attention_hidden": list(cfg.model.target_attention_hidden) if pooling == "attention" else None,
     "optimizer": cfg.train.embedding_optimizer,
     "batch_size": batch_size,
     "table_rows": rows,
@@ -209,6 +213,10 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=None, help="timed steps per point")
   p.add_argument("--history", type=int, default=50, help="slots of the list-field variant")
   p.add_argument("--only-history", action="store_true", help="run the list-field section alone")
+  p.add_argument(
+    "--attention-hidden", metavar="W1,W2,...",
+    help="hidden widths of the attention unit (default: model.target_attention_hidden)",
+  )  # fmt: skip
   p.add_argument("--skip-history", action="store_true", help="leave the list-field section out")
   p.add_argument(
     "--preset",
@@ -220,6 +228,8 @@ def main(argv=None) -> None:
   p.add_argument("--point", help=argparse.SUPPRESS)  # internal: one scale point, JSON out
   args = p.parse_args(argv)
   steps = args.steps or (3 if args.quick else 20)
+  if args.attention_hidden:
+    os.environ[HIDDEN_VAR] = args.attention_hidden
   if args.point:
     return _run_point(args.point, steps, args.devices)
 

@@ -70,7 +70,7 @@ def pytest_unconfigure(config):
 # work and the costliest go first, so no worker is left with a long module at the
 # end while the other idles. Modules not named here follow, in file order.
 COSTLIEST_FIRST = (
-  "test_train", "test_continuation", "test_reliability", "test_benchmarks",
+  "test_train", "test_continuation", "test_reliability", "test_benchmarks", "test_sequences",
   "test_data_multi_valued", "test_embedding", "test_baselines", "test_serving",
   "test_delivery", "test_device_input", "test_cluster_startup", "test_interaction",
   "test_score", "test_score_memory", "test_data_parquet", "test_paper_bench",

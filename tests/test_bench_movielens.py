@@ -6,6 +6,7 @@ import csv
 import pytest
 
 from benchmarks import movielens
+from gin_jax.data.formats import CsvSchema
 
 # ml-100k: u.data (user, item, rating, timestamp; tab-separated), u.item, u.user.
 U_DATA = """0\t1\t5\t100
@@ -65,10 +66,16 @@ def test_ml100k_is_cut_by_time_into_periods_with_user_features(tmp_path):
   assert next(r for r in p1 if r["movie"] == "m3")["genres"] == ""  # "unknown" is no genre
   # the history: the user's earlier movies, the most recent last
   last = p3[-1]
-  assert last["history"].split() == ["2", "1", "3", "1"]
+  assert last["history"].split() == ["m2", "m1", "m3", "m1"]  # the movie column's tokens
   users = (tmp_path / "out" / "users.yaml").read_text()
   assert "categorical: [user, movie, year, age, gender, occupation]" in users
   assert "age, gender, occupation" in (tmp_path / "out" / "genres.yaml").read_text()
+  # the history schemas of issue #35: on the movie's rows, mean-pooled or by attention
+  for name, pooling in (("history_shared", "{history: movie}"),
+                        ("history_attention", "pooling: attention, target: movie")):  # fmt: skip
+    schema = CsvSchema.load(tmp_path / "out" / f"{name}.yaml")
+    assert schema.share_embedding == (("history", "movie"),) and pooling.split(",")[0] in (
+      tmp_path / "out" / f"{name}.yaml").read_text()  # fmt: skip
 
 
 def test_latest_small_keeps_its_80_20_split_and_refuses_bad_periods(tmp_path):

@@ -177,7 +177,8 @@ def test_train_bench_quick_writes_the_list_field_section(tmp_path):
   assert history["attention"]["pooling"] == "attention" and history["attention_over_mean"] > 0
   assert history["attention_scale_growth"] > 0 and history["scale_growth"] is None
   assert sorted((r["pooling"], r["table_rows"]) for r in history["scale"]) == [
-    ("attention", 10_000), ("attention", 100_000)
+    ("attention", 10_000),
+    ("attention", 100_000),
   ]
 
 

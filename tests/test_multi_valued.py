@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gin_jax import models as model_lib
-from gin_jax.config import ModelConfig, TrainConfig
+from gin_jax.config import ATTENTION_MISSING, ModelConfig, TrainConfig
 from gin_jax.models.layers import embed_rows, pool_slots
 from gin_jax.training import partitioning
 from gin_jax.training import steps as steps_lib
@@ -23,13 +23,19 @@ PAD = ROWS  # one past the real rows
 
 
 def _slots(lists, pooling):
-  """ids, values [n, 4] of one multi-valued field's lists (an empty list: the missing id 0)."""
+  """ids, values [n, 4] of one multi-valued field's lists (an empty list: the missing id 0).
+
+  pooling "attention": each value's slot holds 1 (a mask) and an empty list's missing
+  id ATTENTION_MISSING (data.encode.Encoder._lists)."""
   ids = np.full((len(lists), 4), PAD, np.int32)
   values = np.zeros((len(lists), 4), np.float32)
   for r, values_r in enumerate(lists):
+    empty = not values_r
     values_r = values_r[-4:] or [0]  # the LAST max_values; empty: missing (id 0), weight 1
     ids[r, : len(values_r)] = values_r
     values[r, : len(values_r)] = 1.0 / len(values_r) if pooling == "mean" else 1.0
+    if empty and pooling == "attention":
+      values[r, 0] = ATTENTION_MISSING
   return ids, values
 
 
@@ -78,9 +84,11 @@ def test_single_valued_slots_pass_through_untouched():
   np.testing.assert_array_equal(pool_slots(x, (1, 2)), np.stack([x[:, 0], x[:, 1] + x[:, 2]], 1))
 
 
-def _spec(padded_rows):
+def _spec(padded_rows, attention=()):
   cfg = ModelConfig(embed_dim=DIM, num_layers=1, num_subspaces=2, mlp_hidden=(8,))
-  return model_lib.ModelSpec(cfg, len(FIELD_SLOTS), ROWS, padded_rows, field_slots=FIELD_SLOTS)
+  return model_lib.ModelSpec(
+    cfg, len(FIELD_SLOTS), ROWS, padded_rows, field_slots=FIELD_SLOTS, attention=attention
+  )
 
 
 @pytest.mark.parametrize("optimizer", ["lazy_adam", "rowwise_adagrad"])
@@ -107,17 +115,20 @@ def test_padding_and_absent_rows_are_bit_identical_after_a_step(optimizer):
   assert not np.array_equal(table[9], before["params"]["projection"]["table"][9])  # a list value
 
 
-def test_one_and_eight_devices_give_the_same_losses_with_a_multi_valued_field():
+@pytest.mark.parametrize("pooling", ["mean", "attention"])  # attention: against field 0
+def test_one_and_eight_devices_give_the_same_losses_with_a_multi_valued_field(pooling):
   rng = np.random.default_rng(3)
+  attention = ((1, 0),) if pooling == "attention" else ()
   batches = []
   for _ in range(3):
-    ids, values, _ = _batch("mean", rng)
+    ids, values, _ = _batch(pooling, rng)
     ids, values = np.tile(ids, (16, 1)), np.tile(values, (16, 1))  # 64 rows: 8 per device
     batches.append({"ids": ids, "values": values, "labels": rng.integers(0, 2, 64).astype("f4")})
 
   def losses(ndev):
     mesh = partitioning.make_mesh(jax.devices()[:ndev])
-    fns = steps_lib.build(_spec(model_lib.padded_table_rows(ROWS, 8)), TrainConfig(), mesh)
+    spec = _spec(model_lib.padded_table_rows(ROWS, 8), attention)
+    fns = steps_lib.build(spec, TrainConfig(), mesh)
     state, out = fns.init(jax.random.key(0)), []
     for batch in batches:
       state, metrics = fns.train_step(state, partitioning.shard_batch(mesh, batch))

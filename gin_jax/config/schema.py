@@ -88,7 +88,7 @@ class ModelConfig:
   attention_head_dim: int = 16  # AutoInt: d, query / key / value size per head (Table 4).
   # Hidden widths of the target-attention unit (DIN's local activation unit) of every
   # list field pooled by attention (schema `pooling: attention`); ReLU, one linear output.
-  target_attention_hidden: tuple[int, ...] = (64, 32)
+  target_attention_hidden: tuple[int, ...] = (32,)
 
   def __post_init__(self):
     _check_finite("model", self)

@@ -140,13 +140,20 @@ class TargetAttention(nnx.Module):
       setattr(self, f"unit_{k}", nnx.List([*layers, out]))
 
   def scores(self, k: int, h_bkw: jax.Array, t_bw: jax.Array) -> jax.Array:
-    """Unit k's a_i [b, slots] of rows h [b, slots, w] against targets t [b, w]."""
-    t = jnp.broadcast_to(t_bw[:, None, :], h_bkw.shape)
-    x = jnp.concatenate([h_bkw, t, h_bkw - t, h_bkw * t], axis=-1)
-    *hidden, out = getattr(self, f"unit_{k}")
-    for dense in hidden:
-      x = jax.nn.relu(dense(x))
-    return out(x)[..., 0]
+    """Unit k's a_i [b, slots] of rows h [b, slots, w] against targets t [b, w].
+
+    The first layer on [h, t, h - t, h * t] is computed without the concatenation:
+    with its kernel in four blocks K1..K4, it is h (K1 + K3) + (h * t) K4 +
+    t (K2 - K3) + bias, whose t part is once per row, not once per slot (the same
+    function, half the per-slot work: the unit's main cost, benchmarks.train_bench).
+    """
+    first, *rest = getattr(self, f"unit_{k}")
+    k1, k2, k3, k4 = jnp.split(first.kernel[...], 4, axis=0)
+    per_row = t_bw @ (k2 - k3) + first.bias[...]
+    x = h_bkw @ (k1 + k3) + (h_bkw * t_bw[:, None, :]) @ k4 + per_row[:, None, :]
+    for dense in rest:
+      x = dense(jax.nn.relu(x))
+    return x[..., 0]
 
   def __call__(self, e_bsw: jax.Array, values_bs: jax.Array) -> jax.Array:
     """The slots' pooling weights [b, slots]: the values, with each attention field's

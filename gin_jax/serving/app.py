@@ -213,7 +213,9 @@ def build_app(
       return _error(e.status, e.message, e.headers)
     fields = [
       {"name": f.name, "kind": f.kind, "transform": f.transform}
-      | ({"max_values": f.max_values} if f.kind == "multi_valued" else {})
+      | ({"max_values": f.max_values, "pooling": f.pooling} if f.kind == "multi_valued" else {})
+      | ({"target": f.target} if f.target else {})
+      | ({"shares": f.shares} if f.shares else {})
       for f in version.meta.fields
     ]
     return _json({"model_spec": {"name": name, "version": str(version.version)},
