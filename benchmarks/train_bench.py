@@ -28,6 +28,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 from benchmarks import common
 from gin_jax import config as config_lib
@@ -152,30 +153,72 @@ def _run_point(specs: str, steps: int, devices=None) -> None:
     print(json.dumps(r), flush=True)
 
 
+def _stepper(preset: str, rows: int, mesh, history: int = 0, pooling: str = "mean") -> tuple:
+  """(a zero-argument call that runs one train step at batch 1024, compiled and warmed
+  up; the point's description) for history_section's interleaved timing."""
+  cfg = config_lib.preset(preset)
+  if os.environ.get(HIDDEN_VAR):
+    cfg = config_lib.override(cfg, {"model.target_attention_hidden": os.environ[HIDDEN_VAR]})
+  slots = (1,) * FIELDS + (history,) if history else None
+  attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
+  spec = model_lib.ModelSpec(
+    cfg.model, FIELDS + bool(history), rows,
+    model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)), field_slots=slots,
+    attention=attention,
+  )  # fmt: skip
+  fns = steps_lib.build(spec, cfg.train, mesh)
+  batches = [common.criteo_batch(mesh, 1024, rows, seed, history, pooling) for seed in range(4)]
+  held = {"state": fns.init(jax.random.key(0)), "i": 0}
+
+  def call():
+    held["state"], metrics = fns.train_step(held["state"], batches[held["i"] % 4])
+    held["i"] += 1
+    return metrics
+
+  for _ in range(3):
+    common.block(call())
+  hidden = list(cfg.model.target_attention_hidden) if attention else None
+  point = {"preset": preset, "history": history, "pooling": pooling if history else None,
+           "optimizer": cfg.train.embedding_optimizer, "batch_size": 1024, "table_rows": rows,
+           "attention_hidden": hidden}  # fmt: skip
+  return call, point
+
+
 def history_section(args, mesh, steps: int) -> dict:
   """The paper preset with and without one `args.history`-slot list field (issues #22, #35).
 
-  In one run: samples/s at batch 1024 (100k rows) with the field mean-pooled and
-  pooled by target attention (DIN's unit against C26, model.target_attention_hidden)
-  over without it; and the step with the field at 10k and 10M table rows, both
-  poolings (fresh processes; 10k and 100k, attention only, with --quick).
+  One process, every point compiled first and then timed round-robin (five rounds,
+  `common.time_rounds`), so that load from other jobs falls on all of them alike and
+  each ratio is the median of its per-round ratios (`common.paired_ratio`): train
+  samples/s at batch 1024 (100k table rows) with the field mean-pooled and pooled
+  by target attention (DIN's unit against C26, model.target_attention_hidden) over
+  without it; the step with the field at 10k and 10M table rows, both poolings
+  (10k and 100k, attention only, with --quick).
   """
-  plain = bench_one(args.preset, 1024, 100_000, mesh, steps)
-  listed = bench_one(args.preset, 1024, 100_000, mesh, steps, history=args.history)
-  attended = bench_one(args.preset, 1024, 100_000, mesh, steps, history=args.history,
-                       pooling="attention")  # fmt: skip
-  ratio = listed["train_samples_per_s"] / plain["train_samples_per_s"]
-  attention_ratio = attended["train_samples_per_s"] / listed["train_samples_per_s"]
-  optimizer = config_lib.preset(args.preset).train.embedding_optimizer
   sizes = (10_000, 100_000) if args.quick else (10_000, 10_000_000)
-  poolings = ("attention",) if args.quick else ("mean", "attention")  # --quick: the costlier
-  specs = [(rows, optimizer, args.history, args.preset, pooling)
-           for pooling in poolings for rows in sizes]  # fmt: skip
-  points = _scale_points(specs, steps, args.quick, args.devices)
-  scale = {(s[4], s[0]): r for s, r in zip(specs, points)}
+  poolings = ("attention",) if args.quick else ("mean", "attention")
+  keys = [("without", 100_000), ("mean", 100_000), ("attention", 100_000)]
+  keys += [(p, rows) for p in poolings for rows in sizes if (p, rows) not in keys]
+  calls, points = {}, {}
+  for pooling, rows in keys:
+    history = 0 if pooling == "without" else args.history
+    calls[pooling, rows], points[pooling, rows] = _stepper(
+      args.preset, rows, mesh, history, "mean" if pooling == "without" else pooling
+    )
+    print(f"  compiled {pooling} at {rows:,} rows", flush=True)
+  timed = common.time_rounds(calls, dict.fromkeys(calls, steps), rounds=5)
+  for key, point in points.items():
+    step_s = float(np.median([t for r in timed[key] for t in r]))
+    point.update(step_ms=step_s * 1e3, train_samples_per_s=1024 / step_s)
+  # a's samples/s over b's: b's step time over a's, round by round
+  ratio_of = lambda a, b: 1.0 / common.paired_ratio(timed[a], timed[b])  # noqa: E731
+  plain, listed = points["without", 100_000], points["mean", 100_000]
+  attended = points["attention", 100_000]
+  ratio = ratio_of(("mean", 100_000), ("without", 100_000))
+  attention_ratio = ratio_of(("attention", 100_000), ("mean", 100_000))
   rows_out = [("without", plain, 1.0), (f"+ {args.history}-value list, mean", listed, ratio),
               (f"+ {args.history}-value list, attention", attended,
-               attended["train_samples_per_s"] / plain["train_samples_per_s"])]  # fmt: skip
+               ratio_of(("attention", 100_000), ("without", 100_000)))]  # fmt: skip
   table = [[name, f"{r['train_samples_per_s']:,.0f}", common.fmt(r["step_ms"]), f"{x:.2f}"]
            for name, r, x in rows_out]  # fmt: skip
   print()
@@ -183,20 +226,19 @@ def history_section(args, mesh, steps: int) -> dict:
                                "x without"], table))  # fmt: skip
   growth = {}
   for pooling in poolings:
-    small, big = scale[pooling, sizes[0]], scale[pooling, sizes[1]]
-    if "step_ms" in small and "step_ms" in big:
-      growth[pooling] = big["step_ms"] / small["step_ms"]
-      print(
-        f"with the list ({pooling}): step at {sizes[1]:,} rows / {sizes[0]:,} rows = "
-        f"{growth[pooling]:.2f} (<= 1.15: {'PASS' if growth[pooling] <= 1.15 else 'FAIL'})"
-      )
+    growth[pooling] = common.paired_ratio(timed[pooling, sizes[1]], timed[pooling, sizes[0]])
+    print(
+      f"with the list ({pooling}): step at {sizes[1]:,} rows / {sizes[0]:,} rows = "
+      f"{growth[pooling]:.2f} (<= 1.15: {'PASS' if growth[pooling] <= 1.15 else 'FAIL'})"
+    )
   print(f"list field throughput {ratio:.2f}x of without (>= 0.6: "
         f"{'PASS' if ratio >= 0.6 else 'FAIL'})")  # fmt: skip
   print(f"attention over mean pooling: {attention_ratio:.2f}x the samples/s (>= 0.5: "
         f"{'PASS' if attention_ratio >= 0.5 else 'FAIL'})")  # fmt: skip
   return {
     "without": plain, "with": listed, "attention": attended, "ratio": ratio,
-    "attention_over_mean": attention_ratio, "scale": list(scale.values()),
+    "attention_over_mean": attention_ratio,
+    "scale": [points[p, rows] for p in poolings for rows in sizes],
     "scale_growth": growth.get("mean"), "attention_scale_growth": growth.get("attention"),
   }  # fmt: skip
 

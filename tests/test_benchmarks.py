@@ -263,3 +263,20 @@ def test_init_from_startup_times_fresh_and_continued_start_ups(tmp_path, capsys)
   assert json.loads((tmp_path / "s.json").read_text())["ratio"] == out["ratio"]
   assert not (tmp_path / "source").exists()  # the source checkpoint is removed
   assert "| 3,636 -> 4,000" in capsys.readouterr().out
+
+
+def test_sequences_compares_the_history_schemas(tmp_path, monkeypatch):
+  """benchmarks.sequences, cut to one seed of 400 rows, one epoch and two of its four
+  schemas (issue #35): a row per schema in the table and the JSON, the command."""
+  from benchmarks import sequences
+
+  monkeypatch.setattr(sequences, "VARIANTS", (("attention", True), ("mean", False)))
+  out = tmp_path / "seq.json"
+  argv = ["--rows", "400", "--seeds", "1", "--epochs", "1", "--json", str(out)]
+  payload = sequences.main(argv)
+  saved = json.loads(out.read_text())
+  assert [(r["pooling"], r["shared"]) for r in saved["summary"]] == list(sequences.VARIANTS)
+  assert all(0 < r["valid_auc"] < 1 and r["seeds"] == 1 for r in saved["summary"])
+  assert len(payload["runs"]) == 2 and saved["command"] == " ".join(
+    ["python -m benchmarks.sequences", *argv]
+  )
