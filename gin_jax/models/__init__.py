@@ -2,7 +2,8 @@
 
 registry.py     `build(cfg)` and MODELS, keyed by model.arch
 interaction.py  the generalized interaction kernel (einsum over subspaces)
-layers.py       the projection (embedding rows) and the deep MLP every model shares
+layers.py       the projection (embedding rows, target attention) and the deep MLP every
+                model shares
 gin.py          GIN's interaction layers and the GIN model
 linear.py       the logistic regression
 baselines/      FM, DeepFM, FwFM, AFM, IPNN, OPNN, DCN, DCN-M, xDeepFM, AutoInt

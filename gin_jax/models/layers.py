@@ -1,5 +1,8 @@
 """The parts every model shares: the projection (embedding rows) and the deep MLP.
 
+A list field pooled by attention (schema `pooling: attention`) is weighed by the
+model's TargetAttention (DIN's local activation unit) inside the projection.
+
 Each example arrives as f (row id, value) pairs into one stacked embedding
 table: categorical fields have value 1, a scaled numeric field is its value
 times that field's learned vector (see `gin_jax.data`).
