@@ -40,6 +40,24 @@ FIELDS = common.CRITEO_FIELDS
 HIDDEN_VAR = "GIN_BENCH_ATTENTION_HIDDEN"  # --attention-hidden, for this process and its points
 
 
+def _build(preset: str, rows: int, mesh, optimizer=None, history=0, pooling="mean") -> tuple:
+  """(config, step functions) of the preset over `rows` table rows, with a `history`-slot
+  list field pooled by `pooling` (attention: against the last categorical field, C26)."""
+  cfg = config_lib.preset(preset)
+  if optimizer:
+    cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
+  if os.environ.get(HIDDEN_VAR):  # --attention-hidden, passed on to the scale points' processes
+    cfg = config_lib.override(cfg, {"model.target_attention_hidden": os.environ[HIDDEN_VAR]})
+  slots = (1,) * FIELDS + (history,) if history else None
+  attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
+  spec = model_lib.ModelSpec(
+    cfg.model, FIELDS + bool(history), rows,
+    model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)), field_slots=slots,
+    attention=attention,
+  )  # fmt: skip
+  return cfg, steps_lib.build(spec, cfg.train, mesh)
+
+
 def bench_one(
   preset: str,
   batch_size: int,
@@ -55,19 +73,7 @@ def bench_one(
   `history` > 0: one more field, multi-valued with that many slots (common.criteo_batch),
   pooled by `pooling`: "mean", or "attention" against the last categorical field (C26).
   """
-  cfg = config_lib.preset(preset)
-  if optimizer:
-    cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
-  if os.environ.get(HIDDEN_VAR):  # --attention-hidden, passed on to the scale points' processes
-    cfg = config_lib.override(cfg, {"model.target_attention_hidden": os.environ[HIDDEN_VAR]})
-  slots = (1,) * FIELDS + (history,) if history else None
-  attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
-  spec = model_lib.ModelSpec(
-    cfg.model, FIELDS + bool(history), rows,
-    model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)), field_slots=slots,
-    attention=attention,
-  )  # fmt: skip
-  fns = steps_lib.build(spec, cfg.train, mesh)
+  cfg, fns = _build(preset, rows, mesh, optimizer, history, pooling)
   state = fns.init(jax.random.key(0))
   batches = [common.criteo_batch(mesh, batch_size, rows, seed, history, pooling)
              for seed in range(4)]  # fmt: skip
@@ -156,17 +162,7 @@ def _run_point(specs: str, steps: int, devices=None) -> None:
 def _stepper(preset: str, rows: int, mesh, history: int = 0, pooling: str = "mean") -> tuple:
   """(a zero-argument call that runs one train step at batch 1024, compiled and warmed
   up; the point's description) for history_section's interleaved timing."""
-  cfg = config_lib.preset(preset)
-  if os.environ.get(HIDDEN_VAR):
-    cfg = config_lib.override(cfg, {"model.target_attention_hidden": os.environ[HIDDEN_VAR]})
-  slots = (1,) * FIELDS + (history,) if history else None
-  attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
-  spec = model_lib.ModelSpec(
-    cfg.model, FIELDS + bool(history), rows,
-    model_lib.padded_table_rows(rows, partitioning.num_shards(mesh)), field_slots=slots,
-    attention=attention,
-  )  # fmt: skip
-  fns = steps_lib.build(spec, cfg.train, mesh)
+  cfg, fns = _build(preset, rows, mesh, None, history, pooling)
   batches = [common.criteo_batch(mesh, 1024, rows, seed, history, pooling) for seed in range(4)]
   held = {"state": fns.init(jax.random.key(0)), "i": 0}
 
@@ -177,7 +173,7 @@ def _stepper(preset: str, rows: int, mesh, history: int = 0, pooling: str = "mea
 
   for _ in range(3):
     common.block(call())
-  hidden = list(cfg.model.target_attention_hidden) if attention else None
+  hidden = list(cfg.model.target_attention_hidden) if history and pooling == "attention" else None
   point = {"preset": preset, "history": history, "pooling": pooling if history else None,
            "optimizer": cfg.train.embedding_optimizer, "batch_size": 1024, "table_rows": rows,
            "attention_hidden": hidden}  # fmt: skip

@@ -21,7 +21,6 @@ from gin_jax.models.state import (
   abstract_state,
   alpha_tree,
   apply_model,
-  apply_on_embeddings,
   apply_on_rows,
   count_params,
   dense_params,
@@ -36,7 +35,7 @@ from gin_jax.models.state import (
 __all__ = [
   "GIN", "MLP", "MODELS", "PRUNABLE", "TABLE_ROWS", "FieldProjection", "InteractionLayer",
   "TargetAttention", "ModelSpec", "abstract_state", "alpha_tree", "apply_model",
-  "apply_on_embeddings", "apply_on_rows", "build",
+  "apply_on_rows", "build",
   "count_params", "dense_params", "embed_rows", "generalized_interaction", "init_state",
   "layer_name", "layer_names", "logical_axes", "padded_table_rows", "row_tables", "with_alpha",
   "with_row_tables",

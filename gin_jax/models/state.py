@@ -108,23 +108,6 @@ def apply_model(
   return logits, _batch_stats(model)
 
 
-def apply_on_embeddings(
-  graphdef, params, batch_stats, emb, masks=None, *, train=False, dropout_key=None
-):
-  """Pure forward pass from already projected embeddings ({name: [b, f, width]}).
-
-  The row-sparse train step gathers the batch's rows of every table itself (see
-  `embed_rows`), so that gradients exist for those rows only; `params` still
-  holds the tables (the graph needs them), but they are not read.
-
-  Returns:
-    (logits [b], new batch_stats).
-  """
-  model = nnx.merge(graphdef, params, batch_stats)
-  logits = model.from_embeddings(emb, masks, train=train, dropout_key=dropout_key)
-  return logits, _batch_stats(model)
-
-
 def apply_on_rows(
   graphdef, params, batch_stats, rows, ids_bs, values_bs, masks=None, *, train=False,
   dropout_key=None,
