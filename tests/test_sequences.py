@@ -216,8 +216,8 @@ def test_the_unit_weighs_values_ignores_padding_and_passes_the_missing_row():
   np.testing.assert_array_equal(w[1, 2:], [1.0, 0.0, 0.0])
   np.testing.assert_allclose(w[2, 2:], a[2], rtol=1e-6)
   # The pooled history: sum_i a_i h_i; an empty one is exactly its missing row.
-  pooled = models.embed_rows({"t": e.reshape(15, 4)}, jnp.arange(15).reshape(3, 5), values,
-                             (1, 1, 3), unit)["t"]  # fmt: skip
+  pooled = models.embed_rows({"table": e.reshape(15, 4)}, jnp.arange(15).reshape(3, 5), values,
+                             (1, 1, 3), unit)["table"]  # fmt: skip
   np.testing.assert_allclose(pooled[0, 2], a[0, 0] * e[0, 2] + a[0, 1] * e[0, 3], rtol=1e-5)
   np.testing.assert_array_equal(pooled[1, 2], e[1, 2])
 
@@ -247,6 +247,19 @@ def test_every_model_sees_f_fields_with_an_attention_field(arch):
   assert not np.allclose(models.apply_model(graphdef, params, stats, moved, values)[0], logits)
 
 
+def test_attention_over_a_list_of_one_slot_builds_and_weighs_it():
+  """max_values 1: no field has several slots (DatasetMeta.field_slots None), the unit
+  still weighs the one value (and passes an empty list's missing row)."""
+  spec = models.ModelSpec(config.ModelConfig(embed_dim=4, mlp_hidden=(8,)), 3, 20, 24,
+                          field_slots=None, attention=((2, 1),))  # fmt: skip
+  params, stats = models.init_state(spec, jax.random.key(0))
+  graphdef, _, _ = models.abstract_state(spec)
+  ids = jnp.asarray([[0, 5, 6], [1, 5, 7]])
+  values = jnp.asarray([[1, 1, 1], [1, 1, ATTENTION_MISSING]], jnp.float32)
+  logits, _ = models.apply_model(graphdef, params, stats, ids, values)
+  assert np.isfinite(np.asarray(logits)).all()
+
+
 def test_without_attention_the_model_draws_what_it_drew_before():
   cfg = config.ModelConfig(embed_dim=4, mlp_hidden=(8,))
   plain = models.init_state(models.ModelSpec(cfg, 3, 20, 24, field_slots=(1, 1, 3)),
@@ -264,8 +277,8 @@ def test_without_attention_the_model_draws_what_it_drew_before():
 ROWS, SLOTS = 24, (1, 1, 4)  # user, item, a 4-value history sharing item's rows 8..23
 
 
-def _step_spec(padded_rows=ROWS + 2):
-  cfg = config.ModelConfig(embed_dim=4, num_layers=1, num_subspaces=2, mlp_hidden=(8,))
+def _step_spec(padded_rows=ROWS + 2, **model):
+  cfg = config.ModelConfig(embed_dim=4, num_layers=1, num_subspaces=2, mlp_hidden=(8,), **model)
   return models.ModelSpec(cfg, 3, ROWS, padded_rows, field_slots=SLOTS, attention=((2, 1),))
 
 
@@ -280,18 +293,21 @@ def _step_batch(rng, n=8):  # (1 = 8 devices with attention: test_multi_valued.p
   return {"ids": ids, "values": values, "labels": rng.integers(0, 2, n).astype(np.float32)}
 
 
-def test_the_row_sparse_step_equals_the_dense_one_on_shared_rows():
+@pytest.mark.parametrize("model", [{}, {"first_order": True}, {"arch": "fm"}],
+                         ids=["gin", "gin-first-order", "fm"])  # fmt: skip
+def test_the_row_sparse_step_equals_the_dense_one_on_shared_rows(model):
   """One step of lazy Adam (the batch's unique rows only) against dense Adam (every
   parameter): with no L2, Adam's first step leaves an unused row where it is, so
   the two agree on every parameter, the unit's too, only if each shared row's
-  gradient sums its uses as candidate and in histories; padding stays zero."""
+  gradient sums its uses as candidate and in histories; padding stays zero. With a
+  first-order table too (its rows pooled by the unit's weights of the d-wide rows)."""
   mesh = partitioning.make_mesh(jax.devices()[:1])
   batch = _step_batch(np.random.default_rng(0))
   assert set(batch["ids"][:, 1]) & set(batch["ids"][:, 2:].ravel())  # rows used both ways
   out = {}
   for opt in ("adam", "lazy_adam"):
     cfg = config.TrainConfig(learning_rate=1e-2, embedding_optimizer=opt, embedding_l2=0.0)
-    fns = steps_lib.build(_step_spec(), cfg, mesh)
+    fns = steps_lib.build(_step_spec(**model), cfg, mesh)
     state, _ = fns.train_step(fns.init(jax.random.key(0)), partitioning.shard_batch(mesh, batch))
     out[opt] = jax.device_get(state["params"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),

@@ -53,6 +53,7 @@ def project(model, ids_bs: jax.Array, values_bs: jax.Array) -> dict:
   return model.projection(ids_bs, values_bs, getattr(model, "target_attention", None))
 
 
+ATTENDED_TABLE = "table"  # the table whose rows TargetAttention weighs (width embed_dim)
 INIT_BLOCK_ROWS = 1 << 22  # Rows drawn at once when a table is initialised.
 
 
@@ -100,14 +101,15 @@ def embed_rows(
   (ids into those rows); ids and values are [b, slots] (see pool_slots). The
   weights are the values, except at the slots of a field pooled by attention,
   where `attention` (a TargetAttention) weighs each value against its target
-  from the first table's rows; every table of such a field (FM's first-order
-  weights too) is pooled with those weights.
+  from the rows of the table named ATTENDED_TABLE (every model's d-wide one);
+  every table of such a field (FM's first-order weights too) is pooled with
+  those weights.
   """
   # Padding slots' ids are past the real rows: they read zeros, never NaN.
   rows = {n: jnp.take(t, ids_bs, axis=0, mode="fill", fill_value=0) for n, t in tables.items()}
   weights = values_bs
-  if attention is not None:
-    weights = attention(next(iter(rows.values())), values_bs)
+  if attention is not None:  # weighs the d-wide rows (a dict's order is not the model's)
+    weights = attention(rows[ATTENDED_TABLE], values_bs)
   return {
     n: pool_slots(e * weights[..., None].astype(e.dtype), field_slots) for n, e in rows.items()
   }

@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec
 from gin_jax.config import ModelConfig
 from gin_jax.models import registry
 from gin_jax.models.gin import layer_names
-from gin_jax.models.layers import TargetAttention, embed_rows
+from gin_jax.models.layers import ATTENDED_TABLE, TargetAttention, embed_rows
 
 # Logical axis names. Only gin_jax.training.partitioning maps them onto a device mesh.
 TABLE_ROWS = "table_rows"
@@ -57,9 +57,9 @@ class ModelSpec:
       # A key of its own: the rest of the model draws exactly what it draws without it.
       rngs = nnx.Rngs(params=jax.random.fold_in(key, ATTENTION_KEY))
       model.target_attention = TargetAttention(
-        self.field_slots,
+        self.field_slots or (1,) * self.num_fields,  # None: one slot a field (max_values 1)
         self.attention,
-        model.projection.widths[0],
+        model.projection.widths[model.projection.names.index(ATTENDED_TABLE)],
         self.cfg.target_attention_hidden,
         rngs=rngs,
       )
