@@ -37,17 +37,19 @@ from gin_jax.training import partitioning
 from gin_jax.training import steps as steps_lib
 
 FIELDS = common.CRITEO_FIELDS
-HIDDEN_VAR = "GIN_BENCH_ATTENTION_HIDDEN"  # --attention-hidden, for this process and its points
 
 
-def _build(preset: str, rows: int, mesh, optimizer=None, history=0, pooling="mean") -> tuple:
+def _build(
+  preset: str, rows: int, mesh, optimizer=None, history=0, pooling="mean", hidden=None
+) -> tuple:
   """(config, step functions) of the preset over `rows` table rows, with a `history`-slot
-  list field pooled by `pooling` (attention: against the last categorical field, C26)."""
+  list field pooled by `pooling` (attention: against the last categorical field, C26,
+  with the unit's hidden widths `hidden`, "W1,W2,..."; default the preset's)."""
   cfg = config_lib.preset(preset)
   if optimizer:
     cfg = config_lib.override(cfg, {"train.embedding_optimizer": optimizer})
-  if os.environ.get(HIDDEN_VAR):  # --attention-hidden, passed on to the scale points' processes
-    cfg = config_lib.override(cfg, {"model.target_attention_hidden": os.environ[HIDDEN_VAR]})
+  if hidden:
+    cfg = config_lib.override(cfg, {"model.target_attention_hidden": hidden})
   slots = (1,) * FIELDS + (history,) if history else None
   attention = ((FIELDS, FIELDS - 1),) if history and pooling == "attention" else ()
   spec = model_lib.ModelSpec(
@@ -66,17 +68,14 @@ def bench_one(
   steps: int,
   optimizer: str | None = None,
   history: int = 0,
-  pooling: str = "mean",
 ) -> dict:
   """Train-step and eval-step throughput for one (preset, batch, table rows, optimizer).
 
-  `history` > 0: one more field, multi-valued with that many slots (common.criteo_batch),
-  pooled by `pooling`: "mean", or "attention" against the last categorical field (C26).
+  `history` > 0: one more field, multi-valued with that many slots (common.criteo_batch).
   """
-  cfg, fns = _build(preset, rows, mesh, optimizer, history, pooling)
+  cfg, fns = _build(preset, rows, mesh, optimizer, history)
   state = fns.init(jax.random.key(0))
-  batches = [common.criteo_batch(mesh, batch_size, rows, seed, history, pooling)
-             for seed in range(4)]  # fmt: skip
+  batches = [common.criteo_batch(mesh, batch_size, rows, seed, history) for seed in range(4)]
   # The executable compiled for the stats is the one timed (no second compilation).
   train_step, step_stats = common.compile_with_stats(fns.train_step, state, batches[0])
   model_flops = common.loss_flops(fns, state, batches[0])
@@ -93,8 +92,6 @@ def bench_one(
   return {
     "preset": preset,
     "history": history,
-    "pooling": pooling if history else None,
-    "attention_hidden": list(cfg.model.target_attention_hidden) if pooling == "attention" else None,
     "optimizer": cfg.train.embedding_optimizer,
     "batch_size": batch_size,
     "table_rows": rows,
@@ -124,16 +121,14 @@ def _fits(rows: int, embed_dim: int, optimizer: str) -> tuple[bool, float]:
 
 
 def _scale_points(specs: list[tuple], steps: int, quick: bool, devices=None) -> list[dict]:
-  """Table-scale points (rows, optimizer, history, preset[, pooling]), each in a fresh process so
+  """Table-scale points (rows, optimizer, history, preset), each in a fresh process so
   that its peak RSS is its own; with `quick`, all of them in one fresh process (the
   smoke test's path: their peak RSS is then the largest so far)."""
   groups = [specs] if quick else [[spec] for spec in specs]
   out = []
   for group in groups:
-    points = ";".join(
-      f"{preset},1024,{rows},{opt},{history},{pooling}"
-      for rows, opt, history, preset, pooling in map(_with_pooling, group)
-    )
+    points = ";".join(f"{preset},1024,{rows},{opt},{history}"
+                      for rows, opt, history, preset in group)  # fmt: skip
     cmd = [sys.executable, "-m", "benchmarks.train_bench", "--point", points, "--steps", str(steps)]
     cmd += ["--devices", str(devices)] if devices else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,23 +141,19 @@ def _scale_points(specs: list[tuple], steps: int, quick: bool, devices=None) -> 
   return out
 
 
-def _with_pooling(spec: tuple) -> tuple:
-  return spec if len(spec) == 5 else (*spec, "mean")
-
-
 def _run_point(specs: str, steps: int, devices=None) -> None:
   mesh = partitioning.make_mesh(common.local_devices(devices))
   for spec in specs.split(";"):
-    preset, batch, rows, optimizer, history, pooling = spec.split(",")
-    r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history), pooling)
+    preset, batch, rows, optimizer, history = spec.split(",")
+    r = bench_one(preset, int(batch), int(rows), mesh, steps, optimizer, int(history))
     r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(r), flush=True)
 
 
-def _stepper(preset: str, rows: int, mesh, history: int = 0, pooling: str = "mean") -> tuple:
+def _stepper(preset: str, rows: int, mesh, history=0, pooling="mean", hidden=None) -> tuple:
   """(a zero-argument call that runs one train step at batch 1024, compiled and warmed
   up; the point's description) for history_section's interleaved timing."""
-  cfg, fns = _build(preset, rows, mesh, None, history, pooling)
+  cfg, fns = _build(preset, rows, mesh, None, history, pooling, hidden)
   batches = [common.criteo_batch(mesh, 1024, rows, seed, history, pooling) for seed in range(4)]
   held = {"state": fns.init(jax.random.key(0)), "i": 0}
 
@@ -199,7 +190,12 @@ def history_section(args, mesh, steps: int) -> dict:
   for pooling, rows in keys:
     history = 0 if pooling == "without" else args.history
     calls[pooling, rows], points[pooling, rows] = _stepper(
-      args.preset, rows, mesh, history, "mean" if pooling == "without" else pooling
+      args.preset,
+      rows,
+      mesh,
+      history,
+      "mean" if pooling == "without" else pooling,
+      args.attention_hidden,
     )
     print(f"  compiled {pooling} at {rows:,} rows", flush=True)
   timed = common.time_rounds(calls, dict.fromkeys(calls, steps), rounds=5)
@@ -266,8 +262,6 @@ def main(argv=None) -> None:
   p.add_argument("--point", help=argparse.SUPPRESS)  # internal: one scale point, JSON out
   args = p.parse_args(argv)
   steps = args.steps or (3 if args.quick else 20)
-  if args.attention_hidden:
-    os.environ[HIDDEN_VAR] = args.attention_hidden
   if args.point:
     return _run_point(args.point, steps, args.devices)
 

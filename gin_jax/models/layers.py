@@ -137,7 +137,6 @@ class TargetAttention(nnx.Module):
   def __init__(self, field_slots, pairs, width: int, hidden: tuple[int, ...], *, rngs: nnx.Rngs):
     starts = np.cumsum([0, *field_slots])[:-1].tolist()
     self.where = tuple((starts[f], field_slots[f], starts[t]) for f, t in pairs)
-    self.num_slots = int(sum(field_slots))
     widths = (4 * width, *hidden)
     for k in range(len(pairs)):
       layers = [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
